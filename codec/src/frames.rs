@@ -1,0 +1,330 @@
+//! Frame types of the wire contract (`docs/protocol.md`), with their serde (JSON) and rkyv
+//! (binary) shapes and the field checks that serde cannot express.
+
+use crate::{error::FrameError, ids::*, ErrorCode, Limits, GROUP_MEMBERS_MAX, HISTORY_LIMIT_MAX, SYNC_LIMIT_MAX};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+macro_rules! wire {
+    ($($item:item)*) => {$(
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+        $item
+    )*};
+}
+
+/// The `t` values a client may send; used to tell "unknown type" from "malformed".
+pub(crate) const CLIENT_FRAME_TYPES: &[&str] = &[
+    "send", "delivered", "read", "sync", "history", "group_create", "group_add", "group_remove",
+    "group_leave", "presence_sub", "presence_unsub", "typing", "ping",
+];
+
+wire! {
+    /// A request id chosen by the client, echoed in the answer: a string or an integer, kept as given.
+    #[serde(untagged)]
+    #[derive(Eq, Hash)]
+    pub enum Ref {
+        Str(String),
+        Num(i64),
+    }
+
+    /// What a message is. `system` is reserved to the server.
+    #[serde(rename_all = "snake_case")]
+    #[derive(Copy, Eq, Default)]
+    pub enum MsgKind {
+        #[default]
+        Text,
+        Image,
+        File,
+        System,
+    }
+
+    /// Which watermark a receipt moves.
+    #[serde(rename_all = "snake_case")]
+    #[derive(Copy, Eq, Hash, PartialOrd, Ord)]
+    pub enum ReceiptKind {
+        Delivered,
+        Read,
+    }
+
+    /// A member's role in a group.
+    #[serde(rename_all = "snake_case")]
+    #[derive(Copy, Eq)]
+    pub enum Role {
+        Admin,
+        Member,
+    }
+
+    /// A frame from a client.
+    #[serde(tag = "t", rename_all = "snake_case")]
+    pub enum ClientFrame {
+        Send {
+            cmid: String,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            to: Option<String>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            conv: Option<String>,
+            body: String,
+            #[serde(default)]
+            kind: MsgKind,
+        },
+        Delivered { conv: String, seq: u64 },
+        Read { conv: String, seq: u64 },
+        Sync {
+            #[serde(default)]
+            cursors: BTreeMap<String, u64>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            limit: Option<u32>,
+        },
+        History {
+            conv: String,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            before: Option<u64>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            limit: Option<u32>,
+            #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+            r#ref: Option<Ref>,
+        },
+        GroupCreate {
+            name: String,
+            members: Vec<String>,
+            #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+            r#ref: Option<Ref>,
+        },
+        GroupAdd {
+            conv: String,
+            users: Vec<String>,
+            #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+            r#ref: Option<Ref>,
+        },
+        GroupRemove {
+            conv: String,
+            users: Vec<String>,
+            #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+            r#ref: Option<Ref>,
+        },
+        GroupLeave {
+            conv: String,
+            #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+            r#ref: Option<Ref>,
+        },
+        PresenceSub { users: Vec<String> },
+        PresenceUnsub { users: Vec<String> },
+        Typing { conv: String },
+        Ping {
+            #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+            r#ref: Option<Ref>,
+        },
+    }
+
+    /// A stored message, as it appears in `msg`, `sync.messages` and `history.messages`.
+    pub struct MsgRecord {
+        pub conv: String,
+        #[serde(with = "id_string")]
+        pub id: u64,
+        pub seq: u64,
+        pub from: String,
+        pub cmid: String,
+        pub body: String,
+        pub kind: MsgKind,
+        pub ts: u64,
+    }
+
+    /// One member of a group as the `group` frame lists it.
+    pub struct Member {
+        pub user: String,
+        pub role: Role,
+    }
+
+    /// A frame from the server.
+    #[serde(tag = "t", rename_all = "snake_case")]
+    pub enum ServerFrame {
+        Ack {
+            cmid: String,
+            conv: String,
+            #[serde(with = "id_string")]
+            id: u64,
+            seq: u64,
+            ts: u64,
+        },
+        Msg(MsgRecord),
+        Receipt { conv: String, user: String, kind: ReceiptKind, seq: u64 },
+        Sync { conv: String, messages: Vec<MsgRecord>, more: bool },
+        Synced { convs: BTreeMap<String, u64> },
+        History {
+            conv: String,
+            messages: Vec<MsgRecord>,
+            #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+            r#ref: Option<Ref>,
+        },
+        Group {
+            conv: String,
+            name: String,
+            members: Vec<Member>,
+            #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+            r#ref: Option<Ref>,
+        },
+        Presence {
+            user: String,
+            status: String,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            last_seen: Option<u64>,
+        },
+        Typing { conv: String, user: String },
+        Pong {
+            #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+            r#ref: Option<Ref>,
+        },
+        Error {
+            code: ErrorCode,
+            msg: String,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            cmid: Option<String>,
+            #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+            r#ref: Option<Ref>,
+        },
+    }
+}
+
+impl Ref {
+    pub(crate) fn from_json(v: &serde_json::Value) -> Option<Ref> {
+        match v {
+            serde_json::Value::String(s) if s.len() <= 64 => Some(Ref::Str(s.clone())),
+            serde_json::Value::Number(n) => n.as_i64().map(Ref::Num),
+            _ => None,
+        }
+    }
+}
+
+impl From<FrameError> for ServerFrame {
+    fn from(e: FrameError) -> Self {
+        ServerFrame::Error { code: e.code, msg: e.msg, cmid: e.cmid, r#ref: e.r#ref }
+    }
+}
+
+/// Message ids are decimal strings in JSON (JavaScript loses integers above 2^53), u64 in binary.
+mod id_string {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(id)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum StrOrNum<'a> {
+            Str(&'a str),
+            Num(u64),
+        }
+        match StrOrNum::deserialize(d)? {
+            StrOrNum::Str(s) => s.parse().map_err(D::Error::custom),
+            StrOrNum::Num(n) => Ok(n),
+        }
+    }
+}
+
+impl ClientFrame {
+    /// The `cmid` or `ref` an error about this frame should carry.
+    pub fn correlation(&self) -> (Option<String>, Option<Ref>) {
+        match self {
+            ClientFrame::Send { cmid, .. } => (Some(cmid.clone()), None),
+            ClientFrame::History { r#ref, .. }
+            | ClientFrame::GroupCreate { r#ref, .. }
+            | ClientFrame::GroupAdd { r#ref, .. }
+            | ClientFrame::GroupRemove { r#ref, .. }
+            | ClientFrame::GroupLeave { r#ref, .. }
+            | ClientFrame::Ping { r#ref } => (None, r#ref.clone()),
+            _ => (None, None),
+        }
+    }
+
+    /// Checks what serde cannot: id syntax, sizes, field combinations.
+    pub fn validate(&self, limits: &Limits) -> Result<(), FrameError> {
+        let (cmid, r#ref) = self.correlation();
+        self.check(limits).map_err(|e| e.with_cmid(cmid).with_ref(r#ref))
+    }
+
+    fn check(&self, limits: &Limits) -> Result<(), FrameError> {
+        fn conv_ok(conv: &str) -> Result<(), FrameError> {
+            if valid_conv_id(conv) {
+                Ok(())
+            } else {
+                Err(FrameError::bad_request("invalid conversation id"))
+            }
+        }
+        fn users_ok(users: &[String]) -> Result<(), FrameError> {
+            if users.len() > GROUP_MEMBERS_MAX {
+                return Err(FrameError::new(ErrorCode::GroupFull, format!("at most {GROUP_MEMBERS_MAX} users")));
+            }
+            match users.iter().find(|u| !valid_user_id(u)) {
+                Some(_) => Err(FrameError::bad_request("invalid user id")),
+                None => Ok(()),
+            }
+        }
+        match self {
+            ClientFrame::Send { cmid, to, conv, body, kind } => {
+                if cmid.is_empty() || cmid.len() > CMID_BYTES_MAX {
+                    return Err(FrameError::bad_request("cmid must be 1 to 64 bytes"));
+                }
+                if body.len() > limits.body_bytes_max {
+                    return Err(FrameError::new(
+                        ErrorCode::TooLarge,
+                        format!("body is {} bytes, the limit is {}", body.len(), limits.body_bytes_max),
+                    ));
+                }
+                if *kind == MsgKind::System {
+                    return Err(FrameError::bad_request("kind `system` is reserved to the server"));
+                }
+                match (to, conv) {
+                    (Some(to), None) if valid_user_id(to) => Ok(()),
+                    (Some(_), None) => Err(FrameError::bad_request("invalid user id in `to`")),
+                    (None, Some(conv)) => conv_ok(conv),
+                    _ => Err(FrameError::bad_request("exactly one of `to` and `conv` is required")),
+                }
+            }
+            ClientFrame::Delivered { conv, seq } | ClientFrame::Read { conv, seq } => {
+                conv_ok(conv)?;
+                if *seq == 0 {
+                    return Err(FrameError::bad_request("seq starts at 1"));
+                }
+                Ok(())
+            }
+            ClientFrame::Sync { cursors, limit } => {
+                if cursors.len() > crate::SYNC_CURSORS_MAX {
+                    return Err(FrameError::new(ErrorCode::TooLarge, "too many cursors"));
+                }
+                if let Some(l) = limit {
+                    if *l == 0 || *l > SYNC_LIMIT_MAX {
+                        return Err(FrameError::bad_request(format!("limit must be 1 to {SYNC_LIMIT_MAX}")));
+                    }
+                }
+                cursors.keys().try_for_each(|c| conv_ok(c))
+            }
+            ClientFrame::History { conv, limit, .. } => {
+                conv_ok(conv)?;
+                match limit {
+                    Some(l) if *l == 0 || *l > HISTORY_LIMIT_MAX => {
+                        Err(FrameError::bad_request(format!("limit must be 1 to {HISTORY_LIMIT_MAX}")))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            ClientFrame::GroupCreate { name, members, .. } => {
+                if name.is_empty() || name.len() > GROUP_NAME_BYTES_MAX {
+                    return Err(FrameError::bad_request("group name must be 1 to 128 bytes"));
+                }
+                users_ok(members)
+            }
+            ClientFrame::GroupAdd { conv, users, .. } | ClientFrame::GroupRemove { conv, users, .. } => {
+                conv_ok(conv)?;
+                users_ok(users)
+            }
+            ClientFrame::GroupLeave { conv, .. } | ClientFrame::Typing { conv } => conv_ok(conv),
+            ClientFrame::PresenceSub { users } | ClientFrame::PresenceUnsub { users } => users_ok(users),
+            ClientFrame::Ping { .. } => Ok(()),
+        }
+    }
+}
+
+/// Longest group name, in bytes.
+pub const GROUP_NAME_BYTES_MAX: usize = 128;

@@ -1,0 +1,47 @@
+//! Identifiers of the contract: users, devices, conversations, client message ids.
+
+/// User and device ids: 1 to 64 characters of `[A-Za-z0-9_.:@-]`.
+pub const USER_ID_BYTES_MAX: usize = 64;
+/// Client message ids: 1 to 64 characters.
+pub const CMID_BYTES_MAX: usize = 64;
+/// Conversation ids: a direct id is `d:` and two user ids; group ids are shorter.
+pub const CONV_ID_BYTES_MAX: usize = 2 + USER_ID_BYTES_MAX + 1 + USER_ID_BYTES_MAX;
+
+fn id_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'@' | b'-')
+}
+
+/// Whether `s` is a valid user or device id.
+pub fn valid_user_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= USER_ID_BYTES_MAX && s.bytes().all(id_char)
+}
+
+/// Whether `s` is a syntactically valid conversation id (it may still not exist).
+pub fn valid_conv_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= CONV_ID_BYTES_MAX && s.bytes().all(id_char) && (s.starts_with("d:") || s.starts_with("g:"))
+}
+
+/// The id of the direct conversation between `a` and `b`: `d:<min>:<max>`, byte-wise order.
+pub fn direct_conv_id(a: &str, b: &str) -> String {
+    let (lo, hi) = if a.as_bytes() <= b.as_bytes() { (a, b) } else { (b, a) };
+    format!("d:{lo}:{hi}")
+}
+
+/// The two members of a direct conversation id, when it is one.
+///
+/// User ids may themselves contain `:`, so `d:a:x:a:y` is the id of both (`a:x`, `a:y`) and
+/// (`a`, `x:a:y`): the contract's scheme is ambiguous there. This returns the leftmost split that
+/// gives two valid ids in byte-wise order. It is a hint for creating a conversation, never an
+/// authorization: membership is what the store recorded when the conversation was created.
+pub fn direct_members(conv: &str) -> Option<(&str, &str)> {
+    let rest = conv.strip_prefix("d:")?;
+    for (i, c) in rest.char_indices() {
+        if c == ':' {
+            let (a, b) = (&rest[..i], &rest[i + 1..]);
+            if valid_user_id(a) && valid_user_id(b) && a.as_bytes() <= b.as_bytes() && direct_conv_id(a, b) == conv {
+                return Some((a, b));
+            }
+        }
+    }
+    None
+}
