@@ -1,0 +1,188 @@
+//! The embedded backend: one fjall database (an LSM tree per keyspace, one shared journal) in the
+//! data directory. Batches are written with the journal's automatic persistence turned off and
+//! made durable by one `persist(SyncAll)` per group commit.
+
+use crate::group::GroupCommit;
+use crate::{keys, MessageStore, StoreError, WriteBatch};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use rkyv::rancor;
+use shardchat_codec::{ArchivedMsgRecord, MsgRecord, ReceiptKind, Role};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How to open the embedded store.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub dir: PathBuf,
+    /// How long a group-commit leader waits for more writers before its fsync (0: none; the
+    /// fsync itself is the batching window).
+    pub commit_interval: Duration,
+}
+
+pub struct FjallStore {
+    db: Database,
+    messages: Keyspace,
+    dedup: Keyspace,
+    members: Keyspace,
+    user_convs: Keyspace,
+    watermarks: Keyspace,
+    pub group: GroupCommit,
+}
+
+fn io(e: fjall::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn kind_byte(k: ReceiptKind) -> u8 {
+    match k {
+        ReceiptKind::Delivered => 1,
+        ReceiptKind::Read => 2,
+    }
+}
+
+fn role_byte(r: Role) -> u8 {
+    match r {
+        Role::Admin => 1,
+        Role::Member => 2,
+    }
+}
+
+fn decode_record(bytes: &[u8]) -> Result<MsgRecord, StoreError> {
+    let archived = rkyv::access::<ArchivedMsgRecord, rancor::Error>(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    rkyv::deserialize::<MsgRecord, rancor::Error>(archived).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn encode_record(r: &MsgRecord) -> Vec<u8> {
+    rkyv::to_bytes::<rancor::Error>(r).expect("records always archive").into_vec()
+}
+
+fn be_u64(v: &[u8]) -> Result<u64, StoreError> {
+    v.try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt("bad u64 value".into()))
+}
+
+impl FjallStore {
+    pub fn open(cfg: &StoreConfig) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| StoreError::Io(format!("{}: {e}", cfg.dir.display())))?;
+        // Durability is ours to decide: batches reach the journal buffer and one persist per
+        // group commit fsyncs them.
+        let db = Database::builder(&cfg.dir).manual_journal_persist(true).open().map_err(io)?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(io);
+        Ok(FjallStore {
+            messages: ks("messages")?,
+            dedup: ks("dedup")?,
+            members: ks("members")?,
+            user_convs: ks("user_convs")?,
+            watermarks: ks("watermarks")?,
+            group: GroupCommit::new(cfg.commit_interval),
+            db,
+        })
+    }
+
+    fn message(&self, conv: &str, seq: u64) -> Result<Option<MsgRecord>, StoreError> {
+        match self.messages.get(keys::message(conv, seq)).map_err(io)? {
+            Some(v) => decode_record(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl MessageStore for FjallStore {
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut b = self.db.batch();
+        for m in &batch.messages {
+            b.insert(&self.messages, keys::message(&m.conv, m.seq), encode_record(m));
+            b.insert(&self.dedup, keys::dedup(&m.conv, &m.from, &m.cmid), m.seq.to_be_bytes());
+        }
+        for (conv, user, role) in &batch.members {
+            b.insert(&self.members, keys::pair(conv, user), [role_byte(*role)]);
+            b.insert(&self.user_convs, keys::pair(user, conv), []);
+        }
+        for (conv, user, kind, seq) in &batch.watermarks {
+            b.insert(&self.watermarks, keys::watermark(conv, user, kind_byte(*kind)), seq.to_be_bytes());
+        }
+        b.commit().map_err(io)?;
+        self.group
+            .wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string()))
+            .map_err(StoreError::Io)
+    }
+
+    fn last_seq(&self, conv: &str) -> Result<u64, StoreError> {
+        match self.messages.prefix(keys::prefix(conv)).next_back() {
+            Some(g) => {
+                let k = g.key().map_err(io)?;
+                keys::seq_of(&k).ok_or_else(|| StoreError::Corrupt("short message key".into()))
+            }
+            None => Ok(0),
+        }
+    }
+
+    fn find_cmid(&self, conv: &str, from: &str, cmid: &str) -> Result<Option<MsgRecord>, StoreError> {
+        match self.dedup.get(keys::dedup(conv, from, cmid)).map_err(io)? {
+            Some(v) => {
+                let seq = be_u64(&v)?;
+                let rec = self.message(conv, seq)?;
+                rec.map(Some).ok_or_else(|| StoreError::Corrupt(format!("dedup entry for {conv}#{seq} without message")))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn messages_after(&self, conv: &str, after: u64, limit: usize) -> Result<Vec<MsgRecord>, StoreError> {
+        let start = keys::message(conv, after.saturating_add(1));
+        let end = keys::message(conv, u64::MAX);
+        self.messages
+            .range(start..=end)
+            .take(limit)
+            .map(|g| decode_record(&g.value().map_err(io)?))
+            .collect()
+    }
+
+    fn messages_before(&self, conv: &str, before: Option<u64>, limit: usize) -> Result<Vec<MsgRecord>, StoreError> {
+        let before = before.unwrap_or(u64::MAX);
+        if before <= 1 {
+            return Ok(Vec::new());
+        }
+        let start = keys::message(conv, 1);
+        let end = keys::message(conv, before - 1);
+        self.messages
+            .range(start..=end)
+            .rev()
+            .take(limit)
+            .map(|g| decode_record(&g.value().map_err(io)?))
+            .collect()
+    }
+
+    fn members(&self, conv: &str) -> Result<Vec<(String, Role)>, StoreError> {
+        let p = keys::prefix(conv);
+        self.members
+            .prefix(&p)
+            .map(|g| {
+                let (k, v) = g.into_inner().map_err(io)?;
+                let user = String::from_utf8(k[p.len()..].to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let role = if v.first() == Some(&1) { Role::Admin } else { Role::Member };
+                Ok((user, role))
+            })
+            .collect()
+    }
+
+    fn user_convs(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let p = keys::prefix(user);
+        self.user_convs
+            .prefix(&p)
+            .map(|g| {
+                let k = g.key().map_err(io)?;
+                String::from_utf8(k[p.len()..].to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    fn watermark(&self, conv: &str, user: &str, kind: ReceiptKind) -> Result<u64, StoreError> {
+        match self.watermarks.get(keys::watermark(conv, user, kind_byte(kind))).map_err(io)? {
+            Some(v) => be_u64(&v),
+            None => Ok(0),
+        }
+    }
+}
