@@ -1,1 +1,25 @@
+//! The logic of one shard, without sockets, threads or clocks.
+//!
+//! Every shard plays two roles. As the **home** of a user it holds that user's connections (all
+//! devices), relays their requests and writes what is addressed to them. As the **owner** of a
+//! conversation it orders the conversation's messages: it assigns `seq` and the Snowflake id,
+//! checks membership and dedup, persists (group commit) and only then acks and fans out.
+//!
+//! [`Shard`] is a state machine: [`Event`]s in, [`Action`]s out, the time passed in with each
+//! event. The runtime (`engine/`) does the I/O the actions ask for and feeds back what happened;
+//! tests drive several shards in one thread from a seed (see `tests.rs`).
 
+pub mod jobs;
+pub mod payload;
+pub mod route;
+mod shard;
+pub mod snowflake;
+pub mod wheel;
+
+pub use jobs::{CommitJob, CommitOutcome, ConnRef, ReadJob, ReadOutcome};
+pub use payload::Payload;
+pub use route::{home_shard, owner_shard, ShardId};
+pub use shard::{Action, Event, Now, PeerMsg, Shard, ShardConfig};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,53 @@
+//! A server frame encoded at most once per encoding and shared, by reference count, by every
+//! connection it goes to: a group message costs one encode whatever its fan-out.
+
+use bytes::Bytes;
+use shardchat_codec::{encode_binary, encode_text, ServerFrame};
+use std::sync::{Arc, OnceLock};
+
+#[derive(Clone)]
+pub struct Payload(Arc<Inner>);
+
+struct Inner {
+    frame: ServerFrame,
+    /// JSON text; always valid UTF-8 (it comes from a `String`).
+    text: OnceLock<Bytes>,
+    binary: OnceLock<Bytes>,
+}
+
+impl Payload {
+    pub fn new(frame: ServerFrame) -> Self {
+        Payload(Arc::new(Inner { frame, text: OnceLock::new(), binary: OnceLock::new() }))
+    }
+
+    pub fn frame(&self) -> &ServerFrame {
+        &self.0.frame
+    }
+
+    /// The JSON encoding: bytes that are valid UTF-8, encoded on first use.
+    pub fn text(&self) -> Bytes {
+        self.0.text.get_or_init(|| Bytes::from(encode_text(&self.0.frame))).clone()
+    }
+
+    /// The rkyv encoding, encoded on first use.
+    pub fn binary(&self) -> Bytes {
+        self.0.binary.get_or_init(|| Bytes::from(encode_binary(&self.0.frame))).clone()
+    }
+
+    /// Whether two handles share one encoding (tests check the fan-out encodes once).
+    pub fn ptr_eq(&self, other: &Payload) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Payload({:?})", self.0.frame)
+    }
+}
+
+impl From<ServerFrame> for Payload {
+    fn from(f: ServerFrame) -> Self {
+        Payload::new(f)
+    }
+}
