@@ -78,6 +78,11 @@ impl FjallStore {
         })
     }
 
+    /// Makes everything written so far durable (used at shutdown; commits already are).
+    pub fn persist(&self) -> Result<(), StoreError> {
+        self.db.persist(PersistMode::SyncAll).map_err(io)
+    }
+
     fn message(&self, conv: &str, seq: u64) -> Result<Option<MsgRecord>, StoreError> {
         match self.messages.get(keys::message(conv, seq)).map_err(io)? {
             Some(v) => decode_record(&v).map(Some),

@@ -1,0 +1,141 @@
+//! Who is connecting: an HS256 JWT (`Authorization: Bearer` or `?token=`), or in development
+//! mode `?user=&device=`. Runtime-agnostic: it sees a parsed request head, not a socket.
+
+use crate::http::RequestHead;
+use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use shardchat_codec::valid_user_id;
+
+/// The user and device a connection speaks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub device: String,
+}
+
+/// The device id of a token or dev login that names none.
+pub const DEFAULT_DEVICE: &str = "default";
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    dev: Option<String>,
+}
+
+pub struct Authenticator {
+    key: Option<DecodingKey>,
+    validation: Validation,
+    dev_auth: bool,
+}
+
+impl Authenticator {
+    pub fn new(jwt_secret: Option<&str>, dev_auth: bool) -> Self {
+        // The algorithm is pinned: a token claiming any other (`none` included) is refused.
+        let mut validation = Validation::new(Algorithm::HS256);
+        // `exp` is checked when present; tokens without one are accepted (the contract makes it
+        // optional). `nbf` is checked when present. Leeway covers clock skew between issuers.
+        validation.required_spec_claims.clear();
+        validation.validate_nbf = true;
+        validation.leeway = 30;
+        Authenticator { key: jwt_secret.filter(|s| !s.is_empty()).map(|s| DecodingKey::from_secret(s.as_bytes())), validation, dev_auth }
+    }
+
+    /// The identity of an upgrade request, or why it is refused (the 401 body).
+    pub fn authenticate(&self, head: &RequestHead) -> Result<Identity, &'static str> {
+        let token = head
+            .header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .map(str::to_string)
+            .or_else(|| head.query("token"));
+        if let Some(token) = token {
+            let key = self.key.as_ref().ok_or("tokens are not accepted: the server has no JWT secret")?;
+            let data = decode::<Claims>(&token, key, &self.validation).map_err(|_| "invalid or expired token")?;
+            let device = data.claims.dev.unwrap_or_else(|| DEFAULT_DEVICE.to_string());
+            if !valid_user_id(&data.claims.sub) || !valid_user_id(&device) {
+                return Err("token names an invalid user or device id");
+            }
+            return Ok(Identity { user: data.claims.sub, device });
+        }
+        if self.dev_auth {
+            let user = head.query("user").ok_or("missing token (or ?user= in development mode)")?;
+            let device = head.query("device").unwrap_or_else(|| DEFAULT_DEVICE.to_string());
+            if !valid_user_id(&user) || !valid_user_id(&device) {
+                return Err("invalid user or device id");
+            }
+            return Ok(Identity { user, device });
+        }
+        Err("missing token")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde::Serialize;
+
+    #[derive(Serialize)]
+    struct C<'a> {
+        sub: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dev: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        exp: Option<u64>,
+    }
+
+    fn token(secret: &str, c: &C, alg: Algorithm) -> String {
+        encode(&Header::new(alg), c, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    }
+
+    fn head(target: &str, auth: Option<&str>) -> RequestHead {
+        let mut raw = format!("GET {target} HTTP/1.1\r\nHost: x\r\n");
+        if let Some(a) = auth {
+            raw.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        raw.push_str("\r\n");
+        RequestHead::parse(raw.as_bytes()).unwrap().unwrap()
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    }
+
+    #[test]
+    fn jwt_in_header_or_query() {
+        let a = Authenticator::new(Some("sekrit"), false);
+        let t = token("sekrit", &C { sub: "alice", dev: Some("phone"), exp: Some(now() + 600) }, Algorithm::HS256);
+        let want = Identity { user: "alice".into(), device: "phone".into() };
+        assert_eq!(a.authenticate(&head("/ws", Some(&format!("Bearer {t}")))), Ok(want.clone()));
+        assert_eq!(a.authenticate(&head(&format!("/ws?token={t}"), None)), Ok(want));
+        let t = token("sekrit", &C { sub: "bob", dev: None, exp: None }, Algorithm::HS256);
+        assert_eq!(a.authenticate(&head(&format!("/ws?token={t}"), None)).unwrap().device, DEFAULT_DEVICE);
+    }
+
+    #[test]
+    fn forged_expired_or_foreign_algorithm_tokens_are_refused() {
+        let a = Authenticator::new(Some("sekrit"), true);
+        let forged = token("other", &C { sub: "alice", dev: None, exp: None }, Algorithm::HS256);
+        let expired = token("sekrit", &C { sub: "alice", dev: None, exp: Some(now() - 3600) }, Algorithm::HS256);
+        let hs512 = token("sekrit", &C { sub: "alice", dev: None, exp: None }, Algorithm::HS512);
+        let bad_sub = token("sekrit", &C { sub: "not valid", dev: None, exp: None }, Algorithm::HS256);
+        for t in [forged, expired, hs512, bad_sub, "garbage".into()] {
+            // Even in dev mode a token that is present must be valid.
+            assert!(a.authenticate(&head(&format!("/ws?token={t}&user=alice"), None)).is_err(), "{t}");
+        }
+        assert!(Authenticator::new(Some("sekrit"), false).authenticate(&head("/ws", None)).is_err());
+    }
+
+    #[test]
+    fn dev_mode_takes_user_and_device_from_the_query_only_when_enabled() {
+        let dev = Authenticator::new(None, true);
+        assert_eq!(
+            dev.authenticate(&head("/ws?user=al%40ice&device=d1", None)),
+            Ok(Identity { user: "al@ice".into(), device: "d1".into() })
+        );
+        assert!(dev.authenticate(&head("/ws?user=bad%20id", None)).is_err());
+        assert!(dev.authenticate(&head("/ws", None)).is_err());
+        assert!(Authenticator::new(Some("s"), false).authenticate(&head("/ws?user=alice", None)).is_err());
+    }
+}

@@ -1,0 +1,179 @@
+//! The engine's settings: command-line flags over an optional TOML file over defaults. Every
+//! bound names its unit.
+
+use clap::Args;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Settings of `shardchat serve`, as the engine uses them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Shards (executor threads); 0 means one per available core.
+    pub shards: usize,
+    pub node_id: usize,
+    pub dev_auth: bool,
+    pub jwt_secret: Option<String>,
+    pub heartbeat_timeout_ms: u64,
+    pub handshake_timeout_ms: u64,
+    /// How long a group-commit leader waits for more writers before its fsync.
+    pub commit_interval_us: u64,
+    pub body_bytes_max: usize,
+    /// A connection whose unsent frames exceed this is closed (1013) and resyncs on reconnect.
+    pub outbound_queue_bytes_max: usize,
+    /// tungstenite's read buffer per connection: small keeps idle connections cheap.
+    pub ws_read_buffer_bytes: usize,
+    /// tungstenite buffers writes up to this before writing to the socket.
+    pub ws_write_buffer_bytes: usize,
+    /// How long an idle executor spins before parking: trades CPU for cross-shard wake-up latency.
+    pub spin_before_park_us: u64,
+    /// Blocking threads per shard for storage jobs (commits and reads).
+    pub storage_threads_per_shard: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7700".parse().expect("valid literal"),
+            data_dir: PathBuf::from("./data"),
+            shards: 0,
+            node_id: 0,
+            dev_auth: false,
+            jwt_secret: None,
+            heartbeat_timeout_ms: 60_000,
+            handshake_timeout_ms: 10_000,
+            commit_interval_us: 0,
+            body_bytes_max: shardchat_codec::BODY_BYTES_MAX_DEFAULT,
+            outbound_queue_bytes_max: 4 * 1024 * 1024,
+            ws_read_buffer_bytes: 512,
+            ws_write_buffer_bytes: 16 * 1024,
+            spin_before_park_us: 50,
+            storage_threads_per_shard: 2,
+        }
+    }
+}
+
+/// Flags of `shardchat serve`. Each overrides the config file's value when given.
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (snake_case keys).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address the WebSocket listener binds (every shard binds it with SO_REUSEPORT). [default: 127.0.0.1:7700]
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the embedded store. [default: ./data]
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Number of shards (one thread each, pinned); default one per core.
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// This node's id (0..16): part of every message id.
+    #[arg(long)]
+    pub node_id: Option<usize>,
+    /// DEVELOPMENT ONLY: accept `?user=&device=` without a token.
+    #[arg(long)]
+    pub dev_auth: bool,
+    /// HS256 secret that client JWTs are signed with.
+    #[arg(long, env = "SHARDCHAT_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Close connections silent for longer than this. [default: 60000]
+    #[arg(long)]
+    pub heartbeat_timeout_ms: Option<u64>,
+    /// Close connections that have not finished the upgrade within this. [default: 10000]
+    #[arg(long)]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Group commit: wait this long for more writers before each fsync. [default: 0]
+    #[arg(long)]
+    pub commit_interval_us: Option<u64>,
+    /// Largest message body in bytes. [default: 65536]
+    #[arg(long)]
+    pub body_bytes_max: Option<usize>,
+    /// Per-connection outbound queue bound in bytes. [default: 4194304]
+    #[arg(long)]
+    pub outbound_queue_bytes_max: Option<usize>,
+    /// Idle executors spin this long before parking. [default: 50]
+    #[arg(long)]
+    pub spin_before_park_us: Option<u64>,
+}
+
+impl Config {
+    /// Defaults, then the file, then the flags.
+    pub fn load(args: &ServeArgs) -> Result<Config, String> {
+        let mut c = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        macro_rules! over {
+            ($($f:ident),*) => {$( if let Some(v) = &args.$f { c.$f = v.clone(); } )*};
+        }
+        over!(listen, data_dir, shards, node_id, heartbeat_timeout_ms, handshake_timeout_ms, commit_interval_us, body_bytes_max, outbound_queue_bytes_max, spin_before_park_us);
+        if args.jwt_secret.is_some() {
+            c.jwt_secret = args.jwt_secret.clone();
+        }
+        c.dev_auth |= args.dev_auth;
+        if c.shards == 0 {
+            c.shards = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        use shardchat_shard::snowflake::{NODES_MAX, SHARDS_PER_NODE_MAX};
+        if self.shards > SHARDS_PER_NODE_MAX {
+            return Err(format!("at most {SHARDS_PER_NODE_MAX} shards per node"));
+        }
+        if self.node_id >= NODES_MAX {
+            return Err(format!("node_id must be below {NODES_MAX}"));
+        }
+        if !self.dev_auth && self.jwt_secret.as_deref().unwrap_or("").is_empty() {
+            return Err("no way to authenticate clients: set --jwt-secret (or SHARDCHAT_JWT_SECRET), or --dev-auth for development".into());
+        }
+        if self.heartbeat_timeout_ms < 1000 {
+            return Err("heartbeat_timeout_ms must be at least 1000".into());
+        }
+        if self.outbound_queue_bytes_max < 2 * self.body_bytes_max {
+            return Err("outbound_queue_bytes_max must hold at least two messages of body_bytes_max".into());
+        }
+        Ok(())
+    }
+
+    /// Largest WebSocket message accepted: a body of the limit, JSON-escaped at worst (6 bytes per
+    /// byte for \u00XX), plus the frame's other fields. Larger ones are a protocol violation (1009);
+    /// smaller ones with an oversized body get a `too_large` error and the connection stays.
+    pub fn ws_message_bytes_max(&self) -> usize {
+        self.body_bytes_max * 6 + 4096
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nshards = 3\ndev_auth = true\nbody_bytes_max = 1000\n").unwrap();
+        let args = ServeArgs { config: Some(path.clone()), shards: Some(2), ..Default::default() };
+        let c = Config::load(&args).unwrap();
+        assert_eq!((c.listen.port(), c.shards, c.body_bytes_max, c.dev_auth), (9000, 2, 1000, true));
+        std::fs::write(&path, "nonsense = 1\n").unwrap();
+        assert!(Config::load(&args).unwrap_err().contains("unknown field"));
+    }
+
+    #[test]
+    fn refuses_to_start_without_a_way_to_authenticate() {
+        let err = Config::load(&ServeArgs::default()).unwrap_err();
+        assert!(err.contains("--jwt-secret"), "{err}");
+        let args = ServeArgs { jwt_secret: Some("s".into()), ..Default::default() };
+        assert!(Config::load(&args).is_ok());
+    }
+}

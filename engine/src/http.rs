@@ -1,0 +1,84 @@
+//! The HTTP/1.1 request head of a WebSocket upgrade, read before tungstenite sees the socket so
+//! the accepting shard can authenticate and route it to the user's home shard.
+
+/// Largest request head accepted, in bytes: an upgrade with a JWT fits in well under this.
+pub const HEAD_BYTES_MAX: usize = 8 * 1024;
+const HEADERS_MAX: usize = 32;
+
+#[derive(Debug)]
+pub struct RequestHead {
+    pub method: String,
+    pub path: String,
+    query: Vec<(String, String)>,
+    headers: Vec<(String, String)>,
+}
+
+impl RequestHead {
+    /// Parses `buf`: `Ok(None)` when the head is not complete yet ("not enough bytes" is not an
+    /// error), `Err` when it is malformed or too large.
+    pub fn parse(buf: &[u8]) -> Result<Option<RequestHead>, &'static str> {
+        let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Partial) if buf.len() >= HEAD_BYTES_MAX => Err("request head too large"),
+            Ok(httparse::Status::Partial) => Ok(None),
+            Ok(httparse::Status::Complete(_)) => {
+                let target = req.path.unwrap_or("/");
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                Ok(Some(RequestHead {
+                    method: req.method.unwrap_or("").to_string(),
+                    path: path.to_string(),
+                    query: form_urlencoded::parse(query.as_bytes()).into_owned().collect(),
+                    headers: req
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                        .collect(),
+                }))
+            }
+            Err(_) => Err("malformed request head"),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn query(&self, name: &str) -> Option<String> {
+        self.query.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+    }
+}
+
+/// A minimal HTTP response for refused upgrades.
+pub fn response(status: u16, reason: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}\n",
+        body.len() + 1
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_at_every_split_point() {
+        let raw = b"GET /ws?user=a&x=%3A HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n";
+        for cut in 0..raw.len() {
+            assert!(RequestHead::parse(&raw[..cut]).unwrap().is_none(), "complete at {cut}");
+        }
+        let h = RequestHead::parse(raw).unwrap().unwrap();
+        assert_eq!((h.method.as_str(), h.path.as_str()), ("GET", "/ws"));
+        assert_eq!(h.query("x").as_deref(), Some(":"));
+        assert_eq!(h.header("upgrade"), Some("websocket"));
+    }
+
+    #[test]
+    fn garbage_and_oversized_heads_are_errors() {
+        assert!(RequestHead::parse(b"\x00\x01\x02 nonsense\r\n\r\n").is_err());
+        let mut big = b"GET /ws HTTP/1.1\r\nX: ".to_vec();
+        big.resize(HEAD_BYTES_MAX + 10, b'a');
+        assert!(RequestHead::parse(&big).is_err());
+    }
+}

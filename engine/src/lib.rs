@@ -1,0 +1,7 @@
+//! The shardchat engine: configuration, authentication, the upgrade request head, and the
+//! glommio runtime that runs the shards (`runtime/`, the only module that knows glommio).
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod runtime;

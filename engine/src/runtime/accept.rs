@@ -1,0 +1,93 @@
+//! Accepting: every shard accepts on its own SO_REUSEPORT listener, reads the upgrade request
+//! head, authenticates it, and hands the socket to the user's home shard.
+
+use super::driver::{Driver, Wire};
+use crate::http::{response, RequestHead, HEAD_BYTES_MAX};
+use futures::future::{select, Either};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use shardchat_shard::home_shard;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+pub async fn accept_loop(d: Rc<Driver>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                glommio::spawn_local(handshake(d.clone(), stream)).detach();
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning on the error.
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Reads until the request head is complete. `Err` carries the response to send.
+async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, Vec<u8>), Option<Vec<u8>>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|_| None)?;
+        if n == 0 {
+            return Err(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match RequestHead::parse(&buf) {
+            Ok(Some(head)) => return Ok((head, buf)),
+            Ok(None) => {}
+            Err(why) => return Err(Some(response(400, "Bad Request", why))),
+        }
+        if buf.len() > HEAD_BYTES_MAX {
+            return Err(Some(response(431, "Request Header Fields Too Large", "request head too large")));
+        }
+    }
+}
+
+async fn handshake(d: Rc<Driver>, mut stream: TcpStream) {
+    let timeout = glommio::timer::sleep(Duration::from_millis(d.cfg.handshake_timeout_ms));
+    let outcome = match select(Box::pin(read_head(&mut stream)), Box::pin(timeout)).await {
+        Either::Left((r, _)) => r,
+        Either::Right(_) => Err(Some(response(408, "Request Timeout", "handshake timeout"))),
+    };
+    let (head, bytes) = match outcome {
+        Ok(x) => x,
+        Err(resp) => {
+            if let Some(resp) = resp {
+                let _ = stream.write_all(&resp).await;
+            }
+            return;
+        }
+    };
+    if head.path != "/ws" {
+        let _ = stream.write_all(&response(404, "Not Found", "the WebSocket endpoint is /ws")).await;
+        return;
+    }
+    let identity = match d.auth.authenticate(&head) {
+        Ok(id) => id,
+        Err(why) => {
+            let _ = stream.write_all(&response(401, "Unauthorized", why)).await;
+            return;
+        }
+    };
+    let home = home_shard(&identity.user, d.cfg.shards);
+    if home == d.id {
+        super::conn::start(&d, stream, bytes, identity);
+        return;
+    }
+    // Hand the socket over: a duplicate descriptor travels, this one closes with the stream.
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    drop(stream);
+    if fd < 0 {
+        tracing::warn!("dup failed: out of descriptors");
+        return;
+    }
+    if d.senders.send_to(home, Wire::Adopt { fd, head: bytes, identity }).await.is_err() {
+        // The home shard is gone (shutting down): the descriptor was not taken over.
+        // SAFETY: `fd` is our dup; nobody else closes it.
+        unsafe { libc::close(fd) };
+    }
+}

@@ -1,0 +1,250 @@
+//! The driver of one shard: feeds events into the [`Shard`] state machine and carries out the
+//! actions it returns: writes to connections, batches to other shards, jobs on the blocking pool.
+
+use super::conn::ConnHandle;
+use crate::auth::{Authenticator, Identity};
+use crate::config::Config;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use shardchat_codec::Limits;
+use shardchat_shard::jobs::{run_commit, run_read};
+use shardchat_shard::{Action, Event, Now, PeerMsg, Shard, ShardConfig};
+use shardchat_storage::MessageStore;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tungstenite::protocol::WebSocketConfig;
+
+/// What crosses between shard threads: the only type that does.
+pub enum Wire {
+    /// A batch of shard messages, in the order the sender produced them.
+    Batch(Vec<PeerMsg>),
+    /// A socket whose upgrade request was read and authenticated on another shard: this shard is
+    /// the user's home and takes it over. `head` holds the bytes already read from it.
+    Adopt { fd: RawFd, head: Vec<u8>, identity: Identity },
+}
+
+/// A one-slot wake-up: `ring` from anywhere on this thread, `wait` in one task.
+#[derive(Default)]
+pub struct Bell {
+    rung: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Bell {
+    pub fn ring(&self) {
+        self.rung.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx: &mut Context<'_>| {
+            if self.rung.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+}
+
+pub struct Driver {
+    pub id: usize,
+    pub cfg: Arc<Config>,
+    pub auth: Authenticator,
+    pub limits: Limits,
+    pub ws_config: WebSocketConfig,
+    shard: RefCell<Shard>,
+    conns: RefCell<HashMap<u64, Rc<ConnHandle>>>,
+    next_conn: Cell<u64>,
+    store: Arc<dyn MessageStore>,
+    pub senders: Senders<Wire>,
+    /// Messages for each other shard, sent as one batch by the flusher.
+    outboxes: RefCell<Vec<Vec<PeerMsg>>>,
+    flush_bell: Bell,
+    /// Jobs on the blocking pool; shutdown waits for them.
+    jobs_in_flight: Cell<usize>,
+    started: Instant,
+}
+
+fn now(started: Instant) -> Now {
+    let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    Now { unix_ms, mono_ms: started.elapsed().as_millis() as u64 }
+}
+
+impl Driver {
+    pub fn new(id: usize, cfg: Arc<Config>, store: Arc<dyn MessageStore>, senders: Senders<Wire>) -> Self {
+        let started = Instant::now();
+        let mut sc = ShardConfig::new(id, cfg.shards);
+        sc.node = cfg.node_id;
+        sc.heartbeat_timeout_ms = cfg.heartbeat_timeout_ms;
+        sc.wheel_slot_ms = (cfg.heartbeat_timeout_ms / 16).clamp(50, 1000);
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(cfg.ws_read_buffer_bytes)
+            .write_buffer_size(cfg.ws_write_buffer_bytes)
+            .max_write_buffer_size(cfg.ws_write_buffer_bytes.max(cfg.ws_message_bytes_max()) * 2)
+            .max_message_size(Some(cfg.ws_message_bytes_max()))
+            .max_frame_size(Some(cfg.ws_message_bytes_max()));
+        Driver {
+            id,
+            auth: Authenticator::new(cfg.jwt_secret.as_deref(), cfg.dev_auth),
+            limits: Limits { body_bytes_max: cfg.body_bytes_max },
+            ws_config,
+            shard: RefCell::new(Shard::new(sc, now(started))),
+            conns: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(1),
+            store,
+            outboxes: RefCell::new((0..cfg.shards).map(|_| Vec::new()).collect()),
+            senders,
+            flush_bell: Bell::default(),
+            jobs_in_flight: Cell::new(0),
+            started,
+            cfg,
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// Starts the tasks that receive from every other shard and the one that sends to them.
+    pub fn start_mesh(self: &Rc<Self>, mut receivers: Receivers<Wire>) {
+        for (_, rx) in receivers.streams() {
+            let d = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(wire) = rx.recv().await {
+                    match wire {
+                        Wire::Batch(msgs) => {
+                            for m in msgs {
+                                d.dispatch(Event::Peer(m));
+                            }
+                        }
+                        Wire::Adopt { fd, head, identity } => super::conn::adopt(&d, fd, head, identity),
+                    }
+                }
+            })
+            .detach();
+        }
+        let d = self.clone();
+        glommio::spawn_local(async move {
+            loop {
+                d.flush_bell.wait().await;
+                // Let every task that is ready run first, so their messages join this batch.
+                futures_lite::future::yield_now().await;
+                let batches: Vec<(usize, Vec<PeerMsg>)> = d
+                    .outboxes
+                    .borrow_mut()
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|(i, v)| (i, std::mem::take(v)))
+                    .collect();
+                for (to, batch) in batches {
+                    if d.senders.send_to(to, Wire::Batch(batch)).await.is_err() {
+                        tracing::warn!(to, "shard channel closed; dropping a batch (shutting down?)");
+                    }
+                }
+            }
+        })
+        .detach();
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        id
+    }
+
+    pub fn register(self: &Rc<Self>, conn: u64, handle: Rc<ConnHandle>, identity: Identity) {
+        self.conns.borrow_mut().insert(conn, handle);
+        self.dispatch(Event::Connected { conn, user: identity.user, device: identity.device });
+    }
+
+    pub fn unregister(self: &Rc<Self>, conn: u64) {
+        self.conns.borrow_mut().remove(&conn);
+        self.dispatch(Event::Disconnected { conn });
+    }
+
+    pub fn tick(self: &Rc<Self>) {
+        self.dispatch(Event::Tick);
+    }
+
+    pub fn close_all(&self, code: u16, reason: &'static str) {
+        for c in self.conns.borrow().values() {
+            c.close(code, reason);
+        }
+    }
+
+    /// Waits until no storage job is running (bounded).
+    pub async fn wait_idle(&self, max: Duration) {
+        let deadline = Instant::now() + max;
+        while self.jobs_in_flight.get() > 0 && Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Feeds one event to the shard and carries out what it asks.
+    pub fn dispatch(self: &Rc<Self>, ev: Event) {
+        let actions = {
+            let mut shard = self.shard.borrow_mut();
+            shard.handle(now(self.started), ev);
+            shard.take_actions()
+        };
+        for a in actions {
+            self.act(a);
+        }
+    }
+
+    fn act(self: &Rc<Self>, a: Action) {
+        match a {
+            Action::Send { conn, payload } => {
+                if let Some(c) = self.conns.borrow().get(&conn) {
+                    c.push(&payload, self.cfg.outbound_queue_bytes_max);
+                }
+            }
+            Action::Close { conn, code, reason } => {
+                if let Some(c) = self.conns.borrow().get(&conn) {
+                    c.close(code, reason);
+                }
+            }
+            Action::Peer { to, msg } => {
+                self.outboxes.borrow_mut()[to].push(msg);
+                self.flush_bell.ring();
+            }
+            Action::Commit(job) => {
+                let (d, store) = (self.clone(), self.store.clone());
+                self.jobs_in_flight.set(self.jobs_in_flight.get() + 1);
+                glommio::spawn_local(async move {
+                    let out = glommio::executor().spawn_blocking(move || run_commit(&*store, job)).await;
+                    d.jobs_in_flight.set(d.jobs_in_flight.get() - 1);
+                    d.dispatch(Event::CommitDone(out));
+                })
+                .detach();
+            }
+            Action::Read { conn, job } => {
+                let (d, store) = (self.clone(), self.store.clone());
+                let Some(handle) = self.conns.borrow().get(&conn).cloned() else { return };
+                self.jobs_in_flight.set(self.jobs_in_flight.get() + 1);
+                glommio::spawn_local(async move {
+                    // Pace reads by the reader: a sync streams only as fast as the client takes
+                    // it, so a large backlog never piles up in the outbound queue.
+                    let low = d.cfg.outbound_queue_bytes_max / 2;
+                    while handle.queued_bytes() > low && !handle.is_finished() {
+                        glommio::timer::sleep(Duration::from_millis(2)).await;
+                    }
+                    let outcome = glommio::executor().spawn_blocking(move || run_read(&*store, job)).await;
+                    d.jobs_in_flight.set(d.jobs_in_flight.get() - 1);
+                    d.dispatch(Event::ReadDone { conn, outcome });
+                })
+                .detach();
+            }
+        }
+    }
+}
+

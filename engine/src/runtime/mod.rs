@@ -1,0 +1,102 @@
+//! Everything that knows glommio lives under this module: executors, sockets, timers, the
+//! cross-shard mesh and the blocking pools. The rest of the engine (config, auth, HTTP head
+//! parsing) and the `shard/` logic are runtime-agnostic, so swapping glommio for another
+//! thread-per-core io_uring runtime (compio) means rewriting these files only.
+
+mod accept;
+mod conn;
+mod driver;
+mod prefixed;
+
+use crate::config::Config;
+use driver::{Driver, Wire};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{CpuSet, LocalExecutorBuilder, Placement, PoolPlacement};
+use shardchat_storage::{FjallStore, MessageStore, StoreConfig};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Slots of the cross-shard channel between each pair of shards, in batches (each batch holds
+/// every message one shard had for another at that moment). A full channel makes the sender's
+/// flusher wait: backpressure, never unbounded growth.
+const MESH_CHANNEL_BATCHES_MAX: usize = 1024;
+/// How often a shard's coarse timer runs (heartbeat wheel, shutdown check).
+const TICK_MS: u64 = 250;
+/// How long shutdown waits for connections to take their close frames.
+const SHUTDOWN_GRACE_MS: u64 = 3_000;
+
+/// Runs the engine until SIGINT or SIGTERM.
+pub fn serve(cfg: Config) -> Result<(), String> {
+    if cfg.dev_auth {
+        tracing::warn!("================================================================");
+        tracing::warn!("DEVELOPMENT MODE: --dev-auth lets anyone connect as any user with");
+        tracing::warn!("?user=<id>. Never expose this server to a network you do not own.");
+        tracing::warn!("================================================================");
+    }
+    let store = FjallStore::open(&StoreConfig { dir: cfg.data_dir.clone(), commit_interval: Duration::from_micros(cfg.commit_interval_us) })
+        .map_err(|e| format!("opening the store in {}: {e}", cfg.data_dir.display()))?;
+    let store: Arc<FjallStore> = Arc::new(store);
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, shutdown.clone()).map_err(|e| format!("installing signal handler: {e}"))?;
+    }
+    let cpus: Vec<usize> = CpuSet::online().map_err(|e| format!("reading CPUs: {e}"))?.into_iter().map(|l| l.cpu).collect();
+    let mesh = MeshBuilder::<Wire, _>::full(cfg.shards, MESH_CHANNEL_BATCHES_MAX);
+    let cfg = Arc::new(cfg);
+    tracing::info!(listen = %cfg.listen, shards = cfg.shards, data_dir = %cfg.data_dir.display(), "shardchat starting");
+    let mut handles = Vec::new();
+    for id in 0..cfg.shards {
+        let (cfg, mesh, store, shutdown) = (cfg.clone(), mesh.clone(), store.clone(), shutdown.clone());
+        let cpu = cpus[id % cpus.len().max(1)];
+        let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("shard-{id}"))
+            .spin_before_park(Duration::from_micros(cfg.spin_before_park_us))
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(cfg.storage_threads_per_shard.max(1)))
+            .spawn(move || async move { shard_main(id, cfg, mesh, store, shutdown).await })
+            .map_err(|e| format!("starting shard {id}: {e}"))?;
+        handles.push(h);
+    }
+    let mut result = Ok(());
+    for (id, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(format!("shard {id}: {e}")),
+            Err(e) => result = Err(format!("shard {id} failed: {e}")),
+        }
+    }
+    store.persist().map_err(|e| format!("final flush: {e}"))?;
+    tracing::info!("shardchat stopped");
+    result
+}
+
+async fn shard_main(
+    id: usize,
+    cfg: Arc<Config>,
+    mesh: MeshBuilder<Wire, glommio::channels::channel_mesh::Full>,
+    store: Arc<FjallStore>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let (senders, receivers) = mesh.join().await.map_err(|_| "joining the shard mesh".to_string())?;
+    let store: Arc<dyn MessageStore> = store;
+    let listener = glommio::net::TcpListener::bind(cfg.listen).map_err(|e| format!("binding {}: {e}", cfg.listen))?;
+    let d = Rc::new(Driver::new(id, cfg.clone(), store, senders));
+    d.start_mesh(receivers);
+    let acceptor = glommio::spawn_local(accept::accept_loop(d.clone(), listener));
+    if id == 0 {
+        tracing::info!(listen = %cfg.listen, "listening");
+    }
+    while !shutdown.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
+        d.tick();
+    }
+    drop(acceptor.cancel());
+    d.close_all(1001, "server shutting down");
+    let deadline = std::time::Instant::now() + Duration::from_millis(SHUTDOWN_GRACE_MS);
+    while d.connections() > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    d.wait_idle(Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
+    Ok(())
+}
