@@ -35,6 +35,7 @@ pub fn serve(cfg: Config) -> Result<(), String> {
         tracing::warn!("?user=<id>. Never expose this server to a network you do not own.");
         tracing::warn!("================================================================");
     }
+    probe_listen_address(&cfg)?;
     let store = FjallStore::open(&StoreConfig { dir: cfg.data_dir.clone(), commit_interval: Duration::from_micros(cfg.commit_interval_us) })
         .map_err(|e| format!("opening the store in {}: {e}", cfg.data_dir.display()))?;
     let store: Arc<FjallStore> = Arc::new(store);
@@ -69,6 +70,25 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     store.persist().map_err(|e| format!("final flush: {e}"))?;
     tracing::info!("shardchat stopped");
     result
+}
+
+/// Every shard binds with SO_REUSEPORT, which would also let a second shardchat (same user) bind
+/// the same address and silently take half the connections. A plain bind first fails with
+/// "address in use" while anyone holds the address. Right after a crash the kernel may hold the
+/// dead process's listeners a moment longer (io_uring tears down asynchronously), so a restart
+/// retries for a few seconds before giving up.
+fn probe_listen_address(cfg: &Config) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::net::TcpListener::bind(cfg.listen) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                tracing::warn!(listen = %cfg.listen, "address in use; retrying");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(format!("binding {}: {e}", cfg.listen)),
+        }
+    }
 }
 
 async fn shard_main(

@@ -1,0 +1,214 @@
+//! Test harness: the real `shardchat` binary on a loopback port, real WebSocket clients.
+
+#![allow(dead_code)]
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::net::TcpStream as StdTcp;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for one expected frame before failing.
+pub const FRAME_WAIT: Duration = Duration::from_secs(10);
+
+pub struct Server {
+    pub port: u16,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+/// A port no other server of this test process got: the kernel's bind(0) may hand a port that
+/// was just released to the next caller, and two servers on one port would each take half the
+/// connections (the server refuses to start on a port in use, so this only keeps tests apart).
+fn free_port() -> u16 {
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap();
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !taken.contains(&port) {
+            taken.push(port);
+            return port;
+        }
+    }
+}
+
+impl Server {
+    /// Starts a server with `--dev-auth`, 3 shards, and the extra flags.
+    pub fn start(extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut s = Server { port: free_port(), dir, _tmp: Some(tmp), child: None, extra: extra.iter().map(|s| s.to_string()).collect() };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", self.port),
+            "--data-dir".into(),
+            self.dir.display().to_string(),
+            "--dev-auth".into(),
+        ];
+        if !self.extra.iter().any(|a| a == "--shards") {
+            args.extend(["--shards".into(), "3".into()]);
+        }
+        args.extend(self.extra.iter().cloned());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardchat"))
+            .args(&args)
+            .env("RUST_LOG", std::env::var("SHARDCHAT_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start shardchat");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while StdTcp::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("shardchat exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "server did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+    }
+
+    pub fn url(&self, user: &str, device: &str) -> String {
+        format!("ws://127.0.0.1:{}/ws?user={user}&device={device}", self.port)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM and wait: the clean shutdown path.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if let Some(status) = c.try_wait().unwrap() {
+                    assert!(status.success(), "shardchat exited with {status}");
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    panic!("shardchat did not stop on SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// SIGKILL: the crash path.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill first");
+        // A killed server's listeners may outlive it briefly (io_uring teardown is asynchronous):
+        // wait until nothing answers on the port, or the probe below could reach the old one.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while StdTcp::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(Instant::now() < deadline, "the old server's port stays open");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct Client {
+    pub ws: Ws,
+    pub user: String,
+}
+
+impl Client {
+    pub async fn connect(s: &Server, user: &str, device: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(s.url(user, device)).await.unwrap_or_else(|e| panic!("connect {user}/{device}: {e}"));
+        Client { ws, user: user.into() }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(Message::Text(v.to_string().into())).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.unwrap();
+    }
+
+    /// Sends a direct message and returns the ack.
+    pub async fn dm(&mut self, to: &str, cmid: &str, body: &str) -> Value {
+        self.send(json!({"t":"send","cmid":cmid,"to":to,"body":body})).await;
+        self.recv_where(|v| v["t"] == "ack" && v["cmid"] == cmid || v["t"] == "error").await
+    }
+
+    /// The next text frame as JSON.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let m = tokio::time::timeout(FRAME_WAIT, self.ws.next()).await.expect("timed out waiting for a frame");
+            match m {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Skips frames until one matches.
+    pub async fn recv_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let v = self.recv().await;
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+
+    /// Asserts that nothing arrives for `d`.
+    pub async fn silent_for(&mut self, d: Duration) {
+        if let Ok(m) = tokio::time::timeout(d, self.ws.next()).await {
+            panic!("expected silence, got {m:?}");
+        }
+    }
+
+    /// Waits for the connection to end; returns the close code if a close frame came.
+    pub async fn closed(&mut self, within: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await.expect("connection did not close") {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+}
+
+pub fn seq(v: &Value) -> u64 {
+    v["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {v}"))
+}
