@@ -139,8 +139,10 @@ impl Config {
         if self.heartbeat_timeout_ms < 1000 {
             return Err("heartbeat_timeout_ms must be at least 1000".into());
         }
-        if self.outbound_queue_bytes_max < 2 * self.body_bytes_max {
-            return Err("outbound_queue_bytes_max must hold at least two messages of body_bytes_max".into());
+        // Two frames of the largest size must fit: a sync or history frame always carries at
+        // least one message, and it is sent once the queue is half empty.
+        if self.outbound_queue_bytes_max < 2 * self.ws_message_bytes_max() {
+            return Err(format!("outbound_queue_bytes_max must be at least {} (two frames of the largest size)", 2 * self.ws_message_bytes_max()));
         }
         Ok(())
     }

@@ -252,9 +252,10 @@ fn commit_inner(store: &dyn MessageStore, ops: &[Op], convs: &mut HashMap<String
 pub enum ReadJob {
     /// Which conversations `user` has and where each stands.
     SyncPlan { user: String, cursors: BTreeMap<String, u64> },
-    /// Up to `limit` messages of `conv` after `after`.
-    SyncChunk { conv: String, after: u64, limit: usize },
-    History { user: String, conv: String, before: Option<u64>, limit: usize, r#ref: Option<Ref> },
+    /// Up to `limit` messages of `conv` after `after`, and no more than `bytes_max` of them.
+    SyncChunk { conv: String, after: u64, limit: usize, bytes_max: usize },
+    /// A page of up to `limit` messages, and no more than `bytes_max` of them.
+    History { user: String, conv: String, before: Option<u64>, limit: usize, bytes_max: usize, r#ref: Option<Ref> },
 }
 
 /// Where one conversation stands for a syncing device.
@@ -292,6 +293,26 @@ fn authorize(store: &dyn MessageStore, conv: &str, user: &str) -> Result<(), Fra
     }
 }
 
+/// What one message adds to a frame besides its body, in bytes (ids, names, JSON punctuation):
+/// a generous estimate, so a trimmed frame stays under its budget.
+const MESSAGE_OVERHEAD_BYTES: usize = 512;
+
+/// Keeps the longest prefix of `messages` that fits in `bytes_max` (JSON escaping can grow a body
+/// up to six-fold, so bodies count six times), and always the first message: a frame must make
+/// progress, and the outbound bound is validated to hold one message of the largest size.
+fn trim_to_bytes(mut messages: Vec<MsgRecord>, bytes_max: usize) -> Vec<MsgRecord> {
+    let mut total = 0;
+    let keep = messages
+        .iter()
+        .take_while(|m| {
+            total += m.body.len() * 6 + m.cmid.len() + MESSAGE_OVERHEAD_BYTES;
+            total <= bytes_max
+        })
+        .count();
+    messages.truncate(keep.max(1));
+    messages
+}
+
 pub fn run_read(store: &dyn MessageStore, job: ReadJob) -> ReadOutcome {
     match job {
         ReadJob::SyncPlan { user, cursors } => ReadOutcome::SyncPlan((|| {
@@ -305,13 +326,14 @@ pub fn run_read(store: &dyn MessageStore, job: ReadJob) -> ReadOutcome {
                 })
                 .collect()
         })()),
-        ReadJob::SyncChunk { conv, after, limit } => {
-            let messages = store.messages_after(&conv, after, limit).map_err(unavailable);
+        ReadJob::SyncChunk { conv, after, limit, bytes_max } => {
+            let messages = store.messages_after(&conv, after, limit).map(|m| trim_to_bytes(m, bytes_max)).map_err(unavailable);
             ReadOutcome::SyncChunk { conv, messages }
         }
-        ReadJob::History { user, conv, before, limit, r#ref } => ReadOutcome::History((|| {
+        ReadJob::History { user, conv, before, limit, bytes_max, r#ref } => ReadOutcome::History((|| {
             authorize(store, &conv, &user).map_err(|e| e.with_ref(r#ref.clone()))?;
             let messages = store.messages_before(&conv, before, limit).map_err(|e| unavailable(e).with_ref(r#ref.clone()))?;
+            let messages = trim_to_bytes(messages, bytes_max);
             Ok(ServerFrame::History { conv, messages, r#ref })
         })()),
     }

@@ -31,6 +31,9 @@ pub struct ShardConfig {
     pub conv_cache_max: usize,
     /// Conversations per connection for which the first live seq is remembered (sync dedup).
     pub live_first_convs_max: usize,
+    /// Budget of one `sync` or `history` frame, in bytes: well under the outbound queue bound,
+    /// so answering a read never overflows a connection that keeps up.
+    pub read_frame_bytes_max: usize,
 }
 
 impl ShardConfig {
@@ -44,6 +47,7 @@ impl ShardConfig {
             owner_pending_ops_max: 100_000,
             conv_cache_max: 1_000_000,
             live_first_convs_max: 64,
+            read_frame_bytes_max: 1024 * 1024,
         }
     }
 }
@@ -269,7 +273,8 @@ impl Shard {
             }
             ClientFrame::History { conv, before, limit, r#ref } => {
                 let limit = limit.unwrap_or(shardchat_codec::HISTORY_LIMIT_DEFAULT) as usize;
-                self.actions.push(Action::Read { conn, job: ReadJob::History { user, conv, before, limit, r#ref } });
+                let bytes_max = self.cfg.read_frame_bytes_max;
+                self.actions.push(Action::Read { conn, job: ReadJob::History { user, conv, before, limit, bytes_max, r#ref } });
             }
             ClientFrame::Ping { r#ref } => {
                 self.actions.push(Action::Send { conn, payload: ServerFrame::Pong { r#ref }.into() });
@@ -385,7 +390,7 @@ impl Shard {
         match run.todo.front() {
             Some((conv, after, _, left)) => {
                 let limit = (*left as usize).min(SYNC_FRAME_MESSAGES_MAX);
-                let job = ReadJob::SyncChunk { conv: conv.clone(), after: *after, limit };
+                let job = ReadJob::SyncChunk { conv: conv.clone(), after: *after, limit, bytes_max: self.cfg.read_frame_bytes_max };
                 self.actions.push(Action::Read { conn, job });
             }
             None => {

@@ -26,7 +26,7 @@ struct Dev(ShardId, u64);
 struct Sim {
     shards: Vec<Shard>,
     inbox: Vec<VecDeque<Event>>,
-    store: Arc<FjallStore>,
+    store: Arc<dyn MessageStore>,
     received: HashMap<Dev, Vec<Payload>>,
     closed: Vec<(Dev, u16, &'static str)>,
     rng: Rng,
@@ -35,7 +35,7 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(shards: usize, seed: u64, store: Arc<FjallStore>) -> Sim {
+    fn new(shards: usize, seed: u64, store: Arc<dyn MessageStore>) -> Sim {
         let now = Now { unix_ms: 1_800_000_000_000, mono_ms: 1_000 };
         Sim {
             shards: (0..shards).map(|i| Shard::new(ShardConfig::new(i, shards), now)).collect(),
@@ -380,4 +380,90 @@ fn disconnected_devices_get_nothing_and_ping_is_answered() {
     assert!(sim.frames(b).is_empty());
     sim.send(a, r#"{"t":"ping","ref":"p"}"#);
     assert_eq!(sim.frames(a).last().unwrap(), &ServerFrame::Pong { r#ref: Some(Ref::Str("p".into())) });
+}
+
+/// A store whose writes fail while `down` is set: the disk is gone.
+struct FlakyStore {
+    inner: FjallStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl MessageStore for FlakyStore {
+    fn commit(&self, b: &shardchat_storage::WriteBatch) -> Result<(), shardchat_storage::StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(shardchat_storage::StoreError::Io("disk gone".into()));
+        }
+        self.inner.commit(b)
+    }
+    fn last_seq(&self, c: &str) -> Result<u64, shardchat_storage::StoreError> {
+        self.inner.last_seq(c)
+    }
+    fn find_cmid(&self, c: &str, f: &str, m: &str) -> Result<Option<MsgRecord>, shardchat_storage::StoreError> {
+        self.inner.find_cmid(c, f, m)
+    }
+    fn messages_after(&self, c: &str, a: u64, l: usize) -> Result<Vec<MsgRecord>, shardchat_storage::StoreError> {
+        self.inner.messages_after(c, a, l)
+    }
+    fn messages_before(&self, c: &str, b: Option<u64>, l: usize) -> Result<Vec<MsgRecord>, shardchat_storage::StoreError> {
+        self.inner.messages_before(c, b, l)
+    }
+    fn members(&self, c: &str) -> Result<Vec<(String, Role)>, shardchat_storage::StoreError> {
+        self.inner.members(c)
+    }
+    fn user_convs(&self, u: &str) -> Result<Vec<String>, shardchat_storage::StoreError> {
+        self.inner.user_convs(u)
+    }
+    fn watermark(&self, c: &str, u: &str, k: ReceiptKind) -> Result<u64, shardchat_storage::StoreError> {
+        self.inner.watermark(c, u, k)
+    }
+}
+
+#[test]
+fn a_failed_commit_is_unavailable_nothing_is_delivered_and_seq_has_no_hole() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = FjallStore::open(&StoreConfig { dir: dir.path().into(), commit_interval: std::time::Duration::ZERO }).unwrap();
+    let st = Arc::new(FlakyStore { inner, down: false.into() });
+    let mut sim = Sim::new(2, 8, st.clone());
+    let (a, b) = (sim.connect("alice"), sim.connect("bob"));
+    sim.send(a, &send("bob", "1", "x"));
+    st.down.store(true, std::sync::atomic::Ordering::Relaxed);
+    sim.send(a, &send("bob", "2", "x"));
+    let f = sim.take(a);
+    assert!(matches!(&f[1], ServerFrame::Error { code: ErrorCode::Unavailable, cmid: Some(c), .. } if c == "2"), "{f:?}");
+    assert_eq!(sim.take(b).len(), 1, "only the stored message was delivered");
+    st.down.store(false, std::sync::atomic::Ordering::Relaxed);
+    sim.send(a, &send("bob", "2", "x"));
+    assert!(matches!(&sim.take(a)[..], [ServerFrame::Ack { seq: 2, .. }]), "the retry takes the next seq: no hole");
+}
+
+#[test]
+fn a_second_sync_while_one_runs_is_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::new(1, 8, store(dir.path()));
+    let b = sim.connect("bob");
+    sim.push(b, r#"{"t":"sync"}"#);
+    sim.push(b, r#"{"t":"sync"}"#);
+    sim.run();
+    let f = sim.take(b);
+    assert_eq!(err_code(&f), vec![ErrorCode::RateLimited]);
+    assert!(matches!(f.last(), Some(ServerFrame::Synced { .. })));
+}
+
+#[test]
+fn large_messages_make_smaller_history_and_sync_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::new(2, 8, store(dir.path()));
+    let a = sim.connect("alice");
+    let big = "z".repeat(50_000);
+    for i in 0..30 {
+        sim.send(a, &send("bob", &format!("{i}"), &big));
+    }
+    let b = sim.connect("bob");
+    sim.send(b, r#"{"t":"history","conv":"d:alice:bob","limit":200}"#);
+    let ServerFrame::History { messages, .. } = sim.take(b).pop().unwrap() else { panic!() };
+    // The default budget is 1 MiB and a body counts six-fold: three messages per frame.
+    assert_eq!(messages.len(), 3);
+    sim.send(b, r#"{"t":"sync"}"#);
+    let frames = sim.take(b);
+    assert_eq!(frames.len(), 11, "ten frames of three, then synced");
 }

@@ -188,8 +188,20 @@ async fn run(d: &Rc<Driver>, conn: u64, h: &Rc<ConnHandle>, mut ws: Ws) {
             Either::Right(_) => continue,
         };
         match next {
-            None | Some(Err(_)) => return,
+            None => return,
             Some(Ok(msg)) => inbound(d, conn, h, msg),
+            Some(Err(e)) => {
+                // Protocol violations close with the RFC's codes; I/O errors just end.
+                let code = match e {
+                    tungstenite::Error::Capacity(_) => CloseCode::Size,
+                    tungstenite::Error::Protocol(_) => CloseCode::Protocol,
+                    tungstenite::Error::Utf8(_) => CloseCode::Invalid,
+                    _ => return,
+                };
+                tracing::debug!(error = %e, "closing on protocol error");
+                let _ = ws.close(Some(CloseFrame { code, reason: Utf8Bytes::from_static("protocol error") })).await;
+                return;
+            }
         }
     }
 }

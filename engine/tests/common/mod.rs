@@ -174,7 +174,7 @@ impl Client {
             match m {
                 Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                other => panic!("expected a text frame, got {other:?}"),
+                other => panic!("{}: expected a text frame, got {other:?}", self.user),
             }
         }
     }

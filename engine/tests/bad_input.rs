@@ -1,0 +1,229 @@
+//! Every error of the contract's table over the wire, protocol violations, auth refusals,
+//! heartbeat timeouts, slowloris handshakes, binary frames and slow consumers.
+
+mod common;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use serde_json::json;
+use shardchat_codec::{decode_server_binary, encode_client_binary, ClientFrame, MsgKind, ServerFrame};
+use std::io::{Read, Write};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn each_error_code_is_answered_and_the_connection_stays_open() {
+    let s = Server::start(&["--body-bytes-max", "1000"]);
+    let mut a = Client::connect(&s, "alice", "d").await;
+    let mut eve = Client::connect(&s, "eve", "d").await;
+    a.dm("bob", "c0", "hello").await;
+
+    // bad_request: not JSON, unknown type, missing field, invalid id, reserved kind.
+    a.send_raw(Message::Text("not json".into())).await;
+    assert_eq!(a.recv().await["code"], "bad_request");
+    a.send(json!({"t":"teleport","ref":"r1"})).await;
+    let e = a.recv().await;
+    assert_eq!((e["code"].as_str(), e["ref"].as_str()), (Some("bad_request"), Some("r1")), "{e}");
+    assert!(e["msg"].as_str().unwrap().contains("unknown frame type"));
+    a.send(json!({"t":"send","cmid":"c1","to":"bob"})).await;
+    let e = a.recv().await;
+    assert_eq!((e["code"].as_str(), e["cmid"].as_str()), (Some("bad_request"), Some("c1")), "{e}");
+    a.send(json!({"t":"send","cmid":"c2","to":"bad id!","body":"x"})).await;
+    assert_eq!(a.recv().await["code"], "bad_request");
+    a.send(json!({"t":"send","cmid":"c3","to":"bob","body":"x","kind":"system"})).await;
+    assert_eq!(a.recv().await["code"], "bad_request");
+    a.send(json!({"t":"read","conv":"d:alice:bob","seq":99})).await;
+    assert_eq!(a.recv().await["code"], "bad_request", "a watermark beyond the last message");
+
+    // too_large: a body over the configured limit.
+    let e = a.dm("bob", "big", &"x".repeat(1001)).await;
+    assert_eq!((e["code"].as_str(), e["cmid"].as_str()), (Some("too_large"), Some("big")), "{e}");
+
+    // group_full: more than 500 members.
+    let members: Vec<String> = (0..501).map(|i| format!("u{i}")).collect();
+    a.send(json!({"t":"group_create","name":"big","members":members,"ref":"g"})).await;
+    let e = a.recv().await;
+    assert_eq!((e["code"].as_str(), e["ref"].as_str()), (Some("group_full"), Some("g")));
+
+    // forbidden: a stranger's send, history and receipt on someone else's conversation.
+    eve.send(json!({"t":"send","cmid":"e1","conv":"d:alice:bob","body":"hi"})).await;
+    assert_eq!(eve.recv().await["code"], "forbidden");
+    eve.send(json!({"t":"history","conv":"d:alice:bob","ref":7})).await;
+    let e = eve.recv().await;
+    assert_eq!((e["code"].as_str(), e["ref"].as_i64()), (Some("forbidden"), Some(7)));
+    eve.send(json!({"t":"read","conv":"d:alice:bob","seq":1})).await;
+    assert_eq!(eve.recv().await["code"], "forbidden");
+    // Nor does a stranger learn the conversation through sync.
+    eve.send(json!({"t":"sync","cursors":{"d:alice:bob":0}})).await;
+    assert_eq!(eve.recv().await, json!({"t":"synced","convs":{}}));
+
+    // not_found: conversations that do not exist.
+    eve.send(json!({"t":"history","conv":"g:nothing"})).await;
+    assert_eq!(eve.recv().await["code"], "not_found");
+    eve.send(json!({"t":"send","cmid":"e2","conv":"g:nothing","body":"x"})).await;
+    assert_eq!(eve.recv().await["code"], "not_found");
+
+    // Still open and working after all of that.
+    assert_eq!(a.dm("bob", "c9", "still here").await["t"], "ack");
+    eve.send(json!({"t":"ping"})).await;
+    assert_eq!(eve.recv().await["t"], "pong");
+}
+
+#[tokio::test]
+async fn binary_frames_are_answered_in_binary() {
+    let s = Server::start(&[]);
+    let mut a = Client::connect(&s, "alice", "d").await;
+    let mut b = Client::connect(&s, "bob", "d").await;
+    let frame = ClientFrame::Send { cmid: "bin".into(), to: Some("bob".into()), conv: None, body: "rkyv".into(), kind: MsgKind::Text };
+    a.send_raw(Message::Binary(encode_client_binary(&frame).into())).await;
+    let ack = match a.ws.next().await.unwrap().unwrap() {
+        Message::Binary(bytes) => decode_server_binary(&bytes).unwrap(),
+        other => panic!("expected binary, got {other:?}"),
+    };
+    assert!(matches!(ack, ServerFrame::Ack { seq: 1, .. }), "{ack:?}");
+    // The text client gets text.
+    let m = b.recv().await;
+    assert_eq!((m["t"].as_str(), m["body"].as_str()), (Some("msg"), Some("rkyv")));
+    // Garbage in binary is an error, in binary, and the connection stays.
+    a.send_raw(Message::Binary(vec![1, 2, 3].into())).await;
+    let e = match a.ws.next().await.unwrap().unwrap() {
+        Message::Binary(bytes) => decode_server_binary(&bytes).unwrap(),
+        other => panic!("expected binary, got {other:?}"),
+    };
+    assert!(matches!(e, ServerFrame::Error { code: shardchat_codec::ErrorCode::BadRequest, .. }));
+    // Speaking text again switches the answers back.
+    a.send(json!({"t":"ping"})).await;
+    assert_eq!(a.recv().await["t"], "pong");
+}
+
+#[tokio::test]
+async fn a_message_over_the_websocket_limit_closes_with_1009() {
+    let s = Server::start(&["--body-bytes-max", "1000"]);
+    let mut a = Client::connect(&s, "alice", "d").await;
+    a.send_raw(Message::Text("x".repeat(100_000).into())).await;
+    assert_eq!(a.closed(Duration::from_secs(5)).await, Some(1009));
+}
+
+#[tokio::test]
+async fn upgrades_without_valid_identity_get_401() {
+    let s = Server::start(&["--jwt-secret", "topsecret"]);
+    for target in ["/ws", "/ws?token=garbage", "/ws?user=alice&token=x.y.z"] {
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        write!(sock, "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        sock.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 401"), "{target}: {resp}");
+    }
+    // A valid token in the header or the query works, and its `dev` claim names the device.
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        dev: &'a str,
+        exp: u64,
+    }
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &Claims { sub: "alice", dev: "phone", exp },
+        &jsonwebtoken::EncodingKey::from_secret(b"topsecret"),
+    )
+    .unwrap();
+    let url = format!("ws://127.0.0.1:{}/ws?token={token}", s.port);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::Text(r#"{"t":"ping","ref":1}"#.into())).await.unwrap();
+    assert!(matches!(ws.next().await, Some(Ok(Message::Text(t))) if t.contains("pong")));
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://127.0.0.1:{}/ws", s.port).into_client_request().unwrap();
+    req.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_silent_handshake_is_cut_off() {
+    let s = Server::start(&["--handshake-timeout-ms", "300"]);
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    sock.write_all(b"GET /ws?user=slow HTTP/1.1\r\n").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut resp = String::new();
+    sock.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed_after_the_heartbeat_timeout() {
+    let s = Server::start(&["--heartbeat-timeout-ms", "1000"]);
+    let mut quiet = Client::connect(&s, "quiet", "d").await;
+    let mut chatty = Client::connect(&s, "chatty", "d").await;
+    let pinger = tokio::spawn(async move {
+        for _ in 0..12 {
+            chatty.send_raw(Message::Ping(vec![1].into())).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        chatty.send(json!({"t":"ping"})).await;
+        chatty.recv_where(|v| v["t"] == "pong").await;
+    });
+    assert_eq!(quiet.closed(Duration::from_secs(5)).await, Some(1000));
+    pinger.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_loose_without_stalling_others_and_loses_nothing() {
+    let s = Server::start(&["--outbound-queue-bytes-max", "1048576"]);
+    let mut slow = Client::connect(&s, "slow", "d").await;
+    let mut a = Client::connect(&s, "alice", "d").await;
+    let mut c = Client::connect(&s, "carol", "d").await;
+    // The slow client never reads; alice floods it. Loopback socket buffers absorb a few MiB,
+    // then the server's queue for it fills and it is closed.
+    let body = "y".repeat(60_000);
+    let total = 400;
+    for i in 0..total {
+        a.send(json!({"t":"send","cmid":format!("f{i}"),"to":"slow","body":body})).await;
+        if i % 50 == 0 {
+            // Others are not stalled meanwhile.
+            assert_eq!(c.dm("alice", &format!("c{i}"), "still fast").await["t"], "ack");
+        }
+    }
+    let mut acks = 0;
+    while acks < total {
+        let v = a.recv().await;
+        if v["t"] == "ack" && v["cmid"].as_str().unwrap().starts_with('f') {
+            acks += 1;
+        }
+    }
+    // Now the slow client reads: whatever it got, then the connection ends.
+    let mut seen = 0u64;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), slow.ws.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                seen = seq(&v);
+            }
+            Some(Ok(Message::Close(f))) => {
+                assert_eq!(f.map(|f| u16::from(f.code)), Some(1013));
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break,
+        }
+    }
+    assert!(seen < total as u64, "the slow client should have been cut off, saw {seen}");
+    // Reconnect and sync from what it had: everything is there.
+    let mut again = Client::connect(&s, "slow", "d").await;
+    again.send(json!({"t":"sync","cursors":{"d:alice:slow":seen}})).await;
+    let mut next = seen + 1;
+    loop {
+        let v = again.recv().await;
+        match v["t"].as_str().unwrap() {
+            "sync" => {
+                for m in v["messages"].as_array().unwrap() {
+                    assert_eq!(seq(m), next);
+                    next += 1;
+                }
+            }
+            "synced" => break,
+            "msg" => {}
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(next, total as u64 + 1, "sync brought back every message");
+}
