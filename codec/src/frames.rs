@@ -14,8 +14,19 @@ macro_rules! wire {
 
 /// The `t` values a client may send; used to tell "unknown type" from "malformed".
 pub(crate) const CLIENT_FRAME_TYPES: &[&str] = &[
-    "send", "delivered", "read", "sync", "history", "group_create", "group_add", "group_remove",
-    "group_leave", "presence_sub", "presence_unsub", "typing", "ping",
+    "send",
+    "delivered",
+    "read",
+    "sync",
+    "history",
+    "group_create",
+    "group_add",
+    "group_remove",
+    "group_leave",
+    "presence_sub",
+    "presence_unsub",
+    "typing",
+    "ping",
 ];
 
 wire! {

@@ -99,8 +99,7 @@ pub fn decode_server_text(text: &str) -> Result<ServerFrame, FrameError> {
 pub fn decode_server_binary(bytes: &[u8]) -> Result<ServerFrame, FrameError> {
     let archived = rkyv::access::<ArchivedServerFrame, rancor::Error>(bytes)
         .map_err(|e| FrameError::bad_request(format!("invalid binary frame: {e}")))?;
-    rkyv::deserialize::<ServerFrame, rancor::Error>(archived)
-        .map_err(|e| FrameError::bad_request(format!("invalid binary frame: {e}")))
+    rkyv::deserialize::<ServerFrame, rancor::Error>(archived).map_err(|e| FrameError::bad_request(format!("invalid binary frame: {e}")))
 }
 
 #[cfg(test)]

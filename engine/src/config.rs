@@ -113,7 +113,18 @@ impl Config {
         macro_rules! over {
             ($($f:ident),*) => {$( if let Some(v) = &args.$f { c.$f = v.clone(); } )*};
         }
-        over!(listen, data_dir, shards, node_id, heartbeat_timeout_ms, handshake_timeout_ms, commit_interval_us, body_bytes_max, outbound_queue_bytes_max, spin_before_park_us);
+        over!(
+            listen,
+            data_dir,
+            shards,
+            node_id,
+            heartbeat_timeout_ms,
+            handshake_timeout_ms,
+            commit_interval_us,
+            body_bytes_max,
+            outbound_queue_bytes_max,
+            spin_before_park_us
+        );
         if args.jwt_secret.is_some() {
             c.jwt_secret = args.jwt_secret.clone();
         }
@@ -142,7 +153,10 @@ impl Config {
         // Two frames of the largest size must fit: a sync or history frame always carries at
         // least one message, and it is sent once the queue is half empty.
         if self.outbound_queue_bytes_max < 2 * self.ws_message_bytes_max() {
-            return Err(format!("outbound_queue_bytes_max must be at least {} (two frames of the largest size)", 2 * self.ws_message_bytes_max()));
+            return Err(format!(
+                "outbound_queue_bytes_max must be at least {} (two frames of the largest size)",
+                2 * self.ws_message_bytes_max()
+            ));
         }
         Ok(())
     }

@@ -91,10 +91,25 @@ pub struct CommitJob {
 #[derive(Debug)]
 pub enum OpOutcome {
     /// A message is durable: `fresh` unless it was a retried `cmid` (then only the ack is owed).
-    Stored { reply_to: ConnRef, record: MsgRecord, members: Vec<String>, fresh: bool },
+    Stored {
+        reply_to: ConnRef,
+        record: MsgRecord,
+        members: Vec<String>,
+        fresh: bool,
+    },
     /// A watermark moved forward (or not: `changed` false means nothing to forward).
-    Marked { conv: String, user: String, kind: ReceiptKind, seq: u64, members: Vec<String>, changed: bool },
-    Rejected { reply_to: ConnRef, err: FrameError },
+    Marked {
+        conv: String,
+        user: String,
+        kind: ReceiptKind,
+        seq: u64,
+        members: Vec<String>,
+        changed: bool,
+    },
+    Rejected {
+        reply_to: ConnRef,
+        err: FrameError,
+    },
 }
 
 #[derive(Debug)]
@@ -170,7 +185,7 @@ fn commit_inner(store: &dyn MessageStore, ops: &[Op], convs: &mut HashMap<String
                         Target::To(u) => st.members.iter().any(|m| m == u),
                         Target::Conv(_) => true,
                     };
-                    if !st.members.iter().any(|m| *m == s.user) || !to_ok {
+                    if !st.members.contains(&s.user) || !to_ok {
                         outcomes.push(reject(s.reply_to, ErrorCode::Forbidden, "not a member of this conversation", Some(&s.cmid)));
                         continue;
                     }
@@ -207,7 +222,7 @@ fn commit_inner(store: &dyn MessageStore, ops: &[Op], convs: &mut HashMap<String
                     outcomes.push(reject(m.reply_to, ErrorCode::NotFound, "no such conversation", None));
                     continue;
                 }
-                if !st.members.iter().any(|u| *u == m.user) {
+                if !st.members.contains(&m.user) {
                     outcomes.push(reject(m.reply_to, ErrorCode::Forbidden, "not a member of this conversation", None));
                     continue;
                 }
@@ -271,7 +286,10 @@ pub struct SyncConv {
 #[derive(Debug)]
 pub enum ReadOutcome {
     SyncPlan(Result<Vec<SyncConv>, FrameError>),
-    SyncChunk { conv: String, messages: Result<Vec<MsgRecord>, FrameError> },
+    SyncChunk {
+        conv: String,
+        messages: Result<Vec<MsgRecord>, FrameError>,
+    },
     /// A `history` frame or the error to answer with.
     History(Result<ServerFrame, FrameError>),
 }

@@ -5,7 +5,9 @@ use crate::payload::Payload;
 use crate::route::{home_shard, owner_shard, ShardId};
 use crate::snowflake::Snowflake;
 use crate::wheel::TimerWheel;
-use shardchat_codec::{ClientFrame, ErrorCode, FrameError, MsgRecord, ReceiptKind, ServerFrame, SYNC_FRAME_MESSAGES_MAX, SYNC_LIMIT_DEFAULT};
+use shardchat_codec::{
+    ClientFrame, ErrorCode, FrameError, MsgRecord, ReceiptKind, ServerFrame, SYNC_FRAME_MESSAGES_MAX, SYNC_LIMIT_DEFAULT,
+};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// The time, passed in with every event: wall clock for timestamps and ids, a monotonic clock for
@@ -56,16 +58,30 @@ impl ShardConfig {
 #[derive(Debug)]
 pub enum Event {
     /// A connection of `user` now lives here (its home shard).
-    Connected { conn: u64, user: String, device: String },
+    Connected {
+        conn: u64,
+        user: String,
+        device: String,
+    },
     /// A decoded, validated frame from a connection; `binary` tells the encoding it came in.
-    Frame { conn: u64, frame: ClientFrame },
+    Frame {
+        conn: u64,
+        frame: ClientFrame,
+    },
     /// Bytes arrived on a connection (any frame, WebSocket pings included): it is alive.
-    Activity { conn: u64 },
-    Disconnected { conn: u64 },
+    Activity {
+        conn: u64,
+    },
+    Disconnected {
+        conn: u64,
+    },
     /// Messages from another shard (or this one).
     Peer(PeerMsg),
     CommitDone(CommitOutcome),
-    ReadDone { conn: u64, outcome: ReadOutcome },
+    ReadDone {
+        conn: u64,
+        outcome: ReadOutcome,
+    },
     /// The coarse timer: heartbeat timeouts.
     Tick,
 }

@@ -1,8 +1,8 @@
 //! Shards driven without sockets or threads: several shards and clients in one thread, the
 //! interleaving chosen from a seed, storage real (fjall in a temporary directory) and run inline.
 
-use crate::*;
 use crate::jobs::{run_commit, run_read};
+use crate::*;
 use shardchat_codec::*;
 use shardchat_storage::{FjallStore, MessageStore, StoreConfig};
 use std::collections::{HashMap, VecDeque};

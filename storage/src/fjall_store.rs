@@ -109,9 +109,7 @@ impl MessageStore for FjallStore {
             b.insert(&self.watermarks, keys::watermark(conv, user, kind_byte(*kind)), seq.to_be_bytes());
         }
         b.commit().map_err(io)?;
-        self.group
-            .wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string()))
-            .map_err(StoreError::Io)
+        self.group.wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())).map_err(StoreError::Io)
     }
 
     fn last_seq(&self, conv: &str) -> Result<u64, StoreError> {
@@ -138,11 +136,7 @@ impl MessageStore for FjallStore {
     fn messages_after(&self, conv: &str, after: u64, limit: usize) -> Result<Vec<MsgRecord>, StoreError> {
         let start = keys::message(conv, after.saturating_add(1));
         let end = keys::message(conv, u64::MAX);
-        self.messages
-            .range(start..=end)
-            .take(limit)
-            .map(|g| decode_record(&g.value().map_err(io)?))
-            .collect()
+        self.messages.range(start..=end).take(limit).map(|g| decode_record(&g.value().map_err(io)?)).collect()
     }
 
     fn messages_before(&self, conv: &str, before: Option<u64>, limit: usize) -> Result<Vec<MsgRecord>, StoreError> {
@@ -152,12 +146,7 @@ impl MessageStore for FjallStore {
         }
         let start = keys::message(conv, 1);
         let end = keys::message(conv, before - 1);
-        self.messages
-            .range(start..=end)
-            .rev()
-            .take(limit)
-            .map(|g| decode_record(&g.value().map_err(io)?))
-            .collect()
+        self.messages.range(start..=end).rev().take(limit).map(|g| decode_record(&g.value().map_err(io)?)).collect()
     }
 
     fn members(&self, conv: &str) -> Result<Vec<(String, Role)>, StoreError> {

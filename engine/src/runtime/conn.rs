@@ -145,7 +145,11 @@ pub fn start(d: &Rc<Driver>, stream: TcpStream, head: Vec<u8>, identity: Identit
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let _ = stream.set_nodelay(true);
         let io = Prefixed::new(head, stream);
-        let ws = match async_tungstenite::accept_hdr_async_with_config(io, |_: &_, resp| Ok(resp), Some(d.ws_config)).await {
+        // Authentication already happened on the accepting shard; the callback accepts as is
+        // (its error type is tungstenite's, a large response we never build).
+        #[allow(clippy::result_large_err)]
+        let accept = |_: &_, resp| Ok(resp);
+        let ws = match async_tungstenite::accept_hdr_async_with_config(io, accept, Some(d.ws_config)).await {
             Ok(ws) => ws,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade failed");

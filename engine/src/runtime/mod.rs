@@ -35,9 +35,11 @@ pub fn serve(cfg: Config) -> Result<(), String> {
         tracing::warn!("?user=<id>. Never expose this server to a network you do not own.");
         tracing::warn!("================================================================");
     }
+    raise_open_files_limit();
     probe_listen_address(&cfg)?;
-    let store = FjallStore::open(&StoreConfig { dir: cfg.data_dir.clone(), commit_interval: Duration::from_micros(cfg.commit_interval_us) })
-        .map_err(|e| format!("opening the store in {}: {e}", cfg.data_dir.display()))?;
+    let store =
+        FjallStore::open(&StoreConfig { dir: cfg.data_dir.clone(), commit_interval: Duration::from_micros(cfg.commit_interval_us) })
+            .map_err(|e| format!("opening the store in {}: {e}", cfg.data_dir.display()))?;
     let store: Arc<FjallStore> = Arc::new(store);
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -70,6 +72,20 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     store.persist().map_err(|e| format!("final flush: {e}"))?;
     tracing::info!("shardchat stopped");
     result
+}
+
+/// Every connection is a descriptor: take the hard limit as the soft one, and say what it is
+/// (raising the hard limit is `tuning/`'s job).
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    tracing::info!(open_files_max = lim.rlim_cur, "descriptor limit (each connection takes one; see tuning/)");
 }
 
 /// Every shard binds with SO_REUSEPORT, which would also let a second shardchat (same user) bind

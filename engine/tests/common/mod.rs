@@ -149,7 +149,8 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(s: &Server, user: &str, device: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(s.url(user, device)).await.unwrap_or_else(|e| panic!("connect {user}/{device}: {e}"));
+        let (ws, _) =
+            tokio_tungstenite::connect_async(s.url(user, device)).await.unwrap_or_else(|e| panic!("connect {user}/{device}: {e}"));
         Client { ws, user: user.into() }
     }
 
