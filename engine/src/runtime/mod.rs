@@ -94,10 +94,14 @@ fn raise_open_files_limit() {
 /// dead process's listeners a moment longer (io_uring tears down asynchronously), so a restart
 /// retries for a few seconds before giving up.
 fn probe_listen_address(cfg: &Config) -> Result<(), String> {
+    use socket2::{Domain, Socket, Type};
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        match std::net::TcpListener::bind(cfg.listen) {
-            Ok(_) => return Ok(()),
+        // Bind without listening: nobody can connect to the probe by mistake.
+        let sock = Socket::new(Domain::for_address(cfg.listen), Type::STREAM, None).map_err(|e| format!("socket: {e}"))?;
+        let _ = sock.set_reuse_address(true);
+        match sock.bind(&cfg.listen.into()) {
+            Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
                 tracing::warn!(listen = %cfg.listen, "address in use; retrying");
                 std::thread::sleep(Duration::from_millis(100));
