@@ -187,6 +187,11 @@ async fn run(d: &Rc<Driver>, conn: u64, h: &Rc<ConnHandle>, mut ws: Ws) {
             }
             continue;
         }
+        if d.congested() {
+            // Keep writing, stop reading: the client's TCP window carries the backpressure.
+            let _ = select(Box::pin(glommio::timer::sleep(Duration::from_millis(1))), Box::pin(h.outbound())).await;
+            continue;
+        }
         let next = match select(ws.next(), Box::pin(h.outbound())).await {
             Either::Left((next, _)) => next,
             Either::Right(_) => continue,

@@ -19,6 +19,14 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tungstenite::protocol::WebSocketConfig;
 
+/// Messages waiting in one shard's outboxes beyond which its connections stop reading client
+/// frames until the flusher catches up: backpressure reaches the clients through TCP instead of
+/// the outboxes growing while a peer shard's channel is full.
+const OUTBOX_MESSAGES_MAX: usize = 64 * 1024;
+
+/// A commit slower than this is logged: it delays every ack and message of the shard's batch.
+const SLOW_COMMIT: Duration = Duration::from_millis(50);
+
 /// What crosses between shard threads: the only type that does.
 pub enum Wire {
     /// A batch of shard messages, in the order the sender produced them.
@@ -67,6 +75,8 @@ pub struct Driver {
     pub senders: Senders<Wire>,
     /// Messages for each other shard, sent as one batch by the flusher.
     outboxes: RefCell<Vec<Vec<PeerMsg>>>,
+    /// Messages in `outboxes` (bounded by `OUTBOX_MESSAGES_MAX` through backpressure).
+    outbox_len: Cell<usize>,
     flush_bell: Bell,
     /// Jobs on the blocking pool; shutdown waits for them.
     jobs_in_flight: Cell<usize>,
@@ -102,6 +112,7 @@ impl Driver {
             next_conn: Cell::new(1),
             store,
             outboxes: RefCell::new((0..cfg.shards).map(|_| Vec::new()).collect()),
+            outbox_len: Cell::new(0),
             senders,
             flush_bell: Bell::default(),
             jobs_in_flight: Cell::new(0),
@@ -146,6 +157,7 @@ impl Driver {
                     .filter(|(_, v)| !v.is_empty())
                     .map(|(i, v)| (i, std::mem::take(v)))
                     .collect();
+                d.outbox_len.set(0);
                 for (to, batch) in batches {
                     if d.senders.send_to(to, Wire::Batch(batch)).await.is_err() {
                         tracing::warn!(to, "shard channel closed; dropping a batch (shutting down?)");
@@ -154,6 +166,11 @@ impl Driver {
             }
         })
         .detach();
+    }
+
+    /// Whether the outboxes are over their bound: connections stop reading until they drain.
+    pub fn congested(&self) -> bool {
+        self.outbox_len.get() > OUTBOX_MESSAGES_MAX
     }
 
     pub fn next_conn_id(&self) -> u64 {
@@ -216,13 +233,20 @@ impl Driver {
             }
             Action::Peer { to, msg } => {
                 self.outboxes.borrow_mut()[to].push(msg);
+                self.outbox_len.set(self.outbox_len.get() + 1);
                 self.flush_bell.ring();
             }
             Action::Commit(job) => {
                 let (d, store) = (self.clone(), self.store.clone());
                 self.jobs_in_flight.set(self.jobs_in_flight.get() + 1);
                 glommio::spawn_local(async move {
+                    let started = Instant::now();
+                    let ops = job.ops.len();
                     let out = glommio::executor().spawn_blocking(move || run_commit(&*store, job)).await;
+                    let took = started.elapsed();
+                    if took > SLOW_COMMIT {
+                        tracing::warn!(shard = d.id, ops, took_ms = took.as_millis() as u64, "slow commit");
+                    }
                     d.jobs_in_flight.set(d.jobs_in_flight.get() - 1);
                     d.dispatch(Event::CommitDone(out));
                 })
