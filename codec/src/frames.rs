@@ -125,6 +125,20 @@ wire! {
             #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
             r#ref: Option<Ref>,
         },
+        /// Who has message `seq` of `conv` delivered and read (answered with `receipt_detail`).
+        ReceiptQuery {
+            conv: String,
+            seq: u64,
+            #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+            r#ref: Option<Ref>,
+        },
+    }
+
+    /// Delivered/read counts of one message, among the members other than its sender.
+    pub struct SeqCounts {
+        pub seq: u64,
+        pub delivered: u32,
+        pub read: u32,
     }
 
     /// A stored message, as it appears in `msg`, `sync.messages` and `history.messages`.
@@ -182,6 +196,20 @@ wire! {
         },
         Typing { conv: String, user: String },
         Pong {
+            #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+            r#ref: Option<Ref>,
+        },
+        /// Group receipts, coalesced: for the recipient's own recent messages in `conv`, how many
+        /// of the `of` other members have each delivered and read.
+        ReceiptCounts { conv: String, of: u32, counts: Vec<SeqCounts> },
+        /// The answer to `receipt_query`: who (other than the sender) has message `seq`
+        /// delivered and read; `read` users are also in `delivered`.
+        ReceiptDetail {
+            conv: String,
+            seq: u64,
+            of: u32,
+            delivered: Vec<String>,
+            read: Vec<String>,
             #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
             r#ref: Option<Ref>,
         },
@@ -244,6 +272,7 @@ impl ClientFrame {
             | ClientFrame::GroupAdd { r#ref, .. }
             | ClientFrame::GroupRemove { r#ref, .. }
             | ClientFrame::GroupLeave { r#ref, .. }
+            | ClientFrame::ReceiptQuery { r#ref, .. }
             | ClientFrame::Ping { r#ref } => (None, r#ref.clone()),
             _ => (None, None),
         }
@@ -293,7 +322,7 @@ impl ClientFrame {
                     _ => Err(FrameError::bad_request("exactly one of `to` and `conv` is required")),
                 }
             }
-            ClientFrame::Delivered { conv, seq } | ClientFrame::Read { conv, seq } => {
+            ClientFrame::Delivered { conv, seq } | ClientFrame::Read { conv, seq } | ClientFrame::ReceiptQuery { conv, seq, .. } => {
                 conv_ok(conv)?;
                 if *seq == 0 {
                     return Err(FrameError::bad_request("seq starts at 1"));

@@ -31,6 +31,7 @@ fn decodes_every_client_frame_of_the_contract() {
         r#"{"t":"presence_unsub","users":["a"]}"#,
         r#"{"t":"typing","conv":"d:a:b"}"#,
         r#"{"t":"ping","ref":1}"#,
+        r#"{"t":"receipt_query","conv":"g:1","seq":4,"ref":"q"}"#,
         r#"{"t":"ping","extra":"unknown fields are ignored"}"#,
     ];
     for text in cases {

@@ -4,9 +4,14 @@
 //! inline.
 
 use crate::route::ShardId;
-use shardchat_codec::{direct_conv_id, direct_members, ErrorCode, FrameError, MsgKind, MsgRecord, ReceiptKind, Ref, Role, ServerFrame};
-use shardchat_storage::{MessageStore, StoreError, WriteBatch};
-use std::collections::{BTreeMap, HashMap};
+use shardchat_codec::{
+    direct_conv_id, direct_members, ErrorCode, FrameError, MsgKind, MsgRecord, ReceiptKind, Ref, Role, ServerFrame, GROUP_MEMBERS_MAX,
+};
+use shardchat_storage::{Membership, MessageStore, StoreError, WriteBatch};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// Recent messages whose authors get coalesced group receipt counts.
+pub const RECENT_MESSAGES_MAX: usize = 64;
 
 /// A connection anywhere in the process: its home shard and its id there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -55,17 +60,63 @@ pub struct MarkOp {
     pub seq: u64,
 }
 
+/// A change to a group's membership.
+#[derive(Clone, Debug)]
+pub enum GroupChange {
+    Create { name: String, members: Vec<String> },
+    Add { users: Vec<String> },
+    Remove { users: Vec<String> },
+    Leave,
+}
+
+#[derive(Clone, Debug)]
+pub struct GroupOp {
+    pub reply_to: ConnRef,
+    pub user: String,
+    pub conv: String,
+    pub change: GroupChange,
+    pub r#ref: Option<Ref>,
+    /// Id and time of the system message that records the change (assigned on acceptance).
+    pub id: u64,
+    pub ts: u64,
+}
+
 #[derive(Clone, Debug)]
 pub enum Op {
     Send(SendOp),
     Mark(MarkOp),
+    Group(GroupOp),
+    /// A typing notice for a conversation whose state was not cached: checked and relayed by
+    /// the job (never stored).
+    Typing {
+        reply_to: ConnRef,
+        user: String,
+        conv: String,
+    },
+    /// Who has a message delivered and read.
+    ReceiptQuery {
+        reply_to: ConnRef,
+        user: String,
+        conv: String,
+        seq: u64,
+        r#ref: Option<Ref>,
+    },
+    /// Persist a user's last-seen time (presence, written lazily).
+    LastSeen {
+        user: String,
+        ms: u64,
+    },
 }
 
 impl Op {
-    pub fn conv(&self) -> &str {
+    /// The conversation whose state the op needs, if any.
+    pub fn conv(&self) -> Option<&str> {
         match self {
-            Op::Send(s) => &s.conv,
-            Op::Mark(m) => &m.conv,
+            Op::Send(s) => Some(&s.conv),
+            Op::Mark(m) => Some(&m.conv),
+            Op::Group(g) => Some(&g.conv),
+            Op::Typing { conv, .. } | Op::ReceiptQuery { conv, .. } => Some(conv),
+            Op::LastSeen { .. } => None,
         }
     }
 }
@@ -75,10 +126,60 @@ impl Op {
 #[derive(Clone, Debug, Default)]
 pub struct ConvState {
     pub last_seq: u64,
-    /// Empty exactly when the conversation does not exist yet.
-    pub members: Vec<String>,
-    /// Watermarks read or written so far: (user, kind) → seq.
+    /// Current members. Empty exactly when the conversation does not exist (or all left).
+    pub members: Vec<Membership>,
+    /// The group's name; empty for direct conversations.
+    pub name: String,
+    /// Every stored watermark: (user, kind) → seq.
     pub marks: HashMap<(String, ReceiptKind), u64>,
+    /// Of the last [`RECENT_MESSAGES_MAX`] messages, those users sent (not system messages):
+    /// (seq, from), oldest first. Their authors get receipt counts.
+    pub recent: VecDeque<(u64, String)>,
+}
+
+impl ConvState {
+    pub fn is_group(conv: &str) -> bool {
+        conv.starts_with("g:")
+    }
+
+    pub fn is_member(&self, user: &str) -> bool {
+        self.members.iter().any(|m| m.user == user)
+    }
+
+    pub fn member_names(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.user.clone()).collect()
+    }
+
+    pub fn mark(&self, user: &str, kind: ReceiptKind) -> u64 {
+        self.marks.get(&(user.to_string(), kind)).copied().unwrap_or(0)
+    }
+
+    /// Whether `user` has message `seq` delivered (a read implies delivered) or read.
+    fn has(&self, user: &str, kind: ReceiptKind, seq: u64) -> bool {
+        match kind {
+            ReceiptKind::Read => self.mark(user, ReceiptKind::Read) >= seq,
+            ReceiptKind::Delivered => self.mark(user, ReceiptKind::Delivered).max(self.mark(user, ReceiptKind::Read)) >= seq,
+        }
+    }
+
+    /// Delivered and read counts of message `seq` by `from`, among the other current members.
+    pub fn counts(&self, seq: u64, from: &str) -> (u32, u32, u32) {
+        let others = self.members.iter().filter(|m| m.user != from);
+        let (mut of, mut d, mut r) = (0, 0, 0);
+        for m in others {
+            of += 1;
+            d += u32::from(self.has(&m.user, ReceiptKind::Delivered, seq));
+            r += u32::from(self.has(&m.user, ReceiptKind::Read, seq));
+        }
+        (of, d, r)
+    }
+
+    fn push_recent(&mut self, seq: u64, from: &str) {
+        if self.recent.len() == RECENT_MESSAGES_MAX {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((seq, from.to_string()));
+    }
 }
 
 #[derive(Debug)]
@@ -106,6 +207,29 @@ pub enum OpOutcome {
         members: Vec<String>,
         changed: bool,
     },
+    /// A group changed (or was only read, when `system` is None): the `group` frame goes to the
+    /// members and answers the requester; the system message goes to the members and to
+    /// `notify` (users removed by this change, who may read up to it).
+    Grouped {
+        reply_to: ConnRef,
+        r#ref: Option<Ref>,
+        conv: String,
+        name: String,
+        members: Vec<Membership>,
+        notify: Vec<String>,
+        system: Option<MsgRecord>,
+    },
+    /// A typing notice checked against membership: relay to the other members.
+    Typed {
+        conv: String,
+        user: String,
+        members: Vec<String>,
+    },
+    /// A frame for one connection (answers that need no fan-out).
+    Answer {
+        reply_to: ConnRef,
+        frame: ServerFrame,
+    },
     Rejected {
         reply_to: ConnRef,
         err: FrameError,
@@ -120,11 +244,26 @@ pub struct CommitOutcome {
     pub convs: HashMap<String, ConvState>,
 }
 
+/// Loads what the owner keeps of `conv` from the store (once; then it is cached).
+pub fn load_conv(store: &dyn MessageStore, conv: &str) -> Result<ConvState, StoreError> {
+    let last_seq = store.last_seq(conv)?;
+    let members = store.members(conv)?;
+    let name = if ConvState::is_group(conv) { store.conv_name(conv)?.unwrap_or_default() } else { String::new() };
+    let marks = store.watermarks(conv)?.into_iter().map(|(u, k, s)| ((u, k), s)).collect();
+    let mut recent: VecDeque<(u64, String)> = store
+        .messages_before(conv, None, RECENT_MESSAGES_MAX)?
+        .into_iter()
+        .filter(|m| m.kind != MsgKind::System)
+        .map(|m| (m.seq, m.from))
+        .collect();
+    recent.make_contiguous().reverse();
+    Ok(ConvState { last_seq, members, name, marks, recent })
+}
+
 fn load<'a>(store: &dyn MessageStore, convs: &'a mut HashMap<String, ConvState>, conv: &str) -> Result<&'a mut ConvState, StoreError> {
     if !convs.contains_key(conv) {
-        let last_seq = store.last_seq(conv)?;
-        let members = store.members(conv)?.into_iter().map(|(u, _)| u).collect();
-        convs.insert(conv.to_string(), ConvState { last_seq, members, marks: HashMap::new() });
+        let st = load_conv(store, conv)?;
+        convs.insert(conv.to_string(), st);
     }
     Ok(convs.get_mut(conv).expect("just inserted"))
 }
@@ -140,11 +279,20 @@ pub fn run_commit(store: &dyn MessageStore, job: CommitJob) -> CommitOutcome {
         Ok(outcomes) => CommitOutcome { outcomes, convs },
         Err(e) => {
             tracing::error!(error = %e, ops = ops.len(), "commit failed; answering unavailable");
+            let unavailable = "storage unavailable, retry later";
             let outcomes = ops
                 .iter()
                 .filter_map(|op| match op {
-                    Op::Send(s) => Some(reject(s.reply_to, ErrorCode::Unavailable, "storage unavailable, retry later", Some(&s.cmid))),
-                    Op::Mark(_) => None,
+                    Op::Send(s) => Some(reject(s.reply_to, ErrorCode::Unavailable, unavailable, Some(&s.cmid))),
+                    Op::Group(g) => Some(OpOutcome::Rejected {
+                        reply_to: g.reply_to,
+                        err: FrameError::new(ErrorCode::Unavailable, unavailable).with_ref(g.r#ref.clone()),
+                    }),
+                    Op::ReceiptQuery { reply_to, r#ref, .. } => Some(OpOutcome::Rejected {
+                        reply_to: *reply_to,
+                        err: FrameError::new(ErrorCode::Unavailable, unavailable).with_ref(r#ref.clone()),
+                    }),
+                    Op::Mark(_) | Op::Typing { .. } | Op::LastSeen { .. } => None,
                 })
                 .collect();
             CommitOutcome { outcomes, convs: HashMap::new() }
@@ -164,34 +312,37 @@ fn commit_inner(store: &dyn MessageStore, ops: &[Op], convs: &mut HashMap<String
             Op::Send(s) => {
                 let st = load(store, convs, &s.conv)?;
                 if st.members.is_empty() {
-                    let members = match &s.target {
-                        Target::To(u) => vec![s.user.clone(), u.clone()],
+                    // A direct conversation is created by its first message; groups by group_create.
+                    let pair = match &s.target {
+                        Target::To(u) => Some((s.user.clone(), u.clone())),
                         Target::Conv(c) => match direct_members(c) {
-                            Some((a, b)) if a == s.user || b == s.user => vec![a.to_string(), b.to_string()],
-                            _ => {
-                                outcomes.push(reject(s.reply_to, ErrorCode::NotFound, "no such conversation", Some(&s.cmid)));
-                                continue;
-                            }
+                            Some((a, b)) if a == s.user || b == s.user => Some((a.to_string(), b.to_string())),
+                            _ => None,
                         },
                     };
-                    let mut members = members;
-                    members.dedup();
-                    for m in &members {
-                        batch.members.push((s.conv.clone(), m.clone(), Role::Member));
+                    let Some((a, b)) = pair else {
+                        outcomes.push(reject(s.reply_to, ErrorCode::NotFound, "no such conversation", Some(&s.cmid)));
+                        continue;
+                    };
+                    let mut users = vec![a, b];
+                    users.dedup();
+                    for u in users {
+                        let m = Membership { user: u, role: Role::Member, joined: 0 };
+                        batch.members.push((s.conv.clone(), m.clone()));
+                        st.members.push(m);
                     }
-                    st.members = members;
                 } else {
                     let to_ok = match &s.target {
-                        Target::To(u) => st.members.iter().any(|m| m == u),
+                        Target::To(u) => st.is_member(u),
                         Target::Conv(_) => true,
                     };
-                    if !st.members.contains(&s.user) || !to_ok {
+                    if !st.is_member(&s.user) || !to_ok {
                         outcomes.push(reject(s.reply_to, ErrorCode::Forbidden, "not a member of this conversation", Some(&s.cmid)));
                         continue;
                     }
                 }
                 let key = (s.conv.as_str(), s.user.as_str(), s.cmid.as_str());
-                let members = st.members.clone();
+                let members = st.member_names();
                 if let Some(&i) = in_batch.get(&key) {
                     let record = batch.messages[i].clone();
                     outcomes.push(OpOutcome::Stored { reply_to: s.reply_to, record, members, fresh: false });
@@ -202,6 +353,7 @@ fn commit_inner(store: &dyn MessageStore, ops: &[Op], convs: &mut HashMap<String
                     continue;
                 }
                 st.last_seq += 1;
+                st.push_recent(st.last_seq, &s.user);
                 let record = MsgRecord {
                     conv: s.conv.clone(),
                     id: s.id,
@@ -218,48 +370,232 @@ fn commit_inner(store: &dyn MessageStore, ops: &[Op], convs: &mut HashMap<String
             }
             Op::Mark(m) => {
                 let st = load(store, convs, &m.conv)?;
-                if st.members.is_empty() {
-                    outcomes.push(reject(m.reply_to, ErrorCode::NotFound, "no such conversation", None));
-                    continue;
-                }
-                if !st.members.contains(&m.user) {
-                    outcomes.push(reject(m.reply_to, ErrorCode::Forbidden, "not a member of this conversation", None));
+                if let Err(e) = check_member(st, &m.user) {
+                    outcomes.push(OpOutcome::Rejected { reply_to: m.reply_to, err: e });
                     continue;
                 }
                 if m.seq > st.last_seq {
                     outcomes.push(reject(m.reply_to, ErrorCode::BadRequest, "seq is beyond the conversation's last message", None));
                     continue;
                 }
-                let mk = (m.user.clone(), m.kind);
-                let current = match st.marks.get(&mk) {
-                    Some(&v) => v,
-                    None => store.watermark(&m.conv, &m.user, m.kind)?,
-                };
+                let current = st.mark(&m.user, m.kind);
                 let changed = m.seq > current;
-                st.marks.insert(mk, current.max(m.seq));
                 if changed {
+                    st.marks.insert((m.user.clone(), m.kind), m.seq);
                     let row = (m.conv.clone(), m.user.clone(), m.kind, m.seq);
-                    match marks_in_batch.get(&(m.conv.clone(), m.user.clone(), m.kind)) {
+                    let key = (m.conv.clone(), m.user.clone(), m.kind);
+                    match marks_in_batch.get(&key) {
                         Some(&i) => batch.watermarks[i] = row,
                         None => {
-                            marks_in_batch.insert((m.conv.clone(), m.user.clone(), m.kind), batch.watermarks.len());
+                            marks_in_batch.insert(key, batch.watermarks.len());
                             batch.watermarks.push(row);
                         }
                     }
                 }
-                outcomes.push(OpOutcome::Marked {
-                    conv: m.conv.clone(),
-                    user: m.user.clone(),
-                    kind: m.kind,
-                    seq: m.seq,
-                    members: st.members.clone(),
-                    changed,
+                let members = st.member_names();
+                outcomes.push(OpOutcome::Marked { conv: m.conv.clone(), user: m.user.clone(), kind: m.kind, seq: m.seq, members, changed });
+            }
+            Op::Group(g) => {
+                let st = load(store, convs, &g.conv)?;
+                match group_change(st, g, &mut batch) {
+                    Ok(outcome) => outcomes.push(outcome),
+                    Err(err) => outcomes.push(OpOutcome::Rejected { reply_to: g.reply_to, err: err.with_ref(g.r#ref.clone()) }),
+                }
+            }
+            Op::Typing { reply_to, user, conv } => {
+                let st = load(store, convs, conv)?;
+                match check_member(st, user) {
+                    Ok(()) => outcomes.push(OpOutcome::Typed { conv: conv.clone(), user: user.clone(), members: st.member_names() }),
+                    Err(err) => outcomes.push(OpOutcome::Rejected { reply_to: *reply_to, err }),
+                }
+            }
+            Op::ReceiptQuery { reply_to, user, conv, seq, r#ref } => {
+                let st = load(store, convs, conv)?;
+                let answer = receipt_detail(store, st, user, conv, *seq, r#ref.clone());
+                outcomes.push(match answer {
+                    Ok(frame) => OpOutcome::Answer { reply_to: *reply_to, frame },
+                    Err(err) => OpOutcome::Rejected { reply_to: *reply_to, err: err.with_ref(r#ref.clone()) },
                 });
             }
+            Op::LastSeen { user, ms } => batch.last_seen.push((user.clone(), *ms)),
         }
     }
     store.commit(&batch)?;
     Ok(outcomes)
+}
+
+/// Membership check for requests about an existing conversation.
+pub fn check_member(st: &ConvState, user: &str) -> Result<(), FrameError> {
+    if st.members.is_empty() {
+        Err(FrameError::new(ErrorCode::NotFound, "no such conversation"))
+    } else if !st.is_member(user) {
+        Err(FrameError::new(ErrorCode::Forbidden, "not a member of this conversation"))
+    } else {
+        Ok(())
+    }
+}
+
+fn receipt_detail(
+    store: &dyn MessageStore,
+    st: &ConvState,
+    user: &str,
+    conv: &str,
+    seq: u64,
+    r#ref: Option<Ref>,
+) -> Result<ServerFrame, FrameError> {
+    check_member(st, user)?;
+    if seq > st.last_seq {
+        return Err(FrameError::bad_request("seq is beyond the conversation's last message"));
+    }
+    let from = match st.recent.iter().find(|(s, _)| *s == seq) {
+        Some((_, f)) => f.clone(),
+        None => store.messages_after(conv, seq - 1, 1).map_err(unavailable)?.pop().map(|m| m.from).unwrap_or_default(),
+    };
+    let others: Vec<&Membership> = st.members.iter().filter(|m| m.user != from).collect();
+    let who = |k| others.iter().filter(|m| st.has(&m.user, k, seq)).map(|m| m.user.clone()).collect::<Vec<_>>();
+    Ok(ServerFrame::ReceiptDetail {
+        conv: conv.to_string(),
+        seq,
+        of: others.len() as u32,
+        delivered: who(ReceiptKind::Delivered),
+        read: who(ReceiptKind::Read),
+        r#ref,
+    })
+}
+
+/// Applies a group change to `st` and `batch`: checks roles and limits, records the system
+/// message, hands admin over when the last admin goes.
+fn group_change(st: &mut ConvState, g: &GroupOp, batch: &mut WriteBatch) -> Result<OpOutcome, FrameError> {
+    let is_admin = |st: &ConvState, u: &str| st.members.iter().any(|m| m.user == u && m.role == Role::Admin);
+    let mut removed: Vec<String> = Vec::new();
+    let (event, users): (&str, Vec<String>) = match &g.change {
+        GroupChange::Create { name, members } => {
+            if !st.members.is_empty() || st.last_seq > 0 {
+                return Err(FrameError::bad_request("conversation exists"));
+            }
+            let mut users = vec![g.user.clone()];
+            for u in members {
+                if !users.contains(u) {
+                    users.push(u.clone());
+                }
+            }
+            if users.len() > GROUP_MEMBERS_MAX {
+                return Err(FrameError::new(ErrorCode::GroupFull, format!("a group has at most {GROUP_MEMBERS_MAX} members")));
+            }
+            st.name = name.clone();
+            batch.names.push((g.conv.clone(), name.clone()));
+            ("create", users)
+        }
+        GroupChange::Add { users } => {
+            check_group(st, &g.conv, &g.user)?;
+            if !is_admin(st, &g.user) {
+                return Err(FrameError::new(ErrorCode::Forbidden, "only admins add members"));
+            }
+            let mut new: Vec<String> = Vec::new();
+            for u in users {
+                if !st.is_member(u) && !new.contains(u) {
+                    new.push(u.clone());
+                }
+            }
+            if st.members.len() + new.len() > GROUP_MEMBERS_MAX {
+                return Err(FrameError::new(ErrorCode::GroupFull, format!("a group has at most {GROUP_MEMBERS_MAX} members")));
+            }
+            ("add", new)
+        }
+        GroupChange::Remove { users } => {
+            check_group(st, &g.conv, &g.user)?;
+            if !is_admin(st, &g.user) {
+                return Err(FrameError::new(ErrorCode::Forbidden, "only admins remove members"));
+            }
+            let gone: Vec<String> = users.iter().filter(|u| st.is_member(u)).cloned().collect();
+            ("remove", gone)
+        }
+        GroupChange::Leave => {
+            check_group(st, &g.conv, &g.user)?;
+            ("leave", vec![g.user.clone()])
+        }
+    };
+    if users.is_empty() {
+        // Nothing changes (adding members who are in, removing who is not): answer with the state.
+        return Ok(OpOutcome::Grouped {
+            reply_to: g.reply_to,
+            r#ref: g.r#ref.clone(),
+            conv: g.conv.clone(),
+            name: st.name.clone(),
+            members: st.members.clone(),
+            notify: Vec::new(),
+            system: None,
+        });
+    }
+    st.last_seq += 1;
+    let seq = st.last_seq;
+    match event {
+        "create" | "add" => {
+            for (i, u) in users.iter().enumerate() {
+                let role = if event == "create" && i == 0 { Role::Admin } else { Role::Member };
+                let m = Membership { user: u.clone(), role, joined: seq };
+                batch.members.push((g.conv.clone(), m.clone()));
+                st.members.push(m);
+            }
+        }
+        _ => {
+            st.members.retain(|m| !users.contains(&m.user));
+            for u in &users {
+                batch.removed.push((g.conv.clone(), u.clone(), seq));
+                st.marks.retain(|(mu, _), _| mu != u);
+            }
+            removed = users.clone();
+        }
+    }
+    // The last admin gone: the oldest member (earliest join, then name) becomes admin.
+    let mut handed_to = None;
+    if !st.members.is_empty() && !st.members.iter().any(|m| m.role == Role::Admin) {
+        let oldest = st.members.iter_mut().min_by(|a, b| (a.joined, &a.user).cmp(&(b.joined, &b.user))).expect("non-empty");
+        oldest.role = Role::Admin;
+        handed_to = Some(oldest.user.clone());
+        batch.members.push((g.conv.clone(), oldest.clone()));
+    }
+    let body = serde_json_body(event, &g.user, &st.name, &users, handed_to.as_deref());
+    let record = MsgRecord {
+        conv: g.conv.clone(),
+        id: g.id,
+        seq,
+        from: g.user.clone(),
+        cmid: format!("system:{}", g.id),
+        body,
+        kind: MsgKind::System,
+        ts: g.ts,
+    };
+    batch.messages.push(record.clone());
+    Ok(OpOutcome::Grouped {
+        reply_to: g.reply_to,
+        r#ref: g.r#ref.clone(),
+        conv: g.conv.clone(),
+        name: st.name.clone(),
+        members: st.members.clone(),
+        notify: removed,
+        system: Some(record),
+    })
+}
+
+fn check_group(st: &ConvState, conv: &str, user: &str) -> Result<(), FrameError> {
+    if !ConvState::is_group(conv) {
+        return Err(FrameError::bad_request("not a group"));
+    }
+    check_member(st, user)
+}
+
+/// The body of a system message: a JSON object clients can render, e.g.
+/// `{"event":"add","by":"alice","users":["bob"]}` (`admin` names who was handed admin).
+fn serde_json_body(event: &str, by: &str, name: &str, users: &[String], admin: Option<&str>) -> String {
+    let mut o = serde_json::json!({ "event": event, "by": by, "users": users });
+    if event == "create" {
+        o["name"] = name.into();
+    }
+    if let Some(a) = admin {
+        o["admin"] = a.into();
+    }
+    o.to_string()
 }
 
 /// Reads a home shard asks for on behalf of one connection.
@@ -271,6 +607,8 @@ pub enum ReadJob {
     SyncChunk { conv: String, after: u64, limit: usize, bytes_max: usize },
     /// A page of up to `limit` messages, and no more than `bytes_max` of them.
     History { user: String, conv: String, before: Option<u64>, limit: usize, bytes_max: usize, r#ref: Option<Ref> },
+    /// When `user` was last seen (presence of an offline user).
+    LastSeen { user: String },
 }
 
 /// Where one conversation stands for a syncing device.
@@ -292,6 +630,10 @@ pub enum ReadOutcome {
     },
     /// A `history` frame or the error to answer with.
     History(Result<ServerFrame, FrameError>),
+    LastSeen {
+        user: String,
+        ms: Result<Option<u64>, FrameError>,
+    },
 }
 
 fn unavailable(e: StoreError) -> FrameError {
@@ -299,13 +641,19 @@ fn unavailable(e: StoreError) -> FrameError {
     FrameError::new(ErrorCode::Unavailable, "storage unavailable, retry later")
 }
 
-/// Whether `user` may read `conv`: the members the store recorded decide.
-fn authorize(store: &dyn MessageStore, conv: &str, user: &str) -> Result<(), FrameError> {
+/// Up to which seq `user` may read `conv`: everything for members (`u64::MAX`), up to the
+/// message that recorded their leaving for former members. The members the store recorded
+/// decide, never the shape of the id.
+fn readable_upto(store: &dyn MessageStore, conv: &str, user: &str) -> Result<u64, FrameError> {
     let members = store.members(conv).map_err(unavailable)?;
+    if members.iter().any(|m| m.user == user) {
+        return Ok(u64::MAX);
+    }
+    if let Some(left) = store.left_at(conv, user).map_err(unavailable)? {
+        return Ok(left);
+    }
     if members.is_empty() {
         Err(FrameError::new(ErrorCode::NotFound, "no such conversation"))
-    } else if members.iter().any(|(u, _)| u == user) {
-        Ok(())
     } else {
         Err(FrameError::new(ErrorCode::Forbidden, "not a member of this conversation"))
     }
@@ -338,7 +686,13 @@ pub fn run_read(store: &dyn MessageStore, job: ReadJob) -> ReadOutcome {
             convs
                 .into_iter()
                 .map(|conv| {
-                    let last = store.last_seq(&conv).map_err(unavailable)?;
+                    // A former member syncs up to where they left.
+                    let upto = match readable_upto(store, &conv, &user) {
+                        Ok(u) => u,
+                        Err(e) if e.code == ErrorCode::Unavailable => return Err(e),
+                        Err(_) => 0,
+                    };
+                    let last = store.last_seq(&conv).map_err(unavailable)?.min(upto);
                     let cursor = cursors.get(&conv).copied().unwrap_or(0);
                     Ok(SyncConv { conv, cursor, last })
                 })
@@ -349,10 +703,15 @@ pub fn run_read(store: &dyn MessageStore, job: ReadJob) -> ReadOutcome {
             ReadOutcome::SyncChunk { conv, messages }
         }
         ReadJob::History { user, conv, before, limit, bytes_max, r#ref } => ReadOutcome::History((|| {
-            authorize(store, &conv, &user).map_err(|e| e.with_ref(r#ref.clone()))?;
+            let upto = readable_upto(store, &conv, &user).map_err(|e| e.with_ref(r#ref.clone()))?;
+            let before = Some(before.unwrap_or(u64::MAX).min(upto.saturating_add(1)));
             let messages = store.messages_before(&conv, before, limit).map_err(|e| unavailable(e).with_ref(r#ref.clone()))?;
             let messages = trim_to_bytes(messages, bytes_max);
             Ok(ServerFrame::History { conv, messages, r#ref })
         })()),
+        ReadJob::LastSeen { user } => {
+            let ms = store.last_seen(&user).map_err(unavailable);
+            ReadOutcome::LastSeen { user, ms }
+        }
     }
 }

@@ -10,16 +10,16 @@
 //! tests drive several shards in one thread from a seed (see `tests.rs`).
 
 pub mod jobs;
+mod machine;
 pub mod payload;
 pub mod route;
-mod shard;
 pub mod snowflake;
 pub mod wheel;
 
 pub use jobs::{CommitJob, CommitOutcome, ConnRef, ReadJob, ReadOutcome};
-pub use payload::Payload;
+pub use machine::{Action, Event, Now, PeerMsg, Shard, ShardConfig};
+pub use payload::{Class, Payload};
 pub use route::{home_shard, owner_shard, ShardId};
-pub use shard::{Action, Event, Now, PeerMsg, Shard, ShardConfig};
 
 #[cfg(test)]
 mod tests;

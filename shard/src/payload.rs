@@ -5,6 +5,17 @@ use bytes::Bytes;
 use shardchat_codec::{encode_binary, encode_text, ServerFrame};
 use std::sync::{Arc, OnceLock};
 
+/// How a frame may be treated when its connection falls behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Acks, messages, receipts, answers: never dropped; a connection that cannot take them is
+    /// closed and resyncs.
+    Durable,
+    /// Typing and presence: dropped first when the connection is behind (presence is re-sent
+    /// once it catches up).
+    Ephemeral,
+}
+
 #[derive(Clone)]
 pub struct Payload(Arc<Inner>);
 

@@ -95,7 +95,7 @@ impl Sim {
             self.shards[s].handle(self.now, ev);
             for a in self.shards[s].take_actions() {
                 match a {
-                    Action::Send { conn, payload } => self.received.entry(Dev(s, conn)).or_default().push(payload),
+                    Action::Send { conn, payload, .. } => self.received.entry(Dev(s, conn)).or_default().push(payload),
                     Action::Close { conn, code, reason } => self.closed.push((Dev(s, conn), code, reason)),
                     Action::Peer { to, msg } => {
                         assert_ne!(to, s, "a shard handles its own messages inline");
@@ -108,6 +108,10 @@ impl Sim {
                     Action::Read { conn, job } => {
                         let outcome = run_read(&*self.store, job);
                         self.inbox[s].push_back(Event::ReadDone { conn, outcome });
+                    }
+                    Action::Lookup(job) => {
+                        let outcome = run_read(&*self.store, job);
+                        self.inbox[s].push_back(Event::LookupDone(outcome));
                     }
                 }
             }
@@ -407,8 +411,20 @@ impl MessageStore for FlakyStore {
     fn messages_before(&self, c: &str, b: Option<u64>, l: usize) -> Result<Vec<MsgRecord>, shardchat_storage::StoreError> {
         self.inner.messages_before(c, b, l)
     }
-    fn members(&self, c: &str) -> Result<Vec<(String, Role)>, shardchat_storage::StoreError> {
+    fn members(&self, c: &str) -> Result<Vec<shardchat_storage::Membership>, shardchat_storage::StoreError> {
         self.inner.members(c)
+    }
+    fn left_at(&self, c: &str, u: &str) -> Result<Option<u64>, shardchat_storage::StoreError> {
+        self.inner.left_at(c, u)
+    }
+    fn conv_name(&self, c: &str) -> Result<Option<String>, shardchat_storage::StoreError> {
+        self.inner.conv_name(c)
+    }
+    fn watermarks(&self, c: &str) -> Result<Vec<(String, ReceiptKind, u64)>, shardchat_storage::StoreError> {
+        self.inner.watermarks(c)
+    }
+    fn last_seen(&self, u: &str) -> Result<Option<u64>, shardchat_storage::StoreError> {
+        self.inner.last_seen(u)
     }
     fn user_convs(&self, u: &str) -> Result<Vec<String>, shardchat_storage::StoreError> {
         self.inner.user_convs(u)
@@ -466,4 +482,254 @@ fn large_messages_make_smaller_history_and_sync_frames() {
     sim.send(b, r#"{"t":"sync"}"#);
     let frames = sim.take(b);
     assert_eq!(frames.len(), 11, "ten frames of three, then synced");
+}
+
+// ---- groups, group receipts, typing, presence ----
+
+fn group_of(frames: &[ServerFrame]) -> Option<(String, Vec<(String, Role)>)> {
+    frames.iter().find_map(|f| match f {
+        ServerFrame::Group { conv, members, .. } => Some((conv.clone(), members.iter().map(|m| (m.user.clone(), m.role)).collect())),
+        _ => None,
+    })
+}
+
+fn create_group(sim: &mut Sim, admin: Dev, members: &[&str]) -> String {
+    let list: Vec<String> = members.iter().map(|m| format!("\"{m}\"")).collect();
+    sim.send(admin, &format!(r#"{{"t":"group_create","name":"team","members":[{}],"ref":"c"}}"#, list.join(",")));
+    let frames = sim.take(admin);
+    let (conv, _) = group_of(&frames).unwrap_or_else(|| panic!("no group frame: {frames:?}"));
+    conv
+}
+
+#[test]
+fn a_group_message_reaches_every_member_once_in_order_with_one_encode() {
+    for seed in [1, 2, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sim = Sim::new(4, seed, store(dir.path()));
+        let users: Vec<String> = (0..40).map(|i| format!("u{i}")).collect();
+        let devs: Vec<Dev> = users.iter().map(|u| sim.connect(u)).collect();
+        let names: Vec<&str> = users[1..].iter().map(|s| s.as_str()).collect();
+        let conv = create_group(&mut sim, devs[0], &names);
+        for d in &devs[1..] {
+            let f = sim.take(*d);
+            assert!(
+                matches!(f.as_slice(), [ServerFrame::Group { .. }, ServerFrame::Msg(m)] if m.kind == MsgKind::System && m.seq == 1),
+                "{f:?}"
+            );
+        }
+        for (i, d) in devs.iter().enumerate().take(5) {
+            for j in 0..10 {
+                sim.push(*d, &format!(r#"{{"t":"send","cmid":"{i}-{j}","conv":"{conv}","body":"x"}}"#));
+            }
+        }
+        sim.run();
+        let mut first: Option<Payload> = None;
+        for (i, d) in devs.iter().enumerate() {
+            let seqs: Vec<u64> = sim.msgs(*d).iter().map(|m| m.seq).collect();
+            let expect = if i < 5 { 40 } else { 50 };
+            assert_eq!(seqs.len(), expect, "member {i}");
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+            // Every member got the same encoded frame for seq 2 (or it was their own).
+            if let Some(p) = sim.received[d].iter().find(|p| matches!(p.frame(), ServerFrame::Msg(m) if m.seq == 2)) {
+                match &first {
+                    None => first = Some(p.clone()),
+                    Some(f) => assert!(f.ptr_eq(p)),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn group_membership_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = store(dir.path());
+    let mut sim = Sim::new(3, 5, st.clone());
+    let (a, b, c, d) = (sim.connect("ann"), sim.connect("bob"), sim.connect("cat"), sim.connect("dan"));
+    let conv = create_group(&mut sim, a, &["bob", "cat"]);
+    sim.take(b);
+    sim.take(c);
+    // Only admins add or remove.
+    sim.send(b, &format!(r#"{{"t":"group_add","conv":"{conv}","users":["dan"],"ref":1}}"#));
+    assert_eq!(err_code(&sim.take(b)), vec![ErrorCode::Forbidden]);
+    // Strangers can do nothing with it.
+    sim.send(d, &format!(r#"{{"t":"send","cmid":"x","conv":"{conv}","body":"hi"}}"#));
+    sim.send(d, &format!(r#"{{"t":"history","conv":"{conv}"}}"#));
+    sim.send(d, &format!(r#"{{"t":"read","conv":"{conv}","seq":1}}"#));
+    sim.send(d, &format!(r#"{{"t":"typing","conv":"{conv}"}}"#));
+    sim.send(d, &format!(r#"{{"t":"group_leave","conv":"{conv}"}}"#));
+    sim.send(d, &format!(r#"{{"t":"receipt_query","conv":"{conv}","seq":1}}"#));
+    assert_eq!(err_code(&sim.take(d)), vec![ErrorCode::Forbidden; 6]);
+    // Removal: the removed member gets the system message that removes them, then nothing.
+    sim.send(a, &format!(r#"{{"t":"send","cmid":"m1","conv":"{conv}","body":"before"}}"#));
+    sim.send(a, &format!(r#"{{"t":"group_remove","conv":"{conv}","users":["cat"],"ref":2}}"#));
+    let cat = sim.take(c);
+    assert!(matches!(cat.last(), Some(ServerFrame::Msg(m)) if m.kind == MsgKind::System && m.body.contains("\"remove\"")), "{cat:?}");
+    sim.send(a, &format!(r#"{{"t":"send","cmid":"m2","conv":"{conv}","body":"after"}}"#));
+    assert!(sim.take(c).is_empty(), "nothing after removal");
+    // A former member reads history up to their removal, not beyond, and cannot send.
+    sim.send(c, &format!(r#"{{"t":"history","conv":"{conv}"}}"#));
+    let ServerFrame::History { messages, .. } = sim.take(c).pop().unwrap() else { panic!() };
+    assert_eq!(messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3, 2, 1]);
+    sim.send(c, r#"{"t":"sync"}"#);
+    let f = sim.take(c);
+    let ServerFrame::Synced { convs } = f.last().unwrap() else { panic!("{f:?}") };
+    assert_eq!(convs[&conv], 3, "a former member's sync ends where they left");
+    sim.send(c, &format!(r#"{{"t":"send","cmid":"z","conv":"{conv}","body":"hi"}}"#));
+    assert_eq!(err_code(&sim.take(c)), vec![ErrorCode::Forbidden]);
+    // The admin leaves: admin goes to the oldest member.
+    sim.take(b);
+    sim.send(a, &format!(r#"{{"t":"group_leave","conv":"{conv}","ref":3}}"#));
+    let (_, members) = group_of(&sim.take(b)).unwrap();
+    assert_eq!(members, vec![("bob".to_string(), Role::Admin)]);
+    assert_eq!(st.members(&conv).unwrap().len(), 1);
+}
+
+#[test]
+fn groups_hold_at_most_500() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::new(2, 5, store(dir.path()));
+    let a = sim.connect("admin");
+    let many: Vec<String> = (0..499).map(|i| format!("m{i}")).collect();
+    let refs: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
+    let conv = create_group(&mut sim, a, &refs);
+    sim.send(a, &format!(r#"{{"t":"group_add","conv":"{conv}","users":["one-more"]}}"#));
+    assert_eq!(err_code(&sim.take(a)), vec![ErrorCode::GroupFull]);
+    sim.send(a, &format!(r#"{{"t":"group_add","conv":"{conv}","users":["m1"]}}"#));
+    assert!(group_of(&sim.take(a)).is_some(), "adding a member who is in changes nothing");
+}
+
+#[test]
+fn group_receipts_are_coalesced_counts_for_the_author() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::new(3, 7, store(dir.path()));
+    let a = sim.connect("ann");
+    let readers: Vec<Dev> = (0..10).map(|i| sim.connect(&format!("r{i}"))).collect();
+    let names: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+    let conv = create_group(&mut sim, a, &names.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    sim.send(a, &format!(r#"{{"t":"send","cmid":"m","conv":"{conv}","body":"hello"}}"#));
+    sim.take(a);
+    for (i, r) in readers.iter().enumerate() {
+        sim.take(*r);
+        sim.send(*r, &format!(r#"{{"t":"delivered","conv":"{conv}","seq":2}}"#));
+        if i < 4 {
+            sim.send(*r, &format!(r#"{{"t":"read","conv":"{conv}","seq":2}}"#));
+        }
+    }
+    // No per-reader receipts to anyone.
+    assert!(readers.iter().all(|r| sim.frames(*r).is_empty()));
+    assert!(sim.frames(a).is_empty(), "counts wait for the tick");
+    sim.tick(600);
+    let f = sim.take(a);
+    assert_eq!(
+        f,
+        vec![ServerFrame::ReceiptCounts { conv: conv.clone(), of: 10, counts: vec![SeqCounts { seq: 2, delivered: 10, read: 4 }] }]
+    );
+    // Coalesced: more reads inside the interval wait; nothing changed → nothing sent.
+    sim.send(readers[5], &format!(r#"{{"t":"read","conv":"{conv}","seq":2}}"#));
+    sim.tick(100);
+    assert!(sim.take(a).is_empty());
+    sim.tick(500);
+    assert!(matches!(&sim.take(a)[..], [ServerFrame::ReceiptCounts { counts, .. }] if counts[0].read == 5));
+    sim.tick(1000);
+    assert!(sim.take(a).is_empty());
+    // The exact query says who.
+    sim.send(a, &format!(r#"{{"t":"receipt_query","conv":"{conv}","seq":2,"ref":"q"}}"#));
+    let ServerFrame::ReceiptDetail { of, delivered, read, r#ref, .. } = sim.take(a).pop().unwrap() else { panic!() };
+    assert_eq!((of, delivered.len(), r#ref), (10, 10, Some(Ref::Str("q".into()))));
+    assert_eq!(read, vec!["r0", "r1", "r2", "r3", "r5"]);
+}
+
+#[test]
+fn typing_reaches_the_other_members_is_rate_limited_and_never_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = store(dir.path());
+    let mut sim = Sim::new(3, 9, st.clone());
+    let (a, b, c) = (sim.connect("ann"), sim.connect("bob"), sim.connect("cat"));
+    let conv = create_group(&mut sim, a, &["bob", "cat"]);
+    sim.take(b);
+    sim.take(c);
+    for _ in 0..5 {
+        sim.send(a, &format!(r#"{{"t":"typing","conv":"{conv}"}}"#));
+    }
+    let want = vec![ServerFrame::Typing { conv: conv.clone(), user: "ann".into() }];
+    assert_eq!(sim.take(b), want, "one per interval");
+    assert_eq!(sim.take(c), want);
+    assert!(sim.take(a).is_empty(), "not echoed to the typist");
+    sim.tick(2_500);
+    sim.send(a, &format!(r#"{{"t":"typing","conv":"{conv}"}}"#));
+    assert_eq!(sim.take(b), want, "allowed again after the interval");
+    assert_eq!(st.last_seq(&conv).unwrap(), 1, "only the group's creation is stored");
+}
+
+fn presence(frames: &[ServerFrame]) -> Vec<(String, String, Option<u64>)> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Presence { user, status, last_seen } => Some((user.clone(), status.clone(), *last_seen)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn presence_by_interest_with_coalescing_and_last_seen_that_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = store(dir.path());
+    let mut sim = Sim::new(3, 11, st.clone());
+    let watcher = sim.connect("watcher");
+    let bystander = sim.connect("bystander");
+    sim.send(watcher, r#"{"t":"presence_sub","users":["alice","nobody"]}"#);
+    let mut got = presence(&sim.take(watcher));
+    got.sort();
+    assert_eq!(got, vec![("alice".into(), "offline".into(), None), ("nobody".into(), "offline".into(), None)]);
+    let a1 = sim.connect("alice");
+    sim.tick(1_100);
+    assert_eq!(presence(&sim.take(watcher)), vec![("alice".into(), "online".into(), None)]);
+    assert!(sim.take(bystander).is_empty(), "no broadcast to those who did not ask");
+    // Flapping within the interval: one update at most, none if back where it was.
+    let a2 = sim.connect("alice");
+    sim.disconnect(a1);
+    sim.disconnect(a2);
+    let off_at = sim.now.unix_ms;
+    for _ in 0..5 {
+        let d = sim.connect("alice");
+        sim.disconnect(d);
+    }
+    sim.tick(300);
+    sim.tick(1_000);
+    assert_eq!(presence(&sim.take(watcher)), vec![("alice".into(), "offline".into(), Some(off_at))]);
+    sim.tick(1_000);
+    assert!(sim.take(watcher).is_empty());
+    // last_seen is written lazily and read back by a new process.
+    sim.tick(1_000);
+    assert_eq!(st.last_seen("alice").unwrap(), Some(off_at));
+    let mut sim = Sim::new(3, 12, st.clone());
+    let w = sim.connect("watcher2");
+    sim.send(w, r#"{"t":"presence_sub","users":["alice"]}"#);
+    assert_eq!(presence(&sim.take(w)), vec![("alice".into(), "offline".into(), Some(off_at))]);
+    // Unsubscribed: nothing more.
+    sim.send(w, r#"{"t":"presence_unsub","users":["alice"]}"#);
+    sim.connect("alice");
+    sim.tick(1_100);
+    assert!(sim.take(w).is_empty());
+}
+
+#[test]
+fn presence_flips_when_heartbeats_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::new(2, 13, store(dir.path()));
+    let w = sim.connect("w");
+    let a = sim.connect("alice");
+    sim.send(w, r#"{"t":"presence_sub","users":["alice"]}"#);
+    assert_eq!(presence(&sim.take(w))[0].1, "online");
+    for _ in 0..65 {
+        sim.inbox[w.0].push_back(Event::Activity { conn: w.1 });
+        sim.tick(1_000);
+    }
+    assert!(sim.closed.iter().any(|(d, _, _)| *d == a));
+    let p = presence(&sim.take(w));
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].1, "offline");
+    assert!(p[0].2.is_some());
 }

@@ -3,7 +3,7 @@
 //! made durable by one `persist(SyncAll)` per group commit.
 
 use crate::group::GroupCommit;
-use crate::{keys, MessageStore, StoreError, WriteBatch};
+use crate::{keys, Membership, MessageStore, StoreError, WriteBatch};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use rkyv::rancor;
 use shardchat_codec::{ArchivedMsgRecord, MsgRecord, ReceiptKind, Role};
@@ -26,6 +26,9 @@ pub struct FjallStore {
     members: Keyspace,
     user_convs: Keyspace,
     watermarks: Keyspace,
+    former: Keyspace,
+    names: Keyspace,
+    presence: Keyspace,
     pub group: GroupCommit,
 }
 
@@ -38,6 +41,25 @@ fn kind_byte(k: ReceiptKind) -> u8 {
         ReceiptKind::Delivered => 1,
         ReceiptKind::Read => 2,
     }
+}
+
+fn kind_of(b: u8) -> Result<ReceiptKind, StoreError> {
+    match b {
+        1 => Ok(ReceiptKind::Delivered),
+        2 => Ok(ReceiptKind::Read),
+        _ => Err(StoreError::Corrupt(format!("watermark kind {b}"))),
+    }
+}
+
+/// `members` values: role byte, then the joined seq (u64 BE).
+fn membership_value(m: &Membership) -> Vec<u8> {
+    let mut v = vec![role_byte(m.role)];
+    v.extend_from_slice(&m.joined.to_be_bytes());
+    v
+}
+
+fn utf8(b: &[u8]) -> Result<String, StoreError> {
+    String::from_utf8(b.to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn role_byte(r: Role) -> u8 {
@@ -73,6 +95,9 @@ impl FjallStore {
             members: ks("members")?,
             user_convs: ks("user_convs")?,
             watermarks: ks("watermarks")?,
+            former: ks("former")?,
+            names: ks("names")?,
+            presence: ks("presence")?,
             group: GroupCommit::new(cfg.commit_interval),
             db,
         })
@@ -101,9 +126,20 @@ impl MessageStore for FjallStore {
             b.insert(&self.messages, keys::message(&m.conv, m.seq), encode_record(m));
             b.insert(&self.dedup, keys::dedup(&m.conv, &m.from, &m.cmid), m.seq.to_be_bytes());
         }
-        for (conv, user, role) in &batch.members {
-            b.insert(&self.members, keys::pair(conv, user), [role_byte(*role)]);
-            b.insert(&self.user_convs, keys::pair(user, conv), []);
+        for (conv, m) in &batch.members {
+            b.insert(&self.members, keys::pair(conv, &m.user), membership_value(m));
+            b.insert(&self.user_convs, keys::pair(&m.user, conv), []);
+            b.remove(&self.former, keys::pair(conv, &m.user));
+        }
+        for (conv, user, left) in &batch.removed {
+            b.remove(&self.members, keys::pair(conv, user));
+            b.insert(&self.former, keys::pair(conv, user), left.to_be_bytes());
+        }
+        for (conv, name) in &batch.names {
+            b.insert(&self.names, conv.as_bytes(), name.as_bytes());
+        }
+        for (user, ms) in &batch.last_seen {
+            b.insert(&self.presence, user.as_bytes(), ms.to_be_bytes());
         }
         for (conv, user, kind, seq) in &batch.watermarks {
             b.insert(&self.watermarks, keys::watermark(conv, user, kind_byte(*kind)), seq.to_be_bytes());
@@ -149,17 +185,45 @@ impl MessageStore for FjallStore {
         self.messages.range(start..=end).rev().take(limit).map(|g| decode_record(&g.value().map_err(io)?)).collect()
     }
 
-    fn members(&self, conv: &str) -> Result<Vec<(String, Role)>, StoreError> {
+    fn members(&self, conv: &str) -> Result<Vec<Membership>, StoreError> {
         let p = keys::prefix(conv);
         self.members
             .prefix(&p)
             .map(|g| {
                 let (k, v) = g.into_inner().map_err(io)?;
-                let user = String::from_utf8(k[p.len()..].to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let user = utf8(&k[p.len()..])?;
                 let role = if v.first() == Some(&1) { Role::Admin } else { Role::Member };
-                Ok((user, role))
+                let joined = v.get(1..9).map(be_u64).transpose()?.unwrap_or(0);
+                Ok(Membership { user, role, joined })
             })
             .collect()
+    }
+
+    fn left_at(&self, conv: &str, user: &str) -> Result<Option<u64>, StoreError> {
+        self.former.get(keys::pair(conv, user)).map_err(io)?.map(|v| be_u64(&v)).transpose()
+    }
+
+    fn conv_name(&self, conv: &str) -> Result<Option<String>, StoreError> {
+        self.names.get(conv.as_bytes()).map_err(io)?.map(|v| utf8(&v)).transpose()
+    }
+
+    fn watermarks(&self, conv: &str) -> Result<Vec<(String, ReceiptKind, u64)>, StoreError> {
+        let p = keys::prefix(conv);
+        self.watermarks
+            .prefix(&p)
+            .map(|g| {
+                let (k, v) = g.into_inner().map_err(io)?;
+                // conv 0x00 user 0x00 kind
+                let rest = &k[p.len()..];
+                let (user, kind) =
+                    rest.split_at(rest.len().checked_sub(2).ok_or_else(|| StoreError::Corrupt("short watermark key".into()))?);
+                Ok((utf8(user)?, kind_of(kind[1])?, be_u64(&v)?))
+            })
+            .collect()
+    }
+
+    fn last_seen(&self, user: &str) -> Result<Option<u64>, StoreError> {
+        self.presence.get(user.as_bytes()).map_err(io)?.map(|v| be_u64(&v)).transpose()
     }
 
     fn user_convs(&self, user: &str) -> Result<Vec<String>, StoreError> {

@@ -1,5 +1,6 @@
 //! Durable state of shardchat: messages keyed by (conversation, seq), the cmid dedup index,
-//! membership, each user's conversation list and receipt watermarks.
+//! membership (current and former), group names, each user's conversation list, receipt
+//! watermarks and last-seen times.
 //!
 //! [`MessageStore`] is the contract every backend keeps; [`FjallStore`] is the embedded default.
 //! Calls block on disk: the shards never call them on their reactor threads but from their
@@ -23,20 +24,43 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// A current member of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Membership {
+    pub user: String,
+    pub role: Role,
+    /// The seq of the message that recorded the join (the group's creation or the add); 0 for
+    /// direct conversations. "Oldest member" means smallest `joined`.
+    pub joined: u64,
+}
+
 /// One group-commit batch: everything in it becomes durable atomically.
 #[derive(Clone, Debug, Default)]
 pub struct WriteBatch {
     /// New messages; each also enters the dedup index under (conv, from, cmid).
     pub messages: Vec<MsgRecord>,
-    /// Memberships to record: (conv, user, role). Also adds conv to the user's list.
-    pub members: Vec<(String, String, Role)>,
+    /// Memberships to record (or update): adds conv to the user's list and clears any former
+    /// membership.
+    pub members: Vec<(String, Membership)>,
+    /// Members who left or were removed: (conv, user, seq of the message that recorded it).
+    /// They keep read access up to that seq; the conversation stays in their list.
+    pub removed: Vec<(String, String, u64)>,
+    /// Group names: (conv, name).
+    pub names: Vec<(String, String)>,
     /// Watermarks to record: (conv, user, kind, seq). The caller keeps them monotonic.
     pub watermarks: Vec<(String, String, ReceiptKind, u64)>,
+    /// Last-seen times: (user, unix ms).
+    pub last_seen: Vec<(String, u64)>,
 }
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.messages.is_empty() && self.members.is_empty() && self.watermarks.is_empty()
+        self.messages.is_empty()
+            && self.members.is_empty()
+            && self.removed.is_empty()
+            && self.names.is_empty()
+            && self.watermarks.is_empty()
+            && self.last_seen.is_empty()
     }
 }
 
@@ -52,8 +76,16 @@ pub trait MessageStore: Send + Sync + 'static {
     fn messages_after(&self, conv: &str, after: u64, limit: usize) -> Result<Vec<MsgRecord>, StoreError>;
     /// Up to `limit` messages of `conv` with seq < `before` (all when `None`), newest first.
     fn messages_before(&self, conv: &str, before: Option<u64>, limit: usize) -> Result<Vec<MsgRecord>, StoreError>;
-    /// Members of `conv` with their roles; empty when it does not exist.
-    fn members(&self, conv: &str) -> Result<Vec<(String, Role)>, StoreError>;
+    /// Current members of `conv`; empty when it does not exist (or everyone left).
+    fn members(&self, conv: &str) -> Result<Vec<Membership>, StoreError>;
+    /// When `user` left `conv`: the seq up to which a former member may still read.
+    fn left_at(&self, conv: &str, user: &str) -> Result<Option<u64>, StoreError>;
+    /// The name of group `conv`.
+    fn conv_name(&self, conv: &str) -> Result<Option<String>, StoreError>;
+    /// Every watermark stored for `conv`: (user, kind, seq).
+    fn watermarks(&self, conv: &str) -> Result<Vec<(String, ReceiptKind, u64)>, StoreError>;
+    /// The last time `user` was seen online, if ever.
+    fn last_seen(&self, user: &str) -> Result<Option<u64>, StoreError>;
     /// Conversations `user` belongs to.
     fn user_convs(&self, user: &str) -> Result<Vec<String>, StoreError>;
     /// The stored watermark of `user` in `conv` (0 when none).

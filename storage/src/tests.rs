@@ -18,6 +18,10 @@ pub fn rec(conv: &str, seq: u64, from: &str, cmid: &str) -> MsgRecord {
     }
 }
 
+fn m(user: &str, role: Role, joined: u64) -> Membership {
+    Membership { user: user.into(), role, joined }
+}
+
 fn open(dir: &std::path::Path) -> FjallStore {
     FjallStore::open(&StoreConfig { dir: dir.into(), commit_interval: Duration::ZERO }).unwrap()
 }
@@ -29,8 +33,9 @@ pub fn conformance(store: &dyn MessageStore) {
     assert!(store.messages_after(c, 0, 10).unwrap().is_empty());
     let batch = WriteBatch {
         messages: (1..=5).map(|s| rec(c, s, if s % 2 == 0 { "bob" } else { "alice" }, &format!("m{s}"))).collect(),
-        members: vec![(c.into(), "alice".into(), Role::Member), (c.into(), "bob".into(), Role::Member)],
-        watermarks: vec![(c.into(), "bob".into(), ReceiptKind::Read, 3)],
+        members: vec![(c.into(), m("alice", Role::Member, 0)), (c.into(), m("bob", Role::Member, 0))],
+        watermarks: vec![(c.into(), "bob".into(), ReceiptKind::Read, 3), (c.into(), "bob".into(), ReceiptKind::Delivered, 4)],
+        ..Default::default()
     };
     store.commit(&batch).unwrap();
     // A conversation whose id extends this one must not leak into its scans.
@@ -47,13 +52,38 @@ pub fn conformance(store: &dyn MessageStore) {
     assert_eq!(store.find_cmid(c, "alice", "m4").unwrap(), None, "dedup is per sender");
     assert_eq!(store.find_cmid(c, "bob", "m").unwrap(), None);
     let mut members = store.members(c).unwrap();
-    members.sort_by(|a, b| a.0.cmp(&b.0));
-    assert_eq!(members, vec![("alice".into(), Role::Member), ("bob".into(), Role::Member)]);
+    members.sort_by(|a, b| a.user.cmp(&b.user));
+    assert_eq!(members, vec![m("alice", Role::Member, 0), m("bob", Role::Member, 0)]);
     assert_eq!(store.members("d:x:y").unwrap(), vec![]);
-    assert_eq!(store.user_convs("alice").unwrap(), vec![c.to_string()]);
+    let mut marks = store.watermarks(c).unwrap();
+    marks.sort();
+    assert_eq!(marks, vec![("bob".into(), ReceiptKind::Delivered, 4), ("bob".into(), ReceiptKind::Read, 3)]);
+    // Groups: names, roles, joins, removal keeps read access up to a seq, re-adding clears it.
+    let g = "g:1";
+    store
+        .commit(&WriteBatch {
+            members: vec![(g.into(), m("alice", Role::Admin, 1)), (g.into(), m("bob", Role::Member, 1))],
+            names: vec![(g.into(), "team".into())],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(store.conv_name(g).unwrap().as_deref(), Some("team"));
+    assert_eq!(store.conv_name("g:2").unwrap(), None);
+    store.commit(&WriteBatch { removed: vec![(g.into(), "bob".into(), 7)], ..Default::default() }).unwrap();
+    assert_eq!(store.members(g).unwrap(), vec![m("alice", Role::Admin, 1)]);
+    assert_eq!(store.left_at(g, "bob").unwrap(), Some(7));
+    assert!(store.user_convs("bob").unwrap().contains(&g.to_string()), "a former member keeps the conversation listed");
+    store.commit(&WriteBatch { members: vec![(g.into(), m("bob", Role::Member, 9))], ..Default::default() }).unwrap();
+    assert_eq!(store.left_at(g, "bob").unwrap(), None);
+    assert_eq!(store.members(g).unwrap().len(), 2);
+    assert_eq!(store.last_seen("alice").unwrap(), None);
+    store.commit(&WriteBatch { last_seen: vec![("alice".into(), 1234)], ..Default::default() }).unwrap();
+    assert_eq!(store.last_seen("alice").unwrap(), Some(1234));
+    assert_eq!(store.user_convs("alice").unwrap(), vec![c.to_string(), "g:1".to_string()]);
+    assert_eq!(store.user_convs("carol").unwrap(), Vec::<String>::new());
     assert_eq!(store.user_convs("ali").unwrap(), Vec::<String>::new());
     assert_eq!(store.watermark(c, "bob", ReceiptKind::Read).unwrap(), 3);
-    assert_eq!(store.watermark(c, "bob", ReceiptKind::Delivered).unwrap(), 0);
+    assert_eq!(store.watermark(c, "bob", ReceiptKind::Delivered).unwrap(), 4);
     let m = &store.messages_after(c, 0, 1).unwrap()[0];
     assert_eq!(m, &rec(c, 1, "alice", "m1"));
 }

@@ -9,7 +9,7 @@ use futures::future::{select, Either};
 use futures::{SinkExt, StreamExt};
 use glommio::net::TcpStream;
 use shardchat_codec::{decode_binary, decode_text, ServerFrame};
-use shardchat_shard::{Event, Payload};
+use shardchat_shard::{Class, Event, Payload};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -20,6 +20,10 @@ use std::time::Duration;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, Utf8Bytes};
+
+/// Ephemeral frames (typing, presence) are dropped once a connection's queue holds more than
+/// this fraction of its bound: they are the first to go when a client falls behind.
+const EPHEMERAL_QUEUE_FRACTION: usize = 4;
 
 /// How long a connection told to close may take to do so before its socket is shut down under
 /// it (a client that stopped reading cannot take a close frame).
@@ -39,6 +43,9 @@ pub struct ConnHandle {
     fd: RawFd,
     /// Set before the socket is closed: after that `fd` may name another socket.
     finished: Cell<bool>,
+    /// Set when an ephemeral frame was dropped; once the queue drains the shard re-sends the
+    /// current presence of everything this connection watches.
+    dropped_ephemeral: Cell<bool>,
 }
 
 impl ConnHandle {
@@ -51,6 +58,7 @@ impl ConnHandle {
             waker: RefCell::new(None),
             fd,
             finished: Cell::new(false),
+            dropped_ephemeral: Cell::new(false),
         }
     }
 
@@ -68,10 +76,15 @@ impl ConnHandle {
         }
     }
 
-    /// Queues a frame in the connection's encoding. Over the bound the connection is closed
-    /// (1013): nothing is dropped silently, the client reconnects and resyncs from its cursors.
-    pub fn push(self: &Rc<Self>, payload: &Payload, bytes_max: usize) {
+    /// Queues a frame in the connection's encoding. Ephemeral frames are dropped when the queue
+    /// is a quarter full. Over the bound the connection is closed (1013): no durable frame is
+    /// dropped silently, the client reconnects and resyncs from its cursors.
+    pub fn push(self: &Rc<Self>, payload: &Payload, class: Class, bytes_max: usize) {
         if self.closing.get().is_some() {
+            return;
+        }
+        if class == Class::Ephemeral && self.queued_bytes.get() > bytes_max / EPHEMERAL_QUEUE_FRACTION {
+            self.dropped_ephemeral.set(true);
             return;
         }
         let msg = if self.binary.get() {
@@ -185,6 +198,9 @@ async fn run(d: &Rc<Driver>, conn: u64, h: &Rc<ConnHandle>, mut ws: Ws) {
             if ws.flush().await.is_err() {
                 return;
             }
+            if h.queue.borrow().is_empty() && h.dropped_ephemeral.replace(false) {
+                d.dispatch(Event::Resubscribe { conn });
+            }
             continue;
         }
         if d.congested() {
@@ -234,7 +250,7 @@ fn inbound(d: &Rc<Driver>, conn: u64, h: &Rc<ConnHandle>, msg: Message) {
         Ok(frame) => d.dispatch(Event::Frame { conn, frame }),
         Err(e) => {
             d.dispatch(Event::Activity { conn });
-            h.push(&ServerFrame::from(e).into(), d.cfg.outbound_queue_bytes_max);
+            h.push(&ServerFrame::from(e).into(), Class::Durable, d.cfg.outbound_queue_bytes_max);
         }
     }
 }

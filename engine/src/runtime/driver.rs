@@ -221,10 +221,20 @@ impl Driver {
 
     fn act(self: &Rc<Self>, a: Action) {
         match a {
-            Action::Send { conn, payload } => {
+            Action::Send { conn, payload, class } => {
                 if let Some(c) = self.conns.borrow().get(&conn) {
-                    c.push(&payload, self.cfg.outbound_queue_bytes_max);
+                    c.push(&payload, class, self.cfg.outbound_queue_bytes_max);
                 }
+            }
+            Action::Lookup(job) => {
+                let (d, store) = (self.clone(), self.store.clone());
+                self.jobs_in_flight.set(self.jobs_in_flight.get() + 1);
+                glommio::spawn_local(async move {
+                    let outcome = glommio::executor().spawn_blocking(move || run_read(&*store, job)).await;
+                    d.jobs_in_flight.set(d.jobs_in_flight.get() - 1);
+                    d.dispatch(Event::LookupDone(outcome));
+                })
+                .detach();
             }
             Action::Close { conn, code, reason } => {
                 if let Some(c) = self.conns.borrow().get(&conn) {

@@ -137,6 +137,8 @@ async fn shard_main(
     while d.connections() > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
+    // Write what is kept lazily (last-seen times of the users who just went offline).
+    d.tick();
     d.wait_idle(Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
     Ok(())
 }

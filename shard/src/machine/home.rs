@@ -1,0 +1,231 @@
+//! The home role: a user's connections, their requests, delivery to them, sync streaming,
+//! heartbeats and typing rate limits.
+
+use super::*;
+use crate::route::{home_shard, owner_shard};
+use shardchat_codec::{ClientFrame, ErrorCode, MsgRecord, ReceiptKind, SYNC_FRAME_MESSAGES_MAX, SYNC_LIMIT_DEFAULT};
+
+impl Shard {
+    pub(super) fn connected(&mut self, conn: u64, user: String, device: String) {
+        let first = !self.by_user.contains_key(&user);
+        self.by_user.entry(user.clone()).or_default().push(conn);
+        if first {
+            self.presence_changed(&user);
+        }
+        let c =
+            Conn { user, device, last_active_ms: self.now.mono_ms, live_first: HashMap::new(), sync: None, presence_targets: Vec::new() };
+        self.conns.insert(conn, c);
+        self.wheel.insert(conn, self.now.mono_ms + self.cfg.heartbeat_timeout_ms);
+    }
+
+    pub(super) fn disconnected(&mut self, conn: u64) {
+        let Some(c) = self.conns.remove(&conn) else { return };
+        let me = self.me(conn);
+        for target in c.presence_targets {
+            let home = home_shard(&target, self.cfg.shards);
+            self.send_to(home, PeerMsg::PresenceUnsub { target, sub: me });
+        }
+        if let Some(list) = self.by_user.get_mut(&c.user) {
+            list.retain(|&x| x != conn);
+            if list.is_empty() {
+                self.by_user.remove(&c.user);
+                self.went_offline(&c.user);
+            }
+        }
+    }
+
+    pub(super) fn touch(&mut self, conn: u64) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.last_active_ms = self.now.mono_ms;
+        }
+    }
+
+    pub(super) fn expire_connections(&mut self) {
+        for conn in self.wheel.advance(self.now.mono_ms) {
+            let Some(c) = self.conns.get(&conn) else { continue };
+            let deadline = c.last_active_ms + self.cfg.heartbeat_timeout_ms;
+            if deadline <= self.now.mono_ms {
+                self.actions.push(Action::Close { conn, code: 1000, reason: "heartbeat timeout" });
+                // The runtime reports Disconnected once the socket is gone; until then it is
+                // closing and gets nothing more.
+                self.disconnected(conn);
+            } else {
+                self.wheel.insert(conn, deadline);
+            }
+        }
+    }
+
+    pub(super) fn frame(&mut self, conn: u64, frame: ClientFrame) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let user = c.user.clone();
+        let me = self.me(conn);
+        let op = match frame {
+            ClientFrame::Send { cmid, to, conv, body, kind } => {
+                let target = match (to, conv) {
+                    (Some(to), _) => Target::To(to),
+                    (None, Some(conv)) => Target::Conv(conv),
+                    (None, None) => unreachable!("validated by the codec"),
+                };
+                let conv = target.conv(&user);
+                // id and ts are assigned by the owner when it accepts the op.
+                Op::Send(SendOp { reply_to: me, user, cmid, conv, target, body, kind, id: 0, ts: 0 })
+            }
+            ClientFrame::Delivered { conv, seq } => Op::Mark(MarkOp { reply_to: me, user, conv, kind: ReceiptKind::Delivered, seq }),
+            ClientFrame::Read { conv, seq } => Op::Mark(MarkOp { reply_to: me, user, conv, kind: ReceiptKind::Read, seq }),
+            ClientFrame::ReceiptQuery { conv, seq, r#ref } => Op::ReceiptQuery { reply_to: me, user, conv, seq, r#ref },
+            ClientFrame::GroupCreate { name, members, r#ref } => {
+                let conv = format!("g:{}", self.ids.next(self.now.unix_ms));
+                self.group_op(me, user, conv, GroupChange::Create { name, members }, r#ref)
+            }
+            ClientFrame::GroupAdd { conv, users, r#ref } => self.group_op(me, user, conv, GroupChange::Add { users }, r#ref),
+            ClientFrame::GroupRemove { conv, users, r#ref } => self.group_op(me, user, conv, GroupChange::Remove { users }, r#ref),
+            ClientFrame::GroupLeave { conv, r#ref } => self.group_op(me, user, conv, GroupChange::Leave, r#ref),
+            ClientFrame::Typing { conv } => {
+                // At most one relayed per user and conversation per interval: the rest are
+                // dropped here, before they cost a hop.
+                let key = (user.clone(), conv.clone());
+                if self.typing_last.get(&key).is_some_and(|t| self.now.mono_ms < t + self.cfg.typing_interval_ms) {
+                    return;
+                }
+                self.typing_last.insert(key, self.now.mono_ms);
+                Op::Typing { reply_to: me, user, conv }
+            }
+            ClientFrame::Sync { cursors, limit } => {
+                let c = self.conns.get_mut(&conn).expect("checked above");
+                if c.sync.is_some() {
+                    self.error(conn, FrameError::new(ErrorCode::RateLimited, "a sync is already running on this connection"));
+                    return;
+                }
+                let limit = u64::from(limit.unwrap_or(SYNC_LIMIT_DEFAULT));
+                c.sync = Some(SyncRun { todo: VecDeque::new(), convs: Default::default(), limit });
+                self.actions.push(Action::Read { conn, job: ReadJob::SyncPlan { user, cursors } });
+                return;
+            }
+            ClientFrame::History { conv, before, limit, r#ref } => {
+                let limit = limit.unwrap_or(shardchat_codec::HISTORY_LIMIT_DEFAULT) as usize;
+                let bytes_max = self.cfg.read_frame_bytes_max;
+                self.actions.push(Action::Read { conn, job: ReadJob::History { user, conv, before, limit, bytes_max, r#ref } });
+                return;
+            }
+            ClientFrame::Ping { r#ref } => {
+                self.send(conn, ServerFrame::Pong { r#ref }.into());
+                return;
+            }
+            ClientFrame::PresenceSub { users } => {
+                self.subscribe(conn, users);
+                return;
+            }
+            ClientFrame::PresenceUnsub { users } => {
+                self.unsubscribe(conn, users);
+                return;
+            }
+        };
+        let owner = owner_shard(op.conv().expect("client ops name a conversation"), self.cfg.shards);
+        self.send_to(owner, PeerMsg::Op(op));
+    }
+
+    fn group_op(&mut self, reply_to: ConnRef, user: String, conv: String, change: GroupChange, r#ref: Option<shardchat_codec::Ref>) -> Op {
+        Op::Group(GroupOp { reply_to, user, conv, change, r#ref, id: 0, ts: 0 })
+    }
+
+    /// Delivers a frame to every local connection of `users` (but `except`).
+    pub(super) fn deliver_to_users(
+        &mut self,
+        users: &[String],
+        payload: Payload,
+        except: Option<ConnRef>,
+        msg: Option<(String, u64)>,
+        class: Class,
+    ) {
+        for user in users {
+            let Some(list) = self.by_user.get(user) else { continue };
+            for &conn in list {
+                if except == Some(ConnRef { shard: self.cfg.id, conn }) {
+                    continue;
+                }
+                if let (Some((conv, seq)), Some(c)) = (&msg, self.conns.get_mut(&conn)) {
+                    if !c.live_first.contains_key(conv) && c.live_first.len() < self.cfg.live_first_convs_max {
+                        c.live_first.insert(conv.clone(), *seq);
+                    }
+                }
+                self.actions.push(Action::Send { conn, payload: payload.clone(), class });
+            }
+        }
+    }
+
+    pub(super) fn read_done(&mut self, conn: u64, outcome: ReadOutcome) {
+        match outcome {
+            ReadOutcome::History(Ok(frame)) => self.send(conn, frame.into()),
+            ReadOutcome::History(Err(e)) => self.error(conn, e),
+            ReadOutcome::SyncPlan(plan) => {
+                let Some(run) = self.conns.get_mut(&conn).and_then(|c| c.sync.as_mut()) else { return };
+                match plan {
+                    Ok(plan) => {
+                        for sc in plan {
+                            run.convs.insert(sc.conv.clone(), sc.last);
+                            if sc.cursor < sc.last {
+                                run.todo.push_back((sc.conv, sc.cursor, sc.last, run.limit));
+                            }
+                        }
+                        self.next_sync_chunk(conn);
+                    }
+                    Err(e) => {
+                        self.conns.get_mut(&conn).expect("checked").sync = None;
+                        self.error(conn, e);
+                    }
+                }
+            }
+            ReadOutcome::SyncChunk { conv, messages } => {
+                let Some(c) = self.conns.get_mut(&conn) else { return };
+                let live_first = c.live_first.get(&conv).copied().unwrap_or(u64::MAX);
+                let Some(run) = c.sync.as_mut() else { return };
+                let messages = match messages {
+                    Ok(m) => m,
+                    Err(e) => {
+                        c.sync = None;
+                        self.error(conn, e);
+                        return;
+                    }
+                };
+                let (_, _, last, left) = run.todo.pop_front().expect("a chunk answers the head of the plan");
+                // A former member's plan ends where they left: never send past it.
+                let messages: Vec<MsgRecord> = messages.into_iter().filter(|m| m.seq <= last).collect();
+                let fetched = messages.len() as u64;
+                let frame_last = messages.last().map(|m| m.seq);
+                // Messages from the first live one on were delivered live: do not send them twice.
+                let replay: Vec<MsgRecord> = messages.into_iter().filter(|m| m.seq < live_first).collect();
+                let reached_live = frame_last.is_some_and(|s| s + 1 >= live_first) || replay.len() as u64 != fetched;
+                let left = left - fetched.min(left);
+                let more = match frame_last {
+                    Some(s) => s < last && !reached_live,
+                    None => false,
+                };
+                if let (Some(s), true, true) = (frame_last, more, left > 0) {
+                    run.todo.push_front((conv.clone(), s, last, left));
+                }
+                if !replay.is_empty() {
+                    self.send(conn, ServerFrame::Sync { conv, messages: replay, more }.into());
+                }
+                self.next_sync_chunk(conn);
+            }
+            ReadOutcome::LastSeen { .. } => unreachable!("last-seen reads are shard lookups"),
+        }
+    }
+
+    /// Asks for the next chunk of the running sync, or ends it with `synced`.
+    fn next_sync_chunk(&mut self, conn: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(run) = c.sync.as_mut() else { return };
+        match run.todo.front() {
+            Some((conv, after, _, left)) => {
+                let limit = (*left as usize).min(SYNC_FRAME_MESSAGES_MAX);
+                let job = ReadJob::SyncChunk { conv: conv.clone(), after: *after, limit, bytes_max: self.cfg.read_frame_bytes_max };
+                self.actions.push(Action::Read { conn, job });
+            }
+            None => {
+                let run = c.sync.take().expect("checked");
+                self.send(conn, ServerFrame::Synced { convs: run.convs }.into());
+            }
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! [`Shard`]: the home and owner roles of one shard as a state machine.
+//!
+//! - `home.rs`: a user's connections, their requests, delivery to them, sync streaming,
+//!   heartbeats, typing rate limits.
+//! - `owner.rs`: a conversation's ordering: ops, commit jobs, fan-out, group receipt counts.
+//! - `presence.rs`: a user's presence and who subscribed to it.
+
+mod home;
+mod owner;
+mod presence;
+
+use crate::jobs::*;
+use crate::payload::{Class, Payload};
+use crate::route::ShardId;
+use crate::snowflake::Snowflake;
+use crate::wheel::TimerWheel;
+use shardchat_codec::{FrameError, ServerFrame};
+use std::collections::{HashMap, HashSet, VecDeque};
+
+/// The time, passed in with every event: wall clock for timestamps and ids, a monotonic clock for
+/// timeouts (a wall clock step must not expire every connection at once).
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub unix_ms: u64,
+    pub mono_ms: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    pub id: ShardId,
+    pub shards: usize,
+    pub node: usize,
+    /// A connection silent for longer than this is closed.
+    pub heartbeat_timeout_ms: u64,
+    /// Resolution of the heartbeat wheel.
+    pub wheel_slot_ms: u64,
+    /// Ops waiting for the next commit on this owner shard; beyond it sends get `unavailable`.
+    pub owner_pending_ops_max: usize,
+    /// Conversations whose state the owner caches; beyond it the cache is trimmed.
+    pub conv_cache_max: usize,
+    /// Conversations per connection for which the first live seq is remembered (sync dedup).
+    pub live_first_convs_max: usize,
+    /// Budget of one `sync` or `history` frame, in bytes: well under the outbound queue bound,
+    /// so answering a read never overflows a connection that keeps up.
+    pub read_frame_bytes_max: usize,
+    /// Presence subscriptions one connection may hold.
+    pub presence_subs_per_conn_max: usize,
+    /// A user's presence changes are published at most once per this interval (coalesced).
+    pub presence_coalesce_ms: u64,
+    /// One `typing` per user per conversation per this interval is relayed; the rest dropped.
+    pub typing_interval_ms: u64,
+    /// Group receipt counts for a conversation are sent at most once per this interval.
+    pub receipts_coalesce_ms: u64,
+}
+
+impl ShardConfig {
+    pub fn new(id: ShardId, shards: usize) -> Self {
+        ShardConfig {
+            id,
+            shards,
+            node: 0,
+            heartbeat_timeout_ms: 60_000,
+            wheel_slot_ms: 1_000,
+            owner_pending_ops_max: 100_000,
+            conv_cache_max: 1_000_000,
+            live_first_convs_max: 64,
+            read_frame_bytes_max: 1024 * 1024,
+            presence_subs_per_conn_max: 1024,
+            presence_coalesce_ms: 1_000,
+            typing_interval_ms: 2_000,
+            receipts_coalesce_ms: 500,
+        }
+    }
+}
+
+/// What happens to a shard.
+#[derive(Debug)]
+pub enum Event {
+    /// A connection of `user` now lives here (its home shard).
+    Connected {
+        conn: u64,
+        user: String,
+        device: String,
+    },
+    /// A decoded, validated frame from a connection.
+    Frame {
+        conn: u64,
+        frame: shardchat_codec::ClientFrame,
+    },
+    /// Bytes arrived on a connection (any frame, WebSocket pings included): it is alive.
+    Activity {
+        conn: u64,
+    },
+    Disconnected {
+        conn: u64,
+    },
+    /// Ephemeral frames (presence) were dropped for this connection while it was behind and it
+    /// has caught up: send it the current presence of everyone it watches.
+    Resubscribe {
+        conn: u64,
+    },
+    /// Messages from another shard (or this one).
+    Peer(PeerMsg),
+    CommitDone(CommitOutcome),
+    ReadDone {
+        conn: u64,
+        outcome: ReadOutcome,
+    },
+    /// A shard-level read ([`Action::Lookup`]) finished.
+    LookupDone(ReadOutcome),
+    /// The coarse timer: heartbeat timeouts, presence and receipt coalescing, lazy writes.
+    Tick,
+}
+
+/// What a shard asks the runtime to do.
+#[derive(Debug)]
+pub enum Action {
+    /// Write a frame to a local connection. Ephemeral frames may be dropped when it is behind.
+    Send { conn: u64, payload: Payload, class: Class },
+    /// Close a local connection with a WebSocket close code and reason.
+    Close { conn: u64, code: u16, reason: &'static str },
+    /// Deliver to another shard (never this one: the shard handles its own messages inline).
+    Peer { to: ShardId, msg: PeerMsg },
+    /// Run a commit job (blocking) and feed back [`Event::CommitDone`]. At most one in flight.
+    Commit(CommitJob),
+    /// Run a read job (blocking) for `conn` and feed back [`Event::ReadDone`].
+    Read { conn: u64, job: ReadJob },
+    /// Run a read job for the shard itself and feed back [`Event::LookupDone`].
+    Lookup(ReadJob),
+}
+
+/// Messages between shards: the only thing that crosses cores. Payloads are shared, not copied.
+#[derive(Debug)]
+pub enum PeerMsg {
+    /// Home → owner: something to sequence, check or answer.
+    Op(Op),
+    /// Owner → home: the answer to one connection's request (an ack or an error).
+    Reply {
+        conn: u64,
+        payload: Payload,
+    },
+    /// Owner → home: a frame for every connection of these users (that live on the target shard).
+    /// `msg` names the conversation and seq when the frame is a message (for sync dedup);
+    /// `except` skips the connection that sent it.
+    Fanout {
+        users: Vec<String>,
+        payload: Payload,
+        except: Option<ConnRef>,
+        msg: Option<(String, u64)>,
+        class: Class,
+    },
+    /// A frame for these connections of the target shard.
+    Deliver {
+        conns: Vec<u64>,
+        payload: Payload,
+        class: Class,
+    },
+    /// Subscriber's home → target's home: `sub` wants `target`'s presence (now and on change).
+    PresenceSub {
+        target: String,
+        sub: ConnRef,
+    },
+    PresenceUnsub {
+        target: String,
+        sub: ConnRef,
+    },
+}
+
+struct Conn {
+    user: String,
+    #[allow(dead_code)]
+    device: String,
+    last_active_ms: u64,
+    /// conv → the first seq delivered live on this connection: a sync replay stops below it.
+    live_first: HashMap<String, u64>,
+    /// Some exactly while a `sync` runs on this connection.
+    sync: Option<SyncRun>,
+    /// Users whose presence this connection subscribed to.
+    presence_targets: Vec<String>,
+}
+
+struct SyncRun {
+    /// Conversations still to send: (conv, after, last, messages left under the limit).
+    todo: VecDeque<(String, u64, u64, u64)>,
+    convs: std::collections::BTreeMap<String, u64>,
+    limit: u64,
+}
+
+/// Presence of one user homed here, kept while someone subscribes to it.
+#[derive(Default)]
+struct Presence {
+    subs: Vec<ConnRef>,
+    /// Last seen (unix ms), once known: from the store or from a disconnect here.
+    last_seen: Option<u64>,
+    /// Whether `last_seen` was read from the store (or is newer than it).
+    loaded: bool,
+    /// Some exactly while the store read of `last_seen` runs: who waits for the first answer.
+    waiting: Option<Vec<ConnRef>>,
+    /// The status last published to all subscribers.
+    published: Option<bool>,
+    last_publish_ms: u64,
+}
+
+pub struct Shard {
+    cfg: ShardConfig,
+    ids: Snowflake,
+    // Home role.
+    conns: HashMap<u64, Conn>,
+    by_user: HashMap<String, Vec<u64>>,
+    wheel: TimerWheel<u64>,
+    /// (user, conv) → when a typing notice was last relayed.
+    typing_last: HashMap<(String, String), u64>,
+    presence: HashMap<String, Presence>,
+    /// Users whose presence changed since it was last published.
+    presence_dirty: HashSet<String>,
+    /// Last-seen times not yet written (flushed with the next commit).
+    last_seen_dirty: Vec<(String, u64)>,
+    // Owner role.
+    convs: HashMap<String, ConvState>,
+    pending: Vec<Op>,
+    /// True exactly while a commit job is out; the next one waits (seq order across batches).
+    committing: bool,
+    /// Group conversations whose watermarks moved since their counts were last sent.
+    receipts_dirty: HashSet<String>,
+    /// conv → when its counts were last sent (coalescing).
+    receipts_last_ms: HashMap<String, u64>,
+    /// conv → seq → (delivered, read) last sent to the author.
+    receipts_sent: HashMap<String, HashMap<u64, (u32, u32)>>,
+    actions: Vec<Action>,
+    /// Messages this shard sent itself, handled before `handle` returns.
+    local: VecDeque<PeerMsg>,
+    now: Now,
+}
+
+impl Shard {
+    pub fn new(cfg: ShardConfig, now: Now) -> Self {
+        let wheel = TimerWheel::new(now.mono_ms, cfg.wheel_slot_ms, cfg.heartbeat_timeout_ms);
+        Shard {
+            ids: Snowflake::new(cfg.node, cfg.id),
+            cfg,
+            conns: HashMap::new(),
+            by_user: HashMap::new(),
+            wheel,
+            typing_last: HashMap::new(),
+            presence: HashMap::new(),
+            presence_dirty: HashSet::new(),
+            last_seen_dirty: Vec::new(),
+            convs: HashMap::new(),
+            pending: Vec::new(),
+            committing: false,
+            receipts_dirty: HashSet::new(),
+            receipts_last_ms: HashMap::new(),
+            receipts_sent: HashMap::new(),
+            actions: Vec::new(),
+            local: VecDeque::new(),
+            now,
+        }
+    }
+
+    pub fn id(&self) -> ShardId {
+        self.cfg.id
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Handles one event; the actions it causes are collected by [`Shard::take_actions`].
+    pub fn handle(&mut self, now: Now, ev: Event) {
+        self.now = now;
+        match ev {
+            Event::Connected { conn, user, device } => self.connected(conn, user, device),
+            Event::Frame { conn, frame } => {
+                self.touch(conn);
+                self.frame(conn, frame);
+            }
+            Event::Activity { conn } => self.touch(conn),
+            Event::Disconnected { conn } => self.disconnected(conn),
+            Event::Resubscribe { conn } => self.resubscribe(conn),
+            Event::Peer(msg) => self.peer(msg),
+            Event::CommitDone(out) => self.commit_done(out),
+            Event::ReadDone { conn, outcome } => self.read_done(conn, outcome),
+            Event::LookupDone(outcome) => self.lookup_done(outcome),
+            Event::Tick => {
+                self.expire_connections();
+                self.publish_presence();
+                self.emit_receipt_counts();
+                self.flush_last_seen();
+                let horizon = self.now.mono_ms.saturating_sub(self.cfg.typing_interval_ms);
+                self.typing_last.retain(|_, t| *t > horizon);
+            }
+        }
+        while let Some(msg) = self.local.pop_front() {
+            self.peer(msg);
+        }
+        self.maybe_commit();
+    }
+
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    fn send_to(&mut self, to: ShardId, msg: PeerMsg) {
+        if to == self.cfg.id {
+            self.local.push_back(msg);
+        } else {
+            self.actions.push(Action::Peer { to, msg });
+        }
+    }
+
+    fn reply(&mut self, to: ConnRef, payload: Payload) {
+        self.send_to(to.shard, PeerMsg::Reply { conn: to.conn, payload });
+    }
+
+    fn send(&mut self, conn: u64, payload: Payload) {
+        self.actions.push(Action::Send { conn, payload, class: Class::Durable });
+    }
+
+    fn error(&mut self, conn: u64, err: FrameError) {
+        self.send(conn, ServerFrame::from(err).into());
+    }
+
+    fn me(&self, conn: u64) -> ConnRef {
+        ConnRef { shard: self.cfg.id, conn }
+    }
+
+    fn peer(&mut self, msg: PeerMsg) {
+        match msg {
+            PeerMsg::Op(op) => self.accept_op(op),
+            PeerMsg::Reply { conn, payload } => {
+                if self.conns.contains_key(&conn) {
+                    self.send(conn, payload);
+                }
+            }
+            PeerMsg::Fanout { users, payload, except, msg, class } => self.deliver_to_users(&users, payload, except, msg, class),
+            PeerMsg::Deliver { conns, payload, class } => {
+                for conn in conns {
+                    if self.conns.contains_key(&conn) {
+                        self.actions.push(Action::Send { conn, payload: payload.clone(), class });
+                    }
+                }
+            }
+            PeerMsg::PresenceSub { target, sub } => self.presence_sub(target, sub),
+            PeerMsg::PresenceUnsub { target, sub } => self.presence_unsub(&target, sub),
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The owner role: ordering a conversation's ops, running commit jobs one at a time, acking and
+//! fanning out what they stored, relaying typing, and coalescing group receipt counts.
+
+use super::*;
+use crate::route::home_shard;
+use shardchat_codec::{ErrorCode, Member, SeqCounts};
+use std::collections::BTreeMap;
+
+impl Shard {
+    pub(super) fn accept_op(&mut self, mut op: Op) {
+        match &mut op {
+            Op::Send(s) => {
+                if self.pending.len() >= self.cfg.owner_pending_ops_max {
+                    let err = FrameError::new(ErrorCode::Unavailable, "server overloaded, retry later").with_cmid(Some(s.cmid.clone()));
+                    let to = s.reply_to;
+                    self.reply(to, ServerFrame::from(err).into());
+                    return;
+                }
+                s.id = self.ids.next(self.now.unix_ms);
+                s.ts = self.now.unix_ms;
+            }
+            Op::Group(g) => {
+                g.id = self.ids.next(self.now.unix_ms);
+                g.ts = self.now.unix_ms;
+            }
+            Op::Typing { reply_to, user, conv } => {
+                // Typing is never stored: relay at once when the members are cached; otherwise
+                // the next commit job loads them.
+                if let Some(st) = self.convs.get(conv.as_str()) {
+                    match check_member(st, user) {
+                        Ok(()) => {
+                            let (conv, user, members) = (conv.clone(), user.clone(), st.member_names());
+                            self.relay_typing(conv, user, members);
+                        }
+                        Err(e) => {
+                            let to = *reply_to;
+                            self.reply(to, ServerFrame::from(e).into());
+                        }
+                    }
+                    return;
+                }
+            }
+            Op::Mark(_) | Op::ReceiptQuery { .. } | Op::LastSeen { .. } => {}
+        }
+        if self.pending.len() >= self.cfg.owner_pending_ops_max && !matches!(op, Op::LastSeen { .. }) {
+            // Watermarks, typing and queries are dropped under overload; sends were answered above.
+            return;
+        }
+        self.pending.push(op);
+    }
+
+    pub(super) fn maybe_commit(&mut self) {
+        if self.committing || self.pending.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.pending);
+        let mut convs = HashMap::new();
+        for op in &ops {
+            if let Some(conv) = op.conv() {
+                if let Some(st) = self.convs.remove(conv) {
+                    convs.insert(conv.to_string(), st);
+                }
+            }
+        }
+        self.committing = true;
+        self.actions.push(Action::Commit(CommitJob { ops, convs }));
+    }
+
+    pub(super) fn commit_done(&mut self, out: CommitOutcome) {
+        self.committing = false;
+        if self.convs.len() + out.convs.len() > self.cfg.conv_cache_max {
+            // Trimming is cheap and rare; evicted conversations reload from the store.
+            self.convs.clear();
+        }
+        self.convs.extend(out.convs);
+        for outcome in out.outcomes {
+            match outcome {
+                OpOutcome::Rejected { reply_to, err } => self.reply(reply_to, ServerFrame::from(err).into()),
+                OpOutcome::Answer { reply_to, frame } => self.reply(reply_to, frame.into()),
+                OpOutcome::Stored { reply_to, record, members, fresh } => {
+                    let ack = ServerFrame::Ack {
+                        cmid: record.cmid.clone(),
+                        conv: record.conv.clone(),
+                        id: record.id,
+                        seq: record.seq,
+                        ts: record.ts,
+                    };
+                    self.reply(reply_to, ack.into());
+                    if fresh {
+                        let msg = Some((record.conv.clone(), record.seq));
+                        self.fanout(&members, ServerFrame::Msg(record).into(), Some(reply_to), msg, Class::Durable);
+                    }
+                }
+                OpOutcome::Marked { conv, user, kind, seq, members, changed } => {
+                    if !changed {
+                        continue;
+                    }
+                    if ConvState::is_group(&conv) {
+                        // Groups get coalesced counts, not one receipt per reader per member.
+                        self.receipts_dirty.insert(conv);
+                    } else {
+                        let others: Vec<String> = members.into_iter().filter(|m| *m != user).collect();
+                        let frame = ServerFrame::Receipt { conv, user, kind, seq };
+                        self.fanout(&others, frame.into(), None, None, Class::Durable);
+                    }
+                }
+                OpOutcome::Typed { conv, user, members } => self.relay_typing(conv, user, members),
+                OpOutcome::Grouped { reply_to, r#ref, conv, name, members, notify, system } => {
+                    let listed: Vec<Member> = members.iter().map(|m| Member { user: m.user.clone(), role: m.role }).collect();
+                    let names: Vec<String> = members.iter().map(|m| m.user.clone()).collect();
+                    let answer = ServerFrame::Group { conv: conv.clone(), name: name.clone(), members: listed.clone(), r#ref };
+                    self.reply(reply_to, answer.into());
+                    if let Some(record) = system {
+                        let state = ServerFrame::Group { conv: conv.clone(), name, members: listed, r#ref: None };
+                        self.fanout(&names, state.into(), Some(reply_to), None, Class::Durable);
+                        let mut to = names;
+                        to.extend(notify);
+                        let msg = Some((conv, record.seq));
+                        self.fanout(&to, ServerFrame::Msg(record).into(), None, msg, Class::Durable);
+                    }
+                }
+            }
+        }
+    }
+
+    fn relay_typing(&mut self, conv: String, user: String, members: Vec<String>) {
+        let others: Vec<String> = members.into_iter().filter(|m| *m != user).collect();
+        self.fanout(&others, ServerFrame::Typing { conv, user }.into(), None, None, Class::Ephemeral);
+    }
+
+    /// One message per destination home shard, carrying the users that live there and the
+    /// payload encoded once.
+    pub(super) fn fanout(&mut self, users: &[String], payload: Payload, except: Option<ConnRef>, msg: Option<(String, u64)>, class: Class) {
+        let mut by_shard: BTreeMap<ShardId, Vec<String>> = BTreeMap::new();
+        for u in users {
+            by_shard.entry(home_shard(u, self.cfg.shards)).or_default().push(u.clone());
+        }
+        for (shard, users) in by_shard {
+            let m = PeerMsg::Fanout { users, payload: payload.clone(), except, msg: msg.clone(), class };
+            self.send_to(shard, m);
+        }
+    }
+
+    /// Sends each author the delivered/read counts of their recent messages in groups whose
+    /// watermarks moved, at most once per `receipts_coalesce_ms` per conversation, and only the
+    /// counts that changed since the last time.
+    pub(super) fn emit_receipt_counts(&mut self) {
+        let now = self.now.mono_ms;
+        let interval = self.cfg.receipts_coalesce_ms;
+        // Due: sent long enough ago, and its state is here (not inside a running commit job).
+        let due: Vec<String> = self
+            .receipts_dirty
+            .iter()
+            .filter(|conv| self.receipts_last_ms.get(conv.as_str()).is_none_or(|t| now >= t + interval))
+            .filter(|conv| self.convs.contains_key(conv.as_str()))
+            .cloned()
+            .collect();
+        for conv in due {
+            self.receipts_dirty.remove(&conv);
+            self.receipts_last_ms.insert(conv.clone(), now);
+            let st = &self.convs[&conv];
+            let sent = self.receipts_sent.entry(conv.clone()).or_default();
+            sent.retain(|seq, _| st.recent.iter().any(|(s, _)| s == seq));
+            let mut by_author: BTreeMap<String, (u32, Vec<SeqCounts>)> = BTreeMap::new();
+            for (seq, from) in &st.recent {
+                let (of, delivered, read) = st.counts(*seq, from);
+                if (delivered, read) == (0, 0) || sent.get(seq) == Some(&(delivered, read)) {
+                    continue;
+                }
+                sent.insert(*seq, (delivered, read));
+                by_author.entry(from.clone()).or_insert((of, Vec::new())).1.push(SeqCounts { seq: *seq, delivered, read });
+            }
+            for (author, (of, counts)) in by_author {
+                let frame = ServerFrame::ReceiptCounts { conv: conv.clone(), of, counts };
+                self.fanout(&[author], frame.into(), None, None, Class::Durable);
+            }
+        }
+    }
+
+    /// Queues the last-seen times of users who went offline for the next commit.
+    pub(super) fn flush_last_seen(&mut self) {
+        for (user, ms) in std::mem::take(&mut self.last_seen_dirty) {
+            self.pending.push(Op::LastSeen { user, ms });
+        }
+    }
+}
