@@ -254,3 +254,30 @@ fn inbound(d: &Rc<Driver>, conn: u64, h: &Rc<ConnHandle>, msg: Message) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(bytes: usize) -> Payload {
+        ServerFrame::Typing { conv: "g:1".into(), user: "u".repeat(bytes) }.into()
+    }
+
+    #[test]
+    fn ephemeral_frames_are_dropped_first_when_the_queue_fills() {
+        let h = Rc::new(ConnHandle::new(-1));
+        let max = 10_000;
+        h.push(&frame(100), Class::Ephemeral, max);
+        assert_eq!(h.queue.borrow().len(), 1, "an empty queue takes ephemeral frames");
+        h.push(&frame(3_000), Class::Durable, max);
+        let before = h.queued_bytes();
+        assert!(before > max / EPHEMERAL_QUEUE_FRACTION);
+        h.push(&frame(100), Class::Ephemeral, max);
+        assert_eq!(h.queued_bytes(), before, "over a quarter full: typing and presence are dropped");
+        assert!(h.dropped_ephemeral.get(), "and the drop is remembered so presence is re-sent");
+        h.push(&frame(3_000), Class::Durable, max);
+        assert_eq!(h.queue.borrow().len(), 3, "durable frames still queue up to the bound");
+        while h.pop().is_some() {}
+        assert_eq!(h.queued_bytes(), 0);
+    }
+}
