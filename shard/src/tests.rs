@@ -638,6 +638,13 @@ fn group_receipts_are_coalesced_counts_for_the_author() {
     let ServerFrame::ReceiptDetail { of, delivered, read, r#ref, .. } = sim.take(a).pop().unwrap() else { panic!() };
     assert_eq!((of, delivered.len(), r#ref), (10, 10, Some(Ref::Str("q".into()))));
     assert_eq!(read, vec!["r0", "r1", "r2", "r3", "r5"]);
+    // An author who left gets no more receipts of the conversation.
+    sim.send(readers[0], &format!(r#"{{"t":"send","cmid":"r0m","conv":"{conv}","body":"mine"}}"#));
+    sim.send(readers[0], &format!(r#"{{"t":"group_leave","conv":"{conv}"}}"#));
+    sim.take(readers[0]);
+    sim.send(readers[1], &format!(r#"{{"t":"read","conv":"{conv}","seq":4}}"#));
+    sim.tick(1_000);
+    assert!(sim.take(readers[0]).is_empty());
 }
 
 #[test]

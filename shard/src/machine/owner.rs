@@ -163,6 +163,10 @@ impl Shard {
             sent.retain(|seq, _| st.recent.iter().any(|(s, _)| s == seq));
             let mut by_author: BTreeMap<String, (u32, Vec<SeqCounts>)> = BTreeMap::new();
             for (seq, from) in &st.recent {
+                // Former members see no receipts of the conversation, their old messages included.
+                if !st.is_member(from) {
+                    continue;
+                }
                 let (of, delivered, read) = st.counts(*seq, from);
                 if (delivered, read) == (0, 0) || sent.get(seq) == Some(&(delivered, read)) {
                     continue;
