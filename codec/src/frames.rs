@@ -118,6 +118,13 @@ wire! {
             #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
             r#ref: Option<Ref>,
         },
+        /// Extension: an admin renames a group.
+        GroupRename {
+            conv: String,
+            name: String,
+            #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+            r#ref: Option<Ref>,
+        },
         PresenceSub { users: Vec<String> },
         PresenceUnsub { users: Vec<String> },
         Typing { conv: String },
@@ -272,6 +279,7 @@ impl ClientFrame {
             | ClientFrame::GroupAdd { r#ref, .. }
             | ClientFrame::GroupRemove { r#ref, .. }
             | ClientFrame::GroupLeave { r#ref, .. }
+            | ClientFrame::GroupRename { r#ref, .. }
             | ClientFrame::ReceiptQuery { r#ref, .. }
             | ClientFrame::Ping { r#ref } => (None, r#ref.clone()),
             _ => (None, None),
@@ -291,6 +299,12 @@ impl ClientFrame {
             } else {
                 Err(FrameError::bad_request("invalid conversation id"))
             }
+        }
+        fn name_ok(name: &str) -> Result<(), FrameError> {
+            if name.is_empty() || name.len() > GROUP_NAME_BYTES_MAX {
+                return Err(FrameError::bad_request("group name must be 1 to 128 bytes"));
+            }
+            Ok(())
         }
         fn users_ok(users: &[String]) -> Result<(), FrameError> {
             if users.len() > GROUP_MEMBERS_MAX {
@@ -350,10 +364,12 @@ impl ClientFrame {
                 }
             }
             ClientFrame::GroupCreate { name, members, .. } => {
-                if name.is_empty() || name.len() > GROUP_NAME_BYTES_MAX {
-                    return Err(FrameError::bad_request("group name must be 1 to 128 bytes"));
-                }
+                name_ok(name)?;
                 users_ok(members)
+            }
+            ClientFrame::GroupRename { conv, name, .. } => {
+                conv_ok(conv)?;
+                name_ok(name)
             }
             ClientFrame::GroupAdd { conv, users, .. } | ClientFrame::GroupRemove { conv, users, .. } => {
                 conv_ok(conv)?;

@@ -27,6 +27,7 @@ fn decodes_every_client_frame_of_the_contract() {
         r#"{"t":"group_add","conv":"g:1","users":["c"]}"#,
         r#"{"t":"group_remove","conv":"g:1","users":["c"]}"#,
         r#"{"t":"group_leave","conv":"g:1"}"#,
+        r#"{"t":"group_rename","conv":"g:1","name":"new","ref":"r"}"#,
         r#"{"t":"presence_sub","users":["a"]}"#,
         r#"{"t":"presence_unsub","users":["a"]}"#,
         r#"{"t":"typing","conv":"d:a:b"}"#,

@@ -43,12 +43,17 @@ impl Authenticator {
 
     /// The identity of an upgrade request, or why it is refused (the 401 body).
     pub fn authenticate(&self, head: &RequestHead) -> Result<Identity, &'static str> {
-        let token = head
-            .header("authorization")
+        self.authenticate_with(head.header("authorization"), |name| head.query(name))
+    }
+
+    /// The same rules over any request: its `Authorization` header and a query lookup (the REST
+    /// API uses this with axum's request parts).
+    pub fn authenticate_with(&self, authorization: Option<&str>, query: impl Fn(&str) -> Option<String>) -> Result<Identity, &'static str> {
+        let token = authorization
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim)
             .map(str::to_string)
-            .or_else(|| head.query("token"));
+            .or_else(|| query("token"));
         if let Some(token) = token {
             let key = self.key.as_ref().ok_or("tokens are not accepted: the server has no JWT secret")?;
             let data = decode::<Claims>(&token, key, &self.validation).map_err(|_| "invalid or expired token")?;
@@ -59,8 +64,8 @@ impl Authenticator {
             return Ok(Identity { user: data.claims.sub, device });
         }
         if self.dev_auth {
-            let user = head.query("user").ok_or("missing token (or ?user= in development mode)")?;
-            let device = head.query("device").unwrap_or_else(|| DEFAULT_DEVICE.to_string());
+            let user = query("user").ok_or("missing token (or ?user= in development mode)")?;
+            let device = query("device").unwrap_or_else(|| DEFAULT_DEVICE.to_string());
             if !valid_user_id(&user) || !valid_user_id(&device) {
                 return Err("invalid user or device id");
             }

@@ -11,6 +11,8 @@ use std::path::PathBuf;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The control plane (REST, health, metrics); None turns it off.
+    pub http: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// Shards (executor threads); 0 means one per available core.
     pub shards: usize,
@@ -38,6 +40,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:7700".parse().expect("valid literal"),
+            http: Some("127.0.0.1:7701".parse().expect("valid literal")),
             data_dir: PathBuf::from("./data"),
             shards: 0,
             node_id: 0,
@@ -65,6 +68,12 @@ pub struct ServeArgs {
     /// Address the WebSocket listener binds (every shard binds it with SO_REUSEPORT). [default: 127.0.0.1:7700]
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Address of the control plane: REST API, /healthz, /readyz, /metrics. [default: 127.0.0.1:7701]
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// Run without the control plane.
+    #[arg(long, conflicts_with = "http")]
+    pub no_http: bool,
     /// Directory of the embedded store. [default: ./data]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -125,6 +134,12 @@ impl Config {
             outbound_queue_bytes_max,
             spin_before_park_us
         );
+        if args.http.is_some() {
+            c.http = args.http;
+        }
+        if args.no_http {
+            c.http = None;
+        }
         if args.jwt_secret.is_some() {
             c.jwt_secret = args.jwt_secret.clone();
         }
@@ -138,8 +153,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         use shardchat_shard::snowflake::{NODES_MAX, SHARDS_PER_NODE_MAX};
-        if self.shards > SHARDS_PER_NODE_MAX {
-            return Err(format!("at most {SHARDS_PER_NODE_MAX} shards per node"));
+        // One worker id per node is the control plane's bridge (it names the groups it creates).
+        if self.shards == 0 || self.shards >= SHARDS_PER_NODE_MAX {
+            return Err(format!("shards must be 1 to {}", SHARDS_PER_NODE_MAX - 1));
         }
         if self.node_id >= NODES_MAX {
             return Err(format!("node_id must be below {NODES_MAX}"));

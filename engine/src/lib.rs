@@ -3,5 +3,6 @@
 
 pub mod auth;
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod runtime;

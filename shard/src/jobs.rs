@@ -67,6 +67,7 @@ pub enum GroupChange {
     Add { users: Vec<String> },
     Remove { users: Vec<String> },
     Leave,
+    Rename { name: String },
 }
 
 #[derive(Clone, Debug)]
@@ -514,6 +515,19 @@ fn group_change(st: &mut ConvState, g: &GroupOp, batch: &mut WriteBatch) -> Resu
             check_group(st, &g.conv, &g.user)?;
             ("leave", vec![g.user.clone()])
         }
+        GroupChange::Rename { name } => {
+            check_group(st, &g.conv, &g.user)?;
+            if !is_admin(st, &g.user) {
+                return Err(FrameError::new(ErrorCode::Forbidden, "only admins rename the group"));
+            }
+            if *name == st.name {
+                ("rename", Vec::new())
+            } else {
+                st.name = name.clone();
+                batch.names.push((g.conv.clone(), name.clone()));
+                ("rename", vec![g.user.clone()])
+            }
+        }
     };
     if users.is_empty() {
         // Nothing changes (adding members who are in, removing who is not): answer with the state.
@@ -530,6 +544,7 @@ fn group_change(st: &mut ConvState, g: &GroupOp, batch: &mut WriteBatch) -> Resu
     st.last_seq += 1;
     let seq = st.last_seq;
     match event {
+        "rename" => {}
         "create" | "add" => {
             for (i, u) in users.iter().enumerate() {
                 let role = if event == "create" && i == 0 { Role::Admin } else { Role::Member };
@@ -589,8 +604,11 @@ fn check_group(st: &ConvState, conv: &str, user: &str) -> Result<(), FrameError>
 /// `{"event":"add","by":"alice","users":["bob"]}` (`admin` names who was handed admin).
 fn serde_json_body(event: &str, by: &str, name: &str, users: &[String], admin: Option<&str>) -> String {
     let mut o = serde_json::json!({ "event": event, "by": by, "users": users });
-    if event == "create" {
+    if event == "create" || event == "rename" {
         o["name"] = name.into();
+    }
+    if event == "rename" {
+        o["users"] = serde_json::json!([]);
     }
     if let Some(a) = admin {
         o["admin"] = a.into();
@@ -644,7 +662,7 @@ fn unavailable(e: StoreError) -> FrameError {
 /// Up to which seq `user` may read `conv`: everything for members (`u64::MAX`), up to the
 /// message that recorded their leaving for former members. The members the store recorded
 /// decide, never the shape of the id.
-fn readable_upto(store: &dyn MessageStore, conv: &str, user: &str) -> Result<u64, FrameError> {
+pub fn readable_upto(store: &dyn MessageStore, conv: &str, user: &str) -> Result<u64, FrameError> {
     let members = store.members(conv).map_err(unavailable)?;
     if members.iter().any(|m| m.user == user) {
         return Ok(u64::MAX);

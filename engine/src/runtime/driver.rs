@@ -111,7 +111,8 @@ impl Driver {
             conns: RefCell::new(HashMap::new()),
             next_conn: Cell::new(1),
             store,
-            outboxes: RefCell::new((0..cfg.shards).map(|_| Vec::new()).collect()),
+            // One outbox per peer of the mesh: every shard, and the bridge (peer `shards`).
+            outboxes: RefCell::new((0..=cfg.shards).map(|_| Vec::new()).collect()),
             outbox_len: Cell::new(0),
             senders,
             flush_bell: Bell::default(),

@@ -4,6 +4,7 @@
 //! thread-per-core io_uring runtime (compio) means rewriting these files only.
 
 mod accept;
+pub mod bridge;
 mod conn;
 mod driver;
 mod prefixed;
@@ -46,7 +47,10 @@ pub fn serve(cfg: Config) -> Result<(), String> {
         signal_hook::flag::register(sig, shutdown.clone()).map_err(|e| format!("installing signal handler: {e}"))?;
     }
     let cpus: Vec<usize> = CpuSet::online().map_err(|e| format!("reading CPUs: {e}"))?.into_iter().map(|l| l.cpu).collect();
-    let mesh = MeshBuilder::<Wire, _>::full(cfg.shards, MESH_CHANNEL_BATCHES_MAX);
+    // Peers 0..shards are the shards, peer `shards` the control plane's bridge. glommio numbers
+    // mesh peers by executor creation order, so shards are created first, in order.
+    let mesh = MeshBuilder::<Wire, _>::full(cfg.shards + 1, MESH_CHANNEL_BATCHES_MAX);
+    let (bridge, bridge_end) = bridge::pair().map_err(|e| format!("bridge: {e}"))?;
     let cfg = Arc::new(cfg);
     tracing::info!(listen = %cfg.listen, shards = cfg.shards, data_dir = %cfg.data_dir.display(), "shardchat starting");
     let mut handles = Vec::new();
@@ -61,6 +65,20 @@ pub fn serve(cfg: Config) -> Result<(), String> {
             .map_err(|e| format!("starting shard {id}: {e}"))?;
         handles.push(h);
     }
+    let bridge_exec = {
+        let (mesh, shards, node) = (mesh.clone(), cfg.shards, cfg.node_id);
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .name("bridge")
+            .spawn(move || async move { bridge::run(shards, shards, node, mesh, bridge_end).await })
+            .map_err(|e| format!("starting the bridge: {e}"))?
+    };
+    let control = match cfg.http {
+        Some(_) => Some(crate::control::ControlPlane::start(cfg.clone(), store.clone(), bridge, shutdown.clone())?),
+        None => {
+            drop(bridge);
+            None
+        }
+    };
     let mut result = Ok(());
     for (id, h) in handles.into_iter().enumerate() {
         match h.join() {
@@ -68,6 +86,16 @@ pub fn serve(cfg: Config) -> Result<(), String> {
             Ok(Err(e)) => result = Err(format!("shard {id}: {e}")),
             Err(e) => result = Err(format!("shard {id} failed: {e}")),
         }
+    }
+    // The control plane stops on the same signal; its handle to the bridge goes with it, which
+    // stops the bridge.
+    if let Some(c) = control {
+        c.join();
+    }
+    match bridge_exec.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => result = Err(e),
+        Err(e) => result = Err(format!("bridge failed: {e}")),
     }
     store.persist().map_err(|e| format!("final flush: {e}"))?;
     tracing::info!("shardchat stopped");
@@ -119,6 +147,9 @@ async fn shard_main(
     shutdown: Arc<AtomicBool>,
 ) -> Result<(), String> {
     let (senders, receivers) = mesh.join().await.map_err(|_| "joining the shard mesh".to_string())?;
+    if senders.peer_id() != id {
+        return Err(format!("shard {id} joined the mesh as peer {}", senders.peer_id()));
+    }
     let store: Arc<dyn MessageStore> = store;
     let listener = glommio::net::TcpListener::bind(cfg.listen).map_err(|e| format!("binding {}: {e}", cfg.listen))?;
     let d = Rc::new(Driver::new(id, cfg.clone(), store, senders));

@@ -80,6 +80,7 @@ impl Shard {
             ClientFrame::GroupAdd { conv, users, r#ref } => self.group_op(me, user, conv, GroupChange::Add { users }, r#ref),
             ClientFrame::GroupRemove { conv, users, r#ref } => self.group_op(me, user, conv, GroupChange::Remove { users }, r#ref),
             ClientFrame::GroupLeave { conv, r#ref } => self.group_op(me, user, conv, GroupChange::Leave, r#ref),
+            ClientFrame::GroupRename { conv, name, r#ref } => self.group_op(me, user, conv, GroupChange::Rename { name }, r#ref),
             ClientFrame::Typing { conv } => {
                 // At most one relayed per user and conversation per interval: the rest are
                 // dropped here, before they cost a hop.

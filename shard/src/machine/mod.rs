@@ -164,6 +164,8 @@ pub enum PeerMsg {
         target: String,
         sub: ConnRef,
     },
+    /// Anyone → target's home: the current presence of `target`, once (no subscription).
+    PresenceQuery { target: String, reply_to: ConnRef },
 }
 
 struct Conn {
@@ -342,6 +344,7 @@ impl Shard {
             }
             PeerMsg::PresenceSub { target, sub } => self.presence_sub(target, sub),
             PeerMsg::PresenceUnsub { target, sub } => self.presence_unsub(&target, sub),
+            PeerMsg::PresenceQuery { target, reply_to } => self.presence_query(target, reply_to),
         }
     }
 }

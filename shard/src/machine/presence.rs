@@ -83,6 +83,26 @@ impl Shard {
         }
     }
 
+    /// A one-off question (the REST API's batch presence): answered like a subscription's first
+    /// frame, without subscribing.
+    pub(super) fn presence_query(&mut self, target: String, reply_to: ConnRef) {
+        let online = self.by_user.contains_key(&target);
+        let known = self.presence.get(&target).filter(|p| p.loaded).map(|p| p.last_seen);
+        if online || known.is_some() {
+            let payload = frame(&target, online, known.flatten());
+            self.send_to(reply_to.shard, PeerMsg::Deliver { conns: vec![reply_to.conn], payload, class: Class::Durable });
+            return;
+        }
+        let p = self.presence.entry(target.clone()).or_default();
+        match &mut p.waiting {
+            Some(w) => w.push(reply_to),
+            None => {
+                p.waiting = Some(vec![reply_to]);
+                self.actions.push(Action::Lookup(ReadJob::LastSeen { user: target }));
+            }
+        }
+    }
+
     pub(super) fn presence_unsub(&mut self, target: &str, sub: ConnRef) {
         let Some(p) = self.presence.get_mut(target) else { return };
         p.subs.retain(|s| *s != sub);
@@ -103,6 +123,10 @@ impl Shard {
             p.last_seen = p.last_seen.max(ms);
         }
         let payload = frame(&user, online, p.last_seen);
+        if p.subs.is_empty() {
+            // Only one-off queries asked: keep nothing.
+            self.presence.remove(&user);
+        }
         self.deliver_to_subs(&waiting, payload);
     }
 

@@ -1,0 +1,151 @@
+//! The control plane: HTTP beside the shards (REST API, health, metrics), on its own tokio
+//! runtime and port (`--http`). It never holds shard state: writes go to the owner shards
+//! through the bridge (`runtime/bridge.rs`), like a WebSocket client's would; reads that the
+//! store answers (history, conversation lists) go to the store on tokio's blocking pool.
+
+mod rest;
+
+use crate::auth::{Authenticator, Identity};
+use crate::config::Config;
+use crate::runtime::bridge::{Bridge, BridgeOp, BridgeRequest};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use shardchat_codec::{ErrorCode, FrameError, ServerFrame};
+use shardchat_storage::MessageStore;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a REST request waits for the shards' answer before it is `unavailable`.
+const SHARD_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Worker threads of the control plane's runtime: it is not the hot path.
+const CONTROL_THREADS: usize = 2;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct Ctx {
+    pub cfg: Arc<Config>,
+    pub store: Arc<dyn MessageStore>,
+    pub bridge: Bridge,
+    pub auth: Arc<Authenticator>,
+}
+
+/// An error of the contract's table as an HTTP response: the status says the class, the JSON body
+/// `{"code", "msg"}` says which.
+pub struct ApiError(pub FrameError);
+
+impl From<FrameError> for ApiError {
+    fn from(e: FrameError) -> Self {
+        ApiError(e)
+    }
+}
+
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::GroupFull => StatusCode::CONFLICT,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "code": self.0.code.as_str(), "msg": self.0.msg });
+        (status_of(self.0.code), Json(body)).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+fn unauthorized(why: &str) -> Response {
+    let body = serde_json::json!({ "code": "unauthorized", "msg": why });
+    (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+}
+
+/// The caller's identity: the same rules as the WebSocket upgrade (JWT in `Authorization` or
+/// `?token=`; with `--dev-auth`, `?user=`).
+pub struct Caller(pub Identity);
+
+impl axum::extract::FromRequestParts<Ctx> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, ctx: &Ctx) -> Result<Self, Response> {
+        let authorization = parts.headers.get("authorization").and_then(|v| v.to_str().ok());
+        let query: Vec<(String, String)> = parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
+        let lookup = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        ctx.auth.authenticate_with(authorization, lookup).map(Caller).map_err(unauthorized)
+    }
+}
+
+impl Ctx {
+    /// Sends an op to the shards and waits for their answer frames.
+    pub async fn ask(&self, user: &str, op: BridgeOp) -> ApiResult<Vec<ServerFrame>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let req = BridgeRequest { user: user.to_string(), op, reply: tx };
+        if self.bridge.submit(req).is_err() {
+            return Err(FrameError::new(ErrorCode::Unavailable, "shards unavailable").into());
+        }
+        match tokio::time::timeout(SHARD_ANSWER_TIMEOUT, rx).await {
+            Ok(Ok(frames)) => Ok(frames),
+            _ => Err(FrameError::new(ErrorCode::Unavailable, "no answer from the shards, retry later").into()),
+        }
+    }
+
+    /// Runs a store read on the blocking pool.
+    pub async fn read<T: Send + 'static>(&self, f: impl FnOnce(&dyn MessageStore) -> Result<T, FrameError> + Send + 'static) -> ApiResult<T> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || f(&*store)).await {
+            Ok(r) => r.map_err(ApiError),
+            Err(_) => Err(FrameError::new(ErrorCode::Internal, "read failed").into()),
+        }
+    }
+}
+
+/// The running control plane.
+pub struct ControlPlane {
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ControlPlane {
+    /// Binds `--http` and serves until `shutdown` is set.
+    pub fn start(cfg: Arc<Config>, store: Arc<dyn MessageStore>, bridge: Bridge, shutdown: Arc<AtomicBool>) -> Result<ControlPlane, String> {
+        let addr = cfg.http.ok_or("no --http address")?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(CONTROL_THREADS)
+            .thread_name("control")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("control plane runtime: {e}"))?;
+        let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).map_err(|e| format!("binding --http {addr}: {e}"))?;
+        let auth = Arc::new(Authenticator::new(cfg.jwt_secret.as_deref(), cfg.dev_auth));
+        let ctx = Ctx { cfg, store, bridge, auth };
+        let app = rest::router(ctx);
+        tracing::info!(http = %addr, "control plane listening");
+        let thread = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let stop = async move {
+                        while !shutdown.load(Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    };
+                    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+                        tracing::error!(error = %e, "control plane failed");
+                    }
+                });
+            })
+            .map_err(|e| format!("control plane thread: {e}"))?;
+        Ok(ControlPlane { thread })
+    }
+
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}

@@ -1,0 +1,256 @@
+//! The REST API (`/v1`), health endpoints. Every handler authenticates the caller and sees only
+//! conversations the caller belongs to (or belonged to, up to where they left).
+
+use super::{ApiError, ApiResult, Caller, Ctx};
+use crate::runtime::bridge::BridgeOp;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shardchat_codec::{
+    valid_conv_id, valid_user_id, ClientFrame, ErrorCode, FrameError, Limits, MsgKind, MsgRecord, ReceiptKind, ServerFrame, HISTORY_LIMIT_DEFAULT,
+    HISTORY_LIMIT_MAX,
+};
+use shardchat_shard::jobs::{readable_upto, GroupChange};
+use shardchat_storage::StoreError;
+
+pub fn router(ctx: Ctx) -> Router {
+    // A JSON body carries at most one message body, escaped: the WebSocket message bound.
+    let body_max = ctx.cfg.ws_message_bytes_max();
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/v1/conversations", get(conversations))
+        .route("/v1/conversations/{conv}", get(conversation).patch(rename))
+        .route("/v1/conversations/{conv}/messages", get(messages).post(send))
+        .route("/v1/conversations/{conv}/messages/{seq}/receipts", get(receipts))
+        .route("/v1/conversations/{conv}/members", post(add_members))
+        .route("/v1/conversations/{conv}/members/{user}", delete(remove_member))
+        .route("/v1/conversations/{conv}/leave", post(leave))
+        .route("/v1/groups", post(create_group))
+        .route("/v1/presence", get(presence))
+        .layer(DefaultBodyLimit::max(body_max))
+        .with_state(ctx)
+}
+
+async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
+    if ctx.bridge.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    }
+}
+
+fn unavailable(e: StoreError) -> FrameError {
+    tracing::error!(error = %e, "store read failed");
+    FrameError::new(ErrorCode::Unavailable, "storage unavailable, retry later")
+}
+
+fn check_conv(conv: &str) -> ApiResult<()> {
+    if valid_conv_id(conv) {
+        Ok(())
+    } else {
+        Err(FrameError::bad_request("invalid conversation id").into())
+    }
+}
+
+/// The one frame the shards answered with: the expected one, or the error it carries.
+fn answer(frames: Vec<ServerFrame>) -> ApiResult<ServerFrame> {
+    match frames.into_iter().next() {
+        Some(ServerFrame::Error { code, msg, .. }) => Err(FrameError::new(code, msg).into()),
+        Some(f) => Ok(f),
+        None => Err(FrameError::new(ErrorCode::Internal, "no answer").into()),
+    }
+}
+
+/// A frame as a JSON object without its `t`.
+fn body_of(frame: &ServerFrame) -> Value {
+    let mut v = serde_json::to_value(frame).expect("frames serialize");
+    if let Some(o) = v.as_object_mut() {
+        o.remove("t");
+    }
+    v
+}
+
+/// Messages after the caller's read watermark that others sent, counted up to this cap.
+const UNREAD_COUNT_MAX: usize = 1000;
+
+async fn conversations(State(ctx): State<Ctx>, Caller(me): Caller) -> ApiResult<Json<Value>> {
+    let user = me.user;
+    let list = ctx
+        .read(move |store| {
+            let mut out = Vec::new();
+            for conv in store.user_convs(&user).map_err(unavailable)? {
+                let upto = match readable_upto(store, &conv, &user) {
+                    Ok(u) => u,
+                    Err(e) if e.code == ErrorCode::Unavailable => return Err(e),
+                    Err(_) => continue,
+                };
+                let last_seq = store.last_seq(&conv).map_err(unavailable)?.min(upto);
+                let last = store.messages_before(&conv, Some(last_seq.saturating_add(1)), 1).map_err(unavailable)?.pop();
+                let read = store.watermark(&conv, &user, ReceiptKind::Read).map_err(unavailable)?;
+                let unread = store
+                    .messages_after(&conv, read, UNREAD_COUNT_MAX)
+                    .map_err(unavailable)?
+                    .iter()
+                    .filter(|m| m.seq <= last_seq && m.from != user)
+                    .count();
+                let name = store.conv_name(&conv).map_err(unavailable)?;
+                let ts = last.as_ref().map(|m| m.ts).unwrap_or(0);
+                out.push((ts, json!({ "conv": conv, "name": name, "last_seq": last_seq, "unread": unread, "member": upto == u64::MAX, "last": last })));
+            }
+            out.sort_by(|a, b| b.0.cmp(&a.0));
+            Ok(out.into_iter().map(|(_, v)| v).collect::<Vec<_>>())
+        })
+        .await?;
+    Ok(Json(json!({ "conversations": list })))
+}
+
+async fn conversation(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>) -> ApiResult<Json<Value>> {
+    check_conv(&conv)?;
+    let v = ctx
+        .read(move |store| {
+            let upto = readable_upto(store, &conv, &me.user)?;
+            if upto != u64::MAX {
+                return Err(FrameError::new(ErrorCode::Forbidden, "not a member of this conversation"));
+            }
+            let members = store.members(&conv).map_err(unavailable)?;
+            let name = store.conv_name(&conv).map_err(unavailable)?;
+            let last_seq = store.last_seq(&conv).map_err(unavailable)?;
+            let members: Vec<Value> = members.into_iter().map(|m| json!({"user": m.user, "role": m.role})).collect();
+            Ok(json!({ "conv": conv, "name": name, "members": members, "last_seq": last_seq }))
+        })
+        .await?;
+    Ok(Json(v))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    before: Option<u64>,
+    after: Option<u64>,
+    limit: Option<u32>,
+}
+
+async fn messages(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>, Query(page): Query<Page>) -> ApiResult<Json<Value>> {
+    check_conv(&conv)?;
+    let limit = page.limit.unwrap_or(HISTORY_LIMIT_DEFAULT);
+    if limit == 0 || limit > HISTORY_LIMIT_MAX {
+        return Err(FrameError::bad_request(format!("limit must be 1 to {HISTORY_LIMIT_MAX}")).into());
+    }
+    if page.before.is_some() && page.after.is_some() {
+        return Err(FrameError::bad_request("give `before` or `after`, not both").into());
+    }
+    let v = ctx
+        .read(move |store| {
+            let upto = readable_upto(store, &conv, &me.user)?;
+            let msgs: Vec<MsgRecord> = match page.after {
+                // Oldest first, forwards from `after`.
+                Some(after) => store.messages_after(&conv, after, limit as usize).map_err(unavailable)?.into_iter().filter(|m| m.seq <= upto).collect(),
+                // Newest first, backwards from `before`.
+                None => {
+                    let before = page.before.unwrap_or(u64::MAX).min(upto.saturating_add(1));
+                    store.messages_before(&conv, Some(before), limit as usize).map_err(unavailable)?
+                }
+            };
+            let order = if page.after.is_some() { "asc" } else { "desc" };
+            Ok(json!({ "conv": conv, "order": order, "messages": msgs }))
+        })
+        .await?;
+    Ok(Json(v))
+}
+
+#[derive(Deserialize)]
+struct NewMessage {
+    cmid: String,
+    body: String,
+    #[serde(default)]
+    kind: MsgKind,
+}
+
+async fn send(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>, Json(m): Json<NewMessage>) -> ApiResult<Json<Value>> {
+    // The same checks as a WebSocket `send`.
+    let frame = ClientFrame::Send { cmid: m.cmid.clone(), to: None, conv: Some(conv.clone()), body: m.body.clone(), kind: m.kind };
+    frame.validate(&Limits { body_bytes_max: ctx.cfg.body_bytes_max })?;
+    let op = BridgeOp::Send { conv, cmid: m.cmid, body: m.body, kind: m.kind };
+    let ack = answer(ctx.ask(&me.user, op).await?)?;
+    Ok(Json(body_of(&ack)))
+}
+
+async fn receipts(State(ctx): State<Ctx>, Caller(me): Caller, Path((conv, seq)): Path<(String, u64)>) -> ApiResult<Json<Value>> {
+    check_conv(&conv)?;
+    if seq == 0 {
+        return Err(FrameError::bad_request("seq starts at 1").into());
+    }
+    let detail = answer(ctx.ask(&me.user, BridgeOp::ReceiptQuery { conv, seq }).await?)?;
+    Ok(Json(body_of(&detail)))
+}
+
+#[derive(Deserialize)]
+struct NewGroup {
+    name: String,
+    members: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Users {
+    users: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Rename {
+    name: String,
+}
+
+async fn group_change(ctx: &Ctx, user: &str, conv: Option<String>, change: GroupChange, frame: ClientFrame) -> ApiResult<Json<Value>> {
+    frame.validate(&Limits { body_bytes_max: ctx.cfg.body_bytes_max })?;
+    let g = answer(ctx.ask(user, BridgeOp::Group { conv, change }).await?)?;
+    Ok(Json(body_of(&g)))
+}
+
+async fn create_group(State(ctx): State<Ctx>, Caller(me): Caller, Json(g): Json<NewGroup>) -> ApiResult<impl IntoResponse> {
+    let frame = ClientFrame::GroupCreate { name: g.name.clone(), members: g.members.clone(), r#ref: None };
+    let out = group_change(&ctx, &me.user, None, GroupChange::Create { name: g.name, members: g.members }, frame).await?;
+    Ok((StatusCode::CREATED, out))
+}
+
+async fn add_members(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>, Json(u): Json<Users>) -> ApiResult<Json<Value>> {
+    let frame = ClientFrame::GroupAdd { conv: conv.clone(), users: u.users.clone(), r#ref: None };
+    group_change(&ctx, &me.user, Some(conv), GroupChange::Add { users: u.users }, frame).await
+}
+
+async fn remove_member(State(ctx): State<Ctx>, Caller(me): Caller, Path((conv, user)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let frame = ClientFrame::GroupRemove { conv: conv.clone(), users: vec![user.clone()], r#ref: None };
+    group_change(&ctx, &me.user, Some(conv), GroupChange::Remove { users: vec![user] }, frame).await
+}
+
+async fn leave(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>) -> ApiResult<Json<Value>> {
+    let frame = ClientFrame::GroupLeave { conv: conv.clone(), r#ref: None };
+    group_change(&ctx, &me.user, Some(conv), GroupChange::Leave, frame).await
+}
+
+async fn rename(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>, Json(r): Json<Rename>) -> ApiResult<Json<Value>> {
+    let frame = ClientFrame::GroupRename { conv: conv.clone(), name: r.name.clone(), r#ref: None };
+    group_change(&ctx, &me.user, Some(conv), GroupChange::Rename { name: r.name }, frame).await
+}
+
+#[derive(Deserialize)]
+struct PresenceQuery {
+    users: String,
+}
+
+/// Users one batch presence request may name.
+const PRESENCE_BATCH_MAX: usize = 500;
+
+async fn presence(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<PresenceQuery>) -> ApiResult<Json<Value>> {
+    let users: Vec<String> = q.users.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    if users.is_empty() || users.len() > PRESENCE_BATCH_MAX || !users.iter().all(|u| valid_user_id(u)) {
+        return Err(ApiError(FrameError::bad_request(format!("users: 1 to {PRESENCE_BATCH_MAX} valid user ids, comma-separated"))));
+    }
+    let frames = ctx.ask(&me.user, BridgeOp::Presence { users }).await?;
+    let list: Vec<Value> = frames.iter().map(body_of).collect();
+    Ok(Json(json!({ "presence": list })))
+}
+

@@ -1,0 +1,219 @@
+//! The bridge between the control plane (tokio: REST, later polling and push) and the shards.
+//!
+//! It is one more glommio executor, unpinned, joined to the shard mesh as peer `shards` (after
+//! every shard). To the shards it looks like a home shard whose "connections" are REST requests:
+//! it sends them ops with `reply_to = (bridge, request)`, and their answers come back as ordinary
+//! `Reply`/`Deliver` messages. The control plane hands it requests through a crossbeam channel
+//! and wakes it through a socket pair (a byte per wake-up, coalesced by a flag): no polling.
+
+use super::driver::Wire;
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use shardchat_codec::{MsgKind, ServerFrame};
+use shardchat_shard::jobs::{ConnRef, GroupChange, GroupOp, Op, SendOp, Target};
+use shardchat_shard::snowflake::Snowflake;
+use shardchat_shard::{home_shard, owner_shard, PeerMsg};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What the control plane asks of the shards, on behalf of `user`.
+#[derive(Debug)]
+pub enum BridgeOp {
+    Send { conv: String, cmid: String, body: String, kind: MsgKind },
+    /// `conv` is None for a create (the bridge assigns the id).
+    Group { conv: Option<String>, change: GroupChange },
+    ReceiptQuery { conv: String, seq: u64 },
+    Presence { users: Vec<String> },
+}
+
+pub struct BridgeRequest {
+    pub user: String,
+    pub op: BridgeOp,
+    /// Gets every frame the shards answered with (one per user for presence, else one).
+    pub reply: tokio::sync::oneshot::Sender<Vec<ServerFrame>>,
+}
+
+/// The control plane's handle: submit requests from any thread. When the last clone is dropped
+/// the socket closes and the bridge stops.
+#[derive(Clone)]
+pub struct Bridge {
+    tx: crossbeam_channel::Sender<BridgeRequest>,
+    /// Set while a wake-up byte is unread: later submits need not write another.
+    rung: Arc<AtomicBool>,
+    sock: Arc<std::os::unix::net::UnixStream>,
+    ready: Arc<AtomicBool>,
+}
+
+/// Requests waiting in the bridge's channel beyond which `submit` refuses (the control plane
+/// answers 503): bounded like every other queue.
+const BRIDGE_QUEUE_REQUESTS_MAX: usize = 65_536;
+
+impl Bridge {
+    /// Hands `req` to the bridge; `Err` gives it back when the bridge is gone or full.
+    pub fn submit(&self, req: BridgeRequest) -> Result<(), BridgeRequest> {
+        self.tx.try_send(req).map_err(|e| e.into_inner())?;
+        if !self.rung.swap(true, Ordering::AcqRel) {
+            // Non-blocking: a full socket buffer means a wake-up is already pending.
+            let _ = (&*self.sock).write(&[1]);
+        }
+        Ok(())
+    }
+
+    /// Whether the bridge has joined the shard mesh (readiness).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// The bridge's end, moved into its executor.
+pub struct BridgeEnd {
+    rx: crossbeam_channel::Receiver<BridgeRequest>,
+    rung: Arc<AtomicBool>,
+    bell_fd: i32,
+    ready: Arc<AtomicBool>,
+}
+
+pub fn pair() -> std::io::Result<(Bridge, BridgeEnd)> {
+    let (a, b) = std::os::unix::net::UnixStream::pair()?;
+    a.set_nonblocking(true)?;
+    b.set_nonblocking(true)?;
+    let (tx, rx) = crossbeam_channel::bounded(BRIDGE_QUEUE_REQUESTS_MAX);
+    let rung = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicBool::new(false));
+    let bridge = Bridge { tx, rung: rung.clone(), sock: Arc::new(a), ready: ready.clone() };
+    Ok((bridge, BridgeEnd { rx, rung, bell_fd: b.into_raw_fd(), ready }))
+}
+
+struct Waiting {
+    remaining: usize,
+    frames: Vec<ServerFrame>,
+    reply: tokio::sync::oneshot::Sender<Vec<ServerFrame>>,
+}
+
+#[derive(Default)]
+struct State {
+    next_conn: u64,
+    /// conn id → request id
+    conns: HashMap<u64, u64>,
+    requests: HashMap<u64, Waiting>,
+}
+
+impl State {
+    fn complete(&mut self, conn: u64, frame: ServerFrame) {
+        let Some(req) = self.conns.remove(&conn) else { return };
+        let Some(w) = self.requests.get_mut(&req) else { return };
+        w.frames.push(frame);
+        w.remaining -= 1;
+        if w.remaining == 0 {
+            let w = self.requests.remove(&req).expect("present");
+            let _ = w.reply.send(w.frames);
+        }
+    }
+}
+
+/// Runs the bridge until the control plane drops its handle.
+pub async fn run(me: usize, shards: usize, node: usize, mesh: MeshBuilder<Wire, Full>, end: BridgeEnd) -> Result<(), String> {
+    use futures::AsyncReadExt;
+    let (senders, mut receivers) = mesh.join().await.map_err(|_| "bridge: joining the shard mesh".to_string())?;
+    if senders.peer_id() != me {
+        return Err(format!("bridge joined the mesh as peer {} instead of {me}", senders.peer_id()));
+    }
+    let state = Rc::new(RefCell::new(State::default()));
+    for (_, rx) in receivers.streams() {
+        let state = state.clone();
+        glommio::spawn_local(async move {
+            while let Some(wire) = rx.recv().await {
+                let Wire::Batch(msgs) = wire else { continue };
+                let mut st = state.borrow_mut();
+                for m in msgs {
+                    match m {
+                        PeerMsg::Reply { conn, payload } => st.complete(conn, payload.frame().clone()),
+                        PeerMsg::Deliver { conns, payload, .. } => {
+                            for c in conns {
+                                st.complete(c, payload.frame().clone());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        })
+        .detach();
+    }
+    end.ready.store(true, Ordering::Release);
+    // SAFETY: `bell_fd` is our end of the socket pair, owned by nobody else.
+    let mut bell = unsafe { glommio::net::UnixStream::from_raw_fd(end.bell_fd) };
+    let mut ids = Snowflake::new(node, me);
+    let mut buf = [0u8; 64];
+    loop {
+        match bell.read(&mut buf).await {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(_) => {}
+        }
+        // Reset before draining: a request pushed after this point rings again.
+        end.rung.store(false, Ordering::Release);
+        let mut out: Vec<(usize, PeerMsg)> = Vec::new();
+        loop {
+            let req = match end.rx.try_recv() {
+                Ok(r) => r,
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return Ok(()),
+            };
+            let mut st = state.borrow_mut();
+            let req_id = st.next_conn;
+            let mut conn = || {
+                st.next_conn += 1;
+                let c = st.next_conn;
+                st.conns.insert(c, req_id);
+                ConnRef { shard: me, conn: c }
+            };
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+            let user = req.user;
+            let msgs: Vec<(usize, PeerMsg)> = match req.op {
+                BridgeOp::Send { conv, cmid, body, kind } => {
+                    let reply_to = conn();
+                    let op = SendOp { reply_to, user, cmid, target: Target::Conv(conv.clone()), conv: conv.clone(), body, kind, id: 0, ts: 0 };
+                    vec![(owner_shard(&conv, shards), PeerMsg::Op(Op::Send(op)))]
+                }
+                BridgeOp::Group { conv, change } => {
+                    let conv = conv.unwrap_or_else(|| format!("g:{}", ids.next(now)));
+                    let reply_to = conn();
+                    let op = GroupOp { reply_to, user, conv: conv.clone(), change, r#ref: None, id: 0, ts: 0 };
+                    vec![(owner_shard(&conv, shards), PeerMsg::Op(Op::Group(op)))]
+                }
+                BridgeOp::ReceiptQuery { conv, seq } => {
+                    let reply_to = conn();
+                    vec![(owner_shard(&conv, shards), PeerMsg::Op(Op::ReceiptQuery { reply_to, user, conv, seq, r#ref: None }))]
+                }
+                BridgeOp::Presence { users } => users
+                    .into_iter()
+                    .map(|target| {
+                        let reply_to = conn();
+                        (home_shard(&target, shards), PeerMsg::PresenceQuery { target, reply_to })
+                    })
+                    .collect(),
+            };
+            if msgs.is_empty() {
+                let _ = req.reply.send(Vec::new());
+                continue;
+            }
+            st.next_conn += 1;
+            st.requests.insert(req_id, Waiting { remaining: msgs.len(), frames: Vec::new(), reply: req.reply });
+            out.extend(msgs);
+        }
+        let mut by_shard: HashMap<usize, Vec<PeerMsg>> = HashMap::new();
+        for (to, m) in out {
+            by_shard.entry(to).or_default().push(m);
+        }
+        for (to, batch) in by_shard {
+            if senders.send_to(to, Wire::Batch(batch)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
