@@ -77,7 +77,8 @@ impl axum::extract::FromRequestParts<Ctx> for Caller {
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, ctx: &Ctx) -> Result<Self, Response> {
         let authorization = parts.headers.get("authorization").and_then(|v| v.to_str().ok());
-        let query: Vec<(String, String)> = parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
+        let query: Vec<(String, String)> =
+            parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
         let lookup = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         ctx.auth.authenticate_with(authorization, lookup).map(Caller).map_err(unauthorized)
     }
@@ -98,7 +99,10 @@ impl Ctx {
     }
 
     /// Runs a store read on the blocking pool.
-    pub async fn read<T: Send + 'static>(&self, f: impl FnOnce(&dyn MessageStore) -> Result<T, FrameError> + Send + 'static) -> ApiResult<T> {
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn MessageStore) -> Result<T, FrameError> + Send + 'static,
+    ) -> ApiResult<T> {
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || f(&*store)).await {
             Ok(r) => r.map_err(ApiError),
@@ -114,7 +118,12 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// Binds `--http` and serves until `shutdown` is set.
-    pub fn start(cfg: Arc<Config>, store: Arc<dyn MessageStore>, bridge: Bridge, shutdown: Arc<AtomicBool>) -> Result<ControlPlane, String> {
+    pub fn start(
+        cfg: Arc<Config>,
+        store: Arc<dyn MessageStore>,
+        bridge: Bridge,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<ControlPlane, String> {
         let addr = cfg.http.ok_or("no --http address")?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(CONTROL_THREADS)

@@ -11,8 +11,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shardchat_codec::{
-    valid_conv_id, valid_user_id, ClientFrame, ErrorCode, FrameError, Limits, MsgKind, MsgRecord, ReceiptKind, ServerFrame, HISTORY_LIMIT_DEFAULT,
-    HISTORY_LIMIT_MAX,
+    valid_conv_id, valid_user_id, ClientFrame, ErrorCode, FrameError, Limits, MsgKind, MsgRecord, ReceiptKind, ServerFrame,
+    HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX,
 };
 use shardchat_shard::jobs::{readable_upto, GroupChange};
 use shardchat_storage::StoreError;
@@ -99,10 +99,13 @@ async fn conversations(State(ctx): State<Ctx>, Caller(me): Caller) -> ApiResult<
                     .filter(|m| m.seq <= last_seq && m.from != user)
                     .count();
                 let name = store.conv_name(&conv).map_err(unavailable)?;
-                let ts = last.as_ref().map(|m| m.ts).unwrap_or(0);
-                out.push((ts, json!({ "conv": conv, "name": name, "last_seq": last_seq, "unread": unread, "member": upto == u64::MAX, "last": last })));
+                let key = last.as_ref().map(|m| (m.ts, m.id)).unwrap_or((0, 0));
+                out.push((
+                    key,
+                    json!({ "conv": conv, "name": name, "last_seq": last_seq, "unread": unread, "member": upto == u64::MAX, "last": last }),
+                ));
             }
-            out.sort_by(|a, b| b.0.cmp(&a.0));
+            out.sort_by_key(|(key, _)| std::cmp::Reverse(*key));
             Ok(out.into_iter().map(|(_, v)| v).collect::<Vec<_>>())
         })
         .await?;
@@ -134,7 +137,12 @@ struct Page {
     limit: Option<u32>,
 }
 
-async fn messages(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>, Query(page): Query<Page>) -> ApiResult<Json<Value>> {
+async fn messages(
+    State(ctx): State<Ctx>,
+    Caller(me): Caller,
+    Path(conv): Path<String>,
+    Query(page): Query<Page>,
+) -> ApiResult<Json<Value>> {
     check_conv(&conv)?;
     let limit = page.limit.unwrap_or(HISTORY_LIMIT_DEFAULT);
     if limit == 0 || limit > HISTORY_LIMIT_MAX {
@@ -148,7 +156,9 @@ async fn messages(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<S
             let upto = readable_upto(store, &conv, &me.user)?;
             let msgs: Vec<MsgRecord> = match page.after {
                 // Oldest first, forwards from `after`.
-                Some(after) => store.messages_after(&conv, after, limit as usize).map_err(unavailable)?.into_iter().filter(|m| m.seq <= upto).collect(),
+                Some(after) => {
+                    store.messages_after(&conv, after, limit as usize).map_err(unavailable)?.into_iter().filter(|m| m.seq <= upto).collect()
+                }
                 // Newest first, backwards from `before`.
                 None => {
                     let before = page.before.unwrap_or(u64::MAX).min(upto.saturating_add(1));
@@ -249,8 +259,9 @@ async fn presence(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<Pr
     if users.is_empty() || users.len() > PRESENCE_BATCH_MAX || !users.iter().all(|u| valid_user_id(u)) {
         return Err(ApiError(FrameError::bad_request(format!("users: 1 to {PRESENCE_BATCH_MAX} valid user ids, comma-separated"))));
     }
-    let frames = ctx.ask(&me.user, BridgeOp::Presence { users }).await?;
-    let list: Vec<Value> = frames.iter().map(body_of).collect();
+    let frames = ctx.ask(&me.user, BridgeOp::Presence { users: users.clone() }).await?;
+    // Answers arrive in whatever order the home shards sent them: list them as asked.
+    let mut list: Vec<Value> = frames.iter().map(body_of).collect();
+    list.sort_by_key(|v| users.iter().position(|u| v["user"] == u.as_str()));
     Ok(Json(json!({ "presence": list })))
 }
-

@@ -24,11 +24,24 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// What the control plane asks of the shards, on behalf of `user`.
 #[derive(Debug)]
 pub enum BridgeOp {
-    Send { conv: String, cmid: String, body: String, kind: MsgKind },
+    Send {
+        conv: String,
+        cmid: String,
+        body: String,
+        kind: MsgKind,
+    },
     /// `conv` is None for a create (the bridge assigns the id).
-    Group { conv: Option<String>, change: GroupChange },
-    ReceiptQuery { conv: String, seq: u64 },
-    Presence { users: Vec<String> },
+    Group {
+        conv: Option<String>,
+        change: GroupChange,
+    },
+    ReceiptQuery {
+        conv: String,
+        seq: u64,
+    },
+    Presence {
+        users: Vec<String>,
+    },
 }
 
 pub struct BridgeRequest {
@@ -177,7 +190,8 @@ pub async fn run(me: usize, shards: usize, node: usize, mesh: MeshBuilder<Wire, 
             let msgs: Vec<(usize, PeerMsg)> = match req.op {
                 BridgeOp::Send { conv, cmid, body, kind } => {
                     let reply_to = conn();
-                    let op = SendOp { reply_to, user, cmid, target: Target::Conv(conv.clone()), conv: conv.clone(), body, kind, id: 0, ts: 0 };
+                    let op =
+                        SendOp { reply_to, user, cmid, target: Target::Conv(conv.clone()), conv: conv.clone(), body, kind, id: 0, ts: 0 };
                     vec![(owner_shard(&conv, shards), PeerMsg::Op(Op::Send(op)))]
                 }
                 BridgeOp::Group { conv, change } => {

@@ -17,6 +17,8 @@ pub const FRAME_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Server {
     pub port: u16,
+    /// The control plane's port (REST).
+    pub http: u16,
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     child: Option<Child>,
@@ -43,7 +45,14 @@ impl Server {
     pub fn start(extra: &[&str]) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
-        let mut s = Server { port: free_port(), dir, _tmp: Some(tmp), child: None, extra: extra.iter().map(|s| s.to_string()).collect() };
+        let mut s = Server {
+            port: free_port(),
+            http: free_port(),
+            dir,
+            _tmp: Some(tmp),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
         s.spawn();
         s
     }
@@ -56,6 +65,8 @@ impl Server {
             "--data-dir".into(),
             self.dir.display().to_string(),
             "--dev-auth".into(),
+            "--http".into(),
+            format!("127.0.0.1:{}", self.http),
         ];
         if !self.extra.iter().any(|a| a == "--shards") {
             args.extend(["--shards".into(), "3".into()]);
@@ -69,7 +80,7 @@ impl Server {
             .spawn()
             .expect("start shardchat");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while StdTcp::connect(("127.0.0.1", self.port)).is_err() {
+        while StdTcp::connect(("127.0.0.1", self.port)).is_err() || StdTcp::connect(("127.0.0.1", self.http)).is_err() {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("shardchat exited at start: {status}");
             }
@@ -81,6 +92,12 @@ impl Server {
 
     pub fn url(&self, user: &str, device: &str) -> String {
         format!("ws://127.0.0.1:{}/ws?user={user}&device={device}", self.port)
+    }
+
+    /// A REST URL as `user` (dev identity in the query).
+    pub fn rest(&self, path: &str, user: &str) -> String {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        format!("http://127.0.0.1:{}{path}{sep}user={user}", self.http)
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -165,7 +165,10 @@ pub enum PeerMsg {
         sub: ConnRef,
     },
     /// Anyone → target's home: the current presence of `target`, once (no subscription).
-    PresenceQuery { target: String, reply_to: ConnRef },
+    PresenceQuery {
+        target: String,
+        reply_to: ConnRef,
+    },
 }
 
 struct Conn {

@@ -1,0 +1,184 @@
+//! The REST API over real HTTP, beside real WebSocket clients.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+async fn get(url: &str) -> (u16, Value) {
+    let r = reqwest::get(url).await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn post(url: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let s = Server::start(&[]);
+    let r = reqwest::get(format!("http://127.0.0.1:{}/healthz", s.http)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = reqwest::get(format!("http://127.0.0.1:{}/readyz", s.http)).await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn rest_send_is_a_real_send_acked_deduped_and_delivered_live() {
+    let s = Server::start(&[]);
+    let mut bob = Client::connect(&s, "bob", "d").await;
+    let url = s.rest("/v1/conversations/d:alice:bob/messages", "alice");
+    let (status, ack) = post(&url, json!({"cmid":"r1","body":"over rest"})).await;
+    assert_eq!(status, 200, "{ack}");
+    assert_eq!((ack["seq"].as_u64(), ack["conv"].as_str()), (Some(1), Some("d:alice:bob")));
+    assert!(ack["id"].is_string());
+    let m = bob.recv().await;
+    assert_eq!((m["t"].as_str(), m["body"].as_str(), m["from"].as_str()), (Some("msg"), Some("over rest"), Some("alice")));
+    // Retried with the same cmid: the same ack, nothing delivered again.
+    let (_, again) = post(&url, json!({"cmid":"r1","body":"over rest"})).await;
+    assert_eq!(again, ack);
+    bob.silent_for(std::time::Duration::from_millis(300)).await;
+    // Sent over the WebSocket, read over REST.
+    assert_eq!(bob.dm("alice", "w1", "over ws").await["seq"], 2);
+    let (status, page) = get(&s.rest("/v1/conversations/d:alice:bob/messages?limit=10", "alice")).await;
+    assert_eq!(status, 200);
+    let seqs: Vec<u64> = page["messages"].as_array().unwrap().iter().map(seq).collect();
+    assert_eq!(seqs, vec![2, 1]);
+    let (_, page) = get(&s.rest("/v1/conversations/d:alice:bob/messages?after=1", "alice")).await;
+    assert_eq!(page["messages"].as_array().unwrap().iter().map(seq).collect::<Vec<_>>(), vec![2]);
+    let (_, page) = get(&s.rest("/v1/conversations/d:alice:bob/messages?before=2", "alice")).await;
+    assert_eq!(page["messages"].as_array().unwrap().iter().map(seq).collect::<Vec<_>>(), vec![1]);
+}
+
+#[tokio::test]
+async fn conversations_are_listed_newest_first_with_unread_counts() {
+    let s = Server::start(&[]);
+    let mut a = Client::connect(&s, "alice", "d").await;
+    a.dm("bob", "1", "one").await;
+    a.dm("bob", "2", "two").await;
+    // Newest first is by server time (ms): keep the two apart.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    a.dm("carol", "3", "three").await;
+    let (status, v) = get(&s.rest("/v1/conversations", "alice")).await;
+    assert_eq!(status, 200);
+    let convs = v["conversations"].as_array().unwrap();
+    assert_eq!(convs.iter().map(|c| c["conv"].as_str().unwrap()).collect::<Vec<_>>(), vec!["d:alice:carol", "d:alice:bob"]);
+    assert_eq!(convs[0]["unread"], 0, "own messages are not unread");
+    let (_, v) = get(&s.rest("/v1/conversations", "bob")).await;
+    let c = &v["conversations"][0];
+    assert_eq!((c["unread"].as_u64(), c["last_seq"].as_u64(), c["last"]["body"].as_str()), (Some(2), Some(2), Some("two")));
+    let mut b = Client::connect(&s, "bob", "d").await;
+    b.send(json!({"t":"read","conv":"d:alice:bob","seq":1})).await;
+    b.send(json!({"t":"ping"})).await;
+    b.recv_where(|v| v["t"] == "pong").await;
+    // The watermark is written by the owner's next commit; give it that long.
+    let mut unread = 2;
+    for _ in 0..50 {
+        let (_, v) = get(&s.rest("/v1/conversations", "bob")).await;
+        unread = v["conversations"][0]["unread"].as_u64().unwrap();
+        if unread == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(unread, 1);
+}
+
+#[tokio::test]
+async fn groups_over_rest() {
+    let s = Server::start(&[]);
+    let mut bob = Client::connect(&s, "bob", "d").await;
+    let (status, g) = post(&s.rest("/v1/groups", "alice"), json!({"name":"team","members":["bob"]})).await;
+    assert_eq!(status, 201, "{g}");
+    let conv = g["conv"].as_str().unwrap().to_string();
+    assert_eq!(bob.recv().await["t"], "group");
+    let (status, _) = post(&s.rest(&format!("/v1/conversations/{conv}/members"), "bob"), json!({"users":["carol"]})).await;
+    assert_eq!(status, 403, "only admins add");
+    let (status, g) = post(&s.rest(&format!("/v1/conversations/{conv}/members"), "alice"), json!({"users":["carol"]})).await;
+    assert_eq!(status, 200);
+    assert_eq!(g["members"].as_array().unwrap().len(), 3);
+    let r = reqwest::Client::new()
+        .patch(s.rest(&format!("/v1/conversations/{conv}"), "alice"))
+        .json(&json!({"name":"renamed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, info) = get(&s.rest(&format!("/v1/conversations/{conv}"), "carol")).await;
+    assert_eq!(status, 200);
+    assert_eq!(info["name"], "renamed");
+    assert_eq!(info["members"].as_array().unwrap().len(), 3);
+    let r = reqwest::Client::new().delete(s.rest(&format!("/v1/conversations/{conv}/members/carol"), "alice")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, _) = get(&s.rest(&format!("/v1/conversations/{conv}"), "carol")).await;
+    assert_eq!(status, 403, "a former member no longer sees the group's state");
+    let (status, g) = post(&s.rest(&format!("/v1/conversations/{conv}/leave"), "alice"), json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(g["members"], json!([{"user":"bob","role":"admin"}]));
+    let many: Vec<String> = (0..600).map(|i| format!("u{i}")).collect();
+    let (status, e) = post(&s.rest("/v1/groups", "alice"), json!({"name":"big","members":many})).await;
+    assert_eq!((status, e["code"].as_str()), (409, Some("group_full")));
+}
+
+#[tokio::test]
+async fn receipts_and_presence_over_rest() {
+    let s = Server::start(&[]);
+    let mut a = Client::connect(&s, "alice", "d").await;
+    let mut b = Client::connect(&s, "bob", "d").await;
+    a.dm("bob", "1", "x").await;
+    b.send(json!({"t":"read","conv":"d:alice:bob","seq":1})).await;
+    a.recv_where(|v| v["t"] == "receipt").await;
+    let (status, r) = get(&s.rest("/v1/conversations/d:alice:bob/messages/1/receipts", "alice")).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!((r["read"].clone(), r["delivered"].clone(), r["of"].as_u64()), (json!(["bob"]), json!(["bob"]), Some(1)));
+    for users in ["alice,nobody", "nobody,alice"] {
+        let (status, p) = get(&s.rest(&format!("/v1/presence?users={users}"), "bob")).await;
+        assert_eq!(status, 200);
+        let mut want = vec![json!({"user":"alice","status":"online"}), json!({"user":"nobody","status":"offline"})];
+        if users.starts_with("nobody") {
+            want.reverse();
+        }
+        assert_eq!(p["presence"], json!(want), "in the order asked");
+    }
+}
+
+#[tokio::test]
+async fn authorization_and_errors() {
+    let s = Server::start(&["--body-bytes-max", "1000"]);
+    let mut a = Client::connect(&s, "alice", "d").await;
+    a.dm("bob", "1", "secret").await;
+    // No identity: 401.
+    let r = reqwest::get(format!("http://127.0.0.1:{}/v1/conversations", s.http)).await.unwrap();
+    assert_eq!(r.status(), 401);
+    // A stranger sees nothing of alice and bob's conversation.
+    let (_, v) = get(&s.rest("/v1/conversations", "eve")).await;
+    assert_eq!(v["conversations"], json!([]));
+    for path in
+        ["/v1/conversations/d:alice:bob/messages", "/v1/conversations/d:alice:bob", "/v1/conversations/d:alice:bob/messages/1/receipts"]
+    {
+        let (status, e) = get(&s.rest(path, "eve")).await;
+        assert_eq!((status, e["code"].as_str()), (403, Some("forbidden")), "{path}");
+    }
+    let (status, _) = post(&s.rest("/v1/conversations/d:alice:bob/messages", "eve"), json!({"cmid":"x","body":"hi"})).await;
+    assert_eq!(status, 403);
+    let (status, e) = get(&s.rest("/v1/conversations/g:nope/messages", "eve")).await;
+    assert_eq!((status, e["code"].as_str()), (404, Some("not_found")));
+    let (status, e) = get(&s.rest("/v1/conversations/bogus/messages", "eve")).await;
+    assert_eq!((status, e["code"].as_str()), (400, Some("bad_request")));
+    let (status, e) = post(&s.rest("/v1/conversations/d:alice:bob/messages", "alice"), json!({"cmid":"big","body":"x".repeat(1001)})).await;
+    assert_eq!((status, e["code"].as_str()), (413, Some("too_large")));
+    // Over the request size limit: refused before parsing.
+    let r = reqwest::Client::new()
+        .post(s.rest("/v1/conversations/d:alice:bob/messages", "alice"))
+        .header("content-type", "application/json")
+        .body("x".repeat(100_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let (status, _) = get(&s.rest("/v1/presence?users=bad%20id", "alice")).await;
+    assert_eq!(status, 400);
+}
