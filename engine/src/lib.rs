@@ -5,4 +5,5 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod http;
+pub mod metrics;
 pub mod runtime;

@@ -182,3 +182,26 @@ async fn authorization_and_errors() {
     let (status, _) = get(&s.rest("/v1/presence?users=bad%20id", "alice")).await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test]
+async fn metrics_count_connections_deliveries_and_commits() {
+    let s = Server::start(&["--shards", "2"]);
+    let mut a = Client::connect(&s, "alice", "d").await;
+    let mut b = Client::connect(&s, "bob", "d").await;
+    for i in 0..5 {
+        a.dm("bob", &format!("{i}"), "x").await;
+    }
+    for _ in 0..5 {
+        b.recv().await;
+    }
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", s.http)).await.unwrap().text().await.unwrap();
+    let sum = |name: &str| -> f64 {
+        text.lines().filter(|l| l.starts_with(&format!("{name}{{"))).map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap()).sum()
+    };
+    assert_eq!(sum("shardchat_connections"), 2.0, "{text}");
+    assert_eq!(sum("shardchat_deliveries_total"), 5.0);
+    assert!(sum("shardchat_commit_seconds_count") >= 1.0);
+    assert_eq!(sum("shardchat_delivery_latency_seconds_count"), 5.0);
+    assert!(sum("shardchat_frames_in_total") >= 5.0);
+    assert!(text.contains("# TYPE shardchat_commit_seconds histogram"));
+}

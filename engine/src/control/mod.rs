@@ -29,6 +29,7 @@ pub struct Ctx {
     pub store: Arc<dyn MessageStore>,
     pub bridge: Bridge,
     pub auth: Arc<Authenticator>,
+    pub metrics: Arc<Vec<Arc<crate::metrics::ShardMetrics>>>,
 }
 
 /// An error of the contract's table as an HTTP response: the status says the class, the JSON body
@@ -123,6 +124,7 @@ impl ControlPlane {
         store: Arc<dyn MessageStore>,
         bridge: Bridge,
         shutdown: Arc<AtomicBool>,
+        metrics: Vec<Arc<crate::metrics::ShardMetrics>>,
     ) -> Result<ControlPlane, String> {
         let addr = cfg.http.ok_or("no --http address")?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -133,7 +135,7 @@ impl ControlPlane {
             .map_err(|e| format!("control plane runtime: {e}"))?;
         let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).map_err(|e| format!("binding --http {addr}: {e}"))?;
         let auth = Arc::new(Authenticator::new(cfg.jwt_secret.as_deref(), cfg.dev_auth));
-        let ctx = Ctx { cfg, store, bridge, auth };
+        let ctx = Ctx { cfg, store, bridge, auth, metrics: Arc::new(metrics) };
         let app = rest::router(ctx);
         tracing::info!(http = %addr, "control plane listening");
         let thread = std::thread::Builder::new()

@@ -23,6 +23,7 @@ pub fn router(ctx: Ctx) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/conversations", get(conversations))
         .route("/v1/conversations/{conv}", get(conversation).patch(rename))
         .route("/v1/conversations/{conv}/messages", get(messages).post(send))
@@ -42,6 +43,10 @@ async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
     }
+}
+
+async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
+    ([("content-type", "text/plain; version=0.0.4")], crate::metrics::render(&ctx.metrics))
 }
 
 fn unavailable(e: StoreError) -> FrameError {

@@ -4,6 +4,7 @@
 use super::driver::Driver;
 use super::prefixed::Prefixed;
 use crate::auth::Identity;
+use crate::metrics::ShardMetrics;
 use async_tungstenite::WebSocketStream;
 use futures::future::{select, Either};
 use futures::{SinkExt, StreamExt};
@@ -28,6 +29,18 @@ const EPHEMERAL_QUEUE_FRACTION: usize = 4;
 /// How long a connection told to close may take to do so before its socket is shut down under
 /// it (a client that stopped reading cannot take a close frame).
 const CLOSE_GRACE_MS: u64 = 2_000;
+
+/// What became of a frame handed to [`ConnHandle::push`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// An ephemeral frame dropped because the connection is behind.
+    Dropped,
+    /// The queue would overflow: the connection is being closed (1013).
+    Overflowed,
+    /// The connection is already closing.
+    Closing,
+}
 
 /// The shard's side of a connection: the outbound queue and the close request.
 pub struct ConnHandle {
@@ -79,13 +92,13 @@ impl ConnHandle {
     /// Queues a frame in the connection's encoding. Ephemeral frames are dropped when the queue
     /// is a quarter full. Over the bound the connection is closed (1013): no durable frame is
     /// dropped silently, the client reconnects and resyncs from its cursors.
-    pub fn push(self: &Rc<Self>, payload: &Payload, class: Class, bytes_max: usize) {
+    pub fn push(self: &Rc<Self>, payload: &Payload, class: Class, bytes_max: usize) -> Pushed {
         if self.closing.get().is_some() {
-            return;
+            return Pushed::Closing;
         }
         if class == Class::Ephemeral && self.queued_bytes.get() > bytes_max / EPHEMERAL_QUEUE_FRACTION {
             self.dropped_ephemeral.set(true);
-            return;
+            return Pushed::Dropped;
         }
         let msg = if self.binary.get() {
             Message::Binary(payload.binary())
@@ -97,11 +110,12 @@ impl ConnHandle {
         if self.queued_bytes.get() + len > bytes_max {
             tracing::debug!(queued = self.queued_bytes.get(), "slow consumer: closing");
             self.close(1013, "slow consumer: reconnect and sync");
-            return;
+            return Pushed::Overflowed;
         }
         self.queued_bytes.set(self.queued_bytes.get() + len);
         self.queue.borrow_mut().push_back(msg);
         self.wake();
+        Pushed::Queued
     }
 
     /// Asks the connection to close with `code`; if it cannot within the grace period (it is
@@ -232,6 +246,7 @@ async fn run(d: &Rc<Driver>, conn: u64, h: &Rc<ConnHandle>, mut ws: Ws) {
 }
 
 fn inbound(d: &Rc<Driver>, conn: u64, h: &Rc<ConnHandle>, msg: Message) {
+    ShardMetrics::add(&d.metrics.frames_in, 1);
     let decoded = match &msg {
         Message::Text(t) => {
             h.binary.set(false);
@@ -267,12 +282,12 @@ mod tests {
     fn ephemeral_frames_are_dropped_first_when_the_queue_fills() {
         let h = Rc::new(ConnHandle::new(-1));
         let max = 10_000;
-        h.push(&frame(100), Class::Ephemeral, max);
+        assert_eq!(h.push(&frame(100), Class::Ephemeral, max), Pushed::Queued);
         assert_eq!(h.queue.borrow().len(), 1, "an empty queue takes ephemeral frames");
         h.push(&frame(3_000), Class::Durable, max);
         let before = h.queued_bytes();
         assert!(before > max / EPHEMERAL_QUEUE_FRACTION);
-        h.push(&frame(100), Class::Ephemeral, max);
+        assert_eq!(h.push(&frame(100), Class::Ephemeral, max), Pushed::Dropped);
         assert_eq!(h.queued_bytes(), before, "over a quarter full: typing and presence are dropped");
         assert!(h.dropped_ephemeral.get(), "and the drop is remembered so presence is re-sent");
         h.push(&frame(3_000), Class::Durable, max);

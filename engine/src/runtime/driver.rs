@@ -1,9 +1,10 @@
 //! The driver of one shard: feeds events into the [`Shard`] state machine and carries out the
 //! actions it returns: writes to connections, batches to other shards, jobs on the blocking pool.
 
-use super::conn::ConnHandle;
+use super::conn::{ConnHandle, Pushed};
 use crate::auth::{Authenticator, Identity};
 use crate::config::Config;
+use crate::metrics::ShardMetrics;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use shardchat_codec::Limits;
 use shardchat_shard::jobs::{run_commit, run_read};
@@ -78,6 +79,7 @@ pub struct Driver {
     /// Messages in `outboxes` (bounded by `OUTBOX_MESSAGES_MAX` through backpressure).
     outbox_len: Cell<usize>,
     flush_bell: Bell,
+    pub metrics: Arc<ShardMetrics>,
     /// Jobs on the blocking pool; shutdown waits for them.
     jobs_in_flight: Cell<usize>,
     started: Instant,
@@ -89,7 +91,7 @@ fn now(started: Instant) -> Now {
 }
 
 impl Driver {
-    pub fn new(id: usize, cfg: Arc<Config>, store: Arc<dyn MessageStore>, senders: Senders<Wire>) -> Self {
+    pub fn new(id: usize, cfg: Arc<Config>, store: Arc<dyn MessageStore>, senders: Senders<Wire>, metrics: Arc<ShardMetrics>) -> Self {
         let started = Instant::now();
         let mut sc = ShardConfig::new(id, cfg.shards);
         sc.node = cfg.node_id;
@@ -116,6 +118,7 @@ impl Driver {
             outbox_len: Cell::new(0),
             senders,
             flush_bell: Bell::default(),
+            metrics,
             jobs_in_flight: Cell::new(0),
             started,
             cfg,
@@ -159,6 +162,7 @@ impl Driver {
                     .map(|(i, v)| (i, std::mem::take(v)))
                     .collect();
                 d.outbox_len.set(0);
+                d.metrics.outbox_depth.store(0, std::sync::atomic::Ordering::Relaxed);
                 for (to, batch) in batches {
                     if d.senders.send_to(to, Wire::Batch(batch)).await.is_err() {
                         tracing::warn!(to, "shard channel closed; dropping a batch (shutting down?)");
@@ -182,11 +186,15 @@ impl Driver {
 
     pub fn register(self: &Rc<Self>, conn: u64, handle: Rc<ConnHandle>, identity: Identity) {
         self.conns.borrow_mut().insert(conn, handle);
+        ShardMetrics::add(&self.metrics.connections, 1);
+        ShardMetrics::add(&self.metrics.connections_total, 1);
         self.dispatch(Event::Connected { conn, user: identity.user, device: identity.device });
     }
 
     pub fn unregister(self: &Rc<Self>, conn: u64) {
-        self.conns.borrow_mut().remove(&conn);
+        if self.conns.borrow_mut().remove(&conn).is_some() {
+            self.metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.dispatch(Event::Disconnected { conn });
     }
 
@@ -213,6 +221,7 @@ impl Driver {
         let actions = {
             let mut shard = self.shard.borrow_mut();
             shard.handle(now(self.started), ev);
+            self.metrics.pending_ops.store(shard.pending_ops() as u64, std::sync::atomic::Ordering::Relaxed);
             shard.take_actions()
         };
         for a in actions {
@@ -223,8 +232,19 @@ impl Driver {
     fn act(self: &Rc<Self>, a: Action) {
         match a {
             Action::Send { conn, payload, class } => {
-                if let Some(c) = self.conns.borrow().get(&conn) {
-                    c.push(&payload, class, self.cfg.outbound_queue_bytes_max);
+                let Some(c) = self.conns.borrow().get(&conn).cloned() else { return };
+                let m = &self.metrics;
+                match c.push(&payload, class, self.cfg.outbound_queue_bytes_max) {
+                    Pushed::Queued => {
+                        ShardMetrics::add(&m.frames_out, 1);
+                        if let shardchat_codec::ServerFrame::Msg(rec) = payload.frame() {
+                            ShardMetrics::add(&m.deliveries, 1);
+                            m.delivery_latency.observe_us(now(self.started).unix_ms.saturating_sub(rec.ts) * 1000);
+                        }
+                    }
+                    Pushed::Dropped => ShardMetrics::add(&m.drops_ephemeral, 1),
+                    Pushed::Overflowed => ShardMetrics::add(&m.closes_slow_consumer, 1),
+                    Pushed::Closing => {}
                 }
             }
             Action::Lookup(job) => {
@@ -245,6 +265,7 @@ impl Driver {
             Action::Peer { to, msg } => {
                 self.outboxes.borrow_mut()[to].push(msg);
                 self.outbox_len.set(self.outbox_len.get() + 1);
+                self.metrics.outbox_depth.store(self.outbox_len.get() as u64, std::sync::atomic::Ordering::Relaxed);
                 self.flush_bell.ring();
             }
             Action::Commit(job) => {
@@ -255,6 +276,7 @@ impl Driver {
                     let ops = job.ops.len();
                     let out = glommio::executor().spawn_blocking(move || run_commit(&*store, job)).await;
                     let took = started.elapsed();
+                    d.metrics.commit_latency.observe_us(took.as_micros() as u64);
                     if took > SLOW_COMMIT {
                         tracing::warn!(shard = d.id, ops, took_ms = took.as_millis() as u64, "slow commit");
                     }

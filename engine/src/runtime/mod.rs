@@ -10,6 +10,7 @@ mod driver;
 mod prefixed;
 
 use crate::config::Config;
+use crate::metrics::ShardMetrics;
 use driver::{Driver, Wire};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{CpuSet, LocalExecutorBuilder, Placement, PoolPlacement};
@@ -53,15 +54,17 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     let (bridge, bridge_end) = bridge::pair().map_err(|e| format!("bridge: {e}"))?;
     let cfg = Arc::new(cfg);
     tracing::info!(listen = %cfg.listen, shards = cfg.shards, data_dir = %cfg.data_dir.display(), "shardchat starting");
+    let metrics: Vec<Arc<ShardMetrics>> = (0..cfg.shards).map(|_| Arc::new(ShardMetrics::default())).collect();
     let mut handles = Vec::new();
     for id in 0..cfg.shards {
         let (cfg, mesh, store, shutdown) = (cfg.clone(), mesh.clone(), store.clone(), shutdown.clone());
+        let metrics = metrics[id].clone();
         let cpu = cpus[id % cpus.len().max(1)];
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{id}"))
             .spin_before_park(Duration::from_micros(cfg.spin_before_park_us))
             .blocking_thread_pool_placement(PoolPlacement::Unbound(cfg.storage_threads_per_shard.max(1)))
-            .spawn(move || async move { shard_main(id, cfg, mesh, store, shutdown).await })
+            .spawn(move || async move { shard_main(id, cfg, mesh, store, shutdown, metrics).await })
             .map_err(|e| format!("starting shard {id}: {e}"))?;
         handles.push(h);
     }
@@ -73,7 +76,7 @@ pub fn serve(cfg: Config) -> Result<(), String> {
             .map_err(|e| format!("starting the bridge: {e}"))?
     };
     let control = match cfg.http {
-        Some(_) => Some(crate::control::ControlPlane::start(cfg.clone(), store.clone(), bridge, shutdown.clone())?),
+        Some(_) => Some(crate::control::ControlPlane::start(cfg.clone(), store.clone(), bridge, shutdown.clone(), metrics)?),
         None => {
             drop(bridge);
             None
@@ -145,6 +148,7 @@ async fn shard_main(
     mesh: MeshBuilder<Wire, glommio::channels::channel_mesh::Full>,
     store: Arc<FjallStore>,
     shutdown: Arc<AtomicBool>,
+    metrics: Arc<ShardMetrics>,
 ) -> Result<(), String> {
     let (senders, receivers) = mesh.join().await.map_err(|_| "joining the shard mesh".to_string())?;
     if senders.peer_id() != id {
@@ -152,7 +156,7 @@ async fn shard_main(
     }
     let store: Arc<dyn MessageStore> = store;
     let listener = glommio::net::TcpListener::bind(cfg.listen).map_err(|e| format!("binding {}: {e}", cfg.listen))?;
-    let d = Rc::new(Driver::new(id, cfg.clone(), store, senders));
+    let d = Rc::new(Driver::new(id, cfg.clone(), store, senders, metrics));
     d.start_mesh(receivers);
     let acceptor = glommio::spawn_local(accept::accept_loop(d.clone(), listener));
     if id == 0 {

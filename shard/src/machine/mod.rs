@@ -266,6 +266,11 @@ impl Shard {
         self.cfg.id
     }
 
+    /// Ops waiting for this shard's next commit (a queue depth for metrics).
+    pub fn pending_ops(&self) -> usize {
+        self.pending.len()
+    }
+
     pub fn connections(&self) -> usize {
         self.conns.len()
     }
