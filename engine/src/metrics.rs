@@ -71,10 +71,14 @@ impl ShardMetrics {
     }
 }
 
+/// A metric's name, type, help text and where to read it.
+type CounterSpec = (&'static str, &'static str, &'static str, fn(&ShardMetrics) -> &AtomicU64);
+type HistogramSpec = (&'static str, &'static str, fn(&ShardMetrics) -> &Histogram);
+
 /// The Prometheus text exposition of every shard's metrics.
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
     let mut out = String::new();
-    let counters: [(&str, &str, &str, fn(&ShardMetrics) -> &AtomicU64); 9] = [
+    let counters: [CounterSpec; 9] = [
         ("shardchat_connections", "gauge", "Open WebSocket connections.", |m| &m.connections),
         ("shardchat_connections_total", "counter", "WebSocket connections accepted.", |m| &m.connections_total),
         ("shardchat_frames_in_total", "counter", "Frames received from clients.", |m| &m.frames_in),
@@ -93,7 +97,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
             let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(m).load(Relaxed));
         }
     }
-    let hists: [(&str, &str, fn(&ShardMetrics) -> &Histogram); 2] = [
+    let hists: [HistogramSpec; 2] = [
         ("shardchat_delivery_latency_seconds", "From a message's acceptance to its frame queued to a connection.", |m| &m.delivery_latency),
         ("shardchat_commit_seconds", "Commit jobs: sequencing, batch write and fsync.", |m| &m.commit_latency),
     ];

@@ -22,8 +22,17 @@ async fn health_and_readiness() {
     let s = Server::start(&[]);
     let r = reqwest::get(format!("http://127.0.0.1:{}/healthz", s.http)).await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = reqwest::get(format!("http://127.0.0.1:{}/readyz", s.http)).await.unwrap();
-    assert_eq!(r.status(), 200);
+    // Ready once the control plane's bridge has joined the shards (a moment after start).
+    let mut status = 0;
+    for _ in 0..200 {
+        status = reqwest::get(format!("http://127.0.0.1:{}/readyz", s.http)).await.unwrap().status().as_u16();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "not ready is 503");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(status, 200);
 }
 
 #[tokio::test]
