@@ -29,6 +29,8 @@ struct Sim {
     store: Arc<dyn MessageStore>,
     received: HashMap<Dev, Vec<Payload>>,
     closed: Vec<(Dev, u16, &'static str)>,
+    /// What the shards sent to peer `shards` (the control plane's bridge).
+    bridge: Vec<PeerMsg>,
     rng: Rng,
     now: Now,
     next_conn: u64,
@@ -43,6 +45,7 @@ impl Sim {
             store,
             received: HashMap::new(),
             closed: Vec::new(),
+            bridge: Vec::new(),
             rng: Rng(seed | 1),
             now,
             next_conn: 1,
@@ -99,7 +102,11 @@ impl Sim {
                     Action::Close { conn, code, reason } => self.closed.push((Dev(s, conn), code, reason)),
                     Action::Peer { to, msg } => {
                         assert_ne!(to, s, "a shard handles its own messages inline");
-                        self.inbox[to].push_back(Event::Peer(msg));
+                        if to == self.shards.len() {
+                            self.bridge.push(msg);
+                        } else {
+                            self.inbox[to].push_back(Event::Peer(msg));
+                        }
                     }
                     Action::Commit(job) => {
                         let out = run_commit(&*self.store, job);
@@ -739,4 +746,48 @@ fn presence_flips_when_heartbeats_stop() {
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].1, "offline");
     assert!(p[0].2.is_some());
+}
+
+/// Frames the bridge got for one of its sessions, in order.
+fn bridge_frames(sim: &mut Sim, session: u64) -> Vec<ServerFrame> {
+    let mut out = Vec::new();
+    for m in std::mem::take(&mut sim.bridge) {
+        match m {
+            PeerMsg::Deliver { conns, payload, .. } if conns.contains(&session) => out.push(payload.frame().clone()),
+            PeerMsg::Detach { remote } if remote.conn == session => {
+                out.push(ServerFrame::Pong { r#ref: Some(Ref::Str("detached".into())) })
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn a_remote_session_is_a_connection_whose_frames_go_to_its_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::new(3, 21, store(dir.path()));
+    let n = sim.shards.len();
+    let remote = ConnRef { shard: n, conn: 7 };
+    let home = home_shard("bob", n);
+    sim.inbox[home].push_back(Event::Peer(PeerMsg::Attach { user: "bob".into(), device: "poll".into(), remote }));
+    sim.run();
+    let a = sim.connect("alice");
+    sim.send(a, &send("bob", "1", "to the poller"));
+    let f = bridge_frames(&mut sim, 7);
+    assert!(matches!(&f[..], [ServerFrame::Msg(m)] if m.body == "to the poller"), "{f:?}");
+    // Frames posted to the session are the session's requests; answers come back to the holder.
+    let frame = decode_text(&send("alice", "b1", "from the poller"), &Limits::default()).unwrap();
+    sim.inbox[home].push_back(Event::Peer(PeerMsg::RemoteFrame { remote, frame }));
+    sim.run();
+    assert!(matches!(&bridge_frames(&mut sim, 7)[..], [ServerFrame::Ack { seq: 2, .. }]));
+    assert_eq!(sim.msgs(a).last().unwrap().body, "from the poller");
+    // Not polled for the heartbeat timeout: expired here, and the holder is told.
+    for _ in 0..65 {
+        sim.inbox[a.0].push_back(Event::Activity { conn: a.1 });
+        sim.tick(1_000);
+    }
+    assert_eq!(bridge_frames(&mut sim, 7), vec![ServerFrame::Pong { r#ref: Some(Ref::Str("detached".into())) }]);
+    sim.send(a, &send("bob", "2", "after expiry"));
+    assert!(bridge_frames(&mut sim, 7).is_empty());
 }

@@ -3,6 +3,7 @@
 //! through the bridge (`runtime/bridge.rs`), like a WebSocket client's would; reads that the
 //! store answers (history, conversation lists) go to the store on tokio's blocking pool.
 
+mod poll;
 mod rest;
 
 use crate::auth::{Authenticator, Identity};
@@ -30,6 +31,9 @@ pub struct Ctx {
     pub bridge: Bridge,
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Vec<Arc<crate::metrics::ShardMetrics>>>,
+    /// Long-poll sessions by id (the id is the session's connection id at the bridge).
+    pub sessions: Arc<std::sync::Mutex<std::collections::HashMap<u64, poll::PollSession>>>,
+    pub next_session: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// An error of the contract's table as an HTTP response: the status says the class, the JSON body
@@ -99,6 +103,12 @@ impl Ctx {
         }
     }
 
+    /// Sends an op whose answer nobody waits for; whether the bridge took it.
+    pub fn submit_quiet(&self, user: &str, op: BridgeOp) -> bool {
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        self.bridge.submit(BridgeRequest { user: user.to_string(), op, reply: tx }).is_ok()
+    }
+
     /// Runs a store read on the blocking pool.
     pub async fn read<T: Send + 'static>(
         &self,
@@ -135,13 +145,16 @@ impl ControlPlane {
             .map_err(|e| format!("control plane runtime: {e}"))?;
         let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).map_err(|e| format!("binding --http {addr}: {e}"))?;
         let auth = Arc::new(Authenticator::new(cfg.jwt_secret.as_deref(), cfg.dev_auth));
-        let ctx = Ctx { cfg, store, bridge, auth, metrics: Arc::new(metrics) };
+        let ctx =
+            Ctx { cfg, store, bridge, auth, metrics: Arc::new(metrics), sessions: Default::default(), next_session: Default::default() };
+        let reaper = ctx.clone();
         let app = rest::router(ctx);
         tracing::info!(http = %addr, "control plane listening");
         let thread = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
                 rt.block_on(async move {
+                    tokio::spawn(poll::reap(reaper));
                     let stop = async move {
                         while !shutdown.load(Ordering::Relaxed) {
                             tokio::time::sleep(Duration::from_millis(100)).await;

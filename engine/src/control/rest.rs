@@ -33,6 +33,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/conversations/{conv}/leave", post(leave))
         .route("/v1/groups", post(create_group))
         .route("/v1/presence", get(presence))
+        .route("/v1/poll", get(super::poll::get_poll).post(super::poll::post_poll))
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(ctx)
 }

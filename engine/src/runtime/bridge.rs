@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What the control plane asks of the shards, on behalf of `user`.
-#[derive(Debug)]
 pub enum BridgeOp {
     Send {
         conv: String,
@@ -42,6 +41,89 @@ pub enum BridgeOp {
     Presence {
         users: Vec<String>,
     },
+    /// Start a long-poll session: connection `conn` (chosen by the control plane, at or above
+    /// [`SESSION_CONN_BASE`]) of the user on their home shard; its frames go to `buf`.
+    Attach {
+        conn: u64,
+        device: String,
+        buf: Arc<SessionBuf>,
+    },
+    /// A client frame posted to session `conn`.
+    PollFrame {
+        conn: u64,
+        frame: shardchat_codec::ClientFrame,
+    },
+    /// Session `conn` was polled.
+    PollTouch {
+        conn: u64,
+    },
+    /// End session `conn`.
+    Detach {
+        conn: u64,
+    },
+}
+
+/// Session connection ids start here; request ids count up from 1 below them.
+pub const SESSION_CONN_BASE: u64 = 1 << 62;
+/// Events a long-poll session holds for its client; beyond it the session ends (like a
+/// WebSocket slow consumer) and the client starts a new one and syncs.
+pub const SESSION_EVENTS_MAX: usize = 10_000;
+
+/// The events of one long-poll session, shared by the bridge (which appends) and the control
+/// plane (which hands them to polls). Events are numbered from 1; a poll's cursor says up to which
+/// number the client has them.
+#[derive(Default)]
+pub struct SessionBuf {
+    state: std::sync::Mutex<SessionState>,
+    pub notify: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct SessionState {
+    /// Number of the last event appended.
+    last: u64,
+    events: std::collections::VecDeque<(u64, ServerFrame)>,
+    /// Some once the session is over, with why.
+    ended: Option<&'static str>,
+}
+
+impl SessionBuf {
+    pub(crate) fn push(&self, frame: ServerFrame) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.ended.is_some() {
+            return;
+        }
+        if st.events.len() >= SESSION_EVENTS_MAX {
+            st.events.clear();
+            st.ended = Some("the session fell too far behind: start a new one and sync");
+        } else {
+            st.last += 1;
+            let n = st.last;
+            st.events.push_back((n, frame));
+        }
+        drop(st);
+        self.notify.notify_waiters();
+    }
+
+    pub fn end(&self, why: &'static str) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).ended.get_or_insert(why);
+        self.notify.notify_waiters();
+    }
+
+    /// Forgets the events the client has (numbers up to `upto`) and returns the cursor after
+    /// the ones returned and up to `max` of the rest.
+    pub fn take_after(&self, upto: u64, max: usize) -> Result<(u64, Vec<ServerFrame>), &'static str> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(why) = st.ended {
+            return Err(why);
+        }
+        while st.events.front().is_some_and(|(n, _)| *n <= upto) {
+            st.events.pop_front();
+        }
+        let batch: Vec<&(u64, ServerFrame)> = st.events.iter().take(max).collect();
+        let cursor = batch.last().map(|(n, _)| *n).unwrap_or(upto);
+        Ok((cursor, batch.into_iter().map(|(_, f)| f.clone()).collect()))
+    }
 }
 
 pub struct BridgeRequest {
@@ -68,8 +150,8 @@ const BRIDGE_QUEUE_REQUESTS_MAX: usize = 65_536;
 
 impl Bridge {
     /// Hands `req` to the bridge; `Err` gives it back when the bridge is gone or full.
-    pub fn submit(&self, req: BridgeRequest) -> Result<(), BridgeRequest> {
-        self.tx.try_send(req).map_err(|e| e.into_inner())?;
+    pub fn submit(&self, req: BridgeRequest) -> Result<(), Box<BridgeRequest>> {
+        self.tx.try_send(req).map_err(|e| Box::new(e.into_inner()))?;
         if !self.rung.swap(true, Ordering::AcqRel) {
             // Non-blocking: a full socket buffer means a wake-up is already pending.
             let _ = (&*self.sock).write(&[1]);
@@ -114,10 +196,16 @@ struct State {
     /// conn id → request id
     conns: HashMap<u64, u64>,
     requests: HashMap<u64, Waiting>,
+    /// Long-poll sessions: conn id → (home shard, events).
+    sessions: HashMap<u64, (usize, Arc<SessionBuf>)>,
 }
 
 impl State {
     fn complete(&mut self, conn: u64, frame: ServerFrame) {
+        if let Some((_, buf)) = self.sessions.get(&conn) {
+            buf.push(frame);
+            return;
+        }
         let Some(req) = self.conns.remove(&conn) else { return };
         let Some(w) = self.requests.get_mut(&req) else { return };
         w.frames.push(frame);
@@ -149,6 +237,11 @@ pub async fn run(me: usize, shards: usize, node: usize, mesh: MeshBuilder<Wire, 
                         PeerMsg::Deliver { conns, payload, .. } => {
                             for c in conns {
                                 st.complete(c, payload.frame().clone());
+                            }
+                        }
+                        PeerMsg::Detach { remote } => {
+                            if let Some((_, buf)) = st.sessions.remove(&remote.conn) {
+                                buf.end("session expired: it was not polled within the heartbeat timeout");
                             }
                         }
                         _ => {}
@@ -211,6 +304,31 @@ pub async fn run(me: usize, shards: usize, node: usize, mesh: MeshBuilder<Wire, 
                         (home_shard(&target, shards), PeerMsg::PresenceQuery { target, reply_to })
                     })
                     .collect(),
+                BridgeOp::Attach { conn, device, buf } => {
+                    let home = home_shard(&user, shards);
+                    st.sessions.insert(conn, (home, buf));
+                    out.push((home, PeerMsg::Attach { user, device, remote: ConnRef { shard: me, conn } }));
+                    Vec::new()
+                }
+                BridgeOp::PollFrame { conn, frame } => {
+                    if let Some((home, _)) = st.sessions.get(&conn) {
+                        out.push((*home, PeerMsg::RemoteFrame { remote: ConnRef { shard: me, conn }, frame }));
+                    }
+                    Vec::new()
+                }
+                BridgeOp::PollTouch { conn } => {
+                    if let Some((home, _)) = st.sessions.get(&conn) {
+                        out.push((*home, PeerMsg::RemoteTouch { remote: ConnRef { shard: me, conn } }));
+                    }
+                    Vec::new()
+                }
+                BridgeOp::Detach { conn } => {
+                    if let Some((home, buf)) = st.sessions.remove(&conn) {
+                        buf.end("session closed");
+                        out.push((home, PeerMsg::Detach { remote: ConnRef { shard: me, conn } }));
+                    }
+                    Vec::new()
+                }
             };
             if msgs.is_empty() {
                 let _ = req.reply.send(Vec::new());

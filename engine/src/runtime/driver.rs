@@ -287,14 +287,18 @@ impl Driver {
             }
             Action::Read { conn, job } => {
                 let (d, store) = (self.clone(), self.store.clone());
-                let Some(handle) = self.conns.borrow().get(&conn).cloned() else { return };
+                // A socket of this shard, or (None) a long-poll session the bridge holds.
+                let handle = self.conns.borrow().get(&conn).cloned();
                 self.jobs_in_flight.set(self.jobs_in_flight.get() + 1);
                 glommio::spawn_local(async move {
                     // Pace reads by the reader: a sync streams only as fast as the client takes
-                    // it, so a large backlog never piles up in the outbound queue.
-                    let low = d.cfg.outbound_queue_bytes_max / 2;
-                    while handle.queued_bytes() > low && !handle.is_finished() {
-                        glommio::timer::sleep(Duration::from_millis(2)).await;
+                    // it, so a large backlog never piles up in the outbound queue. (Sessions are
+                    // bounded by their holder's event limit instead.)
+                    if let Some(handle) = handle {
+                        let low = d.cfg.outbound_queue_bytes_max / 2;
+                        while handle.queued_bytes() > low && !handle.is_finished() {
+                            glommio::timer::sleep(Duration::from_millis(2)).await;
+                        }
                     }
                     let outcome = glommio::executor().spawn_blocking(move || run_read(&*store, job)).await;
                     d.jobs_in_flight.set(d.jobs_in_flight.get() - 1);

@@ -12,14 +12,24 @@ impl Shard {
         if first {
             self.presence_changed(&user);
         }
-        let c =
-            Conn { user, device, last_active_ms: self.now.mono_ms, live_first: HashMap::new(), sync: None, presence_targets: Vec::new() };
+        let c = Conn {
+            user,
+            device,
+            last_active_ms: self.now.mono_ms,
+            live_first: HashMap::new(),
+            sync: None,
+            presence_targets: Vec::new(),
+            remote: None,
+        };
         self.conns.insert(conn, c);
         self.wheel.insert(conn, self.now.mono_ms + self.cfg.heartbeat_timeout_ms);
     }
 
     pub(super) fn disconnected(&mut self, conn: u64) {
         let Some(c) = self.conns.remove(&conn) else { return };
+        if let Some(remote) = c.remote {
+            self.remote_conns.remove(&remote);
+        }
         let me = self.me(conn);
         for target in c.presence_targets {
             let home = home_shard(&target, self.cfg.shards);
@@ -45,7 +55,11 @@ impl Shard {
             let Some(c) = self.conns.get(&conn) else { continue };
             let deadline = c.last_active_ms + self.cfg.heartbeat_timeout_ms;
             if deadline <= self.now.mono_ms {
-                self.actions.push(Action::Close { conn, code: 1000, reason: "heartbeat timeout" });
+                match c.remote {
+                    // A session nobody polled: tell its holder it is gone.
+                    Some(remote) => self.send_to(remote.shard, PeerMsg::Detach { remote }),
+                    None => self.actions.push(Action::Close { conn, code: 1000, reason: "heartbeat timeout" }),
+                }
                 // The runtime reports Disconnected once the socket is gone; until then it is
                 // closing and gets nothing more.
                 self.disconnected(conn);
@@ -139,8 +153,10 @@ impl Shard {
         class: Class,
     ) {
         for user in users {
-            let Some(list) = self.by_user.get(user) else { continue };
-            for &conn in list {
+            // By index: pushing does not change `by_user`, and this path runs per delivery.
+            let n = self.by_user.get(user).map_or(0, Vec::len);
+            for i in 0..n {
+                let conn = self.by_user[user][i];
                 if except == Some(ConnRef { shard: self.cfg.id, conn }) {
                     continue;
                 }
@@ -149,7 +165,7 @@ impl Shard {
                         c.live_first.insert(conv.clone(), *seq);
                     }
                 }
-                self.actions.push(Action::Send { conn, payload: payload.clone(), class });
+                self.push(conn, payload.clone(), class);
             }
         }
     }

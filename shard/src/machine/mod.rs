@@ -164,6 +164,25 @@ pub enum PeerMsg {
         target: String,
         sub: ConnRef,
     },
+    /// Bridge → home: a long-poll session of `user` held by `remote` is a connection here.
+    Attach {
+        user: String,
+        device: String,
+        remote: ConnRef,
+    },
+    /// Bridge → home: a client frame posted to a session.
+    RemoteFrame {
+        remote: ConnRef,
+        frame: shardchat_codec::ClientFrame,
+    },
+    /// Bridge → home: the session was polled (it is alive).
+    RemoteTouch {
+        remote: ConnRef,
+    },
+    /// Bridge → home: the session ended. Home → bridge: the session expired here.
+    Detach {
+        remote: ConnRef,
+    },
     /// Anyone → target's home: the current presence of `target`, once (no subscription).
     PresenceQuery {
         target: String,
@@ -182,7 +201,12 @@ struct Conn {
     sync: Option<SyncRun>,
     /// Users whose presence this connection subscribed to.
     presence_targets: Vec<String>,
+    /// Some for a long-poll session: who holds it (frames go there, not to a socket here).
+    remote: Option<ConnRef>,
 }
+
+/// Connection ids of remote sessions start here, far above the runtime's socket ids.
+const REMOTE_CONN_BASE: u64 = 1 << 48;
 
 struct SyncRun {
     /// Conversations still to send: (conv, after, last, messages left under the limit).
@@ -212,6 +236,9 @@ pub struct Shard {
     // Home role.
     conns: HashMap<u64, Conn>,
     by_user: HashMap<String, Vec<u64>>,
+    /// Remote sessions: holder's ref → connection id here.
+    remote_conns: HashMap<ConnRef, u64>,
+    next_remote: u64,
     wheel: TimerWheel<u64>,
     /// (user, conv) → when a typing notice was last relayed.
     typing_last: HashMap<(String, String), u64>,
@@ -245,6 +272,8 @@ impl Shard {
             cfg,
             conns: HashMap::new(),
             by_user: HashMap::new(),
+            remote_conns: HashMap::new(),
+            next_remote: 0,
             wheel,
             typing_last: HashMap::new(),
             presence: HashMap::new(),
@@ -323,7 +352,17 @@ impl Shard {
     }
 
     fn send(&mut self, conn: u64, payload: Payload) {
-        self.actions.push(Action::Send { conn, payload, class: Class::Durable });
+        self.push(conn, payload, Class::Durable);
+    }
+
+    /// Every frame for a connection goes through here: a socket of this shard gets it as an
+    /// action; a remote connection (a long-poll session held by the bridge) gets it as a
+    /// `Deliver` to its holder, in the same order.
+    fn push(&mut self, conn: u64, payload: Payload, class: Class) {
+        match self.conns.get(&conn).and_then(|c| c.remote) {
+            Some(remote) => self.send_to(remote.shard, PeerMsg::Deliver { conns: vec![remote.conn], payload, class }),
+            None => self.actions.push(Action::Send { conn, payload, class }),
+        }
     }
 
     fn error(&mut self, conn: u64, err: FrameError) {
@@ -346,13 +385,38 @@ impl Shard {
             PeerMsg::Deliver { conns, payload, class } => {
                 for conn in conns {
                     if self.conns.contains_key(&conn) {
-                        self.actions.push(Action::Send { conn, payload: payload.clone(), class });
+                        self.push(conn, payload.clone(), class);
                     }
                 }
             }
             PeerMsg::PresenceSub { target, sub } => self.presence_sub(target, sub),
             PeerMsg::PresenceUnsub { target, sub } => self.presence_unsub(&target, sub),
             PeerMsg::PresenceQuery { target, reply_to } => self.presence_query(target, reply_to),
+            PeerMsg::Attach { user, device, remote } => {
+                self.next_remote += 1;
+                let conn = REMOTE_CONN_BASE + self.next_remote;
+                self.remote_conns.insert(remote, conn);
+                self.connected(conn, user, device);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.remote = Some(remote);
+                }
+            }
+            PeerMsg::RemoteFrame { remote, frame } => {
+                if let Some(&conn) = self.remote_conns.get(&remote) {
+                    self.touch(conn);
+                    self.frame(conn, frame);
+                }
+            }
+            PeerMsg::RemoteTouch { remote } => {
+                if let Some(&conn) = self.remote_conns.get(&remote) {
+                    self.touch(conn);
+                }
+            }
+            PeerMsg::Detach { remote } => {
+                if let Some(conn) = self.remote_conns.remove(&remote) {
+                    self.disconnected(conn);
+                }
+            }
         }
     }
 }

@@ -1,0 +1,142 @@
+//! The long-polling fallback: the same events as the WebSocket, for clients that cannot hold one.
+//!
+//! `GET /v1/poll` (no cursor) starts a session: a connection of the caller on their home shard,
+//! held by the bridge, whose frames are kept in order for the client. `GET /v1/poll?cursor=C`
+//! returns the events after C (waiting up to `timeout` seconds for some) and the next cursor;
+//! the events up to C are forgotten. `POST /v1/poll?cursor=C` takes any client frame (`send`,
+//! `read`, `delivered`, `typing`, `presence_sub`, `sync`, ...); its answers arrive as events.
+//! A session not polled within the heartbeat timeout expires (410): start a new one and `sync`,
+//! exactly as a WebSocket client does after a disconnect, so nothing is missed.
+
+use super::{ApiError, ApiResult, Caller, Ctx};
+use crate::runtime::bridge::{BridgeOp, SessionBuf, SESSION_CONN_BASE};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shardchat_codec::{decode_text, ErrorCode, FrameError, Limits};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a poll waits for events when the client names no timeout, and the most it may ask.
+const POLL_TIMEOUT_DEFAULT_S: u64 = 25;
+const POLL_TIMEOUT_MAX_S: u64 = 60;
+/// Events one poll returns at most.
+const POLL_EVENTS_MAX: usize = 500;
+
+pub struct PollSession {
+    user: String,
+    buf: Arc<SessionBuf>,
+}
+
+#[derive(Deserialize)]
+pub struct PollQuery {
+    cursor: Option<String>,
+    timeout: Option<u64>,
+    device: Option<String>,
+}
+
+fn parse_cursor(c: &str) -> Result<(u64, u64), ApiError> {
+    let bad = || ApiError(FrameError::bad_request("malformed cursor"));
+    let (sid, n) = c.split_once('.').ok_or_else(bad)?;
+    Ok((sid.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?))
+}
+
+fn gone(why: &str) -> Response {
+    (StatusCode::GONE, Json(json!({ "code": "not_found", "msg": why }))).into_response()
+}
+
+impl Ctx {
+    /// The caller's session named by a cursor.
+    fn session(&self, user: &str, sid: u64) -> Result<Arc<SessionBuf>, Box<Response>> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        match sessions.get(&sid) {
+            Some(s) if s.user == user => Ok(s.buf.clone()),
+            Some(_) => Err(Box::new(ApiError(FrameError::new(ErrorCode::Forbidden, "not your session")).into_response())),
+            None => Err(Box::new(gone("no such poll session: start a new one (GET /v1/poll) and sync"))),
+        }
+    }
+}
+
+pub async fn get_poll(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<PollQuery>) -> Response {
+    let Some(cursor) = q.cursor else {
+        return match start(&ctx, me.user, q.device.unwrap_or_else(|| "poll".into())).await {
+            Ok(v) => Json(v).into_response(),
+            Err(e) => e.into_response(),
+        };
+    };
+    let (sid, upto) = match parse_cursor(&cursor) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let buf = match ctx.session(&me.user, sid) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    ctx.submit_quiet(&me.user, BridgeOp::PollTouch { conn: sid });
+    let wait = Duration::from_secs(q.timeout.unwrap_or(POLL_TIMEOUT_DEFAULT_S).min(POLL_TIMEOUT_MAX_S));
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Register for a wake-up before looking, so an event pushed in between is not missed.
+        let notified = buf.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match buf.take_after(upto, POLL_EVENTS_MAX) {
+            Err(why) => {
+                ctx.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&sid);
+                return gone(why);
+            }
+            Ok((next, events)) if !events.is_empty() || tokio::time::Instant::now() >= deadline => {
+                return Json(json!({ "cursor": format!("{sid}.{next}"), "events": events })).into_response();
+            }
+            Ok(_) => {}
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            // Timed out: the next turn of the loop answers with whatever is there (maybe nothing).
+        }
+    }
+}
+
+async fn start(ctx: &Ctx, user: String, device: String) -> ApiResult<Value> {
+    if !shardchat_codec::valid_user_id(&device) {
+        return Err(FrameError::bad_request("invalid device id").into());
+    }
+    let sid = SESSION_CONN_BASE + ctx.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let buf = Arc::new(SessionBuf::default());
+    ctx.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(sid, PollSession { user: user.clone(), buf: buf.clone() });
+    ctx.ask(&user, BridgeOp::Attach { conn: sid, device, buf }).await?;
+    Ok(json!({ "cursor": format!("{sid}.0"), "events": [] }))
+}
+
+pub async fn post_poll(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<PollQuery>, body: String) -> Response {
+    let Some(cursor) = q.cursor else {
+        return ApiError(FrameError::bad_request("cursor required")).into_response();
+    };
+    let (sid, _) = match parse_cursor(&cursor) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(r) = ctx.session(&me.user, sid) {
+        return *r;
+    }
+    // The same decoding and checks as a WebSocket text frame.
+    let frame = match decode_text(&body, &Limits { body_bytes_max: ctx.cfg.body_bytes_max }) {
+        Ok(f) => f,
+        Err(e) => return ApiError(e).into_response(),
+    };
+    match ctx.ask(&me.user, BridgeOp::PollFrame { conn: sid, frame }).await {
+        Ok(_) => (StatusCode::ACCEPTED, Json(json!({ "accepted": true }))).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Drops sessions that ended (expired on their home shard, or fell behind) and were not polled
+/// since: their buffers are empty, this only frees the map entries.
+pub async fn reap(ctx: Ctx) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        ctx.sessions.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, s| s.buf.take_after(0, 0).is_ok());
+    }
+}
