@@ -34,6 +34,8 @@ pub struct Config {
     pub spin_before_park_us: u64,
     /// Blocking threads per shard for storage jobs (commits and reads).
     pub storage_threads_per_shard: usize,
+    /// Webhook (http://) that receives push notifications for offline users.
+    pub push_webhook: Option<String>,
 }
 
 impl Default for Config {
@@ -55,6 +57,7 @@ impl Default for Config {
             ws_write_buffer_bytes: 16 * 1024,
             spin_before_park_us: 50,
             storage_threads_per_shard: 2,
+            push_webhook: None,
         }
     }
 }
@@ -104,6 +107,9 @@ pub struct ServeArgs {
     /// Per-connection outbound queue bound in bytes. [default: 4194304]
     #[arg(long)]
     pub outbound_queue_bytes_max: Option<usize>,
+    /// Push notifications for offline users are POSTed here (http://; batched, retried, durable).
+    #[arg(long, value_name = "URL")]
+    pub push_webhook: Option<String>,
     /// Idle executors spin this long before parking. [default: 50]
     #[arg(long)]
     pub spin_before_park_us: Option<u64>,
@@ -140,6 +146,9 @@ impl Config {
         if args.no_http {
             c.http = None;
         }
+        if args.push_webhook.is_some() {
+            c.push_webhook = args.push_webhook.clone();
+        }
         if args.jwt_secret.is_some() {
             c.jwt_secret = args.jwt_secret.clone();
         }
@@ -162,6 +171,14 @@ impl Config {
         }
         if !self.dev_auth && self.jwt_secret.as_deref().unwrap_or("").is_empty() {
             return Err("no way to authenticate clients: set --jwt-secret (or SHARDCHAT_JWT_SECRET), or --dev-auth for development".into());
+        }
+        if let Some(url) = &self.push_webhook {
+            if !url.starts_with("http://") {
+                return Err("push_webhook must be an http:// URL (put a TLS-terminating proxy in front of an https endpoint)".into());
+            }
+            if self.http.is_none() {
+                return Err("push_webhook needs the control plane (--http)".into());
+            }
         }
         if self.heartbeat_timeout_ms < 1000 {
             return Err("heartbeat_timeout_ms must be at least 1000".into());

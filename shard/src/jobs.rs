@@ -107,6 +107,8 @@ pub enum Op {
         user: String,
         ms: u64,
     },
+    /// Owe an offline user a push notification (the push outbox).
+    Push(shardchat_storage::PushEntry),
 }
 
 impl Op {
@@ -117,7 +119,7 @@ impl Op {
             Op::Mark(m) => Some(&m.conv),
             Op::Group(g) => Some(&g.conv),
             Op::Typing { conv, .. } | Op::ReceiptQuery { conv, .. } => Some(conv),
-            Op::LastSeen { .. } => None,
+            Op::LastSeen { .. } | Op::Push(_) => None,
         }
     }
 }
@@ -293,7 +295,7 @@ pub fn run_commit(store: &dyn MessageStore, job: CommitJob) -> CommitOutcome {
                         reply_to: *reply_to,
                         err: FrameError::new(ErrorCode::Unavailable, unavailable).with_ref(r#ref.clone()),
                     }),
-                    Op::Mark(_) | Op::Typing { .. } | Op::LastSeen { .. } => None,
+                    Op::Mark(_) | Op::Typing { .. } | Op::LastSeen { .. } | Op::Push(_) => None,
                 })
                 .collect();
             CommitOutcome { outcomes, convs: HashMap::new() }
@@ -419,6 +421,7 @@ fn commit_inner(store: &dyn MessageStore, ops: &[Op], convs: &mut HashMap<String
                 });
             }
             Op::LastSeen { user, ms } => batch.last_seen.push((user.clone(), *ms)),
+            Op::Push(e) => batch.push.push(e.clone()),
         }
     }
     store.commit(&batch)?;

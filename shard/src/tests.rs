@@ -433,6 +433,12 @@ impl MessageStore for FlakyStore {
     fn last_seen(&self, u: &str) -> Result<Option<u64>, shardchat_storage::StoreError> {
         self.inner.last_seen(u)
     }
+    fn push_pending(&self, limit: usize) -> Result<Vec<shardchat_storage::PushEntry>, shardchat_storage::StoreError> {
+        self.inner.push_pending(limit)
+    }
+    fn push_done(&self, e: &[shardchat_storage::PushEntry]) -> Result<(), shardchat_storage::StoreError> {
+        self.inner.push_done(e)
+    }
     fn user_convs(&self, u: &str) -> Result<Vec<String>, shardchat_storage::StoreError> {
         self.inner.user_convs(u)
     }

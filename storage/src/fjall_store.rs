@@ -3,7 +3,7 @@
 //! made durable by one `persist(SyncAll)` per group commit.
 
 use crate::group::GroupCommit;
-use crate::{keys, Membership, MessageStore, StoreError, WriteBatch};
+use crate::{keys, Membership, MessageStore, PushEntry, StoreError, WriteBatch};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use rkyv::rancor;
 use shardchat_codec::{ArchivedMsgRecord, MsgRecord, ReceiptKind, Role};
@@ -29,6 +29,7 @@ pub struct FjallStore {
     former: Keyspace,
     names: Keyspace,
     presence: Keyspace,
+    push: Keyspace,
     pub group: GroupCommit,
 }
 
@@ -56,6 +57,32 @@ fn membership_value(m: &Membership) -> Vec<u8> {
     let mut v = vec![role_byte(m.role)];
     v.extend_from_slice(&m.joined.to_be_bytes());
     v
+}
+
+/// `push`: id (u64 BE) 0x00 user, so a scan is oldest first; value: conv 0x00 from 0x00 ts (BE).
+fn push_key(e: &PushEntry) -> Vec<u8> {
+    let mut k = e.id.to_be_bytes().to_vec();
+    k.push(keys::SEP);
+    k.extend_from_slice(e.user.as_bytes());
+    k
+}
+
+fn push_value(e: &PushEntry) -> Vec<u8> {
+    let mut v = keys::pair(&e.conv, &e.from);
+    v.push(keys::SEP);
+    v.extend_from_slice(&e.ts.to_be_bytes());
+    v
+}
+
+fn push_decode(k: &[u8], v: &[u8]) -> Result<PushEntry, StoreError> {
+    let bad = || StoreError::Corrupt("push entry".into());
+    let id = u64::from_be_bytes(k.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+    let user = utf8(k.get(9..).ok_or_else(bad)?)?;
+    let mut parts = v.splitn(3, |b| *b == keys::SEP);
+    let conv = utf8(parts.next().ok_or_else(bad)?)?;
+    let from = utf8(parts.next().ok_or_else(bad)?)?;
+    let ts = be_u64(parts.next().ok_or_else(bad)?)?;
+    Ok(PushEntry { user, conv, from, id, ts })
 }
 
 fn utf8(b: &[u8]) -> Result<String, StoreError> {
@@ -98,6 +125,7 @@ impl FjallStore {
             former: ks("former")?,
             names: ks("names")?,
             presence: ks("presence")?,
+            push: ks("push")?,
             group: GroupCommit::new(cfg.commit_interval),
             db,
         })
@@ -140,6 +168,9 @@ impl MessageStore for FjallStore {
         }
         for (user, ms) in &batch.last_seen {
             b.insert(&self.presence, user.as_bytes(), ms.to_be_bytes());
+        }
+        for e in &batch.push {
+            b.insert(&self.push, push_key(e), push_value(e));
         }
         for (conv, user, kind, seq) in &batch.watermarks {
             b.insert(&self.watermarks, keys::watermark(conv, user, kind_byte(*kind)), seq.to_be_bytes());
@@ -220,6 +251,29 @@ impl MessageStore for FjallStore {
                 Ok((utf8(user)?, kind_of(kind[1])?, be_u64(&v)?))
             })
             .collect()
+    }
+
+    fn push_pending(&self, limit: usize) -> Result<Vec<PushEntry>, StoreError> {
+        self.push
+            .iter()
+            .take(limit)
+            .map(|g| {
+                let (k, v) = g.into_inner().map_err(io)?;
+                push_decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn push_done(&self, entries: &[PushEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut b = self.db.batch();
+        for e in entries {
+            b.remove(&self.push, push_key(e));
+        }
+        b.commit().map_err(io)?;
+        self.group.wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())).map_err(StoreError::Io)
     }
 
     fn last_seen(&self, user: &str) -> Result<Option<u64>, StoreError> {

@@ -51,6 +51,20 @@ pub struct WriteBatch {
     pub watermarks: Vec<(String, String, ReceiptKind, u64)>,
     /// Last-seen times: (user, unix ms).
     pub last_seen: Vec<(String, u64)>,
+    /// Push notifications owed to offline users (the push outbox).
+    pub push: Vec<PushEntry>,
+}
+
+/// One message an offline user should hear about. The push sender folds a user's entries into
+/// one notification per burst and removes exactly the entries it delivered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushEntry {
+    pub user: String,
+    pub conv: String,
+    pub from: String,
+    /// The message id (Snowflake: also orders the outbox).
+    pub id: u64,
+    pub ts: u64,
 }
 
 impl WriteBatch {
@@ -61,6 +75,7 @@ impl WriteBatch {
             && self.names.is_empty()
             && self.watermarks.is_empty()
             && self.last_seen.is_empty()
+            && self.push.is_empty()
     }
 }
 
@@ -86,6 +101,10 @@ pub trait MessageStore: Send + Sync + 'static {
     fn watermarks(&self, conv: &str) -> Result<Vec<(String, ReceiptKind, u64)>, StoreError>;
     /// The last time `user` was seen online, if ever.
     fn last_seen(&self, user: &str) -> Result<Option<u64>, StoreError>;
+    /// Up to `limit` entries of the push outbox, oldest first.
+    fn push_pending(&self, limit: usize) -> Result<Vec<PushEntry>, StoreError>;
+    /// Removes delivered outbox entries (durably).
+    fn push_done(&self, entries: &[PushEntry]) -> Result<(), StoreError>;
     /// Conversations `user` belongs to.
     fn user_convs(&self, user: &str) -> Result<Vec<String>, StoreError>;
     /// The stored watermark of `user` in `conv` (0 when none).

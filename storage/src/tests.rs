@@ -79,6 +79,12 @@ pub fn conformance(store: &dyn MessageStore) {
     assert_eq!(store.last_seen("alice").unwrap(), None);
     store.commit(&WriteBatch { last_seen: vec![("alice".into(), 1234)], ..Default::default() }).unwrap();
     assert_eq!(store.last_seen("alice").unwrap(), Some(1234));
+    // The push outbox: oldest first, removed exactly.
+    let e = |user: &str, id: u64| PushEntry { user: user.into(), conv: "d:a:b".into(), from: "a".into(), id, ts: 7 };
+    store.commit(&WriteBatch { push: vec![e("bob", 20), e("bob", 10), e("carol", 15)], ..Default::default() }).unwrap();
+    assert_eq!(store.push_pending(10).unwrap(), vec![e("bob", 10), e("carol", 15), e("bob", 20)]);
+    store.push_done(&[e("bob", 10), e("bob", 20)]).unwrap();
+    assert_eq!(store.push_pending(10).unwrap(), vec![e("carol", 15)]);
     assert_eq!(store.user_convs("alice").unwrap(), vec![c.to_string(), "g:1".to_string()]);
     assert_eq!(store.user_convs("carol").unwrap(), Vec::<String>::new());
     assert_eq!(store.user_convs("ali").unwrap(), Vec::<String>::new());

@@ -4,6 +4,7 @@
 //! store answers (history, conversation lists) go to the store on tokio's blocking pool.
 
 mod poll;
+mod push;
 mod rest;
 
 use crate::auth::{Authenticator, Identity};
@@ -148,6 +149,7 @@ impl ControlPlane {
         let ctx =
             Ctx { cfg, store, bridge, auth, metrics: Arc::new(metrics), sessions: Default::default(), next_session: Default::default() };
         let reaper = ctx.clone();
+        let pusher = ctx.cfg.push_webhook.clone().map(|url| (ctx.clone(), url));
         let app = rest::router(ctx);
         tracing::info!(http = %addr, "control plane listening");
         let thread = std::thread::Builder::new()
@@ -155,6 +157,10 @@ impl ControlPlane {
             .spawn(move || {
                 rt.block_on(async move {
                     tokio::spawn(poll::reap(reaper));
+                    if let Some((ctx, url)) = pusher {
+                        tracing::info!(webhook = %url, "push notifications on");
+                        tokio::spawn(push::run(ctx, url));
+                    }
                     let stop = async move {
                         while !shutdown.load(Ordering::Relaxed) {
                             tokio::time::sleep(Duration::from_millis(100)).await;

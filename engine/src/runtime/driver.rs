@@ -98,6 +98,7 @@ impl Driver {
         sc.heartbeat_timeout_ms = cfg.heartbeat_timeout_ms;
         sc.wheel_slot_ms = (cfg.heartbeat_timeout_ms / 16).clamp(50, 1000);
         sc.read_frame_bytes_max = cfg.outbound_queue_bytes_max / 4;
+        sc.push_enabled = cfg.push_webhook.is_some();
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(cfg.ws_read_buffer_bytes)
             .write_buffer_size(cfg.ws_write_buffer_bytes)

@@ -155,6 +155,9 @@ impl Shard {
         for user in users {
             // By index: pushing does not change `by_user`, and this path runs per delivery.
             let n = self.by_user.get(user).map_or(0, Vec::len);
+            if n == 0 && msg.is_some() && self.cfg.push_enabled {
+                self.owe_push(user, &payload);
+            }
             for i in 0..n {
                 let conn = self.by_user[user][i];
                 if except == Some(ConnRef { shard: self.cfg.id, conn }) {
@@ -166,6 +169,18 @@ impl Shard {
                     }
                 }
                 self.push(conn, payload.clone(), class);
+            }
+        }
+    }
+
+    /// A user with no connection missed a message: it goes to the push outbox with the next
+    /// commit (never the user's own messages, nor system messages).
+    fn owe_push(&mut self, user: &str, payload: &Payload) {
+        if let ServerFrame::Msg(m) = payload.frame() {
+            if m.from != user && m.kind != shardchat_codec::MsgKind::System {
+                let e =
+                    shardchat_storage::PushEntry { user: user.to_string(), conv: m.conv.clone(), from: m.from.clone(), id: m.id, ts: m.ts };
+                self.pending.push(Op::Push(e));
             }
         }
     }

@@ -51,6 +51,8 @@ pub struct ShardConfig {
     pub typing_interval_ms: u64,
     /// Group receipt counts for a conversation are sent at most once per this interval.
     pub receipts_coalesce_ms: u64,
+    /// Whether messages for users with no connection go to the push outbox.
+    pub push_enabled: bool,
 }
 
 impl ShardConfig {
@@ -69,6 +71,7 @@ impl ShardConfig {
             presence_coalesce_ms: 1_000,
             typing_interval_ms: 2_000,
             receipts_coalesce_ms: 500,
+            push_enabled: false,
         }
     }
 }

@@ -40,9 +40,9 @@ impl Shard {
                     return;
                 }
             }
-            Op::Mark(_) | Op::ReceiptQuery { .. } | Op::LastSeen { .. } => {}
+            Op::Mark(_) | Op::ReceiptQuery { .. } | Op::LastSeen { .. } | Op::Push(_) => {}
         }
-        if self.pending.len() >= self.cfg.owner_pending_ops_max && !matches!(op, Op::LastSeen { .. }) {
+        if self.pending.len() >= self.cfg.owner_pending_ops_max && !matches!(op, Op::LastSeen { .. } | Op::Push(_)) {
             // Watermarks, typing and queries are dropped under overload; sends were answered above.
             return;
         }
