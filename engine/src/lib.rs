@@ -7,3 +7,4 @@ pub mod control;
 pub mod http;
 pub mod metrics;
 pub mod runtime;
+pub mod search;

@@ -439,6 +439,12 @@ impl MessageStore for FlakyStore {
     fn push_done(&self, e: &[shardchat_storage::PushEntry]) -> Result<(), shardchat_storage::StoreError> {
         self.inner.push_done(e)
     }
+    fn index_pending(&self, limit: usize) -> Result<Vec<MsgRecord>, shardchat_storage::StoreError> {
+        self.inner.index_pending(limit)
+    }
+    fn index_done(&self, ids: &[u64]) -> Result<(), shardchat_storage::StoreError> {
+        self.inner.index_done(ids)
+    }
     fn user_convs(&self, u: &str) -> Result<Vec<String>, shardchat_storage::StoreError> {
         self.inner.user_convs(u)
     }

@@ -30,6 +30,7 @@ pub struct FjallStore {
     names: Keyspace,
     presence: Keyspace,
     push: Keyspace,
+    index_queue: Keyspace,
     pub group: GroupCommit,
 }
 
@@ -126,6 +127,7 @@ impl FjallStore {
             names: ks("names")?,
             presence: ks("presence")?,
             push: ks("push")?,
+            index_queue: ks("index_queue")?,
             group: GroupCommit::new(cfg.commit_interval),
             db,
         })
@@ -151,7 +153,9 @@ impl MessageStore for FjallStore {
         }
         let mut b = self.db.batch();
         for m in &batch.messages {
-            b.insert(&self.messages, keys::message(&m.conv, m.seq), encode_record(m));
+            let rec = encode_record(m);
+            b.insert(&self.index_queue, m.id.to_be_bytes(), rec.clone());
+            b.insert(&self.messages, keys::message(&m.conv, m.seq), rec);
             b.insert(&self.dedup, keys::dedup(&m.conv, &m.from, &m.cmid), m.seq.to_be_bytes());
         }
         for (conv, m) in &batch.members {
@@ -274,6 +278,22 @@ impl MessageStore for FjallStore {
         }
         b.commit().map_err(io)?;
         self.group.wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())).map_err(StoreError::Io)
+    }
+
+    fn index_pending(&self, limit: usize) -> Result<Vec<MsgRecord>, StoreError> {
+        self.index_queue.iter().take(limit).map(|g| decode_record(&g.value().map_err(io)?)).collect()
+    }
+
+    fn index_done(&self, ids: &[u64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut b = self.db.batch();
+        for id in ids {
+            b.remove(&self.index_queue, id.to_be_bytes());
+        }
+        // Not fsynced here: a lost removal only re-indexes a message, which is idempotent.
+        b.commit().map_err(io)
     }
 
     fn last_seen(&self, user: &str) -> Result<Option<u64>, StoreError> {

@@ -105,6 +105,11 @@ pub trait MessageStore: Send + Sync + 'static {
     fn push_pending(&self, limit: usize) -> Result<Vec<PushEntry>, StoreError>;
     /// Removes delivered outbox entries (durably).
     fn push_done(&self, entries: &[PushEntry]) -> Result<(), StoreError>;
+    /// Up to `limit` stored messages not yet in the search index, oldest first. Every committed
+    /// message enters this queue in its own batch, so the index catches up after any crash.
+    fn index_pending(&self, limit: usize) -> Result<Vec<MsgRecord>, StoreError>;
+    /// Removes indexed messages (by id) from the queue.
+    fn index_done(&self, ids: &[u64]) -> Result<(), StoreError>;
     /// Conversations `user` belongs to.
     fn user_convs(&self, user: &str) -> Result<Vec<String>, StoreError>;
     /// The stored watermark of `user` in `conv` (0 when none).

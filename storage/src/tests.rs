@@ -85,6 +85,12 @@ pub fn conformance(store: &dyn MessageStore) {
     assert_eq!(store.push_pending(10).unwrap(), vec![e("bob", 10), e("carol", 15), e("bob", 20)]);
     store.push_done(&[e("bob", 10), e("bob", 20)]).unwrap();
     assert_eq!(store.push_pending(10).unwrap(), vec![e("carol", 15)]);
+    // Every message waits in the search queue until indexed.
+    let queued: Vec<u64> = store.index_pending(100).unwrap().iter().map(|m| m.id).collect();
+    // Keyed by message id (unique in a real store; this suite reuses 1001, which overwrote).
+    assert_eq!(queued, vec![1001, 1002, 1003, 1004, 1005]);
+    store.index_done(&[1001, 1002]).unwrap();
+    assert_eq!(store.index_pending(100).unwrap().len(), 3);
     assert_eq!(store.user_convs("alice").unwrap(), vec![c.to_string(), "g:1".to_string()]);
     assert_eq!(store.user_convs("carol").unwrap(), Vec::<String>::new());
     assert_eq!(store.user_convs("ali").unwrap(), Vec::<String>::new());

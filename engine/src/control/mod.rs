@@ -35,6 +35,7 @@ pub struct Ctx {
     /// Long-poll sessions by id (the id is the session's connection id at the bridge).
     pub sessions: Arc<std::sync::Mutex<std::collections::HashMap<u64, poll::PollSession>>>,
     pub next_session: Arc<std::sync::atomic::AtomicU64>,
+    pub search: Arc<crate::search::SearchIndex>,
 }
 
 /// An error of the contract's table as an HTTP response: the status says the class, the JSON body
@@ -136,6 +137,7 @@ impl ControlPlane {
         bridge: Bridge,
         shutdown: Arc<AtomicBool>,
         metrics: Vec<Arc<crate::metrics::ShardMetrics>>,
+        search: Arc<crate::search::SearchIndex>,
     ) -> Result<ControlPlane, String> {
         let addr = cfg.http.ok_or("no --http address")?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -144,10 +146,32 @@ impl ControlPlane {
             .enable_all()
             .build()
             .map_err(|e| format!("control plane runtime: {e}"))?;
-        let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).map_err(|e| format!("binding --http {addr}: {e}"))?;
+        // Like the WebSocket listener: right after a crash the old process's socket may linger a
+        // moment, so a restart retries for a few seconds.
+        let listener = rt.block_on(async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match tokio::net::TcpListener::bind(addr).await {
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
+                        tracing::warn!(http = %addr, "address in use; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    r => return r,
+                }
+            }
+        });
+        let listener = listener.map_err(|e| format!("binding --http {addr}: {e}"))?;
         let auth = Arc::new(Authenticator::new(cfg.jwt_secret.as_deref(), cfg.dev_auth));
-        let ctx =
-            Ctx { cfg, store, bridge, auth, metrics: Arc::new(metrics), sessions: Default::default(), next_session: Default::default() };
+        let ctx = Ctx {
+            cfg,
+            store,
+            bridge,
+            auth,
+            metrics: Arc::new(metrics),
+            sessions: Default::default(),
+            next_session: Default::default(),
+            search,
+        };
         let reaper = ctx.clone();
         let pusher = ctx.cfg.push_webhook.clone().map(|url| (ctx.clone(), url));
         let app = rest::router(ctx);

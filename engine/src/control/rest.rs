@@ -33,6 +33,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/conversations/{conv}/leave", post(leave))
         .route("/v1/groups", post(create_group))
         .route("/v1/presence", get(presence))
+        .route("/v1/search", get(search))
         .route("/v1/poll", get(super::poll::get_poll).post(super::poll::post_poll))
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(ctx)
@@ -270,4 +271,54 @@ async fn presence(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<Pr
     let mut list: Vec<Value> = frames.iter().map(body_of).collect();
     list.sort_by_key(|v| users.iter().position(|u| v["user"] == u.as_str()));
     Ok(Json(json!({ "presence": list })))
+}
+
+#[derive(Deserialize)]
+struct SearchQuery {
+    q: String,
+    conv: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+/// Results per search page at most, and the deepest page.
+const SEARCH_LIMIT_MAX: usize = 100;
+const SEARCH_OFFSET_MAX: usize = 10_000;
+
+async fn search(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<SearchQuery>) -> ApiResult<Json<Value>> {
+    let limit = q.limit.unwrap_or(20);
+    let offset = q.offset.unwrap_or(0);
+    if q.q.trim().is_empty() || q.q.len() > 1024 || limit == 0 || limit > SEARCH_LIMIT_MAX || offset > SEARCH_OFFSET_MAX {
+        return Err(FrameError::bad_request(format!(
+            "q: 1 to 1024 bytes; limit 1 to {SEARCH_LIMIT_MAX}; offset at most {SEARCH_OFFSET_MAX}"
+        ))
+        .into());
+    }
+    if let Some(c) = &q.conv {
+        check_conv(c)?;
+    }
+    let user = me.user;
+    let only = q.conv.clone();
+    // Where the caller may look: their conversations (former ones up to where they left).
+    let convs = ctx
+        .read(move |store| match only {
+            Some(conv) => Ok(vec![(conv.clone(), readable_upto(store, &conv, &user)?)]),
+            None => {
+                let mut out = Vec::new();
+                for conv in store.user_convs(&user).map_err(unavailable)? {
+                    if let Ok(upto) = readable_upto(store, &conv, &user) {
+                        out.push((conv, upto));
+                    }
+                }
+                Ok(out)
+            }
+        })
+        .await?;
+    let index = ctx.search.clone();
+    let text = q.q.clone();
+    let hits = tokio::task::spawn_blocking(move || index.search(&text, &convs, limit, offset))
+        .await
+        .map_err(|_| FrameError::new(ErrorCode::Internal, "search failed"))?
+        .map_err(|e| FrameError::new(ErrorCode::Internal, e))?;
+    Ok(Json(json!({ "q": q.q, "offset": offset, "hits": hits })))
 }

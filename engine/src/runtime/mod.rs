@@ -76,7 +76,15 @@ pub fn serve(cfg: Config) -> Result<(), String> {
             .map_err(|e| format!("starting the bridge: {e}"))?
     };
     let control = match cfg.http {
-        Some(_) => Some(crate::control::ControlPlane::start(cfg.clone(), store.clone(), bridge, shutdown.clone(), metrics)?),
+        Some(_) => {
+            let search = Arc::new(crate::search::SearchIndex::open(&cfg.data_dir.join("search"))?);
+            let (idx, st, stop) = (search.clone(), store.clone() as Arc<dyn MessageStore>, shutdown.clone());
+            std::thread::Builder::new()
+                .name("indexer".into())
+                .spawn(move || idx.run_indexer(st, stop))
+                .map_err(|e| format!("search indexer thread: {e}"))?;
+            Some(crate::control::ControlPlane::start(cfg.clone(), store.clone(), bridge, shutdown.clone(), metrics, search)?)
+        }
         None => {
             drop(bridge);
             None

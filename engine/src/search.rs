@@ -1,0 +1,162 @@
+//! Full-text search over messages (tantivy), fed asynchronously from the store's index queue.
+//!
+//! Every committed message enters the store's index queue in the same batch as the message. An
+//! indexer thread drains the queue into the tantivy index (upsert by message id, so indexing twice
+//! is harmless), commits, then removes what it indexed: after a crash the queue still holds what
+//! the index lacks, and the index catches up. Seconds of lag are fine. Queries are always limited
+//! to conversations the asking user may read.
+
+use shardchat_codec::{MsgKind, MsgRecord};
+use shardchat_storage::MessageStore;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tantivy::collector::TopDocs;
+use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, TermSetQuery};
+use tantivy::schema::{Field, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT};
+use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+/// Messages indexed per commit of the index.
+const INDEX_BATCH_MAX: usize = 5_000;
+/// How often the indexer looks at the queue when it is empty.
+const INDEX_IDLE_MS: u64 = 200;
+/// The indexer's memory budget (tantivy's minimum is 15 MB per thread).
+const INDEX_WRITER_BYTES: usize = 32 * 1024 * 1024;
+
+struct Fields {
+    id: Field,
+    conv: Field,
+    seq: Field,
+    from: Field,
+    body: Field,
+    ts: Field,
+}
+
+pub struct SearchIndex {
+    index: Index,
+    reader: IndexReader,
+    f: Fields,
+}
+
+/// One search result.
+#[derive(Debug, serde::Serialize)]
+pub struct Hit {
+    pub score: f32,
+    pub conv: String,
+    #[serde(serialize_with = "as_string")]
+    pub id: u64,
+    pub seq: u64,
+    pub from: String,
+    pub body: String,
+    pub ts: u64,
+}
+
+fn as_string<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+impl SearchIndex {
+    pub fn open(dir: &Path) -> Result<SearchIndex, String> {
+        let mut b = Schema::builder();
+        let f = Fields {
+            id: b.add_u64_field("id", INDEXED | STORED | FAST),
+            conv: b.add_text_field("conv", STRING | STORED),
+            seq: b.add_u64_field("seq", STORED),
+            from: b.add_text_field("from", STRING | STORED),
+            body: b.add_text_field("body", TEXT | STORED),
+            ts: b.add_u64_field("ts", STORED),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mmap = tantivy::directory::MmapDirectory::open(dir).map_err(|e| format!("search index: {e}"))?;
+        let index = Index::open_or_create(mmap, b.build()).map_err(|e| format!("search index: {e}"))?;
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(|e| format!("search index: {e}"))?;
+        Ok(SearchIndex { index, reader, f })
+    }
+
+    /// Drains the store's index queue until `shutdown`.
+    pub fn run_indexer(self: Arc<Self>, store: Arc<dyn MessageStore>, shutdown: Arc<AtomicBool>) {
+        let mut writer: IndexWriter = match self.index.writer_with_num_threads(1, INDEX_WRITER_BYTES) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "search indexer could not start; search stays empty");
+                return;
+            }
+        };
+        while !shutdown.load(Ordering::Relaxed) {
+            let batch = match store.index_pending(INDEX_BATCH_MAX) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the index queue");
+                    Vec::new()
+                }
+            };
+            if batch.is_empty() {
+                std::thread::sleep(Duration::from_millis(INDEX_IDLE_MS));
+                continue;
+            }
+            if let Err(e) = self.index_batch(&mut writer, &batch) {
+                tracing::warn!(error = %e, "indexing failed; will retry");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+            let ids: Vec<u64> = batch.iter().map(|m| m.id).collect();
+            if let Err(e) = store.index_done(&ids) {
+                tracing::warn!(error = %e, "clearing the index queue");
+            }
+        }
+    }
+
+    fn index_batch(&self, writer: &mut IndexWriter, batch: &[MsgRecord]) -> tantivy::Result<()> {
+        for m in batch {
+            // Upsert: a message indexed before a crash is replaced, not duplicated.
+            writer.delete_term(Term::from_field_u64(self.f.id, m.id));
+            if m.kind == MsgKind::System {
+                continue;
+            }
+            writer.add_document(doc!(
+                self.f.id => m.id,
+                self.f.conv => m.conv.as_str(),
+                self.f.seq => m.seq,
+                self.f.from => m.from.as_str(),
+                self.f.body => m.body.as_str(),
+                self.f.ts => m.ts,
+            ))?;
+        }
+        writer.commit()?;
+        self.reader.reload()
+    }
+
+    /// Ranked hits for `q` within `convs` (conversation, highest seq the user may read), skipping
+    /// `offset`. Results a former member may not read are filtered out after ranking.
+    pub fn search(&self, q: &str, convs: &[(String, u64)], limit: usize, offset: usize) -> Result<Vec<Hit>, String> {
+        if convs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let parser = QueryParser::for_index(&self.index, vec![self.f.body]);
+        let (text, _errors) = parser.parse_query_lenient(q);
+        let within: Box<dyn Query> = Box::new(TermSetQuery::new(convs.iter().map(|(c, _)| Term::from_field_text(self.f.conv, c))));
+        let query = BooleanQuery::new(vec![(Occur::Must, text), (Occur::Must, within)]);
+        let searcher = self.reader.searcher();
+        let top = searcher.search(&query, &TopDocs::with_limit(limit).and_offset(offset).order_by_score()).map_err(|e| e.to_string())?;
+        let mut hits = Vec::with_capacity(top.len());
+        for (score, addr) in top {
+            let d: TantivyDocument = searcher.doc(addr).map_err(|e| e.to_string())?;
+            let u = |f: Field| d.get_first(f).and_then(|v| v.as_u64()).unwrap_or(0);
+            let s = |f: Field| d.get_first(f).and_then(|v| v.as_str()).unwrap_or("").to_string();
+            let hit = Hit {
+                score,
+                conv: s(self.f.conv),
+                id: u(self.f.id),
+                seq: u(self.f.seq),
+                from: s(self.f.from),
+                body: s(self.f.body),
+                ts: u(self.f.ts),
+            };
+            if convs.iter().any(|(c, upto)| *c == hit.conv && hit.seq <= *upto) {
+                hits.push(hit);
+            }
+        }
+        Ok(hits)
+    }
+}
