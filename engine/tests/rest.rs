@@ -214,3 +214,30 @@ async fn metrics_count_connections_deliveries_and_commits() {
     assert!(sum("shardchat_frames_in_total") >= 5.0);
     assert!(text.contains("# TYPE shardchat_commit_seconds histogram"));
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_endpoint() {
+    let s = Server::start(&[]);
+    let doc: Value = reqwest::get(format!("http://127.0.0.1:{}/v1/openapi.json", s.http)).await.unwrap().json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/v1/conversations",
+        "/v1/conversations/{conv}",
+        "/v1/conversations/{conv}/messages",
+        "/v1/conversations/{conv}/messages/{seq}/receipts",
+        "/v1/conversations/{conv}/members",
+        "/v1/conversations/{conv}/members/{user}",
+        "/v1/conversations/{conv}/leave",
+        "/v1/groups",
+        "/v1/presence",
+        "/v1/search",
+        "/v1/poll",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
+    }
+    assert!(paths["/v1/conversations/{conv}/messages"].get("post").is_some());
+    assert!(doc["components"]["schemas"]["NewMessage"].is_object());
+}

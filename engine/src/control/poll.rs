@@ -60,6 +60,7 @@ impl Ctx {
     }
 }
 
+#[utoipa::path(get, path = "/v1/poll", tag = "poll", params(("cursor" = Option<String>, Query, description = "none: start a session"), ("timeout" = Option<u64>, Query, description = "seconds, at most 60"), ("device" = Option<String>, Query)), responses((status = 200, description = "events after the cursor and the next cursor"), (status = 403), (status = 410, description = "session expired: start a new one and sync")), security(("bearer" = [])))]
 pub async fn get_poll(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<PollQuery>) -> Response {
     let Some(cursor) = q.cursor else {
         return match start(&ctx, me.user, q.device.unwrap_or_else(|| "poll".into())).await {
@@ -110,6 +111,7 @@ async fn start(ctx: &Ctx, user: String, device: String) -> ApiResult<Value> {
     Ok(json!({ "cursor": format!("{sid}.0"), "events": [] }))
 }
 
+#[utoipa::path(post, path = "/v1/poll", tag = "poll", params(("cursor" = String, Query)), request_body(content = String, description = "one client frame, as on the WebSocket", content_type = "application/json"), responses((status = 202, description = "accepted; answers arrive as events"), (status = 400), (status = 403), (status = 410)), security(("bearer" = [])))]
 pub async fn post_poll(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<PollQuery>, body: String) -> Response {
     let Some(cursor) = q.cursor else {
         return ApiError(FrameError::bad_request("cursor required")).into_response();

@@ -16,6 +16,32 @@ use shardchat_codec::{
 };
 use shardchat_shard::jobs::{readable_upto, GroupChange};
 use shardchat_storage::StoreError;
+use utoipa::OpenApi;
+
+/// The OpenAPI document, generated from the handlers' annotations (served at
+/// `/v1/openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "shardchat control plane", description = "REST API beside the WebSocket engine; see docs/protocol.md"),
+    paths(readyz, metrics, conversations, conversation, messages, send, receipts, create_group, add_members, remove_member, leave, rename, presence, search,
+          super::poll::get_poll, super::poll::post_poll),
+    components(schemas(NewMessage, NewGroup, Users, Rename)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
 
 pub fn router(ctx: Ctx) -> Router {
     // A JSON body carries at most one message body, escaped: the WebSocket message bound.
@@ -34,11 +60,13 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/groups", post(create_group))
         .route("/v1/presence", get(presence))
         .route("/v1/search", get(search))
+        .route("/v1/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .route("/v1/poll", get(super::poll::get_poll).post(super::poll::post_poll))
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(ctx)
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "the control plane reaches the shards"), (status = 503, description = "starting")))]
 async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
     if ctx.bridge.is_ready() {
         (StatusCode::OK, "ready\n")
@@ -47,6 +75,7 @@ async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     ([("content-type", "text/plain; version=0.0.4")], crate::metrics::render(&ctx.metrics))
 }
@@ -85,6 +114,7 @@ fn body_of(frame: &ServerFrame) -> Value {
 /// Messages after the caller's read watermark that others sent, counted up to this cap.
 const UNREAD_COUNT_MAX: usize = 1000;
 
+#[utoipa::path(get, path = "/v1/conversations", tag = "conversations", responses((status = 200, description = "the caller's conversations, newest first, with last message, last seq and unread count")), security(("bearer" = [])))]
 async fn conversations(State(ctx): State<Ctx>, Caller(me): Caller) -> ApiResult<Json<Value>> {
     let user = me.user;
     let list = ctx
@@ -119,6 +149,7 @@ async fn conversations(State(ctx): State<Ctx>, Caller(me): Caller) -> ApiResult<
     Ok(Json(json!({ "conversations": list })))
 }
 
+#[utoipa::path(get, path = "/v1/conversations/{conv}", tag = "conversations", params(("conv" = String, Path)), responses((status = 200, description = "name, members and roles, last seq"), (status = 403), (status = 404)), security(("bearer" = [])))]
 async fn conversation(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>) -> ApiResult<Json<Value>> {
     check_conv(&conv)?;
     let v = ctx
@@ -144,6 +175,7 @@ struct Page {
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/v1/conversations/{conv}/messages", tag = "messages", params(("conv" = String, Path), ("before" = Option<u64>, Query), ("after" = Option<u64>, Query), ("limit" = Option<u32>, Query)), responses((status = 200, description = "a page of messages"), (status = 403), (status = 404)), security(("bearer" = [])))]
 async fn messages(
     State(ctx): State<Ctx>,
     Caller(me): Caller,
@@ -179,14 +211,17 @@ async fn messages(
     Ok(Json(v))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewMessage {
     cmid: String,
     body: String,
+    /// `text` (default), `image` or `file`.
     #[serde(default)]
+    #[schema(value_type = Option<String>, example = "text")]
     kind: MsgKind,
 }
 
+#[utoipa::path(post, path = "/v1/conversations/{conv}/messages", tag = "messages", params(("conv" = String, Path)), request_body = NewMessage, responses((status = 200, description = "the ack: cmid, conv, id, seq, ts"), (status = 400), (status = 403), (status = 413), (status = 503)), security(("bearer" = [])))]
 async fn send(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>, Json(m): Json<NewMessage>) -> ApiResult<Json<Value>> {
     // The same checks as a WebSocket `send`.
     let frame = ClientFrame::Send { cmid: m.cmid.clone(), to: None, conv: Some(conv.clone()), body: m.body.clone(), kind: m.kind };
@@ -196,6 +231,7 @@ async fn send(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<Strin
     Ok(Json(body_of(&ack)))
 }
 
+#[utoipa::path(get, path = "/v1/conversations/{conv}/messages/{seq}/receipts", tag = "messages", params(("conv" = String, Path), ("seq" = u64, Path)), responses((status = 200, description = "of, delivered and read users"), (status = 403)), security(("bearer" = [])))]
 async fn receipts(State(ctx): State<Ctx>, Caller(me): Caller, Path((conv, seq)): Path<(String, u64)>) -> ApiResult<Json<Value>> {
     check_conv(&conv)?;
     if seq == 0 {
@@ -205,18 +241,18 @@ async fn receipts(State(ctx): State<Ctx>, Caller(me): Caller, Path((conv, seq)):
     Ok(Json(body_of(&detail)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewGroup {
     name: String,
     members: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct Users {
     users: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct Rename {
     name: String,
 }
@@ -227,27 +263,32 @@ async fn group_change(ctx: &Ctx, user: &str, conv: Option<String>, change: Group
     Ok(Json(body_of(&g)))
 }
 
+#[utoipa::path(post, path = "/v1/groups", tag = "groups", request_body = NewGroup, responses((status = 201, description = "the group: conv, name, members"), (status = 409, description = "group_full")), security(("bearer" = [])))]
 async fn create_group(State(ctx): State<Ctx>, Caller(me): Caller, Json(g): Json<NewGroup>) -> ApiResult<impl IntoResponse> {
     let frame = ClientFrame::GroupCreate { name: g.name.clone(), members: g.members.clone(), r#ref: None };
     let out = group_change(&ctx, &me.user, None, GroupChange::Create { name: g.name, members: g.members }, frame).await?;
     Ok((StatusCode::CREATED, out))
 }
 
+#[utoipa::path(post, path = "/v1/conversations/{conv}/members", tag = "groups", params(("conv" = String, Path)), request_body = Users, responses((status = 200), (status = 403), (status = 409)), security(("bearer" = [])))]
 async fn add_members(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>, Json(u): Json<Users>) -> ApiResult<Json<Value>> {
     let frame = ClientFrame::GroupAdd { conv: conv.clone(), users: u.users.clone(), r#ref: None };
     group_change(&ctx, &me.user, Some(conv), GroupChange::Add { users: u.users }, frame).await
 }
 
+#[utoipa::path(delete, path = "/v1/conversations/{conv}/members/{user}", tag = "groups", params(("conv" = String, Path), ("user" = String, Path)), responses((status = 200), (status = 403)), security(("bearer" = [])))]
 async fn remove_member(State(ctx): State<Ctx>, Caller(me): Caller, Path((conv, user)): Path<(String, String)>) -> ApiResult<Json<Value>> {
     let frame = ClientFrame::GroupRemove { conv: conv.clone(), users: vec![user.clone()], r#ref: None };
     group_change(&ctx, &me.user, Some(conv), GroupChange::Remove { users: vec![user] }, frame).await
 }
 
+#[utoipa::path(post, path = "/v1/conversations/{conv}/leave", tag = "groups", params(("conv" = String, Path)), responses((status = 200), (status = 403)), security(("bearer" = [])))]
 async fn leave(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>) -> ApiResult<Json<Value>> {
     let frame = ClientFrame::GroupLeave { conv: conv.clone(), r#ref: None };
     group_change(&ctx, &me.user, Some(conv), GroupChange::Leave, frame).await
 }
 
+#[utoipa::path(patch, path = "/v1/conversations/{conv}", tag = "groups", params(("conv" = String, Path)), request_body = Rename, responses((status = 200), (status = 403)), security(("bearer" = [])))]
 async fn rename(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>, Json(r): Json<Rename>) -> ApiResult<Json<Value>> {
     let frame = ClientFrame::GroupRename { conv: conv.clone(), name: r.name.clone(), r#ref: None };
     group_change(&ctx, &me.user, Some(conv), GroupChange::Rename { name: r.name }, frame).await
@@ -261,6 +302,7 @@ struct PresenceQuery {
 /// Users one batch presence request may name.
 const PRESENCE_BATCH_MAX: usize = 500;
 
+#[utoipa::path(get, path = "/v1/presence", tag = "presence", params(("users" = String, Query, description = "comma-separated user ids, at most 500")), responses((status = 200, description = "presence of each user, in the order asked")), security(("bearer" = [])))]
 async fn presence(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<PresenceQuery>) -> ApiResult<Json<Value>> {
     let users: Vec<String> = q.users.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
     if users.is_empty() || users.len() > PRESENCE_BATCH_MAX || !users.iter().all(|u| valid_user_id(u)) {
@@ -285,6 +327,7 @@ struct SearchQuery {
 const SEARCH_LIMIT_MAX: usize = 100;
 const SEARCH_OFFSET_MAX: usize = 10_000;
 
+#[utoipa::path(get, path = "/v1/search", tag = "search", params(("q" = String, Query), ("conv" = Option<String>, Query), ("limit" = Option<usize>, Query), ("offset" = Option<usize>, Query)), responses((status = 200, description = "ranked hits in the caller's conversations")), security(("bearer" = [])))]
 async fn search(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<SearchQuery>) -> ApiResult<Json<Value>> {
     let limit = q.limit.unwrap_or(20);
     let offset = q.offset.unwrap_or(0);
