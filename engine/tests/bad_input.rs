@@ -209,21 +209,6 @@ async fn a_client_that_stops_reading_is_cut_loose_without_stalling_others_and_lo
     assert!(seen < total as u64, "the slow client should have been cut off, saw {seen}");
     // Reconnect and sync from what it had: everything is there.
     let mut again = Client::connect(&s, "slow", "d").await;
-    again.send(json!({"t":"sync","cursors":{"d:alice:slow":seen}})).await;
-    let mut next = seen + 1;
-    loop {
-        let v = again.recv().await;
-        match v["t"].as_str().unwrap() {
-            "sync" => {
-                for m in v["messages"].as_array().unwrap() {
-                    assert_eq!(seq(m), next);
-                    next += 1;
-                }
-            }
-            "synced" => break,
-            "msg" => {}
-            other => panic!("{other}"),
-        }
-    }
+    let next = again.catch_up("d:alice:slow", seen).await;
     assert_eq!(next, total as u64 + 1, "sync brought back every message");
 }

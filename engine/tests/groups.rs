@@ -248,26 +248,6 @@ async fn a_slow_member_neither_stalls_the_group_nor_loses_messages() {
         }
     }
     let mut again = Client::connect(&s, "slow", "d").await;
-    let mut next = last + 1;
-    // Sync until caught up: one sync returns at most `limit` (500) messages per conversation.
-    loop {
-        again.send(json!({"t":"sync","cursors":{conv.clone(): next - 1}})).await;
-        let synced = loop {
-            let v = again.recv().await;
-            match v["t"].as_str().unwrap() {
-                "sync" => {
-                    for m in v["messages"].as_array().unwrap() {
-                        assert_eq!(seq(m), next);
-                        next += 1;
-                    }
-                }
-                "synced" => break v,
-                _ => {}
-            }
-        };
-        if synced["convs"][&conv].as_u64().unwrap() < next {
-            break;
-        }
-    }
+    let next = again.catch_up(&conv, last).await;
     assert_eq!(next, total + 2);
 }

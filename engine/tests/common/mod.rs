@@ -227,6 +227,35 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Syncs `conv` from `have` until caught up (one sync returns at most its limit per
+    /// conversation), checking that seqs arrive contiguous; returns the seq after the last one.
+    /// Live `msg` frames in between are ignored (sync skips what was delivered live).
+    pub async fn catch_up(&mut self, conv: &str, have: u64) -> u64 {
+        let mut next = have + 1;
+        loop {
+            self.send(serde_json::json!({"t":"sync","cursors":{conv: next - 1}})).await;
+            let synced = loop {
+                let v = self.recv().await;
+                match v["t"].as_str().unwrap() {
+                    "sync" => {
+                        for m in v["messages"].as_array().unwrap() {
+                            assert_eq!(seq(m), next, "sync must be contiguous");
+                            next += 1;
+                        }
+                    }
+                    "synced" => break v,
+                    "msg" => {}
+                    other => panic!("unexpected {other} during sync: {v}"),
+                }
+            };
+            if synced["convs"][conv].as_u64().unwrap_or(0) < next {
+                return next;
+            }
+        }
+    }
+}
+
 pub fn seq(v: &Value) -> u64 {
     v["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {v}"))
 }
