@@ -48,6 +48,9 @@ pub fn router(ctx: Ctx) -> Router {
     let body_max = ctx.cfg.ws_message_bytes_max();
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        // The browser client: one static page, no build step (`control/web/index.html`).
+        .route("/", get(|| async { axum::response::Html(include_str!("web/index.html")) }))
+        .route("/v1/client-config", get(client_config))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/conversations", get(conversations))
@@ -64,6 +67,11 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/poll", get(super::poll::get_poll).post(super::poll::post_poll))
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(ctx)
+}
+
+/// What the browser client needs to find the WebSocket: its port (the host is the page's).
+async fn client_config(State(ctx): State<Ctx>) -> Json<Value> {
+    Json(json!({ "ws_port": ctx.cfg.listen.port(), "ws_path": "/ws" }))
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "the control plane reaches the shards"), (status = 503, description = "starting")))]

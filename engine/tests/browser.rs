@@ -1,0 +1,108 @@
+//! The browser client (`GET /`) in headless Chromium, driven over WebDriver: two browser
+//! sessions as two users exchange a message and see the receipt. `.ci/run` installs Debian's
+//! `chromium` and `chromium-driver`; without them the test is skipped locally and fails in CI.
+
+mod common;
+
+use common::*;
+use fantoccini::{Client as Browser, ClientBuilder, Locator};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn browser(port: u16, profile: &std::path::Path) -> Browser {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": CHROMIUM,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     format!("--user-data-dir={}", profile.display())]
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector).capabilities(caps).connect(&format!("http://127.0.0.1:{port}")).await.expect("WebDriver session")
+}
+
+/// Waits until the element's text satisfies `pred`.
+async fn wait_text(b: &Browser, css: &str, pred: impl Fn(&str) -> bool, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(els) = b.find_all(Locator::Css(css)).await {
+            for e in els {
+                if let Ok(t) = e.text().await {
+                    if pred(&t) {
+                        return t;
+                    }
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what} ({css})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn log_in(b: &Browser, http: u16, user: &str) {
+    b.goto(&format!("http://127.0.0.1:{http}/")).await.unwrap();
+    b.find(Locator::Id("user")).await.unwrap().send_keys(user).await.unwrap();
+    b.find(Locator::Id("connect")).await.unwrap().click().await.unwrap();
+    wait_text(b, "#status", |t| t == format!("online as {user}"), "login").await;
+}
+
+#[tokio::test]
+async fn two_browsers_chat_and_see_the_read_receipt() {
+    if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI must install chromium and chromium-driver (.ci/run does)");
+        eprintln!("skipping: {CHROMIUM} or {CHROMEDRIVER} not installed");
+        return;
+    }
+    let s = Server::start(&[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _driver = Driver(
+        Command::new(CHROMEDRIVER).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("chromedriver"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let profiles = tempfile::tempdir().unwrap();
+    let alice = browser(port, &profiles.path().join("a")).await;
+    let bob = browser(port, &profiles.path().join("b")).await;
+
+    log_in(&alice, s.http, "alice").await;
+    alice.find(Locator::Id("to")).await.unwrap().send_keys("bob").await.unwrap();
+    alice.find(Locator::Id("start")).await.unwrap().click().await.unwrap();
+    alice.find(Locator::Id("text")).await.unwrap().send_keys("hello from a browser").await.unwrap();
+    alice.find(Locator::Id("send")).await.unwrap().click().await.unwrap();
+    // Sent: stored and acknowledged.
+    wait_text(&alice, ".msg.mine .state", |t| t == "✓" || t == "✓✓" || t == "read", "the ack").await;
+
+    log_in(&bob, s.http, "bob").await;
+    // Bob's list shows the conversation with an unread count; opening it shows the message.
+    wait_text(&bob, "#convs li", |t| t.contains("alice") && t.contains('1'), "the conversation with its unread count").await;
+    bob.find(Locator::Css("#convs li")).await.unwrap().click().await.unwrap();
+    wait_text(&bob, "#log .msg", |t| t == "alice: hello from a browser", "the message").await;
+    // Opening it read it: alice's page shows the read receipt.
+    wait_text(&alice, ".msg.mine .state", |t| t == "read", "the read receipt").await;
+
+    // And a reply comes back live.
+    bob.find(Locator::Id("text")).await.unwrap().send_keys("hi alice").await.unwrap();
+    bob.find(Locator::Id("send")).await.unwrap().click().await.unwrap();
+    wait_text(&alice, "#log .msg", |t| t == "bob: hi alice", "the reply").await;
+
+    alice.close().await.unwrap();
+    bob.close().await.unwrap();
+}
