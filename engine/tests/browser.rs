@@ -69,7 +69,7 @@ async fn two_browsers_chat_and_see_the_read_receipt() {
         return;
     }
     let s = Server::start(&[]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let _driver = Driver(
         Command::new(CHROMEDRIVER).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("chromedriver"),
     );

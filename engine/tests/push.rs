@@ -35,10 +35,6 @@ async fn receiver(port: u16, refuse: u32) -> Receiver {
     r
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 async fn wait_for(r: &Receiver, n: usize) -> Vec<Value> {
     for _ in 0..200 {
         let got = r.got.lock().unwrap().clone();

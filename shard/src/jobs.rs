@@ -657,8 +657,9 @@ pub enum ReadOutcome {
     },
 }
 
-fn unavailable(e: StoreError) -> FrameError {
-    tracing::error!(error = %e, "read failed; answering unavailable");
+/// A store failure as the contract's answer (logged here, once).
+pub fn unavailable(e: StoreError) -> FrameError {
+    tracing::error!(error = %e, "storage failed; answering unavailable");
     FrameError::new(ErrorCode::Unavailable, "storage unavailable, retry later")
 }
 

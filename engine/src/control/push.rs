@@ -11,6 +11,7 @@
 
 use super::Ctx;
 use serde_json::{json, Value};
+use shardchat_shard::jobs::unavailable;
 use shardchat_storage::PushEntry;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -66,10 +67,7 @@ pub async fn run(ctx: Ctx, url: String) {
         if now < next_attempt {
             continue;
         }
-        let entries = match ctx
-            .read(|store| store.push_pending(PUSH_SCAN_ENTRIES_MAX).map_err(|e| shardchat_codec::FrameError::bad_request(e.to_string())))
-            .await
-        {
+        let entries = match ctx.read(|store| store.push_pending(PUSH_SCAN_ENTRIES_MAX).map_err(unavailable)).await {
             Ok(e) => e,
             Err(_) => continue,
         };
@@ -111,8 +109,7 @@ pub async fn run(ctx: Ctx, url: String) {
             }
             failures = 0;
             let sent: Vec<PushEntry> = chunk.iter().flat_map(|(_, es)| es.iter().cloned()).collect();
-            let _ =
-                ctx.read(move |store| store.push_done(&sent).map_err(|e| shardchat_codec::FrameError::bad_request(e.to_string()))).await;
+            let _ = ctx.read(move |store| store.push_done(&sent).map_err(unavailable)).await;
         }
     }
 }

@@ -14,8 +14,7 @@ use shardchat_codec::{
     valid_conv_id, valid_user_id, ClientFrame, ErrorCode, FrameError, Limits, MsgKind, MsgRecord, ReceiptKind, ServerFrame,
     HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX,
 };
-use shardchat_shard::jobs::{readable_upto, GroupChange};
-use shardchat_storage::StoreError;
+use shardchat_shard::jobs::{readable_upto, unavailable, GroupChange};
 use utoipa::OpenApi;
 
 /// The OpenAPI document, generated from the handlers' annotations (served at
@@ -86,11 +85,6 @@ async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     ([("content-type", "text/plain; version=0.0.4")], crate::metrics::render(&ctx.metrics))
-}
-
-fn unavailable(e: StoreError) -> FrameError {
-    tracing::error!(error = %e, "store read failed");
-    FrameError::new(ErrorCode::Unavailable, "storage unavailable, retry later")
 }
 
 fn check_conv(conv: &str) -> ApiResult<()> {

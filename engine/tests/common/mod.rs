@@ -28,7 +28,7 @@ pub struct Server {
 /// A port no other server of this test process got: the kernel's bind(0) may hand a port that
 /// was just released to the next caller, and two servers on one port would each take half the
 /// connections (the server refuses to start on a port in use, so this only keeps tests apart).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut taken = TAKEN.lock().unwrap();
     loop {
