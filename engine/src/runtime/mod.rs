@@ -150,6 +150,24 @@ fn probe_listen_address(cfg: &Config) -> Result<(), String> {
     }
 }
 
+/// Backlog of each shard's listener: a reconnect storm arrives all at once.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// One shard's listener. glommio's own `bind` sets SO_REUSEPORT but not SO_REUSEADDR, and then a
+/// restart after a crash fails while the dead server's connections sit in TIME_WAIT on the port;
+/// so the socket is made here with both, and handed to glommio.
+fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let sk = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    sk.set_reuse_address(true)?;
+    sk.set_reuse_port(true)?;
+    sk.bind(&addr.into())?;
+    sk.listen(LISTEN_BACKLOG)?;
+    // SAFETY: a bound, listening socket we own, handed over whole.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(sk.into_raw_fd()) })
+}
+
 async fn shard_main(
     id: usize,
     cfg: Arc<Config>,
@@ -163,7 +181,7 @@ async fn shard_main(
         return Err(format!("shard {id} joined the mesh as peer {}", senders.peer_id()));
     }
     let store: Arc<dyn MessageStore> = store;
-    let listener = glommio::net::TcpListener::bind(cfg.listen).map_err(|e| format!("binding {}: {e}", cfg.listen))?;
+    let listener = bind_listener(cfg.listen).map_err(|e| format!("binding {}: {e}", cfg.listen))?;
     let d = Rc::new(Driver::new(id, cfg.clone(), store, senders, metrics));
     d.start_mesh(receivers);
     let acceptor = glommio::spawn_local(accept::accept_loop(d.clone(), listener));
