@@ -26,10 +26,10 @@ pub struct Config {
     pub body_bytes_max: usize,
     /// A connection whose unsent frames exceed this is closed (1013) and resyncs on reconnect.
     pub outbound_queue_bytes_max: usize,
-    /// tungstenite's read buffer per connection: small keeps idle connections cheap.
-    pub ws_read_buffer_bytes: usize,
-    /// tungstenite buffers writes up to this before writing to the socket.
-    pub ws_write_buffer_bytes: usize,
+    /// The read buffer of each shard (connections own none): the most one read takes.
+    pub shard_read_buffer_bytes: usize,
+    /// Queued frames are encoded into one write of about this many bytes.
+    pub write_batch_bytes: usize,
     /// How long an idle executor spins before parking: trades CPU for cross-shard wake-up latency.
     pub spin_before_park_us: u64,
     /// Blocking threads per shard for storage jobs (commits and reads).
@@ -53,8 +53,8 @@ impl Default for Config {
             commit_interval_us: 0,
             body_bytes_max: shardchat_codec::BODY_BYTES_MAX_DEFAULT,
             outbound_queue_bytes_max: 4 * 1024 * 1024,
-            ws_read_buffer_bytes: 512,
-            ws_write_buffer_bytes: 16 * 1024,
+            shard_read_buffer_bytes: 64 * 1024,
+            write_batch_bytes: 64 * 1024,
             spin_before_park_us: 50,
             storage_threads_per_shard: 2,
             push_webhook: None,

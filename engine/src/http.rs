@@ -9,6 +9,9 @@ const HEADERS_MAX: usize = 32;
 pub struct RequestHead {
     pub method: String,
     pub path: String,
+    /// Bytes of the head in the buffer it was parsed from; what follows is the body (or, after
+    /// an upgrade, the first WebSocket frames a client sent without waiting).
+    pub len: usize,
     query: Vec<(String, String)>,
     headers: Vec<(String, String)>,
 }
@@ -22,12 +25,13 @@ impl RequestHead {
         match req.parse(buf) {
             Ok(httparse::Status::Partial) if buf.len() >= HEAD_BYTES_MAX => Err("request head too large"),
             Ok(httparse::Status::Partial) => Ok(None),
-            Ok(httparse::Status::Complete(_)) => {
+            Ok(httparse::Status::Complete(len)) => {
                 let target = req.path.unwrap_or("/");
                 let (path, query) = target.split_once('?').unwrap_or((target, ""));
                 Ok(Some(RequestHead {
                     method: req.method.unwrap_or("").to_string(),
                     path: path.to_string(),
+                    len,
                     query: form_urlencoded::parse(query.as_bytes()).into_owned().collect(),
                     headers: req
                         .headers
@@ -38,6 +42,21 @@ impl RequestHead {
             }
             Err(_) => Err("malformed request head"),
         }
+    }
+
+    /// The `101 Switching Protocols` answer to this head, or why it is not a valid WebSocket
+    /// upgrade (tungstenite checks the method, version and `Upgrade`/`Connection`/key headers).
+    pub fn upgrade_response(&self) -> Result<Vec<u8>, String> {
+        use tungstenite::handshake::server::{create_response, write_response};
+        let mut req = tungstenite::http::Request::builder().method(self.method.as_str()).uri(self.path.as_str());
+        for (n, v) in &self.headers {
+            req = req.header(n.as_str(), v.as_str());
+        }
+        let req = req.body(()).map_err(|e| e.to_string())?;
+        let resp = create_response(&req).map_err(|e| e.to_string())?;
+        let mut out = Vec::with_capacity(160);
+        write_response(&mut out, &resp).map_err(|e| e.to_string())?;
+        Ok(out)
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -72,6 +91,20 @@ mod tests {
         assert_eq!((h.method.as_str(), h.path.as_str()), ("GET", "/ws"));
         assert_eq!(h.query("x").as_deref(), Some(":"));
         assert_eq!(h.header("upgrade"), Some("websocket"));
+    }
+
+    #[test]
+    fn upgrade_answers_with_the_rfc_accept_key_and_refuses_non_upgrades() {
+        let raw = b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\x81\x80";
+        let h = RequestHead::parse(raw).unwrap().unwrap();
+        assert_eq!(&raw[h.len..], b"\x81\x80", "bytes after the head are not part of it");
+        let resp = String::from_utf8(h.upgrade_response().unwrap()).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
+        // RFC 6455 §1.3's example key and answer.
+        assert!(resp.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{resp}");
+        let plain = RequestHead::parse(b"GET /ws HTTP/1.1\r\nHost: h\r\n\r\n").unwrap().unwrap();
+        assert!(plain.upgrade_response().is_err(), "no Upgrade header: not a WebSocket request");
     }
 
     #[test]

@@ -3,6 +3,13 @@
 use clap::{Parser, Subcommand};
 use shardchat::config::{Config, ServeArgs};
 
+/// jemalloc, for density: at 15,000 idle connections (about 1.55 KiB of live heap each) RSS grew
+/// 1.9 KiB a connection with jemalloc against 2.3 KiB with glibc malloc, whose free chunks left
+/// between long-lived connection state by the handshake's short-lived buffers stay resident.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "shardchat", version, about = "A thread-per-core WebSocket chat engine")]
 struct Cli {

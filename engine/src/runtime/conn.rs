@@ -1,27 +1,32 @@
-//! One WebSocket connection on its home shard: a single task that reads frames and writes the
-//! outbound queue in batches (`feed` every queued frame, one `flush`).
+//! One WebSocket connection on its home shard: a single task that writes the outbound queue in
+//! batches and reads frames on readiness.
+//!
+//! An idle connection owns no buffer: reads go into the shard's read buffer and are parsed there
+//! by [`FrameReader`] (which allocates only for a frame split across reads), writes are encoded
+//! into the shard's write buffer and only what the socket would not take is kept, in `unsent`.
+//! See `ws.rs` for why tungstenite's `WebSocket` is not used past the handshake.
 
 use super::driver::Driver;
-use super::prefixed::Prefixed;
 use crate::auth::Identity;
+use crate::http::{response, RequestHead};
 use crate::metrics::ShardMetrics;
-use async_tungstenite::WebSocketStream;
-use futures::future::{select, Either};
-use futures::{SinkExt, StreamExt};
+use crate::ws::{self, Fed, FrameReader, Msg, WsError};
+use futures::io::{AsyncRead, AsyncWrite};
+use futures::AsyncWriteExt;
 use glommio::net::TcpStream;
 use shardchat_codec::{decode_binary, decode_text, ServerFrame};
 use shardchat_shard::{Class, Event, Payload};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
+use std::io;
 use std::os::fd::{FromRawFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::{Message, Utf8Bytes};
-
 /// Ephemeral frames (typing, presence) are dropped once a connection's queue holds more than
 /// this fraction of its bound: they are the first to go when a client falls behind.
 const EPHEMERAL_QUEUE_FRACTION: usize = 4;
@@ -139,16 +144,12 @@ impl ConnHandle {
         .detach();
     }
 
-    /// Ready when there is something to write or a close to send.
-    fn outbound(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx: &mut Context<'_>| {
-            if !self.queue.borrow().is_empty() || self.closing.get().is_some() {
-                Poll::Ready(())
-            } else {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
+    /// Queues a control frame (a pong): small, bounded by the client's own pings.
+    fn push_control(&self, m: Message) {
+        if self.closing.get().is_none() {
+            self.queued_bytes.set(self.queued_bytes.get() + m.len());
+            self.queue.borrow_mut().push_back(m);
+        }
     }
 
     fn pop(&self) -> Option<Message> {
@@ -165,98 +166,269 @@ pub fn adopt(d: &Rc<Driver>, fd: RawFd, head: Vec<u8>, identity: Identity) {
     start(d, stream, head, identity);
 }
 
-/// Runs a connection on this (its home) shard.
+/// Runs a connection on this (its home) shard. `head` holds the bytes the accepting shard read:
+/// the upgrade request and possibly the first frames.
 pub fn start(d: &Rc<Driver>, stream: TcpStream, head: Vec<u8>, identity: Identity) {
     let d = d.clone();
+    // This task lives as long as the connection, and its state (the largest of its await points)
+    // is memory every connection pays. So the handshake and the close, whose futures are large,
+    // run boxed: their state exists only while they run. What stays is `Conn` and two `Rc`s.
+    // The arguments travel boxed too: what an `async` block captures stays in its state for good,
+    // even after it is moved out (160 bytes a connection, unboxed).
+    let setup = Box::new((stream, head, identity));
     glommio::spawn_local(async move {
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-        let _ = stream.set_nodelay(true);
-        let io = Prefixed::new(head, stream);
-        // Authentication already happened on the accepting shard; the callback accepts as is
-        // (its error type is tungstenite's, a large response we never build).
-        #[allow(clippy::result_large_err)]
-        let accept = |_: &_, resp| Ok(resp);
-        let ws = match async_tungstenite::accept_hdr_async_with_config(io, accept, Some(d.ws_config)).await {
-            Ok(ws) => ws,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
+        // (A block, so that the box is freed here rather than when the task ends.)
+        let (stream, head, identity) = {
+            let setup = setup;
+            *setup
         };
-        let conn = d.next_conn_id();
+        let Some((stream, mut early)) = Box::pin(upgrade(stream, head)).await else { return };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        let id = d.next_conn_id();
         let handle = Rc::new(ConnHandle::new(fd));
-        d.register(conn, handle.clone(), identity);
-        run(&d, conn, &handle, ws).await;
+        d.register(id, handle.clone(), identity);
+        let mut conn = Conn { d: d.clone(), id, h: handle.clone(), stream, reader: FrameReader::default(), unsent: Vec::new(), nap: None };
+        let first = conn.on_bytes(&mut early);
+        drop(early);
+        let exit = match first {
+            Some(exit) => exit,
+            None => std::future::poll_fn(|cx| conn.poll_run(cx)).await,
+        };
+        Box::pin(conn.finish(exit)).await;
         handle.finished.set(true);
-        d.unregister(conn);
+        d.unregister(id);
     })
     .detach();
 }
 
-type Ws = WebSocketStream<Prefixed<TcpStream>>;
-
-async fn run(d: &Rc<Driver>, conn: u64, h: &Rc<ConnHandle>, mut ws: Ws) {
-    loop {
-        if let Some((code, reason)) = h.closing.get() {
-            let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) };
-            let _ = ws.close(Some(frame)).await;
-            return;
+/// Answers the upgrade request in `head`; returns the stream and any bytes the client sent after
+/// the request (frames it did not wait to send).
+async fn upgrade(mut stream: TcpStream, head: Vec<u8>) -> Option<(TcpStream, Vec<u8>)> {
+    let _ = stream.set_nodelay(true);
+    let req = RequestHead::parse(&head).ok()??;
+    match req.upgrade_response() {
+        Ok(answer) => stream.write_all(&answer).await.ok()?,
+        Err(why) => {
+            tracing::debug!(%why, "not a WebSocket upgrade");
+            let _ = stream.write_all(&response(400, "Bad Request", &why)).await;
+            return None;
         }
-        if !h.queue.borrow().is_empty() {
-            // Write batching: every queued frame into tungstenite's buffer, then one flush.
-            while let Some(m) = h.pop() {
-                if ws.feed(m).await.is_err() {
-                    return;
+    }
+    Some((stream, head[req.len..].to_vec()))
+}
+
+/// Why a connection's task ends.
+enum Exit {
+    /// The socket failed or the client went away: nothing more to send.
+    Gone,
+    /// Send a close frame with this code and reason, then end.
+    Close(u16, &'static str),
+}
+
+/// Reads a connection may do in one turn before letting other tasks run.
+const READS_PER_TURN: usize = 4;
+
+/// How long a connection stays off its socket while the shard's outboxes are congested.
+const CONGESTED_NAP_MS: u64 = 1;
+
+/// How long, after sending a close frame, the connection waits for the client's close (or EOF)
+/// before closing the socket; a closed socket with unread input resets, losing the frame.
+const CLOSE_DRAIN_MS: u64 = 1_000;
+
+struct Conn {
+    d: Rc<Driver>,
+    id: u64,
+    h: Rc<ConnHandle>,
+    stream: TcpStream,
+    reader: FrameReader,
+    /// Encoded bytes the socket did not take yet (a client slower than we write); empty, and
+    /// unallocated, for nearly every connection.
+    unsent: Vec<u8>,
+    /// While the shard is congested: the timer after which reading resumes.
+    nap: Option<glommio::timer::Timer>,
+}
+
+impl Conn {
+    /// One turn: write what is queued, then read what arrived. Ready when the connection ends.
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
+        loop {
+            if let Some((code, reason)) = self.h.closing.get() {
+                return Poll::Ready(Exit::Close(code, reason));
+            }
+            let write_blocked = match self.poll_write_queue(cx) {
+                Poll::Ready(Err(_)) => return Poll::Ready(Exit::Gone),
+                Poll::Ready(Ok(())) => {
+                    if self.h.dropped_ephemeral.replace(false) {
+                        // Presence frames were dropped while the client lagged: it gets the
+                        // current state of what it watches now that it caught up.
+                        self.d.dispatch(Event::Resubscribe { conn: self.id });
+                    }
+                    false
+                }
+                // The socket is full; glommio wakes us when it drains.
+                Poll::Pending => true,
+            };
+            if self.d.congested() {
+                // Keep writing, stop reading: the client's TCP window carries the backpressure.
+                let nap = self.nap.get_or_insert_with(|| glommio::timer::Timer::new(Duration::from_millis(CONGESTED_NAP_MS)));
+                if Pin::new(nap).poll(cx).is_ready() {
+                    self.nap = None;
+                    continue;
+                }
+            } else {
+                self.nap = None;
+                for _ in 0..READS_PER_TURN {
+                    match self.poll_read_once(cx) {
+                        Poll::Ready(Some(exit)) => return Poll::Ready(exit),
+                        Poll::Ready(None) => {}
+                        Poll::Pending => break,
+                    }
                 }
             }
-            if ws.flush().await.is_err() {
-                return;
-            }
-            if h.queue.borrow().is_empty() && h.dropped_ephemeral.replace(false) {
-                d.dispatch(Event::Resubscribe { conn });
-            }
-            continue;
-        }
-        if d.congested() {
-            // Keep writing, stop reading: the client's TCP window carries the backpressure.
-            let _ = select(Box::pin(glommio::timer::sleep(Duration::from_millis(1))), Box::pin(h.outbound())).await;
-            continue;
-        }
-        let next = match select(ws.next(), Box::pin(h.outbound())).await {
-            Either::Left((next, _)) => next,
-            Either::Right(_) => continue,
-        };
-        match next {
-            None => return,
-            Some(Ok(msg)) => inbound(d, conn, h, msg),
-            Some(Err(e)) => {
-                // Protocol violations close with the RFC's codes; I/O errors just end.
-                let code = match e {
-                    tungstenite::Error::Capacity(_) => CloseCode::Size,
-                    tungstenite::Error::Protocol(_) => CloseCode::Protocol,
-                    tungstenite::Error::Utf8(_) => CloseCode::Invalid,
-                    _ => return,
-                };
-                tracing::debug!(error = %e, "closing on protocol error");
-                let _ = ws.close(Some(CloseFrame { code, reason: Utf8Bytes::from_static("protocol error") })).await;
-                return;
+            // Wake for outbound frames and close requests too. Go round again only if frames
+            // arrived while reading and the socket can take them.
+            *self.h.waker.borrow_mut() = Some(cx.waker().clone());
+            if self.h.closing.get().is_none() && (write_blocked || self.h.queue.borrow().is_empty()) {
+                return Poll::Pending;
             }
         }
     }
+
+    /// Reads once into the shard's buffer and handles the frames; `Some` when the connection ends.
+    fn poll_read_once(&mut self, cx: &mut Context<'_>) -> Poll<Option<Exit>> {
+        let d = self.d.clone();
+        let mut buf = d.read_buf.borrow_mut();
+        match Pin::new(&mut self.stream).poll_read(cx, &mut buf[..]) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Some(Exit::Gone)),
+            Poll::Ready(Ok(n)) => Poll::Ready(self.on_bytes(&mut buf[..n])),
+        }
+    }
+
+    /// Parses bytes from the client and dispatches its messages.
+    fn on_bytes(&mut self, bytes: &mut [u8]) -> Option<Exit> {
+        if bytes.is_empty() {
+            return None;
+        }
+        let (d, id, h) = (&self.d, self.id, &self.h);
+        let mut closed_with = None;
+        let outcome = self.reader.feed(bytes, d.message_bytes_max, |msg| {
+            if let Msg::Close(code) = msg {
+                closed_with = Some(code);
+            }
+            inbound(d, id, h, msg)
+        });
+        match outcome {
+            Ok(Fed::More) => None,
+            // Answer a client's close with its own code (RFC 6455 §5.5.1).
+            Ok(Fed::Closed) => Some(match closed_with.flatten() {
+                Some(code) => Exit::Close(code, ""),
+                None => Exit::Close(1000, ""),
+            }),
+            Err(WsError { code, reason }) => {
+                tracing::debug!(code, reason, "closing on protocol error");
+                Some(Exit::Close(code, reason))
+            }
+        }
+    }
+
+    /// Writes `unsent`, then the queue in batches through the shard's write buffer. Ready(Ok)
+    /// once everything is written.
+    fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if !self.unsent.is_empty() {
+                let n = std::task::ready!(poll_write_some(&mut self.stream, cx, &self.unsent))?;
+                self.unsent.drain(..n);
+                if self.unsent.is_empty() {
+                    // Caught up: give the memory back.
+                    self.unsent = Vec::new();
+                }
+                continue;
+            }
+            let d = self.d.clone();
+            let mut batch = d.write_buf.borrow_mut();
+            batch.clear();
+            while batch.len() < d.write_batch_bytes {
+                let Some(m) = self.h.pop() else { break };
+                encode_message(&m, &mut batch);
+            }
+            if batch.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut off = 0;
+            while off < batch.len() {
+                match poll_write_some(&mut self.stream, cx, &batch[off..]) {
+                    Poll::Ready(Ok(n)) => off += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        self.unsent.extend_from_slice(&batch[off..]);
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the close frame (after anything half-sent), half-closes, and waits briefly for the
+    /// client to finish so that the frame is not lost to a reset.
+    async fn finish(mut self, exit: Exit) {
+        let Exit::Close(code, reason) = exit else { return };
+        let mut out = std::mem::take(&mut self.unsent);
+        ws::encode_close(code, reason, &mut out);
+        let grace = Duration::from_millis(CLOSE_DRAIN_MS);
+        let sent = glommio::timer::timeout(grace, async { Ok(self.stream.write_all(&out).await) }).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return;
+        }
+        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
+        let d = self.d.clone();
+        let drain = std::future::poll_fn(|cx| loop {
+            let mut buf = d.read_buf.borrow_mut();
+            match Pin::new(&mut self.stream).poll_read(cx, &mut buf[..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => return Poll::Pending,
+            }
+        });
+        let _ = glommio::timer::timeout(grace, drain).await;
+    }
 }
 
-fn inbound(d: &Rc<Driver>, conn: u64, h: &Rc<ConnHandle>, msg: Message) {
+fn poll_write_some(stream: &mut TcpStream, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+    match Pin::new(stream).poll_write(cx, bytes) {
+        Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+        other => other,
+    }
+}
+
+fn encode_message(m: &Message, out: &mut Vec<u8>) {
+    let (opcode, bytes): (OpCode, &[u8]) = match m {
+        Message::Text(t) => (OpCode::Data(Data::Text), t.as_bytes()),
+        Message::Binary(b) => (OpCode::Data(Data::Binary), b),
+        Message::Pong(p) => (OpCode::Control(Control::Pong), p),
+        Message::Ping(p) => (OpCode::Control(Control::Ping), p),
+        Message::Close(_) | Message::Frame(_) => unreachable!("closes are sent by finish; raw frames are never queued"),
+    };
+    ws::encode(opcode, bytes, out);
+}
+
+fn inbound(d: &Rc<Driver>, conn: u64, h: &Rc<ConnHandle>, msg: Msg<'_>) {
     ShardMetrics::add(&d.metrics.frames_in, 1);
-    let decoded = match &msg {
-        Message::Text(t) => {
+    let decoded = match msg {
+        Msg::Text(t) => {
             h.binary.set(false);
-            decode_text(t.as_str(), &d.limits)
+            decode_text(t, &d.limits)
         }
-        Message::Binary(b) => {
+        Msg::Binary(b) => {
             h.binary.set(true);
             decode_binary(b, &d.limits)
         }
-        Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {
+        Msg::Ping(p) => {
+            h.push_control(Message::Pong(p.to_vec().into()));
+            d.dispatch(Event::Activity { conn });
+            return;
+        }
+        Msg::Pong | Msg::Close(_) => {
             d.dispatch(Event::Activity { conn });
             return;
         }

@@ -18,7 +18,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tungstenite::protocol::WebSocketConfig;
 
 /// Messages waiting in one shard's outboxes beyond which its connections stop reading client
 /// frames until the flusher catches up: backpressure reaches the clients through TCP instead of
@@ -68,7 +67,14 @@ pub struct Driver {
     pub cfg: Arc<Config>,
     pub auth: Authenticator,
     pub limits: Limits,
-    pub ws_config: WebSocketConfig,
+    /// Largest WebSocket message a client may send.
+    pub message_bytes_max: usize,
+    /// The shard's one read buffer: every connection reads into it on readiness and parses
+    /// there, so idle connections hold no buffer. Borrowed only within a synchronous poll.
+    pub read_buf: RefCell<Vec<u8>>,
+    /// Where queued frames are encoded before one write; borrowed like `read_buf`.
+    pub write_buf: RefCell<Vec<u8>>,
+    pub write_batch_bytes: usize,
     shard: RefCell<Shard>,
     conns: RefCell<HashMap<u64, Rc<ConnHandle>>>,
     next_conn: Cell<u64>,
@@ -99,17 +105,14 @@ impl Driver {
         sc.wheel_slot_ms = (cfg.heartbeat_timeout_ms / 16).clamp(50, 1000);
         sc.read_frame_bytes_max = cfg.outbound_queue_bytes_max / 4;
         sc.push_enabled = cfg.push_webhook.is_some();
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(cfg.ws_read_buffer_bytes)
-            .write_buffer_size(cfg.ws_write_buffer_bytes)
-            .max_write_buffer_size(cfg.ws_write_buffer_bytes.max(cfg.ws_message_bytes_max()) * 2)
-            .max_message_size(Some(cfg.ws_message_bytes_max()))
-            .max_frame_size(Some(cfg.ws_message_bytes_max()));
         Driver {
             id,
             auth: Authenticator::new(cfg.jwt_secret.as_deref(), cfg.dev_auth),
             limits: Limits { body_bytes_max: cfg.body_bytes_max },
-            ws_config,
+            message_bytes_max: cfg.ws_message_bytes_max(),
+            read_buf: RefCell::new(vec![0; cfg.shard_read_buffer_bytes]),
+            write_buf: RefCell::new(Vec::with_capacity(cfg.write_batch_bytes)),
+            write_batch_bytes: cfg.write_batch_bytes,
             shard: RefCell::new(Shard::new(sc, now(started))),
             conns: RefCell::new(HashMap::new()),
             next_conn: Cell::new(1),

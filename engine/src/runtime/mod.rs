@@ -7,7 +7,6 @@ mod accept;
 pub mod bridge;
 mod conn;
 mod driver;
-mod prefixed;
 
 use crate::config::Config;
 use crate::metrics::ShardMetrics;

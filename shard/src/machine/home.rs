@@ -6,21 +6,14 @@ use crate::route::{home_shard, owner_shard};
 use shardchat_codec::{ClientFrame, ErrorCode, MsgRecord, ReceiptKind, SYNC_FRAME_MESSAGES_MAX, SYNC_LIMIT_DEFAULT};
 
 impl Shard {
-    pub(super) fn connected(&mut self, conn: u64, user: String, device: String) {
+    pub(super) fn connected(&mut self, conn: u64, user: String) {
         let first = !self.by_user.contains_key(&user);
         self.by_user.entry(user.clone()).or_default().push(conn);
         if first {
             self.presence_changed(&user);
         }
-        let c = Conn {
-            user,
-            device,
-            last_active_ms: self.now.mono_ms,
-            live_first: HashMap::new(),
-            sync: None,
-            presence_targets: Vec::new(),
-            remote: None,
-        };
+        let c =
+            Conn { user, last_active_ms: self.now.mono_ms, live_first: Vec::new(), sync: None, presence_targets: Vec::new(), remote: None };
         self.conns.insert(conn, c);
         self.wheel.insert(conn, self.now.mono_ms + self.cfg.heartbeat_timeout_ms);
     }
@@ -112,7 +105,7 @@ impl Shard {
                     return;
                 }
                 let limit = u64::from(limit.unwrap_or(SYNC_LIMIT_DEFAULT));
-                c.sync = Some(SyncRun { todo: VecDeque::new(), convs: Default::default(), limit });
+                c.sync = Some(Box::new(SyncRun { todo: VecDeque::new(), convs: Default::default(), limit }));
                 self.actions.push(Action::Read { conn, job: ReadJob::SyncPlan { user, cursors } });
                 return;
             }
@@ -164,8 +157,8 @@ impl Shard {
                     continue;
                 }
                 if let (Some((conv, seq)), Some(c)) = (&msg, self.conns.get_mut(&conn)) {
-                    if !c.live_first.contains_key(conv) && c.live_first.len() < self.cfg.live_first_convs_max {
-                        c.live_first.insert(conv.clone(), *seq);
+                    if !c.live_first.iter().any(|(c, _)| c == conv) && c.live_first.len() < self.cfg.live_first_convs_max {
+                        c.live_first.push((conv.clone(), *seq));
                     }
                 }
                 self.push(conn, payload.clone(), class);
@@ -209,7 +202,7 @@ impl Shard {
             }
             ReadOutcome::SyncChunk { conv, messages } => {
                 let Some(c) = self.conns.get_mut(&conn) else { return };
-                let live_first = c.live_first.get(&conv).copied().unwrap_or(u64::MAX);
+                let live_first = c.live_first.iter().find(|(c, _)| *c == conv).map_or(u64::MAX, |(_, s)| *s);
                 let Some(run) = c.sync.as_mut() else { return };
                 let messages = match messages {
                     Ok(m) => m,

@@ -193,15 +193,18 @@ pub enum PeerMsg {
     },
 }
 
+///
+/// Every field here is paid by every connection, idle or not (a million of them on a big host):
+/// what most connections never use is boxed or in an unallocated `Vec`, and the device name is
+/// not kept (nothing routes by it).
 struct Conn {
     user: String,
-    #[allow(dead_code)]
-    device: String,
     last_active_ms: u64,
-    /// conv → the first seq delivered live on this connection: a sync replay stops below it.
-    live_first: HashMap<String, u64>,
+    /// (conv, the first seq delivered live on this connection): a sync replay stops below it.
+    /// At most `live_first_convs_max` entries, so a scan is as cheap as a hash.
+    live_first: Vec<(String, u64)>,
     /// Some exactly while a `sync` runs on this connection.
-    sync: Option<SyncRun>,
+    sync: Option<Box<SyncRun>>,
     /// Users whose presence this connection subscribed to.
     presence_targets: Vec<String>,
     /// Some for a long-poll session: who holds it (frames go there, not to a socket here).
@@ -311,7 +314,7 @@ impl Shard {
     pub fn handle(&mut self, now: Now, ev: Event) {
         self.now = now;
         match ev {
-            Event::Connected { conn, user, device } => self.connected(conn, user, device),
+            Event::Connected { conn, user, device: _ } => self.connected(conn, user),
             Event::Frame { conn, frame } => {
                 self.touch(conn);
                 self.frame(conn, frame);
@@ -395,11 +398,11 @@ impl Shard {
             PeerMsg::PresenceSub { target, sub } => self.presence_sub(target, sub),
             PeerMsg::PresenceUnsub { target, sub } => self.presence_unsub(&target, sub),
             PeerMsg::PresenceQuery { target, reply_to } => self.presence_query(target, reply_to),
-            PeerMsg::Attach { user, device, remote } => {
+            PeerMsg::Attach { user, device: _, remote } => {
                 self.next_remote += 1;
                 let conn = REMOTE_CONN_BASE + self.next_remote;
                 self.remote_conns.insert(remote, conn);
-                self.connected(conn, user, device);
+                self.connected(conn, user);
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.remote = Some(remote);
                 }

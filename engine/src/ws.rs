@@ -1,0 +1,418 @@
+//! WebSocket framing for the server side of a connection, with no buffer per connection.
+//!
+//! Why not tungstenite's `WebSocket` here: it keeps a read buffer and a write buffer in every
+//! connection (at 512 bytes of read buffer an idle connection still cost about 4.6 KiB of
+//! user-space memory). The runtime instead reads on readiness into one buffer per shard and hands
+//! the bytes to a [`FrameReader`], which owns nothing while a connection sits between frames. Only
+//! a frame split across reads, or a fragmented message, allocates, and frees once complete.
+//!
+//! tungstenite still does the parts it does well: the upgrade handshake (`create_response`), frame
+//! header parsing and formatting ([`FrameHeader`]) and the opcode and close-code tables. What is
+//! here are RFC 6455's rules for a server: client frames are masked, reserved bits are clear,
+//! control frames are short and unfragmented, continuations continue something, text is UTF-8,
+//! close codes are ones a peer may send, and messages stay under the size limit.
+//!
+//! Pure code (no I/O): tested below by splitting streams at every byte.
+
+use std::io::Cursor;
+use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+/// Longest control frame payload (RFC 6455 §5.5).
+const CONTROL_PAYLOAD_BYTES_MAX: u64 = 125;
+
+/// A message the client sent, borrowed from the read buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Msg<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+    Ping(&'a [u8]),
+    Pong,
+    /// The client closes; the code it gave, if any. Nothing after it is read.
+    Close(Option<u16>),
+}
+
+/// A violation: the connection closes with `code` (RFC 6455 §7.4.1) and `reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WsError {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+const fn protocol(reason: &'static str) -> WsError {
+    WsError { code: 1002, reason }
+}
+const TOO_BIG: WsError = WsError { code: 1009, reason: "message too big" };
+const NOT_UTF8: WsError = WsError { code: 1007, reason: "text frame is not valid UTF-8" };
+
+/// What `feed` found at the end of the bytes it was given.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fed {
+    /// Everything was consumed or kept for the next read.
+    More,
+    /// The client sent a close frame: stop reading.
+    Closed,
+}
+
+/// Per-connection read state: `None` (no allocation) between frames.
+#[derive(Default)]
+pub struct FrameReader {
+    partial: Option<Box<Partial>>,
+}
+
+#[derive(Default)]
+struct Partial {
+    /// The start of a frame whose rest has not arrived yet.
+    pending: Vec<u8>,
+    /// A fragmented message being put together: whether binary, and its payload so far.
+    message: Option<(bool, Vec<u8>)>,
+}
+
+impl FrameReader {
+    /// Bytes this reader holds between reads (0 for a connection between frames).
+    pub fn held_bytes(&self) -> usize {
+        self.partial.as_ref().map_or(0, |p| p.pending.capacity() + p.message.as_ref().map_or(0, |m| m.1.capacity()))
+    }
+
+    /// Parses `input` (just read from the socket; unmasked in place), calling `on` for every
+    /// complete message. Bytes of an incomplete frame are kept until the next call.
+    pub fn feed(&mut self, input: &mut [u8], message_bytes_max: usize, mut on: impl FnMut(Msg<'_>)) -> Result<Fed, WsError> {
+        let mut partial = self.partial.take().unwrap_or_default();
+        let outcome = if partial.pending.is_empty() {
+            let (outcome, used) = parse(input, &mut partial.message, message_bytes_max, &mut on);
+            if outcome == Ok(Fed::More) {
+                partial.pending.extend_from_slice(&input[used..]);
+            }
+            outcome
+        } else {
+            // A frame was split across reads: continue it from the kept bytes.
+            let mut buf = std::mem::take(&mut partial.pending);
+            buf.extend_from_slice(input);
+            let (outcome, used) = parse(&mut buf, &mut partial.message, message_bytes_max, &mut on);
+            if outcome == Ok(Fed::More) {
+                buf.drain(..used);
+                partial.pending = buf;
+            }
+            outcome
+        };
+        if !partial.pending.is_empty() || partial.message.is_some() {
+            self.partial = Some(partial);
+        }
+        outcome
+    }
+}
+
+/// Parses the complete frames at the start of `buf`; returns how many bytes they took.
+fn parse(
+    buf: &mut [u8],
+    message: &mut Option<(bool, Vec<u8>)>,
+    message_bytes_max: usize,
+    on: &mut impl FnMut(Msg<'_>),
+) -> (Result<Fed, WsError>, usize) {
+    let mut pos = 0;
+    loop {
+        let mut cursor = Cursor::new(&buf[pos..]);
+        let (header, len) = match FrameHeader::parse(&mut cursor) {
+            Ok(Some(h)) => h,
+            Ok(None) => return (Ok(Fed::More), pos),
+            Err(_) => return (Err(protocol("malformed frame header")), pos),
+        };
+        let header_len = cursor.position() as usize;
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return (Err(protocol("reserved bits set (no extension was negotiated)")), pos);
+        }
+        let Some(mask) = header.mask else {
+            return (Err(protocol("client frames must be masked")), pos);
+        };
+        if len > message_bytes_max as u64 {
+            return (Err(TOO_BIG), pos);
+        }
+        let len = len as usize;
+        if buf.len() - pos - header_len < len {
+            // The payload has not all arrived (its size was checked above, before buffering).
+            return (Ok(Fed::More), pos);
+        }
+        let start = pos + header_len;
+        pos = start + len;
+        let payload = &mut buf[start..pos];
+        unmask(payload, mask);
+        match header.opcode {
+            OpCode::Control(c) => {
+                if !header.is_final || len as u64 > CONTROL_PAYLOAD_BYTES_MAX {
+                    return (Err(protocol("control frames must be final and at most 125 bytes")), pos);
+                }
+                match c {
+                    Control::Ping => on(Msg::Ping(payload)),
+                    Control::Pong => on(Msg::Pong),
+                    Control::Close => {
+                        return match close_code(payload) {
+                            Ok(code) => {
+                                on(Msg::Close(code));
+                                (Ok(Fed::Closed), pos)
+                            }
+                            Err(e) => (Err(e), pos),
+                        };
+                    }
+                    Control::Reserved(_) => return (Err(protocol("unknown control opcode")), pos),
+                }
+            }
+            OpCode::Data(Data::Continue) => {
+                let Some((_, body)) = message.as_mut() else {
+                    return (Err(protocol("continuation frame without a message to continue")), pos);
+                };
+                if body.len() + len > message_bytes_max {
+                    return (Err(TOO_BIG), pos);
+                }
+                body.extend_from_slice(payload);
+                if header.is_final {
+                    let (binary, body) = message.take().expect("checked above");
+                    if let Err(e) = deliver(binary, &body, on) {
+                        return (Err(e), pos);
+                    }
+                }
+            }
+            OpCode::Data(d @ (Data::Text | Data::Binary)) => {
+                if message.is_some() {
+                    return (Err(protocol("new message while a fragmented one is unfinished")), pos);
+                }
+                let binary = d == Data::Binary;
+                if header.is_final {
+                    if let Err(e) = deliver(binary, payload, on) {
+                        return (Err(e), pos);
+                    }
+                } else {
+                    *message = Some((binary, payload.to_vec()));
+                }
+            }
+            OpCode::Data(Data::Reserved(_)) => return (Err(protocol("unknown data opcode")), pos),
+        }
+    }
+}
+
+fn deliver(binary: bool, body: &[u8], on: &mut impl FnMut(Msg<'_>)) -> Result<(), WsError> {
+    if binary {
+        on(Msg::Binary(body));
+    } else {
+        on(Msg::Text(std::str::from_utf8(body).map_err(|_| NOT_UTF8)?));
+    }
+    Ok(())
+}
+
+/// The code of a close frame's payload (RFC 6455 §5.5.1): empty, or a code a peer may send
+/// followed by a UTF-8 reason.
+fn close_code(payload: &[u8]) -> Result<Option<u16>, WsError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(protocol("close frame with a one-byte payload")),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !CloseCode::from(code).is_allowed() {
+                return Err(protocol("close code a peer may not send"));
+            }
+            std::str::from_utf8(reason).map_err(|_| NOT_UTF8)?;
+            Ok(Some(code))
+        }
+    }
+}
+
+/// Undoes the client's masking in place, eight bytes at a time.
+fn unmask(buf: &mut [u8], mask: [u8; 4]) {
+    let wide = u64::from_ne_bytes([mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]]);
+    let mut chunks = buf.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let v = u64::from_ne_bytes(c.try_into().expect("8 bytes")) ^ wide;
+        c.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+}
+
+/// Appends one unmasked, final server frame.
+pub fn encode(opcode: OpCode, payload: &[u8], out: &mut Vec<u8>) {
+    let header = FrameHeader { is_final: true, rsv1: false, rsv2: false, rsv3: false, opcode, mask: None };
+    header.format(payload.len() as u64, out).expect("writing to a Vec cannot fail");
+    out.extend_from_slice(payload);
+}
+
+/// Appends a close frame with `code` and `reason` (cut to fit a control frame).
+pub fn encode_close(code: u16, reason: &str, out: &mut Vec<u8>) {
+    let mut cut = reason.len().min(CONTROL_PAYLOAD_BYTES_MAX as usize - 2);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + cut);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..cut]);
+    encode(OpCode::Control(Control::Close), &payload, out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A frame as a client sends it: masked with `mask`.
+    fn client_frame(fin: bool, opcode: OpCode, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let header = FrameHeader { is_final: fin, rsv1: false, rsv2: false, rsv3: false, opcode, mask: Some(mask) };
+        let mut out = Vec::new();
+        header.format(payload.len() as u64, &mut out).unwrap();
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    #[derive(Debug, PartialEq, Eq, Clone)]
+    enum Owned {
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong,
+        Close(Option<u16>),
+    }
+
+    /// Feeds `stream` in pieces cut at `cuts`; returns the messages and the final outcome.
+    fn run(stream: &[u8], cuts: &[usize], max: usize) -> (Vec<Owned>, Result<Fed, WsError>, FrameReader) {
+        let mut r = FrameReader::default();
+        let mut got = Vec::new();
+        let mut at = 0;
+        let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+        bounds.push(stream.len());
+        bounds.sort();
+        let mut last = Ok(Fed::More);
+        for b in bounds {
+            let mut piece = stream[at..b].to_vec();
+            at = b;
+            last = r.feed(&mut piece, max, |m| {
+                got.push(match m {
+                    Msg::Text(t) => Owned::Text(t.into()),
+                    Msg::Binary(b) => Owned::Binary(b.into()),
+                    Msg::Ping(p) => Owned::Ping(p.into()),
+                    Msg::Pong => Owned::Pong,
+                    Msg::Close(c) => Owned::Close(c),
+                })
+            });
+            if last != Ok(Fed::More) {
+                break;
+            }
+        }
+        (got, last, r)
+    }
+
+    const M: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    const TEXT: OpCode = OpCode::Data(Data::Text);
+    const BIN: OpCode = OpCode::Data(Data::Binary);
+    const CONT: OpCode = OpCode::Data(Data::Continue);
+
+    #[test]
+    fn whole_frames_in_one_read_hold_nothing_afterwards() {
+        let mut s = client_frame(true, TEXT, b"{\"t\":\"ping\"}", M);
+        s.extend(client_frame(true, BIN, &[1, 2, 3], M));
+        let (got, out, r) = run(&s, &[], 1024);
+        assert_eq!(out, Ok(Fed::More));
+        assert_eq!(got, vec![Owned::Text("{\"t\":\"ping\"}".into()), Owned::Binary(vec![1, 2, 3])]);
+        assert_eq!(r.held_bytes(), 0);
+        assert!(r.partial.is_none(), "an idle connection keeps no allocation");
+    }
+
+    #[test]
+    fn fragments_and_interleaved_control_frames_assemble() {
+        let mut s = client_frame(false, TEXT, "héllo ".as_bytes(), M);
+        s.extend(client_frame(true, OpCode::Control(Control::Ping), b"p", M));
+        s.extend(client_frame(true, CONT, "wörld".as_bytes(), M));
+        let (got, out, r) = run(&s, &[3, 9, 17], 1024);
+        assert_eq!(out, Ok(Fed::More));
+        assert_eq!(got, vec![Owned::Ping(b"p".to_vec()), Owned::Text("héllo wörld".into())]);
+        assert!(r.partial.is_none());
+    }
+
+    #[test]
+    fn violations_close_with_the_rfc_codes() {
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            // Unmasked client frame.
+            (
+                {
+                    let mut v = Vec::new();
+                    encode(TEXT, b"hi", &mut v);
+                    v
+                },
+                1002,
+            ),
+            (client_frame(true, CONT, b"x", M), 1002),
+            ([client_frame(false, TEXT, b"a", M), client_frame(true, BIN, b"b", M)].concat(), 1002),
+            (client_frame(false, OpCode::Control(Control::Ping), b"", M), 1002),
+            (client_frame(true, OpCode::Control(Control::Ping), &[0; 126], M), 1002),
+            (client_frame(true, OpCode::Data(Data::Reserved(3)), b"", M), 1002),
+            (client_frame(true, TEXT, &[0xff, 0xfe], M), 1007),
+            (client_frame(true, TEXT, &[b'a'; 2000], M), 1009),
+            ([client_frame(false, BIN, &[0; 600], M), client_frame(true, CONT, &[0; 600], M)].concat(), 1009),
+            (client_frame(true, OpCode::Control(Control::Close), &[3], M), 1002),
+            (client_frame(true, OpCode::Control(Control::Close), &1005u16.to_be_bytes(), M), 1002),
+        ];
+        for (i, (stream, code)) in cases.into_iter().enumerate() {
+            let (_, out, _) = run(&stream, &[1, 5], 1024);
+            assert_eq!(out.map_err(|e| e.code), Err(code), "case {i}");
+        }
+        let mut rsv = client_frame(true, TEXT, b"x", M);
+        rsv[0] |= 0x40;
+        assert_eq!(run(&rsv, &[], 1024).1.map_err(|e| e.code), Err(1002), "reserved bit");
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_from_its_header_alone() {
+        let s = client_frame(true, BIN, &vec![0; 100_000], M);
+        // Only the header has arrived: the size is refused before the payload is buffered.
+        let (_, out, _) = run(&s[..20], &[], 1024);
+        assert_eq!(out, Err(TOO_BIG));
+    }
+
+    #[test]
+    fn close_stops_reading() {
+        let mut close = 1000u16.to_be_bytes().to_vec();
+        close.extend_from_slice(b"bye");
+        let mut s = client_frame(true, OpCode::Control(Control::Close), &close, M);
+        s.extend(client_frame(true, TEXT, b"after", M));
+        let (got, out, _) = run(&s, &[], 1024);
+        assert_eq!(out, Ok(Fed::Closed));
+        assert_eq!(got, vec![Owned::Close(Some(1000))]);
+    }
+
+    #[test]
+    fn server_frames_parse_back() {
+        let mut out = Vec::new();
+        encode(TEXT, &[b'x'; 300], &mut out);
+        let (h, len) = FrameHeader::parse(&mut Cursor::new(&out)).unwrap().unwrap();
+        assert_eq!((h.opcode, h.mask, len), (TEXT, None, 300));
+        let mut out = Vec::new();
+        encode_close(1013, &"é".repeat(100), &mut out);
+        let (h, len) = FrameHeader::parse(&mut Cursor::new(&out)).unwrap().unwrap();
+        assert_eq!(h.opcode, OpCode::Control(Control::Close));
+        assert!(len <= 125 && std::str::from_utf8(&out[out.len() - len as usize + 2..]).is_ok(), "cut on a char boundary");
+    }
+
+    proptest! {
+        /// However the stream is split into reads, the same messages come out, in order.
+        #[test]
+        fn any_split_gives_the_same_messages(
+            msgs in proptest::collection::vec((any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300), 1usize..4), 1..8),
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+            mask in any::<[u8; 4]>(),
+        ) {
+            let mut stream = Vec::new();
+            let mut want = Vec::new();
+            for (binary, body, pieces) in &msgs {
+                let body: Vec<u8> = if *binary { body.clone() } else { body.iter().map(|b| b'a' + b % 26).collect() };
+                let chunk = body.len().div_ceil(*pieces).max(1);
+                let parts: Vec<&[u8]> = if body.is_empty() { vec![&[][..]] } else { body.chunks(chunk).collect() };
+                for (i, p) in parts.iter().enumerate() {
+                    let op = if i > 0 { CONT } else if *binary { BIN } else { TEXT };
+                    stream.extend(client_frame(i + 1 == parts.len(), op, p, mask));
+                }
+                want.push(if *binary { Owned::Binary(body) } else { Owned::Text(String::from_utf8(body).unwrap()) });
+            }
+            let (got, out, r) = run(&stream, &cuts, 4096);
+            prop_assert_eq!(out, Ok(Fed::More));
+            prop_assert_eq!(got, want);
+            prop_assert!(r.partial.is_none());
+        }
+    }
+}
