@@ -13,14 +13,18 @@
 //!   reconnect at once and subscribe again. Reports presence frames received, the server's CPU
 //!   time and peak memory (`--server-pid`).
 //!
-//! Prints a table, optionally writes `--json`. Runs on tokio (the thread-per-core load generator
-//! is its own issue).
+//! Scale: `--procs P` runs P worker processes (each under its own open-file limit) with 1/P of
+//! the connections and of the rate each, and merges their HdrHistograms; `--source-ips` spreads
+//! client sockets over local addresses, each with its own ephemeral port range.
+//!
+//! Prints a table, optionally writes `--json`. Runs on tokio's multi-threaded runtime; a
+//! thread-per-core (glommio) port is still to do.
 
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -86,9 +90,42 @@ struct Args {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Worker processes: each opens its share of the connections (and sends its share of the
+    /// rate) under its own open-file limit; their histograms are merged into one report.
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
+    /// Local addresses to connect from, round robin: `127.0.0.2-127.0.0.40` or `a,b,c`. Each
+    /// source address has its own ephemeral port range (about 28K ports), so more than ~28K
+    /// connections to one server address need several.
+    #[arg(long, value_parser = parse_source_ips)]
+    source_ips: Option<SourceIps>,
+    /// Internal: this process is worker K of P (`K/P`), started by `--procs`.
+    #[arg(long, hide = true)]
+    worker: Option<String>,
 }
 
-#[derive(Serialize, Default)]
+#[derive(Clone, Debug)]
+struct SourceIps(Vec<std::net::IpAddr>);
+
+fn parse_source_ips(s: &str) -> Result<SourceIps, String> {
+    let bad = |e: std::net::AddrParseError| e.to_string();
+    let ips: Vec<std::net::IpAddr> = if let Some((a, b)) = s.split_once('-') {
+        let (a, b): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (a.trim().parse().map_err(bad)?, b.trim().parse().map_err(bad)?);
+        let (a, b) = (u32::from(a), u32::from(b));
+        if b < a || b - a > 65_535 {
+            return Err("a range is low-high, at most 65,536 addresses".into());
+        }
+        (a..=b).map(|x| std::net::IpAddr::V4(x.into())).collect()
+    } else {
+        s.split(',').map(|x| x.trim().parse().map_err(bad)).collect::<Result<_, _>>()?
+    };
+    if ips.is_empty() {
+        return Err("no addresses".into());
+    }
+    Ok(SourceIps(ips))
+}
+
+#[derive(Serialize, Deserialize, Default)]
 struct Report {
     scenario: String,
     connections_requested: usize,
@@ -117,6 +154,16 @@ struct Report {
     storm_seconds: f64,
     server_cpu_seconds: Option<f64>,
     server_peak_rss_bytes: Option<u64>,
+    /// Worker processes the figures were merged from.
+    procs: usize,
+    /// Workers only: the delivery and ack latency histograms (µs), HdrHistogram V2 + base64, so
+    /// that the parent merges distributions rather than averaging percentiles.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_histogram: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ack_histogram: Option<String>,
+    #[serde(skip)]
+    hists: Option<(Histogram<u64>, Histogram<u64>)>,
 }
 
 fn rss_bytes(pid: u32) -> Option<u64> {
@@ -148,9 +195,22 @@ fn now_us() -> u64 {
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(target: &str, user: &str) -> Result<Ws, String> {
+async fn connect(target: &str, user: &str, from: Option<std::net::IpAddr>) -> Result<Ws, String> {
     let url = format!("{target}?user={user}&device=lg");
-    tokio_tungstenite::connect_async(url).await.map(|(ws, _)| ws).map_err(|e| e.to_string())
+    let Some(from) = from else {
+        return tokio_tungstenite::connect_async(url).await.map(|(ws, _)| ws).map_err(|e| e.to_string());
+    };
+    let uri: tokio_tungstenite::tungstenite::http::Uri = url.parse().map_err(|e| format!("{e}"))?;
+    let host = uri.host().ok_or("no host in --target")?;
+    let port = uri.port_u16().unwrap_or(80);
+    let to = tokio::net::lookup_host((host, port)).await.map_err(|e| e.to_string())?.next().ok_or("target does not resolve")?;
+    let sock = if to.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }.map_err(|e| e.to_string())?;
+    sock.bind(std::net::SocketAddr::new(from, 0)).map_err(|e| format!("bind {from}: {e}"))?;
+    let stream = sock.connect(to).await.map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (ws, _) =
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.map_err(|e| e.to_string())?;
+    Ok(ws)
 }
 
 fn progress(len: u64, what: &str) -> ProgressBar {
@@ -166,11 +226,12 @@ async fn connect_all(args: &Args, users: Vec<String>, report: &mut Report) -> Ve
     let sem = Arc::new(Semaphore::new(args.connect_concurrency));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for u in users {
+    for (i, u) in users.into_iter().enumerate() {
         let (sem, target, pb) = (sem.clone(), args.target.clone(), pb.clone());
+        let from = args.source_ips.as_ref().map(|ips| ips.0[(i * args.procs + worker_index(args)) % ips.0.len()]);
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await.unwrap();
-            let r = connect(&target, &u).await;
+            let r = connect(&target, &u, from).await;
             pb.inc(1);
             r
         }));
@@ -192,6 +253,9 @@ async fn connect_all(args: &Args, users: Vec<String>, report: &mut Report) -> Ve
         }
     }
     report.connect_seconds = started.elapsed().as_secs_f64();
+    if args.worker.is_some() {
+        println!("{WORKER_CONNECTED}{}", report.connected);
+    }
     pb.finish_with_message(format!("{} connected, {} failed", report.connected, report.connect_failures));
     out
 }
@@ -348,16 +412,22 @@ async fn fanout(args: &Args, report: &mut Report, size: usize) {
     report.errors += shared.errors.load(Relaxed);
     report.send_seconds = elapsed;
     report.delivered_per_second = report.delivered as f64 / args.duration.max(1) as f64;
-    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let lat = shared.latency.lock().unwrap().take().unwrap();
     let ack = shared.ack_latency.lock().unwrap().take().unwrap();
-    report.latency_p50_ms = ms(&lat, 0.5);
-    report.latency_p90_ms = ms(&lat, 0.9);
-    report.latency_p99_ms = ms(&lat, 0.99);
-    report.latency_p999_ms = ms(&lat, 0.999);
+    report.hists = Some((lat, ack));
+}
+
+/// Fills the percentile fields from the histograms.
+fn percentiles(report: &mut Report) {
+    let Some((lat, ack)) = &report.hists else { return };
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    report.latency_p50_ms = ms(lat, 0.5);
+    report.latency_p90_ms = ms(lat, 0.9);
+    report.latency_p99_ms = ms(lat, 0.99);
+    report.latency_p999_ms = ms(lat, 0.999);
     report.latency_max_ms = lat.max() as f64 / 1000.0;
-    report.ack_p50_ms = ms(&ack, 0.5);
-    report.ack_p99_ms = ms(&ack, 0.99);
+    report.ack_p50_ms = ms(ack, 0.5);
+    report.ack_p99_ms = ms(ack, 0.99);
 }
 
 /// Creates a group with `members` (the creator is added as admin) and returns its id.
@@ -559,9 +629,124 @@ fn print_table(r: &Report) {
     }
 }
 
+/// `K` of `--worker K/P` (0 outside workers).
+fn worker_index(args: &Args) -> usize {
+    args.worker.as_deref().and_then(|w| w.split_once('/')).and_then(|(k, _)| k.parse().ok()).unwrap_or(0)
+}
+
+/// Prefix of the lines a worker prints for its parent on stdout.
+const WORKER_CONNECTED: &str = "worker-connected ";
+const WORKER_REPORT: &str = "worker-report ";
+
+fn encode_hist(h: &Histogram<u64>) -> String {
+    use base64::Engine;
+    use hdrhistogram::serialization::Serializer;
+    let mut buf = Vec::new();
+    hdrhistogram::serialization::V2Serializer::new().serialize(h, &mut buf).expect("serialize histogram");
+    base64::engine::general_purpose::STANDARD.encode(buf)
+}
+
+fn decode_hist(s: &str) -> Option<Histogram<u64>> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+    hdrhistogram::serialization::Deserializer::new().deserialize(&mut &bytes[..]).ok()
+}
+
+/// Adds a worker's counts and histograms into the merged report.
+fn merge(into: &mut Report, w: Report) {
+    into.connected += w.connected;
+    into.connect_failures += w.connect_failures;
+    into.connect_seconds = into.connect_seconds.max(w.connect_seconds);
+    into.sent += w.sent;
+    into.acked += w.acked;
+    into.delivered += w.delivered;
+    into.lost += w.lost;
+    into.duplicates += w.duplicates;
+    into.errors += w.errors;
+    into.send_seconds = into.send_seconds.max(w.send_seconds);
+    into.delivered_per_second += w.delivered_per_second;
+    into.presence_frames += w.presence_frames;
+    into.storm_seconds = into.storm_seconds.max(w.storm_seconds);
+    if let (Some(l), Some(a)) = (w.latency_histogram.as_deref().and_then(decode_hist), w.ack_histogram.as_deref().and_then(decode_hist)) {
+        let (ml, ma) = into.hists.get_or_insert_with(|| (hist(), hist()));
+        ml.add(&l).expect("same bounds");
+        ma.add(&a).expect("same bounds");
+    }
+}
+
+/// `--procs P`: runs P copies of this program as workers, each with 1/P of the connections and
+/// of the rate, and merges what they report.
+async fn parent(args: &Args, report: &mut Report) {
+    use tokio::io::AsyncBufReadExt;
+    let exe = std::env::current_exe().expect("own executable");
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let mut children = Vec::new();
+    for k in 0..args.procs {
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.args(&raw).arg("--worker").arg(format!("{k}/{}", args.procs));
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).kill_on_drop(true);
+        children.push(cmd.spawn().expect("start a worker"));
+    }
+    let pb = progress(args.procs as u64, "workers");
+    pb.set_message("connecting");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
+    for (k, child) in children.iter_mut().enumerate() {
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_line().await {
+                let _ = tx.send((k, l));
+            }
+        });
+    }
+    drop(tx);
+    let (mut connected, mut reported) = (0, 0);
+    while let Some((k, line)) = rx.recv().await {
+        if let Some(n) = line.strip_prefix(WORKER_CONNECTED) {
+            connected += 1;
+            pb.set_message(format!("{connected} of {} connected ({n} in worker {k})", args.procs));
+            if connected == args.procs && args.scenario == Scenario::Idle {
+                // Everyone holds their connections now: the moment to weigh the server.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                report.server_rss_after_bytes = args.server_pid.and_then(rss_bytes);
+            }
+        } else if let Some(json) = line.strip_prefix(WORKER_REPORT) {
+            match serde_json::from_str::<Report>(json) {
+                Ok(w) => merge(report, w),
+                Err(e) => eprintln!("worker {k}: unreadable report: {e}"),
+            }
+            reported += 1;
+            pb.inc(1);
+        }
+    }
+    pb.finish_with_message(format!("{reported} of {} reported", args.procs));
+    if reported < args.procs {
+        report.errors += (args.procs - reported) as u64;
+        eprintln!("{} worker(s) exited without a report", args.procs - reported);
+    }
+    if let (Some(a), Some(b)) = (report.server_rss_after_bytes, report.server_rss_before_bytes) {
+        report.server_bytes_per_connection = Some((a as f64 - b as f64) / report.connected.max(1) as f64);
+    }
+    if let Some(pid) = args.server_pid {
+        report.server_peak_rss_bytes = peak_rss_bytes(pid);
+    }
+}
+
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    let procs = args.procs.max(1);
+    args.procs = procs;
+    let worker = args.worker.is_some();
+    if worker {
+        // A worker takes its share, under user names of its own.
+        let k = worker_index(&args);
+        args.connections = args.connections / procs + usize::from(k < args.connections % procs);
+        args.rate = (args.rate / procs as u64).max(1);
+        args.prefix = format!("{}w{k}-", args.prefix);
+        // Only the parent weighs the server.
+        args.server_pid = None;
+    }
     let mut report = Report {
         scenario: match args.scenario {
             Scenario::Group(n) => format!("group:{n}"),
@@ -570,14 +755,28 @@ async fn main() {
         },
         connections_requested: args.connections,
         server_rss_before_bytes: args.server_pid.and_then(rss_bytes),
+        procs,
         ..Default::default()
     };
-    match args.scenario {
-        Scenario::Idle => idle(&args, &mut report).await,
-        Scenario::Direct => direct(&args, &mut report).await,
-        Scenario::Group(size) => fanout(&args, &mut report, size).await,
-        Scenario::PresenceStorm => presence_storm(&args, &mut report).await,
+    if procs > 1 && !worker {
+        parent(&args, &mut report).await;
+    } else {
+        match args.scenario {
+            Scenario::Idle => idle(&args, &mut report).await,
+            Scenario::Direct => direct(&args, &mut report).await,
+            Scenario::Group(size) => fanout(&args, &mut report, size).await,
+            Scenario::PresenceStorm => presence_storm(&args, &mut report).await,
+        }
     }
+    if worker {
+        if let Some((l, a)) = &report.hists {
+            report.latency_histogram = Some(encode_hist(l));
+            report.ack_histogram = Some(encode_hist(a));
+        }
+        println!("{WORKER_REPORT}{}", serde_json::to_string(&report).unwrap());
+        return;
+    }
+    percentiles(&mut report);
     print_table(&report);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report).unwrap()).expect("write --json");
