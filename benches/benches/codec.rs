@@ -16,16 +16,7 @@ fn send_frame() -> ClientFrame {
 }
 
 fn msg_frame() -> ServerFrame {
-    ServerFrame::Msg(MsgRecord {
-        conv: "d:alice:bob".into(),
-        id: 123_456_789_012_345,
-        seq: 42,
-        from: "alice".into(),
-        cmid: "c-0001".into(),
-        body: "x".repeat(64),
-        kind: MsgKind::Text,
-        ts: 1_800_000_000_000,
-    })
+    shardchat_benches::msg_frame("d:alice:bob")
 }
 
 fn decode(c: &mut Criterion) {

@@ -8,23 +8,14 @@
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use shardchat_codec::{MsgKind, MsgRecord, ServerFrame};
+use shardchat_codec::ServerFrame;
 use shardchat_shard::Payload;
 use std::collections::VecDeque;
 
 const MEMBERS: usize = 500;
 
 fn msg() -> ServerFrame {
-    ServerFrame::Msg(MsgRecord {
-        conv: "g:0123456789abcdef".into(),
-        id: 123_456_789_012_345,
-        seq: 42,
-        from: "alice".into(),
-        cmid: "c-0001".into(),
-        body: "x".repeat(64),
-        kind: MsgKind::Text,
-        ts: 1_800_000_000_000,
-    })
+    shardchat_benches::msg_frame("g:0123456789abcdef")
 }
 
 fn fanout(c: &mut Criterion) {

@@ -17,8 +17,11 @@
 //! the connections and of the rate each, and merges their HdrHistograms; `--source-ips` spreads
 //! client sockets over local addresses, each with its own ephemeral port range.
 //!
-//! Prints a table, optionally writes `--json`. Runs on tokio's multi-threaded runtime; a
+//! Prints a table, optionally writes `--json` and `--plot` (SVG: latency by percentile beside
+//! deliveries per second). Runs on tokio's multi-threaded runtime; a
 //! thread-per-core (glommio) port is still to do.
+
+mod plot;
 
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
@@ -99,6 +102,9 @@ struct Args {
     /// connections to one server address need several.
     #[arg(long, value_parser = parse_source_ips)]
     source_ips: Option<SourceIps>,
+    /// Draw the latency percentile distribution and deliveries over time here (SVG).
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
     /// Internal: this process is worker K of P (`K/P`), started by `--procs`.
     #[arg(long, hide = true)]
     worker: Option<String>,
@@ -156,6 +162,8 @@ struct Report {
     server_peak_rss_bytes: Option<u64>,
     /// Worker processes the figures were merged from.
     procs: usize,
+    /// Deliveries in each second of the sending phase.
+    delivered_series: Vec<u64>,
     /// Workers only: the delivery and ack latency histograms (µs), HdrHistogram V2 + base64, so
     /// that the parent merges distributions rather than averaging percentiles.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -316,6 +324,8 @@ struct Shared {
     errors: AtomicU64,
     latency: Mutex<Option<Histogram<u64>>>,
     ack_latency: Mutex<Option<Histogram<u64>>>,
+    /// Deliveries in each second of the run.
+    series: Mutex<Vec<u64>>,
 }
 
 fn hist() -> Histogram<u64> {
@@ -392,9 +402,16 @@ async fn fanout(args: &Args, report: &mut Report, size: usize) {
         let sh = shared.clone();
         let pb = pb.clone();
         tokio::spawn(async move {
+            let (mut tick, mut last) = (0u64, 0u64);
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                pb.set_position(sh.delivered.load(Relaxed));
+                let now = sh.delivered.load(Relaxed);
+                pb.set_position(now);
+                tick += 1;
+                if tick % 5 == 0 {
+                    sh.series.lock().unwrap().push(now - last);
+                    last = now;
+                }
             }
         })
     };
@@ -415,6 +432,7 @@ async fn fanout(args: &Args, report: &mut Report, size: usize) {
     let lat = shared.latency.lock().unwrap().take().unwrap();
     let ack = shared.ack_latency.lock().unwrap().take().unwrap();
     report.hists = Some((lat, ack));
+    report.delivered_series = std::mem::take(&mut *shared.series.lock().unwrap());
 }
 
 /// Fills the percentile fields from the histograms.
@@ -666,6 +684,12 @@ fn merge(into: &mut Report, w: Report) {
     into.send_seconds = into.send_seconds.max(w.send_seconds);
     into.delivered_per_second += w.delivered_per_second;
     into.presence_frames += w.presence_frames;
+    if into.delivered_series.len() < w.delivered_series.len() {
+        into.delivered_series.resize(w.delivered_series.len(), 0);
+    }
+    for (a, b) in into.delivered_series.iter_mut().zip(&w.delivered_series) {
+        *a += b;
+    }
     into.storm_seconds = into.storm_seconds.max(w.storm_seconds);
     if let (Some(l), Some(a)) = (w.latency_histogram.as_deref().and_then(decode_hist), w.ack_histogram.as_deref().and_then(decode_hist)) {
         let (ml, ma) = into.hists.get_or_insert_with(|| (hist(), hist()));
@@ -781,6 +805,12 @@ async fn main() {
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report).unwrap()).expect("write --json");
         println!("report written to {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        match plot::draw(path, &report) {
+            Ok(()) => println!("plot written to {}", path.display()),
+            Err(e) => eprintln!("plot: {e}"),
+        }
     }
     if report.lost > 0 || report.duplicates > 0 {
         std::process::exit(2);

@@ -54,6 +54,8 @@ async fn main() {
 async fn connection(sock: TcpStream, state: Shared) {
     let _ = sock.set_nodelay(true);
     let mut user = String::new();
+    // tungstenite's callback type returns its (large) error response by value.
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| {
         let q = req.uri().query().unwrap_or("");
         user = q.split('&').find_map(|kv| kv.strip_prefix("user=")).unwrap_or("anonymous").to_string();
@@ -88,7 +90,8 @@ fn now_ms() -> u64 {
 fn handle(state: &Shared, user: &str, me: &UnboundedSender<Message>, v: &Value) {
     match v["t"].as_str() {
         Some("group_create") => {
-            let mut members: Vec<String> = v["members"].as_array().into_iter().flatten().filter_map(|m| m.as_str().map(String::from)).collect();
+            let mut members: Vec<String> =
+                v["members"].as_array().into_iter().flatten().filter_map(|m| m.as_str().map(String::from)).collect();
             members.push(user.to_string());
             let mut st = state.lock().unwrap();
             st.next_group += 1;
