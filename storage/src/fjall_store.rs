@@ -151,6 +151,7 @@ impl MessageStore for FjallStore {
         if batch.is_empty() {
             return Ok(());
         }
+        let writer = self.group.begin_write();
         let mut b = self.db.batch();
         for m in &batch.messages {
             let rec = encode_record(m);
@@ -180,7 +181,7 @@ impl MessageStore for FjallStore {
             b.insert(&self.watermarks, keys::watermark(conv, user, kind_byte(*kind)), seq.to_be_bytes());
         }
         b.commit().map_err(io)?;
-        self.group.wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())).map_err(StoreError::Io)
+        writer.wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())).map_err(StoreError::Io)
     }
 
     fn last_seq(&self, conv: &str) -> Result<u64, StoreError> {
@@ -272,12 +273,13 @@ impl MessageStore for FjallStore {
         if entries.is_empty() {
             return Ok(());
         }
+        let writer = self.group.begin_write();
         let mut b = self.db.batch();
         for e in entries {
             b.remove(&self.push, push_key(e));
         }
         b.commit().map_err(io)?;
-        self.group.wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())).map_err(StoreError::Io)
+        writer.wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())).map_err(StoreError::Io)
     }
 
     fn index_pending(&self, limit: usize) -> Result<Vec<MsgRecord>, StoreError> {
