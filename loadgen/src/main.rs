@@ -9,9 +9,17 @@
 //!   that seq is contiguous, so loss and duplicates are counted, not assumed.
 //! - `group:SIZE`: N/SIZE groups; in each, one member sends at the rate and every other member
 //!   receives (deliveries = messages × (SIZE − 1)).
+//! - `mixed`: groups of `--group-size` where everyone sends, types first, marks every fifth
+//!   message read and watches `--subs` others' presence.
+//! - `reconnect-storm`: pairs chat, a `--storm-fraction` of the receivers drop at once and come
+//!   back at once, syncing from their cursors; checks nothing missed is lost or doubled.
+//! - `echo`: against any WebSocket echo server, round-trip latency of stamped text frames.
 //! - `presence-storm`: N users each subscribe to `--subs` others; then all disconnect and
 //!   reconnect at once and subscribe again. Reports presence frames received, the server's CPU
 //!   time and peak memory (`--server-pid`).
+//!
+//! Options common to them: `--rate` (open loop), `--ramp` (connections per second),
+//! `--payload`, `--binary` (rkyv frames on the message path), `--json`, `--plot`.
 //!
 //! Scale: `--procs P` runs P worker processes (each under its own open-file limit) with 1/P of
 //! the connections and of the rate each, and merges their HdrHistograms; `--source-ips` spreads
@@ -21,13 +29,17 @@
 //! deliveries per second). Runs on tokio's multi-threaded runtime; a
 //! thread-per-core (glommio) port is still to do.
 
+mod echo;
+mod mixed;
 mod plot;
+mod storm;
 
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
+use shardchat_codec::{ClientFrame, MsgKind};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -39,6 +51,9 @@ enum Scenario {
     Idle,
     Direct,
     Group(usize),
+    Mixed,
+    ReconnectStorm,
+    Echo,
     PresenceStorm,
 }
 
@@ -47,9 +62,12 @@ fn parse_scenario(s: &str) -> Result<Scenario, String> {
         "idle" => Ok(Scenario::Idle),
         "direct" => Ok(Scenario::Direct),
         "presence-storm" => Ok(Scenario::PresenceStorm),
+        "mixed" => Ok(Scenario::Mixed),
+        "reconnect-storm" => Ok(Scenario::ReconnectStorm),
+        "echo" => Ok(Scenario::Echo),
         _ => match s.strip_prefix("group:").map(str::parse::<usize>) {
             Some(Ok(n)) if (2..=500).contains(&n) => Ok(Scenario::Group(n)),
-            _ => Err("expected idle, direct, group:SIZE (2..=500) or presence-storm".into()),
+            _ => Err("expected idle, direct, group:SIZE (2..=500), mixed, reconnect-storm, echo or presence-storm".into()),
         },
     }
 }
@@ -60,7 +78,7 @@ struct Args {
     /// WebSocket endpoint, e.g. ws://127.0.0.1:7700/ws (dev-auth: users log in with ?user=)
     #[arg(long, default_value = "ws://127.0.0.1:7700/ws")]
     target: String,
-    /// idle | direct | group:SIZE | presence-storm
+    /// idle | direct | group:SIZE | mixed | reconnect-storm | echo | presence-storm
     #[arg(long, default_value = "idle", value_parser = parse_scenario)]
     scenario: Scenario,
     /// Presence subscriptions per user (presence-storm).
@@ -102,6 +120,18 @@ struct Args {
     /// connections to one server address need several.
     #[arg(long, value_parser = parse_source_ips)]
     source_ips: Option<SourceIps>,
+    /// Members per group (mixed).
+    #[arg(long, default_value_t = 20)]
+    group_size: usize,
+    /// Share of the receivers that drop and reconnect at once (reconnect-storm).
+    #[arg(long, default_value_t = 0.5)]
+    storm_fraction: f64,
+    /// Messages travel as rkyv binary frames instead of JSON (send, ack and msg).
+    #[arg(long)]
+    binary: bool,
+    /// Connections opened per second while ramping up (0: as fast as --connect-concurrency allows).
+    #[arg(long, default_value_t = 0)]
+    ramp: u64,
     /// Draw the latency percentile distribution and deliveries over time here (SVG).
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
@@ -164,6 +194,11 @@ struct Report {
     procs: usize,
     /// Deliveries in each second of the sending phase.
     delivered_series: Vec<u64>,
+    /// `mixed`: typing indicators and receipts received.
+    typing_frames: u64,
+    receipt_frames: u64,
+    /// Server frames that came as rkyv binary (`--binary`) rather than JSON.
+    binary_frames_received: u64,
     /// Workers only: the delivery and ack latency histograms (µs), HdrHistogram V2 + base64, so
     /// that the parent merges distributions rather than averaging percentiles.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -195,6 +230,30 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+/// Where a sender's messages go.
+enum Dest {
+    To(String),
+    Conv(String),
+}
+
+/// A server frame as JSON, whichever encoding it came in.
+fn frame_json(m: &Message) -> Option<serde_json::Value> {
+    match m {
+        Message::Text(t) => serde_json::from_str(t).ok(),
+        Message::Binary(b) => shardchat_codec::decode_server_binary(b).ok().and_then(|f| serde_json::to_value(&f).ok()),
+        _ => None,
+    }
+}
+
+/// A client frame in JSON, or in rkyv with `--binary`.
+fn client_msg(frame: &ClientFrame, binary: bool) -> Message {
+    if binary {
+        Message::Binary(shardchat_codec::encode_client_binary(frame).into())
+    } else {
+        Message::Text(shardchat_codec::encode_client_text(frame).into())
+    }
 }
 
 fn now_us() -> u64 {
@@ -237,7 +296,12 @@ async fn connect_all(args: &Args, users: Vec<String>, report: &mut Report) -> Ve
     for (i, u) in users.into_iter().enumerate() {
         let (sem, target, pb) = (sem.clone(), args.target.clone(), pb.clone());
         let from = args.source_ips.as_ref().map(|ips| ips.0[(i * args.procs + worker_index(args)) % ips.0.len()]);
+        // Ramp: connection i starts no earlier than i/ramp seconds in.
+        let not_before = (args.ramp > 0).then(|| started + Duration::from_secs_f64(i as f64 / args.ramp as f64));
         tasks.push(tokio::spawn(async move {
+            if let Some(t) = not_before {
+                tokio::time::sleep_until(t.into()).await;
+            }
             let _permit = sem.acquire_owned().await.unwrap();
             let r = connect(&target, &u, from).await;
             pb.inc(1);
@@ -326,6 +390,10 @@ struct Shared {
     ack_latency: Mutex<Option<Histogram<u64>>>,
     /// Deliveries in each second of the run.
     series: Mutex<Vec<u64>>,
+    typing: AtomicU64,
+    receipts: AtomicU64,
+    presence: AtomicU64,
+    binary_frames: AtomicU64,
 }
 
 fn hist() -> Histogram<u64> {
@@ -346,7 +414,7 @@ async fn fanout(args: &Args, report: &mut Report, size: usize) {
         }
     }
     let conns = connect_all(args, users, report).await;
-    let shared = Arc::new(Shared { latency: Mutex::new(Some(hist())), ack_latency: Mutex::new(Some(hist())), ..Default::default() });
+    let shared = Arc::new(Shared::with_histograms());
     let per_sender_rate = (args.rate as f64 / groups as f64).max(0.001);
     let interval = Duration::from_secs_f64(1.0 / per_sender_rate);
     let total_per_sender = (per_sender_rate * args.duration as f64).round() as u64;
@@ -363,11 +431,11 @@ async fn fanout(args: &Args, report: &mut Report, size: usize) {
         let mut members: Vec<Ws> = members.into_iter().flatten().collect();
         // Direct pairs use `to`; groups are created first and addressed by `conv`.
         let (dest, first_seq) = if size == 2 {
-            (format!(r#""to":"{}g{g}m1""#, args.prefix), 1)
+            (Dest::To(format!("{}g{g}m1", args.prefix)), 1)
         } else {
             let names: Vec<String> = (1..size).map(|m| format!("{}g{g}m{m}", args.prefix)).collect();
             match create_group(&mut members[0], &names).await {
-                Some(conv) => (format!(r#""conv":"{conv}""#), 2),
+                Some(conv) => (Dest::Conv(conv), 2),
                 None => {
                     report.errors += 1;
                     continue;
@@ -386,7 +454,8 @@ async fn fanout(args: &Args, report: &mut Report, size: usize) {
         let (sh, pad) = (shared.clone(), body_pad.clone());
         // Spread the senders' phases over one interval so the aggregate rate is smooth.
         let phase = interval.mul_f64(i as f64 / n_plans.max(1) as f64);
-        tasks.push(tokio::spawn(sender(sender_ws, dest, sh.clone(), pad, start + phase, interval, total_per_sender)));
+        let schedule = Schedule { start: start + phase, interval, total: total_per_sender };
+        tasks.push(tokio::spawn(sender(sender_ws, dest, sh.clone(), pad, schedule, args.binary)));
         for ws in members {
             tasks.push(tokio::spawn(receiver(
                 ws,
@@ -394,6 +463,7 @@ async fn fanout(args: &Args, report: &mut Report, size: usize) {
                 total_per_sender,
                 first_seq,
                 start + Duration::from_secs(args.duration + 10),
+                args.binary,
             )));
         }
     }
@@ -419,20 +489,31 @@ async fn fanout(args: &Args, report: &mut Report, size: usize) {
         t.await.unwrap();
     }
     ticker.abort();
-    let elapsed = start.elapsed().as_secs_f64();
     pb.finish();
-    report.sent = shared.sent.load(Relaxed);
-    report.acked = shared.acked.load(Relaxed);
-    report.delivered = shared.delivered.load(Relaxed);
-    report.duplicates = shared.duplicates.load(Relaxed);
-    report.lost = shared.lost.load(Relaxed);
-    report.errors += shared.errors.load(Relaxed);
-    report.send_seconds = elapsed;
-    report.delivered_per_second = report.delivered as f64 / args.duration.max(1) as f64;
-    let lat = shared.latency.lock().unwrap().take().unwrap();
-    let ack = shared.ack_latency.lock().unwrap().take().unwrap();
-    report.hists = Some((lat, ack));
-    report.delivered_series = std::mem::take(&mut *shared.series.lock().unwrap());
+    shared.finish(args, report, start);
+}
+
+impl Shared {
+    fn with_histograms() -> Self {
+        Shared { latency: Mutex::new(Some(hist())), ack_latency: Mutex::new(Some(hist())), ..Default::default() }
+    }
+
+    /// Moves the counters and histograms into the report once a run is over.
+    fn finish(&self, args: &Args, report: &mut Report, start: Instant) {
+        report.sent = self.sent.load(Relaxed);
+        report.acked = self.acked.load(Relaxed);
+        report.delivered = self.delivered.load(Relaxed);
+        report.duplicates = self.duplicates.load(Relaxed);
+        report.lost = self.lost.load(Relaxed);
+        report.errors += self.errors.load(Relaxed);
+        report.send_seconds = start.elapsed().as_secs_f64();
+        report.delivered_per_second = report.delivered as f64 / args.duration.max(1) as f64;
+        let lat = self.latency.lock().unwrap().take().unwrap_or_else(hist);
+        let ack = self.ack_latency.lock().unwrap().take().unwrap_or_else(hist);
+        report.hists = Some((lat, ack));
+        report.delivered_series = std::mem::take(&mut *self.series.lock().unwrap());
+        report.binary_frames_received = self.binary_frames.load(Relaxed);
+    }
 }
 
 /// Fills the percentile fields from the histograms.
@@ -469,7 +550,16 @@ async fn create_group(ws: &mut Ws, members: &[String]) -> Option<String> {
 
 /// Sends `total` messages on a fixed schedule; the body carries the scheduled send time, so
 /// latency includes any time the schedule slipped (coordinated omission corrected).
-async fn sender(ws: Ws, dest: String, sh: Arc<Shared>, pad: String, start: Instant, interval: Duration, total: u64) {
+/// When a sender sends: `total` messages, one every `interval` from `start`.
+#[derive(Clone, Copy)]
+struct Schedule {
+    start: Instant,
+    interval: Duration,
+    total: u64,
+}
+
+async fn sender(ws: Ws, dest: Dest, sh: Arc<Shared>, pad: String, schedule: Schedule, binary: bool) {
+    let Schedule { start, interval, total } = schedule;
     let (mut tx, mut rx) = ws.split();
     let sh2 = sh.clone();
     let acks = tokio::spawn(async move {
@@ -477,8 +567,8 @@ async fn sender(ws: Ws, dest: String, sh: Arc<Shared>, pad: String, start: Insta
         let mut n = 0;
         while n < total {
             match tokio::time::timeout(Duration::from_secs(30), rx.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
+                Ok(Some(Ok(m))) => {
+                    let Some(v) = frame_json(&m) else { continue };
                     if v["t"] == "ack" {
                         n += 1;
                         sh2.acked.fetch_add(1, Relaxed);
@@ -490,7 +580,6 @@ async fn sender(ws: Ws, dest: String, sh: Arc<Shared>, pad: String, start: Insta
                         n += 1;
                     }
                 }
-                Ok(Some(Ok(_))) => {}
                 _ => break,
             }
         }
@@ -505,8 +594,12 @@ async fn sender(ws: Ws, dest: String, sh: Arc<Shared>, pad: String, start: Insta
         tokio::time::sleep_until(due.into()).await;
         // The scheduled time on the wall clock: when this send was due, not when it happened.
         let stamp = wall0 + due.saturating_duration_since(start0).as_micros() as u64;
-        let frame = format!(r#"{{"t":"send","cmid":"{i}:{stamp}",{dest},"body":"{stamp}|{pad}"}}"#);
-        if tx.send(Message::Text(frame.into())).await.is_err() {
+        let (to, conv) = match &dest {
+            Dest::To(u) => (Some(u.clone()), None),
+            Dest::Conv(c) => (None, Some(c.clone())),
+        };
+        let frame = ClientFrame::Send { cmid: format!("{i}:{stamp}"), to, conv, body: format!("{stamp}|{pad}"), kind: MsgKind::Text };
+        if tx.send(client_msg(&frame, binary)).await.is_err() {
             sh.errors.fetch_add(1, Relaxed);
             break;
         }
@@ -517,18 +610,28 @@ async fn sender(ws: Ws, dest: String, sh: Arc<Shared>, pad: String, start: Insta
 
 /// Receives until `total` messages arrived or the deadline; checks seq contiguity from
 /// `first_seq` (system messages, like a group's creation, are not counted).
-async fn receiver(ws: Ws, sh: Arc<Shared>, total: u64, first_seq: u64, deadline: Instant) {
-    let (_tx, mut rx) = ws.split();
+async fn receiver(ws: Ws, sh: Arc<Shared>, total: u64, first_seq: u64, deadline: Instant, binary: bool) {
+    let (mut tx, mut rx) = ws.split();
+    if binary {
+        // The server answers in the encoding a connection last spoke: speak rkyv once.
+        let _ = tx.send(client_msg(&ClientFrame::Ping { r#ref: None }, true)).await;
+    }
     let mut local = hist();
     let mut next_seq = first_seq;
     let mut got = 0u64;
     while got < total {
-        let m = match tokio::time::timeout_at(deadline.into(), rx.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => t,
-            Ok(Some(Ok(_))) => continue,
+        let v = match tokio::time::timeout_at(deadline.into(), rx.next()).await {
+            Ok(Some(Ok(m))) => {
+                if m.is_binary() {
+                    sh.binary_frames.fetch_add(1, Relaxed);
+                }
+                match frame_json(&m) {
+                    Some(v) => v,
+                    None => continue,
+                }
+            }
             _ => break,
         };
-        let v: serde_json::Value = serde_json::from_str(&m).unwrap_or_default();
         if v["t"] != "msg" || v["kind"] == "system" {
             continue;
         }
@@ -636,7 +739,9 @@ fn print_table(r: &Report) {
         ("latency p50 / p90 / p99", format!("{:.2} / {:.2} / {:.2} ms", r.latency_p50_ms, r.latency_p90_ms, r.latency_p99_ms)),
         ("latency p99.9 / max", format!("{:.2} / {:.2} ms", r.latency_p999_ms, r.latency_max_ms)),
         ("ack p50 / p99", format!("{:.2} / {:.2} ms", r.ack_p50_ms, r.ack_p99_ms)),
-        ("presence frames (storm)", format!("{} in {:.1} s", r.presence_frames, r.storm_seconds)),
+        ("presence frames", format!("{}", r.presence_frames)),
+        ("typing / receipt frames", format!("{} / {}", r.typing_frames, r.receipt_frames)),
+        ("storm: reconnect to resynced", format!("{:.1} s", r.storm_seconds)),
         ("server CPU time (storm)", r.server_cpu_seconds.map(|c| format!("{c:.2} s")).unwrap_or("-".into())),
         ("server peak RSS", r.server_peak_rss_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)).unwrap_or("-".into())),
     ];
@@ -684,6 +789,9 @@ fn merge(into: &mut Report, w: Report) {
     into.send_seconds = into.send_seconds.max(w.send_seconds);
     into.delivered_per_second += w.delivered_per_second;
     into.presence_frames += w.presence_frames;
+    into.typing_frames += w.typing_frames;
+    into.binary_frames_received += w.binary_frames_received;
+    into.receipt_frames += w.receipt_frames;
     if into.delivered_series.len() < w.delivered_series.len() {
         into.delivered_series.resize(w.delivered_series.len(), 0);
     }
@@ -767,6 +875,9 @@ async fn main() {
         let k = worker_index(&args);
         args.connections = args.connections / procs + usize::from(k < args.connections % procs);
         args.rate = (args.rate / procs as u64).max(1);
+        if args.ramp > 0 {
+            args.ramp = (args.ramp / procs as u64).max(1);
+        }
         args.prefix = format!("{}w{k}-", args.prefix);
         // Only the parent weighs the server.
         args.server_pid = None;
@@ -775,6 +886,7 @@ async fn main() {
         scenario: match args.scenario {
             Scenario::Group(n) => format!("group:{n}"),
             Scenario::PresenceStorm => "presence-storm".into(),
+            Scenario::ReconnectStorm => "reconnect-storm".into(),
             other => format!("{other:?}").to_lowercase(),
         },
         connections_requested: args.connections,
@@ -790,6 +902,9 @@ async fn main() {
             Scenario::Direct => direct(&args, &mut report).await,
             Scenario::Group(size) => fanout(&args, &mut report, size).await,
             Scenario::PresenceStorm => presence_storm(&args, &mut report).await,
+            Scenario::Mixed => mixed::run(&args, &mut report).await,
+            Scenario::ReconnectStorm => storm::run(&args, &mut report).await,
+            Scenario::Echo => echo::run(&args, &mut report).await,
         }
     }
     if worker {

@@ -3,6 +3,8 @@
 //! task per connection plus a writer task fed by an unbounded channel, shared state behind a
 //! `Mutex`, each frame encoded once and the string shared by every recipient.
 //!
+//! On `/echo` it is a plain echo server instead, for the load generator's `echo` scenario.
+//!
 //! It speaks the subset of shardchat's protocol the load generator's `direct` and `group:SIZE`
 //! scenarios use (`?user=` login, `send` by `to` or `conv`, `group_create`, `ack`, `msg` with a
 //! per-conversation `seq`), so both servers run the same scenarios. It is deliberately *not* a
@@ -54,15 +56,26 @@ async fn main() {
 async fn connection(sock: TcpStream, state: Shared) {
     let _ = sock.set_nodelay(true);
     let mut user = String::new();
+    let mut echo = false;
     // tungstenite's callback type returns its (large) error response by value.
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| {
+        echo = req.uri().path() == "/echo";
         let q = req.uri().query().unwrap_or("");
         user = q.split('&').find_map(|kv| kv.strip_prefix("user=")).unwrap_or("anonymous").to_string();
         Ok(resp)
     };
     let Ok(ws) = tokio_tungstenite::accept_hdr_async(sock, callback).await else { return };
     let (mut sink, mut stream) = ws.split();
+    if echo {
+        // `/echo`: every data frame straight back (the load generator's `echo` scenario).
+        while let Some(Ok(m)) = stream.next().await {
+            if (m.is_text() || m.is_binary()) && sink.send(m).await.is_err() {
+                break;
+            }
+        }
+        return;
+    }
     let (tx, mut rx) = unbounded_channel::<Message>();
     state.lock().unwrap().users.entry(user.clone()).or_default().push(tx.clone());
     let writer = tokio::spawn(async move {

@@ -1,0 +1,74 @@
+//! `echo`: for any WebSocket echo server (to compare other servers with the same tool). Each
+//! connection sends text frames on an open-loop schedule, stamped with the time each was due;
+//! the round trip is measured when the echo comes back. Echoes missing at the end are lost.
+
+use crate::{connect_all, hist, now_us, progress, Args, Report, Schedule, Shared};
+use futures::{SinkExt, StreamExt};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long after the last send echoes are still waited for.
+const ECHO_GRACE: Duration = Duration::from_secs(3);
+
+pub async fn run(args: &Args, report: &mut Report) {
+    let users: Vec<String> = (0..args.connections).map(|i| format!("{}e{i}", args.prefix)).collect();
+    let conns: Vec<_> = connect_all(args, users, report).await.into_iter().flatten().collect();
+    let shared = Arc::new(Shared::with_histograms());
+    let n = conns.len().max(1);
+    let per_conn = (args.rate as f64 / n as f64).max(0.001);
+    let interval = Duration::from_secs_f64(1.0 / per_conn);
+    let total = (per_conn * args.duration as f64).round() as u64;
+    let pad = "x".repeat(args.payload.saturating_sub(20));
+    let start = Instant::now() + Duration::from_millis(200);
+    let pb = progress(total * n as u64, "echo");
+    let mut tasks = Vec::new();
+    for (i, ws) in conns.into_iter().enumerate() {
+        let (sh, pad, pb) = (shared.clone(), pad.clone(), pb.clone());
+        let schedule = Schedule { start: start + interval.mul_f64(i as f64 / n as f64), interval, total };
+        tasks.push(tokio::spawn(async move {
+            let (mut tx, mut rx) = ws.split();
+            let sh2 = sh.clone();
+            let reader = tokio::spawn(async move {
+                let mut local = hist();
+                let mut got = 0;
+                let deadline = schedule.start + schedule.interval.mul_f64(schedule.total as f64) + ECHO_GRACE;
+                while got < schedule.total {
+                    match tokio::time::timeout_at(deadline.into(), rx.next()).await {
+                        Ok(Some(Ok(Message::Text(t)))) => {
+                            if let Some(sent) = t.split('|').next().and_then(|s| s.parse::<u64>().ok()) {
+                                got += 1;
+                                sh2.delivered.fetch_add(1, Relaxed);
+                                let _ = local.record(now_us().saturating_sub(sent).max(1));
+                            }
+                        }
+                        Ok(Some(Ok(_))) => {}
+                        _ => break,
+                    }
+                }
+                sh2.lost.fetch_add(schedule.total - got, Relaxed);
+                sh2.latency.lock().unwrap().as_mut().unwrap().add(&local).unwrap();
+            });
+            tokio::time::sleep_until(schedule.start.into()).await;
+            let wall0 = now_us();
+            for k in 0..schedule.total {
+                let due = schedule.start + schedule.interval.mul_f64(k as f64);
+                tokio::time::sleep_until(due.into()).await;
+                let stamp = wall0 + due.saturating_duration_since(schedule.start).as_micros() as u64;
+                if tx.send(Message::Text(format!("{stamp}|{pad}").into())).await.is_err() {
+                    sh.errors.fetch_add(1, Relaxed);
+                    break;
+                }
+                sh.sent.fetch_add(1, Relaxed);
+                pb.inc(1);
+            }
+            let _ = reader.await;
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    pb.finish();
+    shared.finish(args, report, start);
+}

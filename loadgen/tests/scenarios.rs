@@ -1,0 +1,185 @@
+//! Every scenario, small, against the real engine (and `echo` against an echo server in this
+//! process): the reports must add up, with nothing lost or doubled.
+//!
+//! Needs the `shardchat` binary beside the load generator's: `cargo test --workspace` builds it.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LOADGEN: &str = env!("CARGO_BIN_EXE_shardchat-loadgen");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Engine {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Engine {
+    fn start() -> Engine {
+        let exe = Path::new(LOADGEN).with_file_name("shardchat");
+        assert!(exe.exists(), "{} is missing: build it first (`cargo build -p shardchat`; `cargo test --workspace` does)", exe.display());
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(exe)
+            .args(["serve", "--dev-auth", "--no-http", "--shards", "2", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(dir.path().join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "engine did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Engine { child, port, _dir: dir }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the load generator; returns its JSON report.
+fn loadgen(target: &str, args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json: PathBuf = dir.path().join("r.json");
+    let out = Command::new(LOADGEN).arg("--target").arg(target).args(args).arg("--json").arg(&json).output().unwrap();
+    assert!(
+        out.status.success(),
+        "loadgen {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+}
+
+fn n(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {v}"))
+}
+
+fn clean(v: &Value) {
+    assert_eq!((n(v, "lost"), n(v, "duplicates"), n(v, "errors")), (0, 0, 0), "{v}");
+}
+
+#[test]
+fn direct_in_binary_over_two_processes_merges_everything() {
+    let e = Engine::start();
+    let r =
+        loadgen(&e.url(), &["--scenario", "direct", "--connections", "20", "--rate", "200", "--duration", "2", "--procs", "2", "--binary"]);
+    clean(&r);
+    assert_eq!(n(&r, "procs"), 2);
+    assert_eq!(n(&r, "connected"), 20);
+    assert_eq!(n(&r, "sent"), 400);
+    assert_eq!(n(&r, "delivered"), 400, "{r}");
+    assert_eq!(n(&r, "acked"), 400);
+    assert!(n(&r, "binary_frames_received") >= 400, "--binary: the server answered in rkyv: {r}");
+    assert!(r["latency_p50_ms"].as_f64().unwrap() > 0.0, "merged histograms give percentiles");
+}
+
+#[test]
+fn groups_mixed_and_a_reconnect_storm_lose_nothing() {
+    let e = Engine::start();
+    let g = loadgen(&e.url(), &["--scenario", "group:5", "--connections", "20", "--rate", "100", "--duration", "2", "--prefix", "g"]);
+    clean(&g);
+    assert_eq!(n(&g, "delivered"), n(&g, "sent") * 4, "every message reaches the 4 other members");
+
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("m.svg");
+    let m = loadgen(
+        &e.url(),
+        &[
+            "--scenario",
+            "mixed",
+            "--connections",
+            "20",
+            "--group-size",
+            "5",
+            "--subs",
+            "3",
+            "--rate",
+            "100",
+            "--duration",
+            "2",
+            "--prefix",
+            "m",
+        ],
+    );
+    clean(&m);
+    assert_eq!(n(&m, "delivered"), n(&m, "sent") * 4);
+    assert!(n(&m, "typing_frames") > 0 && n(&m, "presence_frames") > 0, "{m}");
+
+    let s = loadgen(&e.url(), &["--scenario", "reconnect-storm", "--connections", "20", "--storm-fraction", "0.5", "--prefix", "s"]);
+    clean(&s);
+    // 10 pairs × 5 messages before; 5 dropped receivers × 20 more, recovered by sync.
+    assert_eq!(n(&s, "delivered"), 10 * 5 + 5 * 20, "{s}");
+
+    let out = Command::new(LOADGEN)
+        .args([
+            "--target",
+            &e.url(),
+            "--scenario",
+            "direct",
+            "--connections",
+            "4",
+            "--rate",
+            "50",
+            "--duration",
+            "1",
+            "--prefix",
+            "q",
+            "--plot",
+        ])
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"), "--plot wrote a picture");
+}
+
+#[test]
+fn idle_reports_server_memory_per_connection() {
+    let e = Engine::start();
+    let pid = e.child.id().to_string();
+    let r = loadgen(&e.url(), &["--scenario", "idle", "--connections", "200", "--duration", "1", "--server-pid", &pid, "--ramp", "1000"]);
+    assert_eq!(n(&r, "connected"), 200);
+    assert!(r["server_bytes_per_connection"].as_f64().is_some(), "{r}");
+}
+
+#[test]
+fn echo_measures_round_trips_against_any_echo_server() {
+    let port = free_port();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.spawn(async move {
+        use futures::{SinkExt, StreamExt};
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        loop {
+            let (sock, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(sock).await.unwrap();
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() && ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let r = loadgen(&format!("ws://127.0.0.1:{port}/"), &["--scenario", "echo", "--connections", "10", "--rate", "500", "--duration", "1"]);
+    clean(&r);
+    assert_eq!(n(&r, "sent"), 500);
+    assert_eq!(n(&r, "delivered"), 500);
+}
