@@ -293,17 +293,18 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 
 async fn connect(target: &str, user: &str, from: Option<std::net::IpAddr>) -> Result<Ws, String> {
     let url = format!("{target}?user={user}&device=lg");
-    let Some(from) = from else {
-        return tokio_tungstenite::connect_async(url).await.map(|(ws, _)| ws).map_err(|e| e.to_string());
-    };
     let uri: tokio_tungstenite::tungstenite::http::Uri = url.parse().map_err(|e| format!("{e}"))?;
     let host = uri.host().ok_or("no host in --target")?;
     let port = uri.port_u16().unwrap_or(80);
     let to = tokio::net::lookup_host((host, port)).await.map_err(|e| e.to_string())?.next().ok_or("target does not resolve")?;
     let sock = if to.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }.map_err(|e| e.to_string())?;
-    sock.bind(std::net::SocketAddr::new(from, 0)).map_err(|e| format!("bind {from}: {e}"))?;
+    if let Some(from) = from {
+        sock.bind(std::net::SocketAddr::new(from, 0)).map_err(|e| format!("bind {from}: {e}"))?;
+    }
     let stream = sock.connect(to).await.map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
+    // Without this, two frames written back to back (typing, then send) meet Nagle's algorithm
+    // and the server's delayed ACK: 40 ms added to the second one.
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let (ws, _) =
         tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.map_err(|e| e.to_string())?;
     Ok(ws)
