@@ -3,11 +3,11 @@
 //! the round trip is measured when the echo comes back. Echoes missing at the end are lost.
 
 use crate::{connect_all, hist, now_us, progress, Args, Report, Schedule, Shared};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
+use tungstenite::Message;
 
 /// How long after the last send echoes are still waited for.
 const ECHO_GRACE: Duration = Duration::from_secs(3);
@@ -27,15 +27,15 @@ pub async fn run(args: &Args, report: &mut Report) {
     for (i, ws) in conns.into_iter().enumerate() {
         let (sh, pad, pb) = (shared.clone(), pad.clone(), pb.clone());
         let schedule = Schedule { start: start + interval.mul_f64(i as f64 / n as f64), interval, total };
-        tasks.push(tokio::spawn(async move {
+        tasks.push(crate::rt::spawn(async move {
             let (mut tx, mut rx) = ws.split();
             let sh2 = sh.clone();
-            let reader = tokio::spawn(async move {
+            let reader = crate::rt::spawn(async move {
                 let mut local = hist();
                 let mut got = 0;
                 let deadline = schedule.start + schedule.interval.mul_f64(schedule.total as f64) + ECHO_GRACE;
                 while got < schedule.total {
-                    match tokio::time::timeout_at(deadline.into(), rx.next()).await {
+                    match crate::rt::timeout_at(deadline, rx.next()).await {
                         Ok(Some(Ok(Message::Text(t)))) => {
                             if let Some(sent) = t.split('|').next().and_then(|s| s.parse::<u64>().ok()) {
                                 got += 1;
@@ -50,11 +50,11 @@ pub async fn run(args: &Args, report: &mut Report) {
                 sh2.lost.fetch_add(schedule.total - got, Relaxed);
                 sh2.latency.lock().unwrap().as_mut().unwrap().add(&local).unwrap();
             });
-            tokio::time::sleep_until(schedule.start.into()).await;
+            crate::rt::sleep_until(schedule.start).await;
             let wall0 = now_us();
             for k in 0..schedule.total {
                 let due = schedule.start + schedule.interval.mul_f64(k as f64);
-                tokio::time::sleep_until(due.into()).await;
+                crate::rt::sleep_until(due).await;
                 let stamp = wall0 + due.saturating_duration_since(schedule.start).as_micros() as u64;
                 if tx.send(Message::Text(format!("{stamp}|{pad}").into())).await.is_err() {
                     sh.errors.fetch_add(1, Relaxed);

@@ -26,16 +26,17 @@
 //! client sockets over local addresses, each with its own ephemeral port range.
 //!
 //! Prints a table, optionally writes `--json` and `--plot` (SVG: latency by percentile beside
-//! deliveries per second). Runs on tokio's multi-threaded runtime; a
-//! thread-per-core (glommio) port is still to do.
+//! deliveries per second). Thread-per-core like the engine: `--threads` glommio executors
+//! (default: one per core) each run the scenario with their share of the work (`rt.rs`).
 
 mod echo;
 mod mixed;
 mod plot;
+mod rt;
 mod storm;
 
 use clap::Parser;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -43,8 +44,7 @@ use shardchat_codec::{ClientFrame, MsgKind};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
+use tungstenite::Message;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Scenario {
@@ -72,7 +72,7 @@ fn parse_scenario(s: &str) -> Result<Scenario, String> {
     }
 }
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "shardchat-loadgen", about = "Load generator for shardchat")]
 struct Args {
     /// WebSocket endpoint, e.g. ws://127.0.0.1:7700/ws (dev-auth: users log in with ?user=)
@@ -135,6 +135,12 @@ struct Args {
     /// Draw the latency percentile distribution and deliveries over time here (SVG).
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
+    /// Threads (glommio executors, one per core) in each process; 0: the cores divided by --procs.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Which of this process's threads these arguments are for (set at run time).
+    #[arg(skip)]
+    thread: usize,
     /// Internal: this process is worker K of P (`K/P`), started by `--procs`.
     #[arg(long, hide = true)]
     worker: Option<String>,
@@ -289,26 +295,7 @@ fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(target: &str, user: &str, from: Option<std::net::IpAddr>) -> Result<Ws, String> {
-    let url = format!("{target}?user={user}&device=lg");
-    let uri: tokio_tungstenite::tungstenite::http::Uri = url.parse().map_err(|e| format!("{e}"))?;
-    let host = uri.host().ok_or("no host in --target")?;
-    let port = uri.port_u16().unwrap_or(80);
-    let to = tokio::net::lookup_host((host, port)).await.map_err(|e| e.to_string())?.next().ok_or("target does not resolve")?;
-    let sock = if to.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }.map_err(|e| e.to_string())?;
-    if let Some(from) = from {
-        sock.bind(std::net::SocketAddr::new(from, 0)).map_err(|e| format!("bind {from}: {e}"))?;
-    }
-    let stream = sock.connect(to).await.map_err(|e| e.to_string())?;
-    // Without this, two frames written back to back (typing, then send) meet Nagle's algorithm
-    // and the server's delayed ACK: 40 ms added to the second one.
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (ws, _) =
-        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.map_err(|e| e.to_string())?;
-    Ok(ws)
-}
+use rt::Ws;
 
 fn progress(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
@@ -320,27 +307,28 @@ fn progress(len: u64, what: &str) -> ProgressBar {
 /// Opens `users.len()` connections with bounded concurrency.
 async fn connect_all(args: &Args, users: Vec<String>, report: &mut Report) -> Vec<Option<Ws>> {
     let pb = progress(users.len() as u64, "connect");
-    let sem = Arc::new(Semaphore::new(args.connect_concurrency));
+    let sem = std::rc::Rc::new(glommio::sync::Semaphore::new(args.connect_concurrency as u64));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (i, u) in users.into_iter().enumerate() {
         let (sem, target, pb) = (sem.clone(), args.target.clone(), pb.clone());
-        let from = args.source_ips.as_ref().map(|ips| ips.0[(i * args.procs + worker_index(args)) % ips.0.len()]);
+        let slot = (i * args.procs + worker_index(args)) * args.threads.max(1) + args.thread;
+        let from = args.source_ips.as_ref().map(|ips| ips.0[slot % ips.0.len()]);
         // Ramp: connection i starts no earlier than i/ramp seconds in.
         let not_before = (args.ramp > 0).then(|| started + Duration::from_secs_f64(i as f64 / args.ramp as f64));
-        tasks.push(tokio::spawn(async move {
+        tasks.push(crate::rt::spawn(async move {
             if let Some(t) = not_before {
-                tokio::time::sleep_until(t.into()).await;
+                crate::rt::sleep_until(t).await;
             }
-            let _permit = sem.acquire_owned().await.unwrap();
-            let r = connect(&target, &u, from).await;
+            let _permit = sem.acquire_static_permit(1).await.unwrap();
+            let r = rt::connect(format!("{target}?user={u}&device=lg"), from).await;
             pb.inc(1);
             r
         }));
     }
     let mut out = Vec::new();
     for t in tasks {
-        match t.await.unwrap() {
+        match t.await {
             Ok(ws) => {
                 report.connected += 1;
                 out.push(Some(ws));
@@ -355,9 +343,6 @@ async fn connect_all(args: &Args, users: Vec<String>, report: &mut Report) -> Ve
         }
     }
     report.connect_seconds = started.elapsed().as_secs_f64();
-    if args.worker.is_some() {
-        println!("{WORKER_CONNECTED}{}", report.connected);
-    }
     pb.finish_with_message(format!("{} connected, {} failed", report.connected, report.connect_failures));
     out
 }
@@ -365,12 +350,21 @@ async fn connect_all(args: &Args, users: Vec<String>, report: &mut Report) -> Ve
 async fn idle(args: &Args, report: &mut Report) {
     let users: Vec<String> = (0..args.connections).map(|i| format!("{}i{i}", args.prefix)).collect();
     let conns = connect_all(args, users, report).await;
-    // Let the server settle (allocator, handshake buffers freed) before reading its RSS.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    if let Some(pid) = args.server_pid {
-        report.server_rss_after_bytes = rss_bytes(pid);
-        if let (Some(a), Some(b)) = (report.server_rss_after_bytes, report.server_rss_before_bytes) {
-            report.server_bytes_per_connection = Some(a.saturating_sub(b) as f64 / report.connected.max(1) as f64);
+    // The threads of this process meet once all have connected (a blocking wait, but nothing
+    // runs on these executors yet); one of them then weighs the server.
+    CONNECTED_HERE.fetch_add(report.connected, Relaxed);
+    if ALL_CONNECTED.get().is_none_or(|b| b.wait().is_leader()) {
+        let here = CONNECTED_HERE.load(Relaxed);
+        if args.worker.is_some() {
+            println!("{WORKER_CONNECTED}{here}");
+        }
+        // Let the server settle (allocator, handshake buffers freed) before reading its RSS.
+        glommio::timer::sleep(Duration::from_secs(2)).await;
+        if let Some(pid) = args.server_pid {
+            report.server_rss_after_bytes = rss_bytes(pid);
+            if let (Some(a), Some(b)) = (report.server_rss_after_bytes, report.server_rss_before_bytes) {
+                report.server_bytes_per_connection = Some(a.saturating_sub(b) as f64 / here.max(1) as f64);
+            }
         }
     }
     let pb = progress(args.duration, "hold");
@@ -378,14 +372,14 @@ async fn idle(args: &Args, report: &mut Report) {
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     for ws in conns.into_iter().flatten() {
         let interval = Duration::from_secs(args.ping_interval);
-        tasks.push(tokio::spawn(async move {
+        tasks.push(crate::rt::spawn(async move {
             let (mut tx, mut rx) = ws.split();
             loop {
                 let next = Instant::now() + interval;
                 if next > deadline {
                     break;
                 }
-                tokio::time::sleep_until(next.into()).await;
+                crate::rt::sleep_until(next).await;
                 if tx.send(Message::Text(r#"{"t":"ping"}"#.into())).await.is_err() {
                     return false;
                 }
@@ -397,12 +391,12 @@ async fn idle(args: &Args, report: &mut Report) {
         }));
     }
     for _ in 0..args.duration {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        glommio::timer::sleep(Duration::from_secs(1)).await;
         pb.inc(1);
     }
     pb.finish();
     for t in tasks {
-        if !t.await.unwrap() {
+        if !t.await {
             report.errors += 1;
         }
     }
@@ -485,9 +479,9 @@ async fn fanout(args: &Args, report: &mut Report, size: usize) {
         // Spread the senders' phases over one interval so the aggregate rate is smooth.
         let phase = interval.mul_f64(i as f64 / n_plans.max(1) as f64);
         let schedule = Schedule { start: start + phase, interval, total: total_per_sender };
-        tasks.push(tokio::spawn(sender(sender_ws, dest, sh.clone(), pad, schedule, args.binary)));
+        tasks.push(crate::rt::spawn(sender(sender_ws, dest, sh.clone(), pad, schedule, args.binary)));
         for ws in members {
-            tasks.push(tokio::spawn(receiver(
+            tasks.push(crate::rt::spawn(receiver(
                 ws,
                 sh.clone(),
                 total_per_sender,
@@ -501,10 +495,10 @@ async fn fanout(args: &Args, report: &mut Report, size: usize) {
     let ticker = {
         let sh = shared.clone();
         let pb = pb.clone();
-        tokio::spawn(async move {
+        crate::rt::spawn(async move {
             let (mut tick, mut last) = (0u64, 0u64);
             loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                glommio::timer::sleep(Duration::from_millis(200)).await;
                 let now = sh.delivered.load(Relaxed);
                 pb.set_position(now);
                 tick += 1;
@@ -516,9 +510,9 @@ async fn fanout(args: &Args, report: &mut Report, size: usize) {
         })
     };
     for t in tasks {
-        t.await.unwrap();
+        t.await;
     }
-    ticker.abort();
+    drop(ticker); // cancels it
     pb.finish();
     shared.finish(args, report, start);
 }
@@ -564,7 +558,7 @@ async fn create_group(ws: &mut Ws, members: &[String]) -> Option<String> {
     let frame = serde_json::json!({"t":"group_create","name":"load","members":members,"ref":"lg"});
     ws.send(Message::Text(frame.to_string().into())).await.ok()?;
     loop {
-        let m = tokio::time::timeout(Duration::from_secs(30), ws.next()).await.ok()??.ok()?;
+        let m = crate::rt::timeout(Duration::from_secs(30), ws.next()).await.ok()??.ok()?;
         if let Message::Text(t) = m {
             let v: serde_json::Value = serde_json::from_str(&t).ok()?;
             if v["t"] == "group" && v["ref"] == "lg" {
@@ -592,11 +586,11 @@ async fn sender(ws: Ws, dest: Dest, sh: Arc<Shared>, pad: String, schedule: Sche
     let Schedule { start, interval, total } = schedule;
     let (mut tx, mut rx) = ws.split();
     let sh2 = sh.clone();
-    let acks = tokio::spawn(async move {
+    let acks = crate::rt::spawn(async move {
         let mut local = hist();
         let mut n = 0;
         while n < total {
-            match tokio::time::timeout(Duration::from_secs(30), rx.next()).await {
+            match crate::rt::timeout(Duration::from_secs(30), rx.next()).await {
                 Ok(Some(Ok(m))) => {
                     let Some(v) = frame_json(&m) else { continue };
                     if v["t"] == "ack" {
@@ -617,11 +611,11 @@ async fn sender(ws: Ws, dest: Dest, sh: Arc<Shared>, pad: String, schedule: Sche
     });
     // `start` lies in the future; anchor the wall clock to it once.
     let start0 = start;
-    tokio::time::sleep_until(start.into()).await;
+    crate::rt::sleep_until(start).await;
     let wall0 = now_us();
     for i in 0..total {
         let due = start + interval.mul_f64(i as f64);
-        tokio::time::sleep_until(due.into()).await;
+        crate::rt::sleep_until(due).await;
         // The scheduled time on the wall clock: when this send was due, not when it happened.
         let stamp = wall0 + due.saturating_duration_since(start0).as_micros() as u64;
         let (to, conv) = match &dest {
@@ -650,7 +644,7 @@ async fn receiver(ws: Ws, sh: Arc<Shared>, total: u64, first_seq: u64, deadline:
     let mut next_seq = first_seq;
     let mut got = 0u64;
     while got < total {
-        let m = match tokio::time::timeout_at(deadline.into(), rx.next()).await {
+        let m = match crate::rt::timeout_at(deadline, rx.next()).await {
             Ok(Some(Ok(m))) => m,
             _ => break,
         };
@@ -681,7 +675,7 @@ async fn receiver(ws: Ws, sh: Arc<Shared>, total: u64, first_seq: u64, deadline:
 }
 
 /// Connects `users`, subscribes each to `subs` others and waits for the initial presence frames.
-async fn subscribe_all(args: &Args, users: &[String], report: &mut Report) -> Vec<tokio::task::JoinHandle<(u64, Option<Ws>)>> {
+async fn subscribe_all(args: &Args, users: &[String], report: &mut Report) -> Vec<rt::Task<(u64, Option<Ws>)>> {
     let conns = connect_all(args, users.to_vec(), report).await;
     let n = users.len();
     let mut tasks = Vec::new();
@@ -690,13 +684,13 @@ async fn subscribe_all(args: &Args, users: &[String], report: &mut Report) -> Ve
         let targets: Vec<&String> = (1..=args.subs.min(n - 1)).map(|k| &users[(i + k) % n]).collect();
         let frame = serde_json::json!({"t":"presence_sub","users":targets}).to_string();
         let want = targets.len() as u64;
-        tasks.push(tokio::spawn(async move {
+        tasks.push(crate::rt::spawn(async move {
             if ws.send(Message::Text(frame.into())).await.is_err() {
                 return (0, None);
             }
             let mut got = 0;
             while got < want {
-                match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+                match crate::rt::timeout(Duration::from_secs(30), ws.next()).await {
                     Ok(Some(Ok(Message::Text(t)))) if t.contains(r#""t":"presence""#) => got += 1,
                     Ok(Some(Ok(_))) => {}
                     _ => break,
@@ -712,29 +706,29 @@ async fn presence_storm(args: &Args, report: &mut Report) {
     let users: Vec<String> = (0..args.connections).map(|i| format!("{}p{i}", args.prefix)).collect();
     let mut first = Vec::new();
     for t in subscribe_all(args, &users, report).await {
-        first.push(t.await.unwrap());
+        first.push(t.await);
     }
     println!("subscribed: {} presence frames", first.iter().map(|(n, _)| n).sum::<u64>());
     // The storm: everyone drops at once, then everyone comes back and subscribes again.
     let cpu0 = args.server_pid.and_then(cpu_seconds);
     let t0 = Instant::now();
     drop(first);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    glommio::timer::sleep(Duration::from_millis(200)).await;
     report.connected = 0;
     let again = subscribe_all(args, &users, report).await;
     let mut frames = 0;
     let mut held = Vec::new();
     for t in again {
-        let (n, ws) = t.await.unwrap();
+        let (n, ws) = t.await;
         frames += n;
         held.push(ws);
     }
     // Coalesced offline/online updates still in flight arrive within the coalescing interval.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    glommio::timer::sleep(Duration::from_millis(1500)).await;
     report.storm_seconds = t0.elapsed().as_secs_f64();
     let mut late = 0u64;
     for ws in held.iter_mut().flatten() {
-        while let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(Duration::from_millis(1), ws.next()).await {
+        while let Ok(Some(Ok(Message::Text(t)))) = crate::rt::timeout(Duration::from_millis(1), ws.next()).await {
             if t.contains(r#""t":"presence""#) {
                 late += 1;
             }
@@ -773,6 +767,64 @@ fn print_table(r: &Report) {
     println!("|{}|{}|", "-".repeat(30), "-".repeat(46));
     for (k, v) in rows {
         println!("| {k:<28} | {v:<44} |");
+    }
+}
+
+/// Narrows `args` to share `k` of `n` (a worker process's or a thread's): its part of the
+/// connections, rate and ramp, under user names of its own.
+fn share(args: &mut Args, k: usize, n: usize, tag: &str) {
+    args.connections = args.connections / n + usize::from(k < args.connections % n);
+    args.rate = (args.rate / n as u64).max(1);
+    if args.ramp > 0 {
+        args.ramp = (args.ramp / n as u64).max(1);
+    }
+    args.prefix = format!("{}{tag}{k}-", args.prefix);
+}
+
+/// Connections made by this process's threads, and where they meet once all connected (the
+/// idle scenario weighs the server then).
+static CONNECTED_HERE: AtomicU64 = AtomicU64::new(0);
+static ALL_CONNECTED: std::sync::OnceLock<std::sync::Barrier> = std::sync::OnceLock::new();
+
+/// Runs the scenario on `--threads` glommio executors, one pinned to each core, each with its
+/// share of the work, and merges their reports into `report`.
+fn run_threads(args: &Args, report: &mut Report) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = if args.threads > 0 { args.threads } else { (cores / args.procs).max(1) };
+    let _ = ALL_CONNECTED.set(std::sync::Barrier::new(threads));
+    let first_core = worker_index(args) * threads;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let mut a = args.clone();
+            share(&mut a, t, threads, "t");
+            a.thread = t;
+            a.threads = threads;
+            let mut r =
+                Report { scenario: report.scenario.clone(), server_rss_before_bytes: report.server_rss_before_bytes, ..Default::default() };
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed((first_core + t) % cores))
+                .name(&format!("loadgen-{t}"))
+                .spawn(move || async move {
+                    run_scenario(&a, &mut r).await;
+                    r
+                })
+                .expect("start a glommio executor (io_uring and locked memory, see tuning/)")
+        })
+        .collect();
+    for h in handles {
+        let r = h.join().expect("a load generator thread failed");
+        merge(report, r);
+    }
+}
+
+async fn run_scenario(args: &Args, report: &mut Report) {
+    match args.scenario {
+        Scenario::Idle => idle(args, report).await,
+        Scenario::Direct => direct(args, report).await,
+        Scenario::Group(size) => fanout(args, report, size).await,
+        Scenario::PresenceStorm => presence_storm(args, report).await,
+        Scenario::Mixed => mixed::run(args, report).await,
+        Scenario::ReconnectStorm => storm::run(args, report).await,
+        Scenario::Echo => echo::run(args, report).await,
     }
 }
 
@@ -823,11 +875,20 @@ fn merge(into: &mut Report, w: Report) {
         *a += b;
     }
     into.storm_seconds = into.storm_seconds.max(w.storm_seconds);
-    if let (Some(l), Some(a)) = (w.latency_histogram.as_deref().and_then(decode_hist), w.ack_histogram.as_deref().and_then(decode_hist)) {
+    let hists = w.hists.or_else(|| Some((decode_hist(w.latency_histogram.as_deref()?)?, decode_hist(w.ack_histogram.as_deref()?)?)));
+    if let Some((l, a)) = hists {
         let (ml, ma) = into.hists.get_or_insert_with(|| (hist(), hist()));
         ml.add(&l).expect("same bounds");
         ma.add(&a).expect("same bounds");
     }
+    // Server figures are taken by one thread of the process that weighs the server.
+    into.server_rss_after_bytes = into.server_rss_after_bytes.or(w.server_rss_after_bytes);
+    into.server_bytes_per_connection = into.server_bytes_per_connection.or(w.server_bytes_per_connection);
+    into.server_cpu_seconds = match (into.server_cpu_seconds, w.server_cpu_seconds) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    into.server_peak_rss_bytes = into.server_peak_rss_bytes.max(w.server_peak_rss_bytes);
 }
 
 /// `--procs P`: runs P copies of this program as workers, each with 1/P of the connections and
@@ -888,8 +949,7 @@ async fn parent(args: &Args, report: &mut Report) {
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let mut args = Args::parse();
     let procs = args.procs.max(1);
     args.procs = procs;
@@ -897,12 +957,7 @@ async fn main() {
     if worker {
         // A worker takes its share, under user names of its own.
         let k = worker_index(&args);
-        args.connections = args.connections / procs + usize::from(k < args.connections % procs);
-        args.rate = (args.rate / procs as u64).max(1);
-        if args.ramp > 0 {
-            args.ramp = (args.ramp / procs as u64).max(1);
-        }
-        args.prefix = format!("{}w{k}-", args.prefix);
+        share(&mut args, k, procs, "w");
         // Only the parent weighs the server.
         args.server_pid = None;
     }
@@ -919,17 +974,10 @@ async fn main() {
         ..Default::default()
     };
     if procs > 1 && !worker {
-        parent(&args, &mut report).await;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        rt.block_on(parent(&args, &mut report));
     } else {
-        match args.scenario {
-            Scenario::Idle => idle(&args, &mut report).await,
-            Scenario::Direct => direct(&args, &mut report).await,
-            Scenario::Group(size) => fanout(&args, &mut report, size).await,
-            Scenario::PresenceStorm => presence_storm(&args, &mut report).await,
-            Scenario::Mixed => mixed::run(&args, &mut report).await,
-            Scenario::ReconnectStorm => storm::run(&args, &mut report).await,
-            Scenario::Echo => echo::run(&args, &mut report).await,
-        }
+        run_threads(&args, &mut report);
     }
     if worker {
         if let Some((l, a)) = &report.hists {

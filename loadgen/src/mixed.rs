@@ -5,13 +5,13 @@
 //! counted as in the other scenarios; typing, receipt and presence frames are counted too.
 
 use crate::{connect_all, create_group, frame_json, hist, now_us, progress, Args, Report, Schedule, Shared, Ws};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
+use tungstenite::Message;
 
 /// A receiver marks every this-many-th message it receives as read.
 const READ_EVERY: u64 = 5;
@@ -56,7 +56,7 @@ pub async fn run(args: &Args, report: &mut Report) {
             let schedule = Schedule { start: start + interval.mul_f64(i as f64 / n_users as f64), interval, total };
             let expect = total * (size as u64 - 1);
             let (conv, sh, pad, pb) = (conv.clone(), shared.clone(), pad.clone(), pb.clone());
-            tasks.push(tokio::spawn(member(ws, conv, watch, schedule, expect, sh, pad, pb)));
+            tasks.push(crate::rt::spawn(member(ws, conv, watch, schedule, expect, sh, pad, pb)));
         }
     }
     for t in tasks {
@@ -81,16 +81,16 @@ async fn member(
     pb: indicatif::ProgressBar,
 ) {
     let (mut tx, mut rx) = ws.split();
-    let (reads_tx, mut reads_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let (reads_tx, mut reads_rx) = futures::channel::mpsc::unbounded::<u64>();
     let sh2 = sh.clone();
     let conv2 = conv.clone();
-    let reader = tokio::spawn(async move {
+    let reader = crate::rt::spawn(async move {
         let (mut lat, mut ack) = (hist(), hist());
         let mut seen = HashSet::new();
         let deadline = s.start + s.interval.mul_f64(s.total as f64) + GRACE;
         let mut acks = 0;
         while (seen.len() as u64) < expect || acks < s.total {
-            let v = match tokio::time::timeout_at(deadline.into(), rx.next()).await {
+            let v = match crate::rt::timeout_at(deadline, rx.next()).await {
                 Ok(Some(Ok(m))) => match frame_json(&m) {
                     Some(v) => v,
                     None => continue,
@@ -109,7 +109,7 @@ async fn member(
                         let _ = lat.record(now_us().saturating_sub(sent).max(1));
                     }
                     if (seen.len() as u64).is_multiple_of(READ_EVERY) {
-                        let _ = reads_tx.send(seq);
+                        let _ = reads_tx.unbounded_send(seq);
                     }
                 }
                 Some("ack") => {
@@ -140,11 +140,11 @@ async fn member(
         sh2.ack_latency.lock().unwrap().as_mut().unwrap().add(&ack).unwrap();
     });
     let _ = tx.send(Message::Text(json!({"t":"presence_sub","users":watch}).to_string().into())).await;
-    tokio::time::sleep_until(s.start.into()).await;
+    crate::rt::sleep_until(s.start).await;
     let wall0 = now_us();
     for k in 0..s.total {
         let due = s.start + s.interval.mul_f64(k as f64);
-        tokio::time::sleep_until(due.into()).await;
+        crate::rt::sleep_until(due).await;
         while let Ok(seq) = reads_rx.try_recv() {
             let _ = tx.send(Message::Text(json!({"t":"read","conv":conv,"seq":seq}).to_string().into())).await;
         }

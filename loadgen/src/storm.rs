@@ -1,15 +1,16 @@
 //! `reconnect-storm`: N/2 pairs chat; then a fraction of the receivers drop at once, their
 //! partners keep sending, and the dropped all reconnect at once and `sync` from their cursors.
-//! Checks that every message missed comes back exactly once and in order, and measures each
+//! Checks that every message missed comes back exactly once (live ones in order, the sync's
+//! replay in order, the two together complete), and measures each
 //! client's time from reconnecting to `synced` (the latency figures of this scenario).
 
 use crate::{connect_all, frame_json, hist, progress, Args, Report, Shared, Ws};
-use futures::{SinkExt, StreamExt};
-use std::collections::BTreeMap;
+use futures::StreamExt;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
+use tungstenite::Message;
 
 /// Messages each sender sends before the storm and while its partner is away.
 const BEFORE: u64 = 5;
@@ -64,7 +65,7 @@ pub async fn run(args: &Args, report: &mut Report) {
     for (p, ws) in back.into_iter().enumerate() {
         let Some(ws) = ws else { continue };
         let (conv, sh) = (conv_of(&senders[p], &receivers[p]), shared.clone());
-        tasks.push(tokio::spawn(resync(ws, conv, BEFORE, BEFORE + WHILE_AWAY, sh, t0)));
+        tasks.push(crate::rt::spawn(resync(ws, conv, BEFORE, BEFORE + WHILE_AWAY, sh, t0)));
     }
     for t in tasks {
         let _ = t.await;
@@ -94,7 +95,7 @@ async fn send_and_ack(ws: &mut Ws, to: &str, from: u64, n: u64, sh: &Shared) {
     }
     let mut acked = 0;
     while acked < n {
-        match tokio::time::timeout(WAIT, ws.next()).await {
+        match crate::rt::timeout(WAIT, ws.next()).await {
             Ok(Some(Ok(m))) => match frame_json(&m) {
                 Some(v) if v["t"] == "ack" => {
                     acked += 1;
@@ -118,7 +119,7 @@ async fn send_and_ack(ws: &mut Ws, to: &str, from: u64, n: u64, sh: &Shared) {
 async fn receive_live(ws: &mut Ws, conv: &str, n: u64, sh: &Shared) -> u64 {
     let mut last = 0;
     while last < n {
-        match tokio::time::timeout(WAIT, ws.next()).await {
+        match crate::rt::timeout(WAIT, ws.next()).await {
             Ok(Some(Ok(m))) => {
                 let Some(v) = frame_json(&m) else { continue };
                 if v["t"] == "msg" && v["conv"] == conv {
@@ -153,30 +154,45 @@ async fn resync(mut ws: Ws, conv: String, cursor: u64, want: u64, sh: Arc<Shared
         sh.errors.fetch_add(1, Relaxed);
         return;
     }
-    let mut last = cursor;
+    // Live messages start at connect, so they may overtake the sync's replay of older ones
+    // (docs/protocol.md, Sync): each stream must be in order by itself, and together they must
+    // hold every seq from the cursor on exactly once.
+    let mut got = BTreeSet::new();
+    let (mut last_live, mut last_replay) = (cursor, cursor);
     let mut synced = false;
-    while !(synced && last >= want) {
-        let v = match tokio::time::timeout(WAIT, ws.next()).await {
+    while !(synced && got.len() as u64 >= want - cursor) {
+        let v = match crate::rt::timeout(WAIT, ws.next()).await {
             Ok(Some(Ok(m))) => match frame_json(&m) {
                 Some(v) => v,
                 None => continue,
             },
             _ => break,
         };
+        let mut take = |seq: u64, last: &mut u64, what: &str| {
+            if seq <= *last {
+                eprintln!("{conv}: {what} out of order, seq {seq} after {last}");
+                sh.errors.fetch_add(1, Relaxed);
+            }
+            *last = seq;
+            if got.insert(seq) {
+                sh.delivered.fetch_add(1, Relaxed);
+            } else {
+                sh.duplicates.fetch_add(1, Relaxed);
+            }
+        };
         match v["t"].as_str() {
             Some("sync") if v["conv"] == conv.as_str() => {
                 for m in v["messages"].as_array().into_iter().flatten() {
-                    count(m["seq"].as_u64().unwrap_or(0), &mut last, &sh);
+                    take(m["seq"].as_u64().unwrap_or(0), &mut last_replay, "replay");
                 }
             }
-            Some("msg") if v["conv"] == conv.as_str() => count(v["seq"].as_u64().unwrap_or(0), &mut last, &sh),
+            Some("msg") if v["conv"] == conv.as_str() => take(v["seq"].as_u64().unwrap_or(0), &mut last_live, "live"),
             Some("synced") => synced = true,
             _ => {}
         }
     }
-    if last < want {
-        sh.lost.fetch_add(want - last, Relaxed);
-    }
+    let missing = (cursor + 1..=want).filter(|s| !got.contains(s)).count() as u64;
+    sh.lost.fetch_add(missing, Relaxed);
     let mut h = hist();
     let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
     sh.latency.lock().unwrap().as_mut().unwrap().add(&h).unwrap();
