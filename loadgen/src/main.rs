@@ -25,7 +25,7 @@
 //! the connections and of the rate each, and merges their HdrHistograms; `--source-ips` spreads
 //! client sockets over local addresses, each with its own ephemeral port range.
 //!
-//! Prints a table, optionally writes `--json` and `--plot` (SVG: latency by percentile beside
+//! Prints a table, optionally writes `--json` and `--plot` (PNG or SVG: latency by percentile beside
 //! deliveries per second). Thread-per-core like the engine: `--threads` glommio executors
 //! (default: one per core) each run the scenario with their share of the work (`rt.rs`).
 
@@ -120,6 +120,10 @@ struct Args {
     /// connections to one server address need several.
     #[arg(long, value_parser = parse_source_ips)]
     source_ips: Option<SourceIps>,
+    /// Log users in with HS256 JWTs minted from this secret (the server's `--jwt-secret`)
+    /// instead of `?user=` (which only a `--dev-auth` server accepts).
+    #[arg(long, env = "SHARDCHAT_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
     /// Members per group (mixed).
     #[arg(long, default_value_t = 20)]
     group_size: usize,
@@ -132,7 +136,8 @@ struct Args {
     /// Connections opened per second while ramping up (0: as fast as --connect-concurrency allows).
     #[arg(long, default_value_t = 0)]
     ramp: u64,
-    /// Draw the latency percentile distribution and deliveries over time here (SVG).
+    /// Draw the latency percentile distribution and deliveries over time here (PNG if the name
+    /// ends in .png, else SVG).
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
     /// Threads (glommio executors, one per core) in each process; 0: the cores divided by --procs.
@@ -174,6 +179,8 @@ struct Report {
     connected: u64,
     connect_failures: u64,
     connect_seconds: f64,
+    /// Connections established per second while ramping (WebSocket upgrades included).
+    connects_per_second: f64,
     server_rss_before_bytes: Option<u64>,
     server_rss_after_bytes: Option<u64>,
     server_bytes_per_connection: Option<f64>,
@@ -297,6 +304,26 @@ fn now_us() -> u64 {
 
 use rt::Ws;
 
+/// How user `user` logs in: `token=<JWT>` with `--jwt-secret`, else the development `user=`.
+fn login_query(args: &Args, user: &str) -> String {
+    let Some(secret) = &args.jwt_secret else { return format!("user={user}&device=lg") };
+    #[derive(Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        dev: &'a str,
+        exp: u64,
+    }
+    // Valid for a day: long runs must not see their tokens expire under them.
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 86_400;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &Claims { sub: user, dev: "lg", exp },
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing cannot fail");
+    format!("token={token}")
+}
+
 fn progress(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} {per_sec} {msg}").unwrap().progress_chars("=> "));
@@ -314,6 +341,7 @@ async fn connect_all(args: &Args, users: Vec<String>, report: &mut Report) -> Ve
         let (sem, target, pb) = (sem.clone(), args.target.clone(), pb.clone());
         let slot = (i * args.procs + worker_index(args)) * args.threads.max(1) + args.thread;
         let from = args.source_ips.as_ref().map(|ips| ips.0[slot % ips.0.len()]);
+        let login = login_query(args, &u);
         // Ramp: connection i starts no earlier than i/ramp seconds in.
         let not_before = (args.ramp > 0).then(|| started + Duration::from_secs_f64(i as f64 / args.ramp as f64));
         tasks.push(crate::rt::spawn(async move {
@@ -321,7 +349,7 @@ async fn connect_all(args: &Args, users: Vec<String>, report: &mut Report) -> Ve
                 crate::rt::sleep_until(t).await;
             }
             let _permit = sem.acquire_static_permit(1).await.unwrap();
-            let r = rt::connect(format!("{target}?user={u}&device=lg"), from).await;
+            let r = rt::connect(format!("{target}?{login}"), from).await;
             pb.inc(1);
             r
         }));
@@ -748,6 +776,7 @@ fn print_table(r: &Report) {
             "connected",
             format!("{} of {} ({} failed) in {:.1} s", r.connected, r.connections_requested, r.connect_failures, r.connect_seconds),
         ),
+        ("connections per second", format!("{:.0}", r.connects_per_second)),
         ("server RSS before", r.server_rss_before_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)).unwrap_or("-".into())),
         ("server RSS after", r.server_rss_after_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)).unwrap_or("-".into())),
         ("bytes per connection", r.server_bytes_per_connection.map(|b| format!("{b:.0}")).unwrap_or("-".into())),
@@ -988,6 +1017,9 @@ fn main() {
         return;
     }
     percentiles(&mut report);
+    if report.connect_seconds > 0.0 {
+        report.connects_per_second = report.connected as f64 / report.connect_seconds;
+    }
     print_table(&report);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report).unwrap()).expect("write --json");

@@ -15,10 +15,30 @@ fn quantiles() -> Vec<f64> {
     q
 }
 
+/// The charts' font, carried along (DejaVu Sans, see `assets/DejaVuSans-LICENSE`) so that a
+/// PNG renders the same on a host with no fonts installed.
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+const SIZE: (u32, u32) = (1200, 480);
+
+/// Draws to `path`: a PNG if it ends in `.png`, SVG otherwise.
 pub fn draw(path: &std::path::Path, r: &Report) -> Result<(), String> {
-    let Some((lat, _)) = &r.hists else { return Err("no latency recorded (idle and storm scenarios have none)".into()) };
+    if r.hists.is_none() {
+        return Err("no latency recorded (idle and storm scenarios have none)".into());
+    }
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+        charts(BitMapBackend::new(path, SIZE).into_drawing_area(), r)
+    } else {
+        charts(SVGBackend::new(path, SIZE).into_drawing_area(), r)
+    }
+}
+
+fn charts<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, r: &Report) -> Result<(), String> {
+    let Some((lat, _)) = &r.hists else { return Err("no latency recorded".into()) };
     let err = |e: &dyn std::fmt::Display| e.to_string();
-    let root = SVGBackend::new(path, (1200, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (left, right) = root.split_horizontally(640);
 
@@ -55,7 +75,13 @@ pub fn draw(path: &std::path::Path, r: &Report) -> Result<(), String> {
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..(series.len().max(1) as f64), 0f64..y2)
         .map_err(|e| err(&e))?;
-    chart.configure_mesh().x_desc("second").draw().map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("second")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()
+        .map_err(|e| err(&e))?;
     chart
         .draw_series(LineSeries::new(series.iter().enumerate().map(|(i, v)| (i as f64 + 1.0, *v as f64)), RED.stroke_width(2)))
         .map_err(|e| err(&e))?;
@@ -88,6 +114,11 @@ mod tests {
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(svg.contains("delivery latency by percentile") && svg.contains("deliveries per second"));
         assert!(svg.contains("<polyline"), "the lines are drawn");
+        let png = dir.path().join("p.png");
+        draw(&png, &r).unwrap();
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "a PNG file");
+        assert!(bytes.len() > 10_000, "with something drawn in it: {} bytes", bytes.len());
         let empty = Report::default();
         assert!(draw(&path, &empty).is_err(), "no histogram: a clear error, no picture");
     }

@@ -22,12 +22,18 @@ struct Engine {
 
 impl Engine {
     fn start() -> Engine {
+        Engine::start_with(&["--dev-auth"])
+    }
+
+    fn start_with(auth: &[&str]) -> Engine {
         let exe = Path::new(LOADGEN).with_file_name("shardchat");
         assert!(exe.exists(), "{} is missing: build it first (`cargo build -p shardchat`; `cargo test --workspace` does)", exe.display());
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let child = Command::new(exe)
-            .args(["serve", "--dev-auth", "--no-http", "--shards", "2", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg("serve")
+            .args(auth)
+            .args(["--no-http", "--shards", "2", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(dir.path().join("data"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -150,6 +156,27 @@ fn groups_mixed_and_a_reconnect_storm_lose_nothing() {
         .unwrap();
     assert!(out.status.success());
     assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"), "--plot wrote a picture");
+    assert!(g["connects_per_second"].as_f64().unwrap() > 0.0, "{g}");
+}
+
+#[test]
+fn without_dev_auth_users_log_in_with_minted_tokens() {
+    let e = Engine::start_with(&["--jwt-secret", "load-test-secret"]);
+    let r = loadgen(
+        &e.url(),
+        &["--scenario", "direct", "--connections", "8", "--rate", "40", "--duration", "1", "--jwt-secret", "load-test-secret"],
+    );
+    clean(&r);
+    assert_eq!((n(&r, "connected"), n(&r, "delivered")), (8, n(&r, "sent")), "{r}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(LOADGEN)
+        .args(["--target", &e.url(), "--scenario", "idle", "--connections", "2", "--duration", "1", "--jwt-secret", "wrong", "--json"])
+        .arg(dir.path().join("r.json"))
+        .output()
+        .unwrap();
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).unwrap()).unwrap();
+    assert!(out.status.success());
+    assert_eq!((n(&r, "connected"), n(&r, "connect_failures")), (0, 2), "a wrong secret is refused: {r}");
 }
 
 #[test]
