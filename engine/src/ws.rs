@@ -390,6 +390,17 @@ mod tests {
     }
 
     proptest! {
+        /// Whatever bytes a client sends, in whatever pieces: no panic, and a refusal is one of
+        /// the three close codes a server gives for bad input.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600), cuts in proptest::collection::vec(any::<usize>(), 0..6)) {
+            let (_, out, r) = run(&bytes, &cuts, 256);
+            if let Err(e) = out {
+                prop_assert!([1002, 1007, 1009].contains(&e.code), "{e:?}");
+            }
+            prop_assert!(r.held_bytes() <= 2 * (600 + 256), "holds at most about a frame: {}", r.held_bytes());
+        }
+
         /// However the stream is split into reads, the same messages come out, in order.
         #[test]
         fn any_split_gives_the_same_messages(
