@@ -111,6 +111,19 @@ impl ConnHandle {
             // SAFETY: `Payload::text` is the bytes of a `String`, so valid UTF-8.
             Message::Text(unsafe { Utf8Bytes::from_bytes_unchecked(payload.text()) })
         };
+        self.enqueue(msg, bytes_max)
+    }
+
+    /// Queues a control frame (a pong) under the same bound: a client that pings without reading
+    /// is a slow consumer like any other.
+    fn push_control(self: &Rc<Self>, m: Message, bytes_max: usize) -> Pushed {
+        if self.closing.get().is_some() {
+            return Pushed::Closing;
+        }
+        self.enqueue(m, bytes_max)
+    }
+
+    fn enqueue(self: &Rc<Self>, msg: Message, bytes_max: usize) -> Pushed {
         let len = msg.len();
         if self.queued_bytes.get() + len > bytes_max {
             tracing::debug!(queued = self.queued_bytes.get(), "slow consumer: closing");
@@ -142,14 +155,6 @@ impl ConnHandle {
             }
         })
         .detach();
-    }
-
-    /// Queues a control frame (a pong): small, bounded by the client's own pings.
-    fn push_control(&self, m: Message) {
-        if self.closing.get().is_none() {
-            self.queued_bytes.set(self.queued_bytes.get() + m.len());
-            self.queue.borrow_mut().push_back(m);
-        }
     }
 
     fn pop(&self) -> Option<Message> {
@@ -424,7 +429,9 @@ fn inbound(d: &Rc<Driver>, conn: u64, h: &Rc<ConnHandle>, msg: Msg<'_>) {
             decode_binary(b, &d.limits)
         }
         Msg::Ping(p) => {
-            h.push_control(Message::Pong(p.to_vec().into()));
+            if h.push_control(Message::Pong(p.to_vec().into()), d.cfg.outbound_queue_bytes_max) == Pushed::Overflowed {
+                ShardMetrics::add(&d.metrics.closes_slow_consumer, 1);
+            }
             d.dispatch(Event::Activity { conn });
             return;
         }
@@ -466,5 +473,21 @@ mod tests {
         assert_eq!(h.queue.borrow().len(), 3, "durable frames still queue up to the bound");
         while h.pop().is_some() {}
         assert_eq!(h.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn pongs_count_against_the_bound_too() {
+        // Inside an executor: closing arms a timer.
+        glommio::LocalExecutor::default().run(async {
+            let h = Rc::new(ConnHandle::new(-1));
+            let pong = || Message::Pong(vec![0; 100].into());
+            let max = 1_000;
+            for _ in 0..10 {
+                assert_eq!(h.push_control(pong(), max), Pushed::Queued);
+            }
+            assert_eq!(h.push_control(pong(), max), Pushed::Overflowed, "a ping flood from a client that does not read");
+            assert_eq!(h.closing.get().map(|c| c.0), Some(1013));
+            assert_eq!(h.push_control(pong(), max), Pushed::Closing);
+        });
     }
 }
