@@ -155,3 +155,14 @@ async fn protocol_violations_close_with_their_codes_and_harm_nobody() {
         assert_eq!(calm.next_text("ack").await["cmid"], "ok");
     }
 }
+
+#[tokio::test]
+async fn a_request_that_is_not_a_websocket_upgrade_gets_400() {
+    let s = Server::start(&[]);
+    let mut sock = TcpStream::connect(("127.0.0.1", s.port)).await.unwrap();
+    sock.write_all(b"GET /ws?user=alice HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, sock.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}

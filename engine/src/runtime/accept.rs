@@ -1,6 +1,7 @@
 //! Accepting: every shard accepts on its own SO_REUSEPORT listener, reads the upgrade request
-//! head, authenticates it, and hands the socket to the user's home shard.
+//! head, authenticates it, builds the `101` answer, and hands the socket to the user's home shard.
 
+use super::conn::Upgrade;
 use super::driver::{Driver, Wire};
 use crate::http::{response, RequestHead, HEAD_BYTES_MAX};
 use futures::future::{select, Either};
@@ -73,9 +74,18 @@ async fn handshake(d: Rc<Driver>, mut stream: TcpStream) {
             return;
         }
     };
+    let answer = match head.upgrade_response() {
+        Ok(answer) => answer,
+        Err(why) => {
+            tracing::debug!(%why, "not a WebSocket upgrade");
+            let _ = stream.write_all(&response(400, "Bad Request", &why)).await;
+            return;
+        }
+    };
+    let upgrade = Upgrade { answer, early: bytes[head.len..].to_vec() };
     let home = home_shard(&identity.user, d.cfg.shards);
     if home == d.id {
-        super::conn::start(&d, stream, bytes, identity);
+        super::conn::start(&d, stream, upgrade, identity);
         return;
     }
     // Hand the socket over: a duplicate descriptor travels, this one closes with the stream.
@@ -85,7 +95,7 @@ async fn handshake(d: Rc<Driver>, mut stream: TcpStream) {
         tracing::warn!("dup failed: out of descriptors");
         return;
     }
-    if d.senders.send_to(home, Wire::Adopt { fd, head: bytes, identity }).await.is_err() {
+    if d.senders.send_to(home, Wire::Adopt { fd, upgrade, identity }).await.is_err() {
         // The home shard is gone (shutting down): the descriptor was not taken over.
         // SAFETY: `fd` is our dup; nobody else closes it.
         unsafe { libc::close(fd) };

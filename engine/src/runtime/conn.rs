@@ -8,7 +8,6 @@
 
 use super::driver::Driver;
 use crate::auth::Identity;
-use crate::http::{response, RequestHead};
 use crate::metrics::ShardMetrics;
 use crate::ws::{self, Fed, FrameReader, Msg, WsError};
 use futures::io::{AsyncRead, AsyncWrite};
@@ -164,30 +163,36 @@ impl ConnHandle {
     }
 }
 
-/// Takes over a socket another shard accepted and authenticated.
-pub fn adopt(d: &Rc<Driver>, fd: RawFd, head: Vec<u8>, identity: Identity) {
+/// Takes over a socket another shard accepted, authenticated and found a valid upgrade.
+pub fn adopt(d: &Rc<Driver>, fd: RawFd, upgrade: Upgrade, identity: Identity) {
     // SAFETY: the accepting shard handed us this descriptor (a dup it no longer uses).
     let stream = unsafe { TcpStream::from_raw_fd(fd) };
-    start(d, stream, head, identity);
+    start(d, stream, upgrade, identity);
 }
 
-/// Runs a connection on this (its home) shard. `head` holds the bytes the accepting shard read:
-/// the upgrade request and possibly the first frames.
-pub fn start(d: &Rc<Driver>, stream: TcpStream, head: Vec<u8>, identity: Identity) {
+/// What the accepting shard worked out from the upgrade request: the `101` to send and any
+/// bytes the client sent after the request (frames it did not wait to send).
+pub struct Upgrade {
+    pub answer: Vec<u8>,
+    pub early: Vec<u8>,
+}
+
+/// Runs a connection on this (its home) shard.
+pub fn start(d: &Rc<Driver>, stream: TcpStream, upgrade: Upgrade, identity: Identity) {
     let d = d.clone();
     // This task lives as long as the connection, and its state (the largest of its await points)
     // is memory every connection pays. So the handshake and the close, whose futures are large,
     // run boxed: their state exists only while they run. What stays is `Conn` and two `Rc`s.
     // The arguments travel boxed too: what an `async` block captures stays in its state for good,
     // even after it is moved out (160 bytes a connection, unboxed).
-    let setup = Box::new((stream, head, identity));
+    let setup = Box::new((stream, upgrade, identity));
     glommio::spawn_local(async move {
         // (A block, so that the box is freed here rather than when the task ends.)
-        let (stream, head, identity) = {
+        let (stream, Upgrade { answer, mut early }, identity) = {
             let setup = setup;
             *setup
         };
-        let Some((stream, mut early)) = Box::pin(upgrade(stream, head)).await else { return };
+        let Some(stream) = Box::pin(answer_upgrade(stream, answer)).await else { return };
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let id = d.next_conn_id();
         let handle = Rc::new(ConnHandle::new(fd));
@@ -206,20 +211,11 @@ pub fn start(d: &Rc<Driver>, stream: TcpStream, head: Vec<u8>, identity: Identit
     .detach();
 }
 
-/// Answers the upgrade request in `head`; returns the stream and any bytes the client sent after
-/// the request (frames it did not wait to send).
-async fn upgrade(mut stream: TcpStream, head: Vec<u8>) -> Option<(TcpStream, Vec<u8>)> {
+/// Sends the `101`; `None` if the client is already gone.
+async fn answer_upgrade(mut stream: TcpStream, answer: Vec<u8>) -> Option<TcpStream> {
     let _ = stream.set_nodelay(true);
-    let req = RequestHead::parse(&head).ok()??;
-    match req.upgrade_response() {
-        Ok(answer) => stream.write_all(&answer).await.ok()?,
-        Err(why) => {
-            tracing::debug!(%why, "not a WebSocket upgrade");
-            let _ = stream.write_all(&response(400, "Bad Request", &why)).await;
-            return None;
-        }
-    }
-    Some((stream, head[req.len..].to_vec()))
+    stream.write_all(&answer).await.ok()?;
+    Some(stream)
 }
 
 /// Why a connection's task ends.
@@ -317,7 +313,7 @@ impl Conn {
         }
         let (d, id, h) = (&self.d, self.id, &self.h);
         let mut closed_with = None;
-        let outcome = self.reader.feed(bytes, d.message_bytes_max, |msg| {
+        let outcome = self.reader.feed(bytes, d.cfg.ws_message_bytes_max(), |msg| {
             if let Msg::Close(code) = msg {
                 closed_with = Some(code);
             }
@@ -353,7 +349,7 @@ impl Conn {
             let d = self.d.clone();
             let mut batch = d.write_buf.borrow_mut();
             batch.clear();
-            while batch.len() < d.write_batch_bytes {
+            while batch.len() < d.cfg.write_batch_bytes {
                 let Some(m) = self.h.pop() else { break };
                 encode_message(&m, &mut batch);
             }

@@ -1,7 +1,7 @@
 //! The driver of one shard: feeds events into the [`Shard`] state machine and carries out the
 //! actions it returns: writes to connections, batches to other shards, jobs on the blocking pool.
 
-use super::conn::{ConnHandle, Pushed};
+use super::conn::{ConnHandle, Pushed, Upgrade};
 use crate::auth::{Authenticator, Identity};
 use crate::config::Config;
 use crate::metrics::ShardMetrics;
@@ -31,9 +31,9 @@ const SLOW_COMMIT: Duration = Duration::from_millis(50);
 pub enum Wire {
     /// A batch of shard messages, in the order the sender produced them.
     Batch(Vec<PeerMsg>),
-    /// A socket whose upgrade request was read and authenticated on another shard: this shard is
-    /// the user's home and takes it over. `head` holds the bytes already read from it.
-    Adopt { fd: RawFd, head: Vec<u8>, identity: Identity },
+    /// A socket whose upgrade request was read, authenticated and validated on another shard:
+    /// this shard is the user's home and takes it over.
+    Adopt { fd: RawFd, upgrade: Upgrade, identity: Identity },
 }
 
 /// A one-slot wake-up: `ring` from anywhere on this thread, `wait` in one task.
@@ -67,14 +67,11 @@ pub struct Driver {
     pub cfg: Arc<Config>,
     pub auth: Authenticator,
     pub limits: Limits,
-    /// Largest WebSocket message a client may send.
-    pub message_bytes_max: usize,
     /// The shard's one read buffer: every connection reads into it on readiness and parses
     /// there, so idle connections hold no buffer. Borrowed only within a synchronous poll.
     pub read_buf: RefCell<Vec<u8>>,
     /// Where queued frames are encoded before one write; borrowed like `read_buf`.
     pub write_buf: RefCell<Vec<u8>>,
-    pub write_batch_bytes: usize,
     shard: RefCell<Shard>,
     conns: RefCell<HashMap<u64, Rc<ConnHandle>>>,
     next_conn: Cell<u64>,
@@ -109,10 +106,8 @@ impl Driver {
             id,
             auth: Authenticator::new(cfg.jwt_secret.as_deref(), cfg.dev_auth),
             limits: Limits { body_bytes_max: cfg.body_bytes_max },
-            message_bytes_max: cfg.ws_message_bytes_max(),
             read_buf: RefCell::new(vec![0; cfg.shard_read_buffer_bytes]),
             write_buf: RefCell::new(Vec::with_capacity(cfg.write_batch_bytes)),
-            write_batch_bytes: cfg.write_batch_bytes,
             shard: RefCell::new(Shard::new(sc, now(started))),
             conns: RefCell::new(HashMap::new()),
             next_conn: Cell::new(1),
@@ -145,7 +140,7 @@ impl Driver {
                                 d.dispatch(Event::Peer(m));
                             }
                         }
-                        Wire::Adopt { fd, head, identity } => super::conn::adopt(&d, fd, head, identity),
+                        Wire::Adopt { fd, upgrade, identity } => super::conn::adopt(&d, fd, upgrade, identity),
                     }
                 }
             })
