@@ -33,7 +33,7 @@ pub async fn run(args: &Args, report: &mut Report) {
             let reader = crate::rt::spawn(async move {
                 let mut local = hist();
                 let mut got = 0;
-                let deadline = schedule.start + schedule.interval.mul_f64(schedule.total as f64) + ECHO_GRACE;
+                let deadline = schedule.end() + ECHO_GRACE;
                 while got < schedule.total {
                     match crate::rt::timeout_at(deadline, rx.next()).await {
                         Ok(Some(Ok(Message::Text(t)))) => {
@@ -50,12 +50,8 @@ pub async fn run(args: &Args, report: &mut Report) {
                 sh2.lost.fetch_add(schedule.total - got, Relaxed);
                 sh2.latency.lock().unwrap().as_mut().unwrap().add(&local).unwrap();
             });
-            crate::rt::sleep_until(schedule.start).await;
-            let wall0 = now_us();
-            for k in 0..schedule.total {
-                let due = schedule.start + schedule.interval.mul_f64(k as f64);
-                crate::rt::sleep_until(due).await;
-                let stamp = wall0 + due.saturating_duration_since(schedule.start).as_micros() as u64;
+            let mut ticks = schedule.ticks();
+            while let Some((_, stamp)) = ticks.next().await {
                 if tx.send(Message::Text(format!("{stamp}|{pad}").into())).await.is_err() {
                     sh.errors.fetch_add(1, Relaxed);
                     break;

@@ -610,8 +610,44 @@ struct Schedule {
     total: u64,
 }
 
+impl Schedule {
+    /// When the last send is due.
+    fn end(&self) -> Instant {
+        self.start + self.interval.mul_f64(self.total as f64)
+    }
+
+    /// Walks the schedule open loop: see [`Ticks::next`].
+    fn ticks(self) -> Ticks {
+        Ticks { s: self, k: 0, wall0: None }
+    }
+}
+
+struct Ticks {
+    s: Schedule,
+    k: u64,
+    /// The wall clock at `start`, read once so stamps follow the schedule, not the clock's steps.
+    wall0: Option<u64>,
+}
+
+impl Ticks {
+    /// Waits until send `k` is due and gives `k` and its stamp: the wall-clock time it was due,
+    /// not when it happened, so a stalled sender or server shows up as latency (coordinated
+    /// omission corrected). `None` once all are sent.
+    async fn next(&mut self) -> Option<(u64, u64)> {
+        let k = self.k;
+        if k >= self.s.total {
+            return None;
+        }
+        let due = self.s.start + self.s.interval.mul_f64(k as f64);
+        crate::rt::sleep_until(due).await;
+        let wall0 = *self.wall0.get_or_insert_with(now_us);
+        self.k += 1;
+        Some((k, wall0 + due.saturating_duration_since(self.s.start).as_micros() as u64))
+    }
+}
+
 async fn sender(ws: Ws, dest: Dest, sh: Arc<Shared>, pad: String, schedule: Schedule, binary: bool) {
-    let Schedule { start, interval, total } = schedule;
+    let total = schedule.total;
     let (mut tx, mut rx) = ws.split();
     let sh2 = sh.clone();
     let acks = crate::rt::spawn(async move {
@@ -637,15 +673,8 @@ async fn sender(ws: Ws, dest: Dest, sh: Arc<Shared>, pad: String, schedule: Sche
         }
         sh2.ack_latency.lock().unwrap().as_mut().unwrap().add(&local).unwrap();
     });
-    // `start` lies in the future; anchor the wall clock to it once.
-    let start0 = start;
-    crate::rt::sleep_until(start).await;
-    let wall0 = now_us();
-    for i in 0..total {
-        let due = start + interval.mul_f64(i as f64);
-        crate::rt::sleep_until(due).await;
-        // The scheduled time on the wall clock: when this send was due, not when it happened.
-        let stamp = wall0 + due.saturating_duration_since(start0).as_micros() as u64;
+    let mut ticks = schedule.ticks();
+    while let Some((i, stamp)) = ticks.next().await {
         let (to, conv) = match &dest {
             Dest::To(u) => (Some(u.clone()), None),
             Dest::Conv(c) => (None, Some(c.clone())),

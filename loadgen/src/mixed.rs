@@ -87,7 +87,7 @@ async fn member(
     let reader = crate::rt::spawn(async move {
         let (mut lat, mut ack) = (hist(), hist());
         let mut seen = HashSet::new();
-        let deadline = s.start + s.interval.mul_f64(s.total as f64) + GRACE;
+        let deadline = s.end() + GRACE;
         let mut acks = 0;
         while (seen.len() as u64) < expect || acks < s.total {
             let v = match crate::rt::timeout_at(deadline, rx.next()).await {
@@ -140,15 +140,11 @@ async fn member(
         sh2.ack_latency.lock().unwrap().as_mut().unwrap().add(&ack).unwrap();
     });
     let _ = tx.send(Message::Text(json!({"t":"presence_sub","users":watch}).to_string().into())).await;
-    crate::rt::sleep_until(s.start).await;
-    let wall0 = now_us();
-    for k in 0..s.total {
-        let due = s.start + s.interval.mul_f64(k as f64);
-        crate::rt::sleep_until(due).await;
+    let mut ticks = s.ticks();
+    while let Some((k, stamp)) = ticks.next().await {
         while let Ok(seq) = reads_rx.try_recv() {
             let _ = tx.send(Message::Text(json!({"t":"read","conv":conv,"seq":seq}).to_string().into())).await;
         }
-        let stamp = wall0 + due.saturating_duration_since(s.start).as_micros() as u64;
         let typing = json!({"t":"typing","conv":conv}).to_string();
         let send = json!({"t":"send","cmid":format!("{k}:{stamp}"),"conv":conv,"body":format!("{stamp}|{pad}")}).to_string();
         if tx.send(Message::Text(typing.into())).await.is_err() || tx.send(Message::Text(send.into())).await.is_err() {
