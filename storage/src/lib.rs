@@ -2,7 +2,8 @@
 //! membership (current and former), group names, each user's conversation list, receipt
 //! watermarks and last-seen times.
 //!
-//! [`MessageStore`] is the contract every backend keeps; [`FjallStore`] is the embedded default.
+//! [`MessageStore`] is the contract every backend keeps; [`FjallStore`] is the embedded default,
+//! [`ScyllaStore`] the one several nodes share.
 //! Calls block on disk: the shards never call them on their reactor threads but from their
 //! blocking pools (see `engine/src/runtime`). [`MessageStore::commit`] returns only once the
 //! batch is durable, and concurrent commits share fsyncs (group commit, see [`group`]).
@@ -10,8 +11,10 @@
 mod fjall_store;
 pub mod group;
 mod keys;
+mod scylla_store;
 
 pub use fjall_store::{FjallStore, StoreConfig};
+pub use scylla_store::{schema_statements, ScyllaConfig, ScyllaStore, SCHEMA_CQL};
 pub use shardchat_codec::{MsgRecord, ReceiptKind, Role};
 
 /// Why the store could not do what was asked. Every variant maps to the contract's
