@@ -14,6 +14,8 @@ pub struct Config {
     /// The control plane (REST, health, metrics); None turns it off.
     pub http: Option<SocketAddr>,
     pub data_dir: PathBuf,
+    /// Where messages live: None for the embedded store in `data_dir`, or a `scylla://` URI.
+    pub store: Option<String>,
     /// Shards (executor threads); 0 means one per available core.
     pub shards: usize,
     pub node_id: usize,
@@ -44,6 +46,7 @@ impl Default for Config {
             listen: "127.0.0.1:7700".parse().expect("valid literal"),
             http: Some("127.0.0.1:7701".parse().expect("valid literal")),
             data_dir: PathBuf::from("./data"),
+            store: None,
             shards: 0,
             node_id: 0,
             dev_auth: false,
@@ -80,6 +83,10 @@ pub struct ServeArgs {
     /// Directory of the embedded store. [default: ./data]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Message store: `scylla://HOST[:PORT][,HOST…]/KEYSPACE[?consistency=quorum]` for ScyllaDB
+    /// (apply the schema first with `shardchat migrate`); without it, the embedded store in --data-dir.
+    #[arg(long, value_name = "URI")]
+    pub store: Option<String>,
     /// Number of shards (one thread each, pinned); default one per core.
     #[arg(long)]
     pub shards: Option<usize>,
@@ -149,6 +156,9 @@ impl Config {
         if args.push_webhook.is_some() {
             c.push_webhook = args.push_webhook.clone();
         }
+        if args.store.is_some() {
+            c.store = args.store.clone();
+        }
         if args.jwt_secret.is_some() {
             c.jwt_secret = args.jwt_secret.clone();
         }
@@ -179,6 +189,9 @@ impl Config {
             if self.http.is_none() {
                 return Err("push_webhook needs the control plane (--http)".into());
             }
+        }
+        if let Some(uri) = &self.store {
+            shardchat_storage::ScyllaConfig::from_uri(uri).map_err(|e| format!("store: {e}"))?;
         }
         if self.heartbeat_timeout_ms < 1000 {
             return Err("heartbeat_timeout_ms must be at least 1000".into());

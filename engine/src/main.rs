@@ -20,7 +20,30 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the engine: shards on every core, WebSocket on --listen, embedded storage in --data-dir.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Apply the ScyllaDB schema (storage/schema.cql): creates the keyspace and tables if absent.
+    /// Safe to run again. Run it once before the first `serve --store scylla://…`.
+    Migrate(MigrateArgs),
+}
+
+#[derive(clap::Args)]
+struct MigrateArgs {
+    /// The cluster: scylla://HOST[:PORT][,HOST…]/KEYSPACE
+    #[arg(long, value_name = "URI")]
+    scylla: String,
+    /// Replicas of every row (SimpleStrategy); 3 for a production cluster.
+    #[arg(long, default_value_t = 3)]
+    replication_factor: u32,
+}
+
+fn migrate(args: MigrateArgs) -> Result<(), String> {
+    let cfg = shardchat_storage::ScyllaConfig::from_uri(&args.scylla)?;
+    if args.replication_factor == 0 {
+        return Err("--replication-factor must be at least 1".into());
+    }
+    let n = shardchat_storage::ScyllaStore::migrate(&cfg, args.replication_factor).map_err(|e| format!("migrate {}: {e}", args.scylla))?;
+    println!("schema applied to keyspace {} ({n} statements, replication factor {})", cfg.keyspace, args.replication_factor);
+    Ok(())
 }
 
 fn main() {
@@ -31,6 +54,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Serve(args) => Config::load(&args).and_then(shardchat::runtime::serve),
+        Cmd::Migrate(args) => migrate(args),
     };
     if let Err(e) = result {
         tracing::error!("{e}");

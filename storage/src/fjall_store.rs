@@ -319,4 +319,8 @@ impl MessageStore for FjallStore {
             None => Ok(0),
         }
     }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.persist()
+    }
 }

@@ -117,6 +117,12 @@ pub trait MessageStore: Send + Sync + 'static {
     fn user_convs(&self, user: &str) -> Result<Vec<String>, StoreError>;
     /// The stored watermark of `user` in `conv` (0 when none).
     fn watermark(&self, conv: &str, user: &str, kind: ReceiptKind) -> Result<u64, StoreError>;
+    /// Makes everything written so far durable before shutdown. Every commit is already durable
+    /// when it returns; this covers the bookkeeping writes (outbox and index queue removals)
+    /// that a backend may leave buffered.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

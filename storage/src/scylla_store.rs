@@ -29,7 +29,8 @@ use std::time::Duration;
 pub const SCHEMA_CQL: &str = include_str!("../schema.cql");
 
 /// Where the cluster is and how to talk to it, from a URI:
-/// `scylla://HOST:PORT[,HOST:PORT...][/KEYSPACE][?consistency=quorum|local_quorum|one|all]`.
+/// `scylla://HOST:PORT[,HOST:PORT...][/KEYSPACE][?consistency=quorum|local_quorum|one|all]`,
+/// and `&schema_metadata=off` for servers without `system_schema` (the CQL test double).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScyllaConfig {
     pub nodes: Vec<String>,
@@ -57,6 +58,7 @@ impl ScyllaConfig {
             return Err(format!("keyspace name {keyspace:?}: letters, digits and _ only, at most 48"));
         }
         let mut consistency = Consistency::Quorum;
+        let mut fetch_schema = true;
         for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
             match k {
                 "consistency" => {
@@ -69,10 +71,17 @@ impl ScyllaConfig {
                         other => return Err(format!("unknown consistency {other}")),
                     }
                 }
+                "schema_metadata" => {
+                    fetch_schema = match v {
+                        "on" => true,
+                        "off" => false,
+                        other => return Err(format!("schema_metadata is on or off, not {other}")),
+                    }
+                }
                 other => return Err(format!("unknown ScyllaDB URI option {other}")),
             }
         }
-        Ok(ScyllaConfig { nodes, keyspace, consistency, node: 0, fetch_schema: true })
+        Ok(ScyllaConfig { nodes, keyspace, consistency, node: 0, fetch_schema })
     }
 }
 
@@ -246,8 +255,10 @@ pub fn schema_statements(keyspace: &str, replication_factor: u32) -> Vec<String>
 fn t(s: &str) -> CqlValue {
     CqlValue::Text(s.to_string())
 }
+/// CQL's bigint is signed: bounds past i64::MAX (callers pass u64::MAX for "no bound") clamp,
+/// which no stored seq, id or time reaches.
 fn big(n: u64) -> CqlValue {
-    CqlValue::BigInt(n as i64)
+    CqlValue::BigInt(n.min(i64::MAX as u64) as i64)
 }
 fn limit(n: usize) -> CqlValue {
     CqlValue::Int(n.min(i32::MAX as usize) as i32)

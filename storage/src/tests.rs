@@ -48,6 +48,9 @@ pub fn conformance(store: &dyn MessageStore) {
     assert_eq!(seqs(store.messages_before(c, None, 2).unwrap()), vec![5, 4]);
     assert_eq!(seqs(store.messages_before(c, Some(4), 10).unwrap()), vec![3, 2, 1]);
     assert_eq!(seqs(store.messages_before(c, Some(1), 10).unwrap()), Vec::<u64>::new());
+    // u64::MAX is how callers say "no bound".
+    assert_eq!(seqs(store.messages_before(c, Some(u64::MAX), 2).unwrap()), vec![5, 4]);
+    assert_eq!(seqs(store.messages_after(c, u64::MAX, 2).unwrap()), Vec::<u64>::new());
     assert_eq!(store.find_cmid(c, "bob", "m4").unwrap().map(|m| m.seq), Some(4));
     assert_eq!(store.find_cmid(c, "alice", "m4").unwrap(), None, "dedup is per sender");
     assert_eq!(store.find_cmid(c, "bob", "m").unwrap(), None);
@@ -160,7 +163,7 @@ fn commits_from_many_threads_share_fsyncs() {
 // ---- The ScyllaDB backend ------------------------------------------------------------------
 
 fn scylla_over_double(double: &shardchat_cql_double::CqlDouble) -> ScyllaStore {
-    let cfg = ScyllaConfig { fetch_schema: false, ..ScyllaConfig::from_uri(&format!("scylla://{}/shardchat", double.addr())).unwrap() };
+    let cfg = ScyllaConfig::from_uri(&format!("scylla://{}/shardchat?schema_metadata=off", double.addr())).unwrap();
     assert_eq!(ScyllaStore::migrate(&cfg, 1).unwrap(), schema_statements("shardchat", 1).len());
     ScyllaStore::open(&cfg).unwrap()
 }
@@ -206,7 +209,7 @@ fn scylla_store_turns_an_unavailable_cluster_into_store_errors_and_recovers() {
 #[test]
 fn scylla_store_refuses_to_open_without_the_schema() {
     let double = shardchat_cql_double::CqlDouble::start().unwrap();
-    let cfg = ScyllaConfig { fetch_schema: false, ..ScyllaConfig::from_uri(&format!("scylla://{}", double.addr())).unwrap() };
+    let cfg = ScyllaConfig::from_uri(&format!("scylla://{}?schema_metadata=off", double.addr())).unwrap();
     let err = ScyllaStore::open(&cfg).err().expect("no tables yet");
     assert!(err.to_string().contains("shardchat migrate"), "{err}");
 }
@@ -218,8 +221,17 @@ fn scylla_uris_parse_and_bad_ones_are_refused() {
     assert_eq!(c.keyspace, "ks");
     assert_eq!(c.consistency, scylla::statement::Consistency::LocalQuorum);
     assert_eq!(ScyllaConfig::from_uri("scylla://h").unwrap().keyspace, "shardchat");
+    assert!(ScyllaConfig::from_uri("scylla://h").unwrap().fetch_schema);
+    assert!(!ScyllaConfig::from_uri("scylla://h?consistency=one&schema_metadata=off").unwrap().fetch_schema);
     assert_eq!(ScyllaConfig::from_uri("scylla://h").unwrap().consistency, scylla::statement::Consistency::Quorum);
-    for bad in ["redis://h", "scylla://", "scylla://h/bad-name", "scylla://h?consistency=most", "scylla://h?x=1"] {
+    for bad in [
+        "redis://h",
+        "scylla://",
+        "scylla://h/bad-name",
+        "scylla://h?consistency=most",
+        "scylla://h?x=1",
+        "scylla://h?schema_metadata=maybe",
+    ] {
         assert!(ScyllaConfig::from_uri(bad).is_err(), "{bad}");
     }
 }

@@ -13,7 +13,7 @@ use crate::metrics::ShardMetrics;
 use driver::{Driver, Wire};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{CpuSet, LocalExecutorBuilder, Placement, PoolPlacement};
-use shardchat_storage::{FjallStore, MessageStore, StoreConfig};
+use shardchat_storage::{FjallStore, MessageStore, ScyllaConfig, ScyllaStore, StoreConfig};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,10 +38,7 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     }
     raise_open_files_limit();
     probe_listen_address(&cfg)?;
-    let store =
-        FjallStore::open(&StoreConfig { dir: cfg.data_dir.clone(), commit_interval: Duration::from_micros(cfg.commit_interval_us) })
-            .map_err(|e| format!("opening the store in {}: {e}", cfg.data_dir.display()))?;
-    let store: Arc<FjallStore> = Arc::new(store);
+    let store = open_store(&cfg)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, shutdown.clone()).map_err(|e| format!("installing signal handler: {e}"))?;
@@ -77,7 +74,7 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     let control = match cfg.http {
         Some(_) => {
             let search = Arc::new(crate::search::SearchIndex::open(&cfg.data_dir.join("search"))?);
-            let (idx, st, stop) = (search.clone(), store.clone() as Arc<dyn MessageStore>, shutdown.clone());
+            let (idx, st, stop) = (search.clone(), store.clone(), shutdown.clone());
             std::thread::Builder::new()
                 .name("indexer".into())
                 .spawn(move || idx.run_indexer(st, stop))
@@ -107,9 +104,27 @@ pub fn serve(cfg: Config) -> Result<(), String> {
         Ok(Err(e)) => result = Err(e),
         Err(e) => result = Err(format!("bridge failed: {e}")),
     }
-    store.persist().map_err(|e| format!("final flush: {e}"))?;
+    store.flush().map_err(|e| format!("final flush: {e}"))?;
     tracing::info!("shardchat stopped");
     result
+}
+
+/// The embedded store in `data_dir`, or ScyllaDB when `store` names a cluster. The search index
+/// stays in `data_dir` either way: each node indexes the messages it commits.
+fn open_store(cfg: &Config) -> Result<Arc<dyn MessageStore>, String> {
+    match &cfg.store {
+        None => {
+            let sc = StoreConfig { dir: cfg.data_dir.clone(), commit_interval: Duration::from_micros(cfg.commit_interval_us) };
+            let store = FjallStore::open(&sc).map_err(|e| format!("opening the store in {}: {e}", cfg.data_dir.display()))?;
+            Ok(Arc::new(store))
+        }
+        Some(uri) => {
+            let sc = ScyllaConfig { node: cfg.node_id as i32, ..ScyllaConfig::from_uri(uri)? };
+            let store = ScyllaStore::open(&sc).map_err(|e| format!("opening the ScyllaDB store {uri}: {e}"))?;
+            tracing::info!(nodes = ?sc.nodes, keyspace = %sc.keyspace, consistency = ?sc.consistency, "message store: ScyllaDB");
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// Every connection is a descriptor: take the hard limit as the soft one, and say what it is
@@ -171,7 +186,7 @@ async fn shard_main(
     id: usize,
     cfg: Arc<Config>,
     mesh: MeshBuilder<Wire, glommio::channels::channel_mesh::Full>,
-    store: Arc<FjallStore>,
+    store: Arc<dyn MessageStore>,
     shutdown: Arc<AtomicBool>,
     metrics: Arc<ShardMetrics>,
 ) -> Result<(), String> {
@@ -179,7 +194,6 @@ async fn shard_main(
     if senders.peer_id() != id {
         return Err(format!("shard {id} joined the mesh as peer {}", senders.peer_id()));
     }
-    let store: Arc<dyn MessageStore> = store;
     let listener = bind_listener(cfg.listen).map_err(|e| format!("binding {}: {e}", cfg.listen))?;
     let d = Rc::new(Driver::new(id, cfg.clone(), store, senders, metrics));
     d.start_mesh(receivers);
