@@ -14,6 +14,8 @@ pub struct Config {
     /// The control plane (REST, health, metrics); None turns it off.
     pub http: Option<SocketAddr>,
     pub data_dir: PathBuf,
+    /// Cluster mode: the Redis that holds node liveness and the user directory (`redis://…`).
+    pub cluster: Option<String>,
     /// Where messages live: None for the embedded store in `data_dir`, or a `scylla://` URI.
     pub store: Option<String>,
     /// Shards (executor threads); 0 means one per available core.
@@ -47,6 +49,7 @@ impl Default for Config {
             http: Some("127.0.0.1:7701".parse().expect("valid literal")),
             data_dir: PathBuf::from("./data"),
             store: None,
+            cluster: None,
             shards: 0,
             node_id: 0,
             dev_auth: false,
@@ -83,6 +86,10 @@ pub struct ServeArgs {
     /// Directory of the embedded store. [default: ./data]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Cluster mode: Redis (`redis://HOST:PORT[/DB]`) for node liveness and the user → nodes
+    /// directory. Each node needs its own --node-id.
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
     /// Message store: `scylla://HOST[:PORT][,HOST…]/KEYSPACE[?consistency=quorum]` for ScyllaDB
     /// (apply the schema first with `shardchat migrate`); without it, the embedded store in --data-dir.
     #[arg(long, value_name = "URI")]
@@ -156,6 +163,9 @@ impl Config {
         if args.push_webhook.is_some() {
             c.push_webhook = args.push_webhook.clone();
         }
+        if args.cluster.is_some() {
+            c.cluster = args.cluster.clone();
+        }
         if args.store.is_some() {
             c.store = args.store.clone();
         }
@@ -188,6 +198,11 @@ impl Config {
             }
             if self.http.is_none() {
                 return Err("push_webhook needs the control plane (--http)".into());
+            }
+        }
+        if let Some(url) = &self.cluster {
+            if !url.starts_with("redis://") {
+                return Err(format!("cluster must be a redis:// URL (got {url})"));
             }
         }
         if let Some(uri) = &self.store {

@@ -2,6 +2,7 @@
 //! glommio runtime that runs the shards (`runtime/`, the only module that knows glommio).
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod http;

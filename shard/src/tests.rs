@@ -31,6 +31,8 @@ struct Sim {
     closed: Vec<(Dev, u16, &'static str)>,
     /// What the shards sent to peer `shards` (the control plane's bridge).
     bridge: Vec<PeerMsg>,
+    /// Cluster directory changes the shards reported: (user, here).
+    directory: Vec<(String, bool)>,
     rng: Rng,
     now: Now,
     next_conn: u64,
@@ -38,14 +40,24 @@ struct Sim {
 
 impl Sim {
     fn new(shards: usize, seed: u64, store: Arc<dyn MessageStore>) -> Sim {
+        Sim::with(shards, seed, store, |_| {})
+    }
+
+    fn with(shards: usize, seed: u64, store: Arc<dyn MessageStore>, tweak: impl Fn(&mut ShardConfig)) -> Sim {
         let now = Now { unix_ms: 1_800_000_000_000, mono_ms: 1_000 };
+        let config = |i| {
+            let mut c = ShardConfig::new(i, shards);
+            tweak(&mut c);
+            c
+        };
         Sim {
-            shards: (0..shards).map(|i| Shard::new(ShardConfig::new(i, shards), now)).collect(),
+            shards: (0..shards).map(|i| Shard::new(config(i), now)).collect(),
             inbox: (0..shards).map(|_| VecDeque::new()).collect(),
             store,
             received: HashMap::new(),
             closed: Vec::new(),
             bridge: Vec::new(),
+            directory: Vec::new(),
             rng: Rng(seed | 1),
             now,
             next_conn: 1,
@@ -120,6 +132,7 @@ impl Sim {
                         let outcome = run_read(&*self.store, job);
                         self.inbox[s].push_back(Event::LookupDone(outcome));
                     }
+                    Action::Directory { user, here } => self.directory.push((user, here)),
                 }
             }
         }
@@ -802,4 +815,33 @@ fn a_remote_session_is_a_connection_whose_frames_go_to_its_holder() {
     assert_eq!(bridge_frames(&mut sim, 7), vec![ServerFrame::Pong { r#ref: Some(Ref::Str("detached".into())) }]);
     sim.send(a, &send("bob", "2", "after expiry"));
     assert!(bridge_frames(&mut sim, 7).is_empty());
+}
+
+#[test]
+fn in_cluster_mode_a_users_first_arrival_and_last_departure_on_the_node_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    for seed in 1..=8 {
+        let store = store(&dir.path().join(seed.to_string()));
+        let mut sim = Sim::with(3, seed, store.clone(), |c| {
+            c.cluster = true;
+            c.heartbeat_timeout_ms = 5_000;
+        });
+        let a1 = sim.connect("alice");
+        let a2 = sim.connect("alice");
+        let b = sim.connect("bob");
+        assert_eq!(sim.directory, vec![("alice".into(), true), ("bob".into(), true)]);
+        sim.disconnect(a1);
+        assert_eq!(sim.directory.len(), 2, "alice still has a device here");
+        sim.disconnect(a2);
+        assert_eq!(sim.directory[2], ("alice".into(), false));
+        // A heartbeat timeout is a departure too.
+        sim.tick(10_000);
+        let _ = b;
+        assert_eq!(sim.directory[3], ("bob".into(), false));
+        // Outside cluster mode nothing is reported.
+        let mut single = Sim::new(2, seed, store);
+        let c = single.connect("carol");
+        single.disconnect(c);
+        assert!(single.directory.is_empty());
+    }
 }

@@ -32,6 +32,8 @@ pub struct Ctx {
     pub bridge: Bridge,
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Vec<Arc<crate::metrics::ShardMetrics>>>,
+    /// Cluster mode's link state, for /metrics.
+    pub cluster: Option<Arc<crate::cluster::ClusterState>>,
     /// Long-poll sessions by id (the id is the session's connection id at the bridge).
     pub sessions: Arc<std::sync::Mutex<std::collections::HashMap<u64, poll::PollSession>>>,
     pub next_session: Arc<std::sync::atomic::AtomicU64>,
@@ -137,6 +139,7 @@ impl ControlPlane {
         bridge: Bridge,
         shutdown: Arc<AtomicBool>,
         metrics: Vec<Arc<crate::metrics::ShardMetrics>>,
+        cluster: Option<Arc<crate::cluster::ClusterState>>,
         search: Arc<crate::search::SearchIndex>,
     ) -> Result<ControlPlane, String> {
         let addr = cfg.http.ok_or("no --http address")?;
@@ -168,6 +171,7 @@ impl ControlPlane {
             bridge,
             auth,
             metrics: Arc::new(metrics),
+            cluster,
             sessions: Default::default(),
             next_session: Default::default(),
             search,

@@ -84,7 +84,11 @@ async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
 
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
-    ([("content-type", "text/plain; version=0.0.4")], crate::metrics::render(&ctx.metrics))
+    let mut text = crate::metrics::render(&ctx.metrics);
+    if let Some(c) = &ctx.cluster {
+        c.render(&mut text);
+    }
+    ([("content-type", "text/plain; version=0.0.4")], text)
 }
 
 fn check_conv(conv: &str) -> ApiResult<()> {

@@ -3,6 +3,7 @@
 
 use super::conn::{ConnHandle, Pushed, Upgrade};
 use crate::auth::{Authenticator, Identity};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::ShardMetrics;
 use glommio::channels::channel_mesh::{Receivers, Senders};
@@ -76,6 +77,8 @@ pub struct Driver {
     conns: RefCell<HashMap<u64, Rc<ConnHandle>>>,
     next_conn: Cell<u64>,
     store: Arc<dyn MessageStore>,
+    /// Cluster mode's link to Redis (the directory of which node holds whom).
+    cluster: Option<Arc<Cluster>>,
     pub senders: Senders<Wire>,
     /// Messages for each other shard, sent as one batch by the flusher.
     outboxes: RefCell<Vec<Vec<PeerMsg>>>,
@@ -94,7 +97,14 @@ fn now(started: Instant) -> Now {
 }
 
 impl Driver {
-    pub fn new(id: usize, cfg: Arc<Config>, store: Arc<dyn MessageStore>, senders: Senders<Wire>, metrics: Arc<ShardMetrics>) -> Self {
+    pub fn new(
+        id: usize,
+        cfg: Arc<Config>,
+        store: Arc<dyn MessageStore>,
+        cluster: Option<Arc<Cluster>>,
+        senders: Senders<Wire>,
+        metrics: Arc<ShardMetrics>,
+    ) -> Self {
         let started = Instant::now();
         let mut sc = ShardConfig::new(id, cfg.shards);
         sc.node = cfg.node_id;
@@ -102,6 +112,7 @@ impl Driver {
         sc.wheel_slot_ms = (cfg.heartbeat_timeout_ms / 16).clamp(50, 1000);
         sc.read_frame_bytes_max = cfg.outbound_queue_bytes_max / 4;
         sc.push_enabled = cfg.push_webhook.is_some();
+        sc.cluster = cluster.is_some();
         Driver {
             id,
             auth: Authenticator::new(cfg.jwt_secret.as_deref(), cfg.dev_auth),
@@ -112,6 +123,7 @@ impl Driver {
             conns: RefCell::new(HashMap::new()),
             next_conn: Cell::new(1),
             store,
+            cluster,
             // One outbox per peer of the mesh: every shard, and the bridge (peer `shards`).
             outboxes: RefCell::new((0..=cfg.shards).map(|_| Vec::new()).collect()),
             outbox_len: Cell::new(0),
@@ -230,6 +242,11 @@ impl Driver {
 
     fn act(self: &Rc<Self>, a: Action) {
         match a {
+            Action::Directory { user, here } => {
+                if let Some(c) = &self.cluster {
+                    c.directory(user, here);
+                }
+            }
             Action::Send { conn, payload, class } => {
                 let Some(c) = self.conns.borrow().get(&conn).cloned() else { return };
                 let m = &self.metrics;

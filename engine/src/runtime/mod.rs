@@ -8,6 +8,7 @@ pub mod bridge;
 mod conn;
 mod driver;
 
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::Config;
 use crate::metrics::ShardMetrics;
 use driver::{Driver, Wire};
@@ -39,6 +40,12 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     raise_open_files_limit();
     probe_listen_address(&cfg)?;
     let store = open_store(&cfg)?;
+    let cluster = match &cfg.cluster {
+        Some(url) => {
+            Some(Arc::new(Cluster::start(ClusterConfig { redis: url.clone(), node: cfg.node_id, shards: cfg.shards, listen: cfg.listen })?))
+        }
+        None => None,
+    };
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, shutdown.clone()).map_err(|e| format!("installing signal handler: {e}"))?;
@@ -53,14 +60,14 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     let metrics: Vec<Arc<ShardMetrics>> = (0..cfg.shards).map(|_| Arc::new(ShardMetrics::default())).collect();
     let mut handles = Vec::new();
     for id in 0..cfg.shards {
-        let (cfg, mesh, store, shutdown) = (cfg.clone(), mesh.clone(), store.clone(), shutdown.clone());
+        let (cfg, mesh, store, shutdown, cluster) = (cfg.clone(), mesh.clone(), store.clone(), shutdown.clone(), cluster.clone());
         let metrics = metrics[id].clone();
         let cpu = cpus[id % cpus.len().max(1)];
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{id}"))
             .spin_before_park(Duration::from_micros(cfg.spin_before_park_us))
             .blocking_thread_pool_placement(PoolPlacement::Unbound(cfg.storage_threads_per_shard.max(1)))
-            .spawn(move || async move { shard_main(id, cfg, mesh, store, shutdown, metrics).await })
+            .spawn(move || async move { shard_main(id, cfg, mesh, store, cluster, shutdown, metrics).await })
             .map_err(|e| format!("starting shard {id}: {e}"))?;
         handles.push(h);
     }
@@ -79,7 +86,8 @@ pub fn serve(cfg: Config) -> Result<(), String> {
                 .name("indexer".into())
                 .spawn(move || idx.run_indexer(st, stop))
                 .map_err(|e| format!("search indexer thread: {e}"))?;
-            Some(crate::control::ControlPlane::start(cfg.clone(), store.clone(), bridge, shutdown.clone(), metrics, search)?)
+            let cluster_state = cluster.as_ref().map(|c| c.state.clone());
+            Some(crate::control::ControlPlane::start(cfg.clone(), store.clone(), bridge, shutdown.clone(), metrics, cluster_state, search)?)
         }
         None => {
             drop(bridge);
@@ -105,6 +113,10 @@ pub fn serve(cfg: Config) -> Result<(), String> {
         Err(e) => result = Err(format!("bridge failed: {e}")),
     }
     store.flush().map_err(|e| format!("final flush: {e}"))?;
+    // The shards are gone and hold no handle now: the link removes this node's liveness key.
+    if let Some(c) = cluster.and_then(Arc::into_inner) {
+        c.stop();
+    }
     tracing::info!("shardchat stopped");
     result
 }
@@ -187,6 +199,7 @@ async fn shard_main(
     cfg: Arc<Config>,
     mesh: MeshBuilder<Wire, glommio::channels::channel_mesh::Full>,
     store: Arc<dyn MessageStore>,
+    cluster: Option<Arc<Cluster>>,
     shutdown: Arc<AtomicBool>,
     metrics: Arc<ShardMetrics>,
 ) -> Result<(), String> {
@@ -195,7 +208,7 @@ async fn shard_main(
         return Err(format!("shard {id} joined the mesh as peer {}", senders.peer_id()));
     }
     let listener = bind_listener(cfg.listen).map_err(|e| format!("binding {}: {e}", cfg.listen))?;
-    let d = Rc::new(Driver::new(id, cfg.clone(), store, senders, metrics));
+    let d = Rc::new(Driver::new(id, cfg.clone(), store, cluster, senders, metrics));
     d.start_mesh(receivers);
     let acceptor = glommio::spawn_local(accept::accept_loop(d.clone(), listener));
     if id == 0 {

@@ -11,6 +11,9 @@ impl Shard {
         self.by_user.entry(user.clone()).or_default().push(conn);
         if first {
             self.presence_changed(&user);
+            if self.cfg.cluster {
+                self.actions.push(Action::Directory { user: user.clone(), here: true });
+            }
         }
         let c =
             Conn { user, last_active_ms: self.now.mono_ms, live_first: Vec::new(), sync: None, presence_targets: Vec::new(), remote: None };
@@ -33,6 +36,9 @@ impl Shard {
             if list.is_empty() {
                 self.by_user.remove(&c.user);
                 self.went_offline(&c.user);
+                if self.cfg.cluster {
+                    self.actions.push(Action::Directory { user: c.user.clone(), here: false });
+                }
             }
         }
     }

@@ -53,6 +53,9 @@ pub struct ShardConfig {
     pub receipts_coalesce_ms: u64,
     /// Whether messages for users with no connection go to the push outbox.
     pub push_enabled: bool,
+    /// Whether this node is one of several: users arriving and leaving are reported
+    /// ([`Action::Directory`]) for the cluster directory.
+    pub cluster: bool,
 }
 
 impl ShardConfig {
@@ -72,6 +75,7 @@ impl ShardConfig {
             typing_interval_ms: 2_000,
             receipts_coalesce_ms: 500,
             push_enabled: false,
+            cluster: false,
         }
     }
 }
@@ -130,6 +134,9 @@ pub enum Action {
     Read { conn: u64, job: ReadJob },
     /// Run a read job for the shard itself and feed back [`Event::LookupDone`].
     Lookup(ReadJob),
+    /// Cluster mode only: `user`'s first connection on this node arrived (`here`), or its last
+    /// one left. The home shard holds all of a user's connections on a node, so it knows.
+    Directory { user: String, here: bool },
 }
 
 /// Messages between shards: the only thing that crosses cores. Payloads are shared, not copied.

@@ -1,0 +1,408 @@
+//! Cluster mode (`serve --cluster redis://…`): this node's link to Redis, on a thread of its own
+//! (tokio, like the control plane; the shards never wait on Redis).
+//!
+//! What it keeps in Redis, all under `shardchat:`:
+//! - `node:{id}`: this node's liveness key, set with a TTL of [`NODE_TTL_MS`] and refreshed every
+//!   [`NODE_REFRESH_MS`]. A node that stops refreshing is dead to the others once it expires.
+//! - `nodes`: the set of node ids ever seen, so the others can tell a dead node from none.
+//! - `user:{user}:nodes` and `node:{id}:users`: the directory, both directions. The home shards
+//!   report a user's first connection on this node and their last one leaving
+//!   ([`shardchat_shard::Action::Directory`]); the link writes each batch of changes in one
+//!   transaction (MULTI) together with a refresh of the liveness key.
+//!
+//! Exactness: the link's own set of users here is the truth for this node. It rewrites its part
+//! of the directory whole on every (re)connection, on a Redis that lost its data, and when its
+//! liveness key had expired (a repairer may have removed it meanwhile). When a node dies, the
+//! live node with the lowest id repairs the directory: a Lua script removes the dead node from
+//! every user it listed, atomically and only if the dead node's key is still absent, so a node
+//! coming back at that moment is never wiped.
+//!
+//! Redis down: nothing the shards do waits on it; the link retries every refresh and rewrites its
+//! part of the directory when Redis answers again.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How often the liveness key is refreshed and the live set read.
+pub const NODE_REFRESH_MS: u64 = 1_000;
+/// Life of the liveness key: three refreshes, so one slow refresh does not kill a node.
+pub const NODE_TTL_MS: u64 = 3_000;
+/// Directory changes queued between the shards and the link; beyond it the link stops taking
+/// changes one by one and rewrites the node's directory whole (nothing is lost, only batched).
+const DIRECTORY_CHANGES_MAX: usize = 64 * 1024;
+/// Longest wait for one Redis round trip before the link counts Redis as down.
+const REDIS_TIMEOUT_MS: u64 = 2_000;
+
+const PREFIX: &str = "shardchat:";
+
+fn node_key(node: usize) -> String {
+    format!("{PREFIX}node:{node}")
+}
+fn node_users_key(node: usize) -> String {
+    format!("{PREFIX}node:{node}:users")
+}
+fn user_nodes_key(user: &str) -> String {
+    format!("{PREFIX}user:{user}:nodes")
+}
+const NODES_KEY: &str = "shardchat:nodes";
+
+/// Removes a dead node from the directory, only while its liveness key is absent.
+const REPAIR_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local users = redis.call('SMEMBERS', KEYS[2])
+for _, u in ipairs(users) do
+  redis.call('SREM', ARGV[2] .. u .. ARGV[3], ARGV[1])
+end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[1])
+return #users
+";
+
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub redis: String,
+    pub node: usize,
+    pub shards: usize,
+    /// Where this node's clients connect (published in its liveness key for operators).
+    pub listen: std::net::SocketAddr,
+}
+
+/// What the rest of the node may read about the cluster: metrics, health.
+#[derive(Default)]
+pub struct ClusterState {
+    redis_up: AtomicBool,
+    live: Mutex<Vec<usize>>,
+    directory_writes: AtomicU64,
+    rewrites: AtomicU64,
+    repairs: AtomicU64,
+}
+
+impl ClusterState {
+    pub fn redis_up(&self) -> bool {
+        self.redis_up.load(Ordering::Relaxed)
+    }
+
+    /// Live nodes as last read from Redis (this one included while Redis answers).
+    pub fn live(&self) -> Vec<usize> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Prometheus text for the cluster link.
+    pub fn render(&self, out: &mut String) {
+        let gauges = [
+            (
+                "shardchat_cluster_redis_up",
+                "gauge",
+                "Whether the last Redis round trip succeeded (1) or not (0).",
+                u64::from(self.redis_up()),
+            ),
+            (
+                "shardchat_cluster_live_nodes",
+                "gauge",
+                "Nodes whose liveness key was present at the last refresh.",
+                self.live().len() as u64,
+            ),
+            (
+                "shardchat_cluster_directory_writes_total",
+                "counter",
+                "Batches of directory changes written.",
+                self.directory_writes.load(Ordering::Relaxed),
+            ),
+            (
+                "shardchat_cluster_directory_rewrites_total",
+                "counter",
+                "Times this node rewrote its part of the directory whole.",
+                self.rewrites.load(Ordering::Relaxed),
+            ),
+            (
+                "shardchat_cluster_repairs_total",
+                "counter",
+                "Dead nodes this node removed from the directory.",
+                self.repairs.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, v) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
+    }
+}
+
+/// The shards' handle: report directory changes without waiting.
+pub struct Cluster {
+    changes: mpsc::Sender<(String, bool)>,
+    overflow: Arc<AtomicBool>,
+    pub state: Arc<ClusterState>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Cluster {
+    /// Starts the link thread. Redis being unreachable is not an error: the node serves its own
+    /// clients and the link keeps trying.
+    pub fn start(cfg: ClusterConfig) -> Result<Cluster, String> {
+        let client = redis::Client::open(cfg.redis.as_str()).map_err(|e| format!("cluster: {}: {e}", cfg.redis))?;
+        let (tx, rx) = mpsc::channel(DIRECTORY_CHANGES_MAX);
+        let state = Arc::new(ClusterState::default());
+        let overflow = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let link = Link {
+            client,
+            con: None,
+            here: HashSet::new(),
+            pending: Vec::new(),
+            rewrite: true,
+            overflow: overflow.clone(),
+            state: state.clone(),
+            value: format!("{{\"listen\":\"{}\",\"shards\":{},\"pid\":{}}}", cfg.listen, cfg.shards, std::process::id()),
+            down_logged: false,
+            cfg,
+        };
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("cluster".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("cluster runtime");
+                rt.block_on(link.run(rx, stop2));
+            })
+            .map_err(|e| format!("cluster thread: {e}"))?;
+        Ok(Cluster { changes: tx, overflow, state, thread: Some(thread), stop })
+    }
+
+    /// From a home shard: `user`'s first connection here arrived (`here`) or the last one left.
+    pub fn directory(&self, user: String, here: bool) {
+        if self.changes.try_send((user, here)).is_err() {
+            // Full (or stopping): the link will rewrite the node's directory from what it
+            // knows plus what is still queued; this change must not be lost, so count on that.
+            self.overflow.store(true, Ordering::Release);
+        }
+    }
+
+    /// Stops the link. The liveness key is removed so the others see this node gone at once.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Link {
+    cfg: ClusterConfig,
+    client: redis::Client,
+    con: Option<redis::aio::MultiplexedConnection>,
+    /// Users with a connection on this node: the truth the directory is made to match.
+    here: HashSet<String>,
+    /// Changes to `here` not yet written.
+    pending: Vec<(String, bool)>,
+    /// Rewrite this node's part of the directory whole at the next chance.
+    rewrite: bool,
+    overflow: Arc<AtomicBool>,
+    state: Arc<ClusterState>,
+    value: String,
+    down_logged: bool,
+}
+
+impl Link {
+    async fn run(mut self, mut rx: mpsc::Receiver<(String, bool)>, stop: Arc<AtomicBool>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(NODE_REFRESH_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Stop is checked at least this often.
+        let mut poll = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.refresh().await,
+                got = rx.recv() => {
+                    let Some(first) = got else { break };
+                    self.note(first);
+                    while let Ok(c) = rx.try_recv() {
+                        self.note(c);
+                    }
+                    if self.overflow.swap(false, Ordering::AcqRel) {
+                        // Changes were refused while the queue was full: what is queued now is
+                        // taken, and the next refresh rewrites the whole.
+                        while let Ok(c) = rx.try_recv() {
+                            self.note(c);
+                        }
+                        self.rewrite = true;
+                    }
+                    self.write_directory().await;
+                }
+                _ = poll.tick() => {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(con) = self.con.as_mut() {
+            let _ = timeout(redis::cmd("DEL").arg(node_key(self.cfg.node)).query_async::<()>(con)).await;
+        }
+    }
+
+    fn note(&mut self, (user, here): (String, bool)) {
+        let changed = if here { self.here.insert(user.clone()) } else { self.here.remove(&user) };
+        if changed {
+            self.pending.push((user, here));
+        }
+    }
+
+    async fn connection(&mut self) -> Option<redis::aio::MultiplexedConnection> {
+        if self.con.is_none() {
+            match timeout(self.client.get_multiplexed_async_connection()).await {
+                Ok(c) => {
+                    tracing::info!(node = self.cfg.node, redis = %self.cfg.redis, "cluster: connected to Redis");
+                    self.con = Some(c);
+                    self.rewrite = true;
+                    self.down_logged = false;
+                }
+                Err(e) => {
+                    self.down(e);
+                    return None;
+                }
+            }
+        }
+        self.con.clone()
+    }
+
+    fn down(&mut self, e: String) {
+        self.con = None;
+        self.state.redis_up.store(false, Ordering::Relaxed);
+        if !self.down_logged {
+            tracing::warn!(error = %e, "cluster: Redis unreachable; this node keeps serving its own clients and retries");
+            self.down_logged = true;
+        }
+    }
+
+    /// Writes pending directory changes (or the whole, when due) with a liveness refresh.
+    async fn write_directory(&mut self) {
+        if self.rewrite {
+            return self.rewrite_directory().await;
+        }
+        if self.pending.is_empty() {
+            return;
+        }
+        let Some(mut con) = self.connection().await else { return };
+        let node = self.cfg.node;
+        let mut p = redis::pipe();
+        p.atomic();
+        p.cmd("SET").arg(node_key(node)).arg(&self.value).arg("PX").arg(NODE_TTL_MS).arg("GET");
+        for (user, here) in &self.pending {
+            let op = if *here { "SADD" } else { "SREM" };
+            p.cmd(op).arg(user_nodes_key(user)).arg(node).ignore();
+            p.cmd(op).arg(node_users_key(node)).arg(user).ignore();
+        }
+        match timeout(p.query_async::<(Option<String>,)>(&mut con)).await {
+            Ok((previous,)) => {
+                self.pending.clear();
+                self.state.directory_writes.fetch_add(1, Ordering::Relaxed);
+                self.state.redis_up.store(true, Ordering::Relaxed);
+                if previous.is_none() {
+                    // Our key had expired: a repairer may have removed us meanwhile.
+                    self.rewrite = true;
+                    self.rewrite_directory().await;
+                }
+            }
+            Err(e) => {
+                self.down(e);
+                self.rewrite = true;
+            }
+        }
+    }
+
+    /// Makes this node's part of the directory exactly `here`.
+    async fn rewrite_directory(&mut self) {
+        let Some(mut con) = self.connection().await else { return };
+        let node = self.cfg.node;
+        let listed: Vec<String> = match timeout(redis::cmd("SMEMBERS").arg(node_users_key(node)).query_async(&mut con)).await {
+            Ok(v) => v,
+            Err(e) => return self.down(e),
+        };
+        let mut p = redis::pipe();
+        p.atomic();
+        p.cmd("SET").arg(node_key(node)).arg(&self.value).arg("PX").arg(NODE_TTL_MS).ignore();
+        p.cmd("SADD").arg(NODES_KEY).arg(node).ignore();
+        for gone in listed.iter().filter(|u| !self.here.contains(*u)) {
+            p.cmd("SREM").arg(user_nodes_key(gone)).arg(node).ignore();
+        }
+        p.cmd("DEL").arg(node_users_key(node)).ignore();
+        if !self.here.is_empty() {
+            p.cmd("SADD").arg(node_users_key(node)).arg(self.here.iter().collect::<Vec<_>>()).ignore();
+        }
+        for user in &self.here {
+            p.cmd("SADD").arg(user_nodes_key(user)).arg(node).ignore();
+        }
+        match timeout(p.query_async::<()>(&mut con)).await {
+            Ok(()) => {
+                self.pending.clear();
+                self.rewrite = false;
+                self.state.rewrites.fetch_add(1, Ordering::Relaxed);
+                self.state.redis_up.store(true, Ordering::Relaxed);
+                tracing::info!(node, users = self.here.len(), "cluster: directory rewritten");
+            }
+            Err(e) => self.down(e),
+        }
+    }
+
+    /// Refreshes the liveness key, reads the live set, repairs after dead nodes.
+    async fn refresh(&mut self) {
+        if self.rewrite || !self.pending.is_empty() {
+            self.write_directory().await;
+        }
+        let Some(mut con) = self.connection().await else { return };
+        let node = self.cfg.node;
+        let mut p = redis::pipe();
+        p.cmd("SET").arg(node_key(node)).arg(&self.value).arg("PX").arg(NODE_TTL_MS).arg("GET");
+        p.cmd("SADD").arg(NODES_KEY).arg(node).ignore();
+        p.cmd("SMEMBERS").arg(NODES_KEY);
+        let (previous, known): (Option<String>, BTreeSet<usize>) = match timeout(p.query_async(&mut con)).await {
+            Ok(v) => v,
+            Err(e) => return self.down(e),
+        };
+        self.state.redis_up.store(true, Ordering::Relaxed);
+        if previous.is_none() {
+            // Expired, or Redis lost its data: make our part of the directory whole again.
+            self.rewrite = true;
+            self.rewrite_directory().await;
+        }
+        let known: Vec<usize> = known.into_iter().collect();
+        let keys: Vec<String> = known.iter().map(|&n| node_key(n)).collect();
+        let values: Vec<Option<String>> = match timeout(redis::cmd("MGET").arg(&keys).query_async(&mut con)).await {
+            Ok(v) => v,
+            Err(e) => return self.down(e),
+        };
+        let live: Vec<usize> = known.iter().zip(&values).filter(|(_, v)| v.is_some()).map(|(&n, _)| n).collect();
+        let dead: Vec<usize> = known.iter().zip(&values).filter(|(_, v)| v.is_none()).map(|(&n, _)| n).filter(|&n| n != node).collect();
+        let before = std::mem::replace(&mut *self.state.live.lock().unwrap_or_else(|e| e.into_inner()), live.clone());
+        if before != live {
+            tracing::info!(?live, "cluster: live nodes changed");
+        }
+        // One repairer: the lowest live id.
+        if live.first() == Some(&node) {
+            for d in dead {
+                let script = redis::Script::new(REPAIR_LUA);
+                let mut inv = script.prepare_invoke();
+                inv.key(node_key(d)).key(node_users_key(d)).key(NODES_KEY).arg(d).arg(format!("{PREFIX}user:")).arg(":nodes");
+                match timeout(inv.invoke_async::<i64>(&mut con)).await {
+                    Ok(n) if n >= 0 => {
+                        self.state.repairs.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(dead = d, users = n, "cluster: node dead; removed from the directory");
+                    }
+                    Ok(_) => {}
+                    Err(e) => return self.down(e),
+                }
+            }
+        }
+    }
+}
+
+async fn timeout<T>(f: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
+    match tokio::time::timeout(Duration::from_millis(REDIS_TIMEOUT_MS), f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {REDIS_TIMEOUT_MS} ms")),
+    }
+}
