@@ -75,7 +75,10 @@ fn parse_scenario(s: &str) -> Result<Scenario, String> {
 #[derive(Parser, Debug, Clone)]
 #[command(name = "shardchat-loadgen", about = "Load generator for shardchat")]
 struct Args {
-    /// WebSocket endpoint, e.g. ws://127.0.0.1:7700/ws (dev-auth: users log in with ?user=)
+    /// WebSocket endpoint, e.g. ws://127.0.0.1:7700/ws (dev-auth: users log in with ?user=).
+    /// Several, comma-separated, spread connections round-robin: one per engine process when a
+    /// host runs several (each under its open-file cap). Across independent processes only
+    /// `idle` and `echo` make sense until they route messages to each other (cluster mode).
     #[arg(long, default_value = "ws://127.0.0.1:7700/ws")]
     target: String,
     /// idle | direct | group:SIZE | mixed | reconnect-storm | echo | presence-storm
@@ -337,9 +340,10 @@ async fn connect_all(args: &Args, users: Vec<String>, report: &mut Report) -> Ve
     let sem = std::rc::Rc::new(glommio::sync::Semaphore::new(args.connect_concurrency as u64));
     let started = Instant::now();
     let mut tasks = Vec::new();
+    let targets: Vec<&str> = args.target.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
     for (i, u) in users.into_iter().enumerate() {
-        let (sem, target, pb) = (sem.clone(), args.target.clone(), pb.clone());
         let slot = (i * args.procs + worker_index(args)) * args.threads.max(1) + args.thread;
+        let (sem, target, pb) = (sem.clone(), targets[slot % targets.len()].to_string(), pb.clone());
         let from = args.source_ips.as_ref().map(|ips| ips.0[slot % ips.0.len()]);
         let login = login_query(args, &u);
         // Ramp: connection i starts no earlier than i/ramp seconds in.
@@ -415,6 +419,11 @@ async fn idle(args: &Args, report: &mut Report) {
                     return false;
                 }
             }
+            // Hold to the end: a duration shorter than the ping interval must not close the
+            // connection at once (it did, and a short run measured fewer connections than it
+            // reported).
+            crate::rt::sleep_until(deadline).await;
+            drop((tx, rx));
             true
         }));
     }

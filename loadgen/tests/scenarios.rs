@@ -212,3 +212,55 @@ fn echo_measures_round_trips_against_any_echo_server() {
     assert_eq!(n(&r, "sent"), 500);
     assert_eq!(n(&r, "delivered"), 500);
 }
+
+/// Established server-side connections on `port` (from /proc/net/tcp: state 01).
+fn established_on(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&local) && f[3] == "01"
+        })
+        .count()
+}
+
+/// Several `--target`s: connections go round-robin, so each engine process holds its share (how
+/// one host runs several processes, each under its open-file cap).
+#[test]
+fn several_targets_share_the_connections() {
+    let (a, b) = (Engine::start(), Engine::start());
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let mut child = Command::new(LOADGEN)
+        .args([
+            "--target",
+            &format!("{},{}", a.url(), b.url()),
+            "--scenario",
+            "idle",
+            "--connections",
+            "200",
+            "--duration",
+            "3",
+            "--threads",
+            "2",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = (0, 0);
+    while seen != (100, 100) {
+        assert!(Instant::now() < deadline, "connections not spread round-robin: {seen:?}");
+        std::thread::sleep(Duration::from_millis(50));
+        seen = (established_on(a.port), established_on(b.port));
+        assert!(seen.0 <= 100 && seen.1 <= 100, "round-robin: {seen:?}");
+    }
+    assert!(child.wait().unwrap().success());
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(n(&r, "connected"), 200);
+}
