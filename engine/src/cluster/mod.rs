@@ -31,9 +31,6 @@ use tokio::sync::mpsc;
 pub const NODE_REFRESH_MS: u64 = 1_000;
 /// Life of the liveness key: three refreshes, so one slow refresh does not kill a node.
 pub const NODE_TTL_MS: u64 = 3_000;
-/// Directory changes queued between the shards and the link; beyond it the link stops taking
-/// changes one by one and rewrites the node's directory whole (nothing is lost, only batched).
-const DIRECTORY_CHANGES_MAX: usize = 64 * 1024;
 /// Longest wait for one Redis round trip before the link counts Redis as down.
 const REDIS_TIMEOUT_MS: u64 = 2_000;
 
@@ -133,8 +130,11 @@ impl ClusterState {
 
 /// The shards' handle: report directory changes without waiting.
 pub struct Cluster {
-    changes: mpsc::Sender<(String, bool)>,
-    overflow: Arc<AtomicBool>,
+    /// Unbounded but drained continuously: the link moves every change into its own set of
+    /// users at once, whatever Redis does, so this holds at most what arrives during one Redis
+    /// round trip (at most `REDIS_TIMEOUT_MS`). Unbounded so a shard never waits and a change is
+    /// never dropped; order is kept, so a user's arrival and departure apply in turn.
+    changes: mpsc::UnboundedSender<(String, bool)>,
     pub state: Arc<ClusterState>,
     thread: Option<std::thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
@@ -145,9 +145,8 @@ impl Cluster {
     /// clients and the link keeps trying.
     pub fn start(cfg: ClusterConfig) -> Result<Cluster, String> {
         let client = redis::Client::open(cfg.redis.as_str()).map_err(|e| format!("cluster: {}: {e}", cfg.redis))?;
-        let (tx, rx) = mpsc::channel(DIRECTORY_CHANGES_MAX);
+        let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(ClusterState::default());
-        let overflow = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let link = Link {
             client,
@@ -155,7 +154,6 @@ impl Cluster {
             here: HashSet::new(),
             pending: Vec::new(),
             rewrite: true,
-            overflow: overflow.clone(),
             state: state.clone(),
             value: format!("{{\"listen\":\"{}\",\"shards\":{},\"pid\":{}}}", cfg.listen, cfg.shards, std::process::id()),
             down_logged: false,
@@ -169,16 +167,13 @@ impl Cluster {
                 rt.block_on(link.run(rx, stop2));
             })
             .map_err(|e| format!("cluster thread: {e}"))?;
-        Ok(Cluster { changes: tx, overflow, state, thread: Some(thread), stop })
+        Ok(Cluster { changes: tx, state, thread: Some(thread), stop })
     }
 
     /// From a home shard: `user`'s first connection here arrived (`here`) or the last one left.
     pub fn directory(&self, user: String, here: bool) {
-        if self.changes.try_send((user, here)).is_err() {
-            // Full (or stopping): the link will rewrite the node's directory from what it
-            // knows plus what is still queued; this change must not be lost, so count on that.
-            self.overflow.store(true, Ordering::Release);
-        }
+        // Fails only once the link has stopped, at shutdown, when the node's key is gone.
+        let _ = self.changes.send((user, here));
     }
 
     /// Stops the link. The liveness key is removed so the others see this node gone at once.
@@ -198,16 +193,16 @@ struct Link {
     here: HashSet<String>,
     /// Changes to `here` not yet written.
     pending: Vec<(String, bool)>,
-    /// Rewrite this node's part of the directory whole at the next chance.
+    /// Rewrite this node's part of the directory whole at the next chance (then `pending` is not
+    /// kept: the rewrite covers it, and it cannot grow while Redis is away).
     rewrite: bool,
-    overflow: Arc<AtomicBool>,
     state: Arc<ClusterState>,
     value: String,
     down_logged: bool,
 }
 
 impl Link {
-    async fn run(mut self, mut rx: mpsc::Receiver<(String, bool)>, stop: Arc<AtomicBool>) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<(String, bool)>, stop: Arc<AtomicBool>) {
         let mut tick = tokio::time::interval(Duration::from_millis(NODE_REFRESH_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Stop is checked at least this often.
@@ -220,14 +215,6 @@ impl Link {
                     self.note(first);
                     while let Ok(c) = rx.try_recv() {
                         self.note(c);
-                    }
-                    if self.overflow.swap(false, Ordering::AcqRel) {
-                        // Changes were refused while the queue was full: what is queued now is
-                        // taken, and the next refresh rewrites the whole.
-                        while let Ok(c) = rx.try_recv() {
-                            self.note(c);
-                        }
-                        self.rewrite = true;
                     }
                     self.write_directory().await;
                 }
@@ -245,7 +232,7 @@ impl Link {
 
     fn note(&mut self, (user, here): (String, bool)) {
         let changed = if here { self.here.insert(user.clone()) } else { self.here.remove(&user) };
-        if changed {
+        if changed && !self.rewrite {
             self.pending.push((user, here));
         }
     }
@@ -270,6 +257,9 @@ impl Link {
 
     fn down(&mut self, e: String) {
         self.con = None;
+        // Whatever reached Redis or not, the next connection rewrites the whole.
+        self.rewrite = true;
+        self.pending.clear();
         self.state.redis_up.store(false, Ordering::Relaxed);
         if !self.down_logged {
             tracing::warn!(error = %e, "cluster: Redis unreachable; this node keeps serving its own clients and retries");
@@ -306,10 +296,7 @@ impl Link {
                     self.rewrite_directory().await;
                 }
             }
-            Err(e) => {
-                self.down(e);
-                self.rewrite = true;
-            }
+            Err(e) => self.down(e),
         }
     }
 

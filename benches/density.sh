@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Density across several engine processes on one host: the most idle connections this machine
+# holds when no process may open more than its open-file cap (20,000 here). ENGINES processes run
+# in cluster mode on one redis-server (node liveness and the user directory), each on its own
+# port; the load generator spreads CONNECTIONS over them round-robin from PROCS worker processes
+# and the loopback addresses in SOURCE_IPS (past the ephemeral port range of one address).
+#
+#   benches/density.sh                                  # 5 engines, 95,000 connections
+#   ENGINES=3 CONNECTIONS=57000 PROCS=3 benches/density.sh
+#
+# Prints a table and writes benches/results/<date>-<host>/density-<N>.json (the load generator's
+# report plus the engines' RSS and the directory size in Redis).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENGINES=${ENGINES:-5}
+CONNECTIONS=${CONNECTIONS:-95000}
+PROCS=${PROCS:-$ENGINES}
+DURATION=${DURATION:-20}
+RAMP=${RAMP:-8000}
+SOURCE_IPS=${SOURCE_IPS:-127.0.0.2-127.0.0.41}
+SHARDS=${SHARDS:-1}
+out="benches/results/$(date +%Y-%m-%d)-$(hostname -s)"
+mkdir -p "$out"
+
+echo "== building (release)"
+cargo build --release -q -p shardchat -p shardchat-loadgen
+bin=target/release
+command -v redis-server > /dev/null || { echo "redis-server is needed (apt-get install redis-server)"; exit 1; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+data=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$data"; }
+trap cleanup EXIT
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no > "$data/redis.log" 2>&1 &
+pids+=($!)
+targets=(); engine_pids=()
+for ((k = 0; k < ENGINES; k++)); do
+  port=$(free_port)
+  "$bin/shardchat" serve --dev-auth --no-http --shards "$SHARDS" --node-id "$k" --listen "127.0.0.1:$port" \
+    --data-dir "$data/e$k" --cluster "redis://127.0.0.1:$redis_port" --heartbeat-timeout-ms 120000 > "$data/e$k.log" 2>&1 &
+  pids+=($!); engine_pids+=($!)
+  targets+=("ws://127.0.0.1:$port/ws")
+done
+sleep 2
+rss_kib() { local t=0; for p in "${engine_pids[@]}"; do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $t; }
+before=$(rss_kib)
+
+json="$out/density-$CONNECTIONS.json"
+echo "== $ENGINES engines, $CONNECTIONS idle connections from $PROCS load generator processes"
+( IFS=,; "$bin/shardchat-loadgen" --target "${targets[*]}" --scenario idle --connections "$CONNECTIONS" \
+    --procs "$PROCS" --source-ips "$SOURCE_IPS" --ramp "$RAMP" --duration "$DURATION" --json "$json.loadgen" ) &
+lg=$!
+# Weigh the engines while every connection is held (the load generator holds for DURATION s).
+held=0; after=$before; peak_keys=0
+for ((i = 0; i < DURATION * 10 + 600; i++)); do
+  sleep 0.5
+  n=$(awk 'NR > 1 && $4 == "01"' /proc/net/tcp | wc -l)
+  n=$((n / 2))
+  if ((n > held)); then held=$n; after=$(rss_kib); peak_keys=$(redis-cli -p "$redis_port" dbsize); fi
+  kill -0 "$lg" 2>/dev/null || break
+done
+wait "$lg"
+sleep 3 # let the engines write the last departures
+users=$(redis-cli -p "$redis_port" --scan --pattern 'shardchat:user:*' | wc -l)
+per=$(( held > 0 ? (after - before) * 1024 / held : 0 ))
+connected=$(python3 -c "import json; print(json.load(open('$json.loadgen'))['connected'])")
+python3 - "$json.loadgen" "$json" "$ENGINES" "$held" "$before" "$after" "$per" "$users" "$peak_keys" <<'EOF'
+import json, sys
+src, dst, engines, held, before, after, per, users, peak_keys = sys.argv[1:]
+r = json.load(open(src))
+r["density"] = {"engines": int(engines), "connections_held_at_once": int(held), "engines_rss_before_kib": int(before),
+                "engines_rss_after_kib": int(after), "engine_bytes_per_connection": int(per), "redis_keys_at_peak": int(peak_keys), "directory_users_after_disconnect": int(users)}
+json.dump(r, open(dst, "w"), indent=2)
+EOF
+rm -f "$json.loadgen"
+printf '\n| figure | value |\n|---|---|\n'
+printf '| engine processes | %s |\n' "$ENGINES"
+printf '| connected (load generator) | %s of %s |\n' "$connected" "$CONNECTIONS"
+printf '| held at once (kernel: established pairs on loopback) | %s |\n' "$held"
+printf '| engines RSS before / at peak | %s / %s MiB |\n' "$((before / 1024))" "$((after / 1024))"
+printf '| engine bytes per connection | %s |\n' "$per"
+printf '| Redis keys at peak (directory: one set per user, one per node) | %s |\n' "$peak_keys"
+printf '| users left in the directory once all disconnected | %s |\n' "$users"
+echo "JSON: $json"
