@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 ENGINES=${ENGINES:-5}
 CONNECTIONS=${CONNECTIONS:-95000}
 PROCS=${PROCS:-$ENGINES}
-DURATION=${DURATION:-20}
+DURATION=${DURATION:-20} # at least 10: the engines are weighed inside the hold
 RAMP=${RAMP:-8000}
 SOURCE_IPS=${SOURCE_IPS:-127.0.0.2-127.0.0.41}
 SHARDS=${SHARDS:-1}
@@ -37,13 +37,14 @@ trap cleanup EXIT
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no > "$data/redis.log" 2>&1 &
 pids+=($!)
-targets=(); engine_pids=()
+targets=(); engine_pids=(); ports_hex=
 for ((k = 0; k < ENGINES; k++)); do
   port=$(free_port)
   "$bin/shardchat" serve --dev-auth --no-http --shards "$SHARDS" --node-id "$k" --listen "127.0.0.1:$port" \
     --data-dir "$data/e$k" --cluster "redis://127.0.0.1:$redis_port" --heartbeat-timeout-ms 120000 > "$data/e$k.log" 2>&1 &
   pids+=($!); engine_pids+=($!)
   targets+=("ws://127.0.0.1:$port/ws")
+  ports_hex+=$(printf '0100007F:%04X ' "$port")
 done
 sleep 2
 rss_kib() { local t=0; for p in "${engine_pids[@]}"; do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $t; }
@@ -54,15 +55,12 @@ echo "== $ENGINES engines, $CONNECTIONS idle connections from $PROCS load genera
 ( IFS=,; "$bin/shardchat-loadgen" --target "${targets[*]}" --scenario idle --connections "$CONNECTIONS" \
     --procs "$PROCS" --source-ips "$SOURCE_IPS" --ramp "$RAMP" --duration "$DURATION" --json "$json.loadgen" ) &
 lg=$!
-# Weigh the engines while every connection is held (the load generator holds for DURATION s).
-held=0; after=$before; peak_keys=0
-for ((i = 0; i < DURATION * 10 + 600; i++)); do
-  sleep 0.5
-  n=$(awk 'NR > 1 && $4 == "01"' /proc/net/tcp | wc -l)
-  n=$((n / 2))
-  if ((n > held)); then held=$n; after=$(rss_kib); peak_keys=$(redis-cli -p "$redis_port" dbsize); fi
-  kill -0 "$lg" 2>/dev/null || break
-done
+# Weigh the engines while every connection is held: once the ramp is over (CONNECTIONS / RAMP
+# seconds, plus a margin) and inside the DURATION s hold. /proc/net/tcp is not a snapshot (read
+# during heavy churn it can list a socket twice), so the count is taken when nothing changes.
+sleep $((CONNECTIONS / RAMP + 6))
+count() { awk -v ports="$ports_hex" 'NR > 1 && $4 == "01" { if (index(ports, $2 " ")) c++ } END { print c + 0 }' /proc/net/tcp; }
+held=$(count); after=$(rss_kib); peak_keys=$(redis-cli -p "$redis_port" dbsize)
 wait "$lg"
 sleep 3 # let the engines write the last departures
 users=$(redis-cli -p "$redis_port" --scan --pattern 'shardchat:user:*' | wc -l)
@@ -73,16 +71,16 @@ import json, sys
 src, dst, engines, held, before, after, per, users, peak_keys = sys.argv[1:]
 r = json.load(open(src))
 r["density"] = {"engines": int(engines), "connections_held_at_once": int(held), "engines_rss_before_kib": int(before),
-                "engines_rss_after_kib": int(after), "engine_bytes_per_connection": int(per), "redis_keys_at_peak": int(peak_keys), "directory_users_after_disconnect": int(users)}
+                "engines_rss_held_kib": int(after), "engine_bytes_per_connection": int(per), "redis_keys_while_held": int(peak_keys), "directory_users_after_disconnect": int(users)}
 json.dump(r, open(dst, "w"), indent=2)
 EOF
 rm -f "$json.loadgen"
 printf '\n| figure | value |\n|---|---|\n'
 printf '| engine processes | %s |\n' "$ENGINES"
 printf '| connected (load generator) | %s of %s |\n' "$connected" "$CONNECTIONS"
-printf '| held at once (kernel: established pairs on loopback) | %s |\n' "$held"
-printf '| engines RSS before / at peak | %s / %s MiB |\n' "$((before / 1024))" "$((after / 1024))"
+printf '| held at once (kernel: established sockets on the engines'"'"' ports) | %s |\n' "$held"
+printf '| engines RSS before / while held | %s / %s MiB |\n' "$((before / 1024))" "$((after / 1024))"
 printf '| engine bytes per connection | %s |\n' "$per"
-printf '| Redis keys at peak (directory: one set per user, one per node) | %s |\n' "$peak_keys"
+printf '| Redis keys while held (directory: one set per user, one per node) | %s |\n' "$peak_keys"
 printf '| users left in the directory once all disconnected | %s |\n' "$users"
 echo "JSON: $json"
