@@ -175,3 +175,24 @@ async fn with_redis_down_a_node_serves_its_clients_and_rebuilds_the_directory_wh
     let ack = a.dm("bob", "c6", "after").await;
     assert_eq!(seq(&ack), 6);
 }
+
+#[tokio::test]
+async fn two_processes_given_the_same_node_id_are_reported() {
+    let Some(redis) = Redis::start() else { return };
+    let first = node(&redis, 4);
+    let second = node(&redis, 4);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&first, "shardchat_cluster_node_id_conflicts_total").await
+        + metric(&second, "shardchat_cluster_node_id_conflicts_total").await
+        == 0
+    {
+        assert!(Instant::now() < deadline, "a duplicated node id went unnoticed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A node alone with its id never reports one, restarts included.
+    let mut other = node(&redis, 5);
+    other.kill();
+    other.restart();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(metric(&other, "shardchat_cluster_node_id_conflicts_total").await, 0);
+}

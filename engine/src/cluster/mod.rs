@@ -76,6 +76,7 @@ pub struct ClusterState {
     directory_writes: AtomicU64,
     rewrites: AtomicU64,
     repairs: AtomicU64,
+    node_id_conflicts: AtomicU64,
 }
 
 impl ClusterState {
@@ -120,6 +121,12 @@ impl ClusterState {
                 "counter",
                 "Dead nodes this node removed from the directory.",
                 self.repairs.load(Ordering::Relaxed),
+            ),
+            (
+                "shardchat_cluster_node_id_conflicts_total",
+                "counter",
+                "Times another process was found writing this node's liveness key (a duplicated --node-id).",
+                self.node_id_conflicts.load(Ordering::Relaxed),
             ),
         ];
         for (name, kind, help, v) in gauges {
@@ -255,6 +262,15 @@ impl Link {
         self.con.clone()
     }
 
+    /// Every write of the liveness key reads back the one before. Another value there means
+    /// another process wrote it since our last write: two nodes were given the same --node-id.
+    fn check_owner(&self, previous: Option<&str>) {
+        if let Some(other) = previous.filter(|v| *v != self.value) {
+            self.state.node_id_conflicts.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(node = self.cfg.node, ours = %self.value, theirs = %other, "cluster: another process runs with this node id; give every node its own --node-id");
+        }
+    }
+
     fn down(&mut self, e: String) {
         self.con = None;
         // Whatever reached Redis or not, the next connection rewrites the whole.
@@ -288,6 +304,7 @@ impl Link {
         match timeout(p.query_async::<(Option<String>,)>(&mut con)).await {
             Ok((previous,)) => {
                 self.pending.clear();
+                self.check_owner(previous.as_deref());
                 self.state.directory_writes.fetch_add(1, Ordering::Relaxed);
                 self.state.redis_up.store(true, Ordering::Relaxed);
                 if previous.is_none() {
@@ -350,6 +367,7 @@ impl Link {
             Err(e) => return self.down(e),
         };
         self.state.redis_up.store(true, Ordering::Relaxed);
+        self.check_owner(previous.as_deref());
         if previous.is_none() {
             // Expired, or Redis lost its data: make our part of the directory whole again.
             self.rewrite = true;
