@@ -11,6 +11,9 @@ use shardchat_codec::valid_user_id;
 pub struct Identity {
     pub user: String,
     pub device: String,
+    /// When the token stops being valid (its `exp` plus the clock-skew leeway), in Unix ms; the
+    /// connection is closed then. None for tokens without `exp` and for dev logins.
+    pub expires_unix_ms: Option<u64>,
 }
 
 /// The device id of a token or dev login that names none.
@@ -21,6 +24,8 @@ struct Claims {
     sub: String,
     #[serde(default)]
     dev: Option<String>,
+    #[serde(default)]
+    exp: Option<u64>,
 }
 
 pub struct Authenticator {
@@ -29,15 +34,24 @@ pub struct Authenticator {
     dev_auth: bool,
 }
 
+/// Clock skew tolerated by default, in seconds.
+pub const JWT_LEEWAY_S_DEFAULT: u64 = 30;
+
 impl Authenticator {
     pub fn new(jwt_secret: Option<&str>, dev_auth: bool) -> Self {
+        Authenticator::with_leeway(jwt_secret, dev_auth, JWT_LEEWAY_S_DEFAULT)
+    }
+
+    /// `leeway_s`: clock skew tolerated between the token's issuer and this server, in seconds,
+    /// both ways: a token is accepted until `exp + leeway_s`, and its connection closed then.
+    pub fn with_leeway(jwt_secret: Option<&str>, dev_auth: bool, leeway_s: u64) -> Self {
         // The algorithm is pinned: a token claiming any other (`none` included) is refused.
         let mut validation = Validation::new(Algorithm::HS256);
         // `exp` is checked when present; tokens without one are accepted (the contract makes it
         // optional). `nbf` is checked when present. Leeway covers clock skew between issuers.
         validation.required_spec_claims.clear();
         validation.validate_nbf = true;
-        validation.leeway = 30;
+        validation.leeway = leeway_s;
         Authenticator { key: jwt_secret.filter(|s| !s.is_empty()).map(|s| DecodingKey::from_secret(s.as_bytes())), validation, dev_auth }
     }
 
@@ -61,7 +75,8 @@ impl Authenticator {
             if !valid_user_id(&data.claims.sub) || !valid_user_id(&device) {
                 return Err("token names an invalid user or device id");
             }
-            return Ok(Identity { user: data.claims.sub, device });
+            let expires_unix_ms = data.claims.exp.map(|s| s.saturating_add(self.validation.leeway).saturating_mul(1000));
+            return Ok(Identity { user: data.claims.sub, device, expires_unix_ms });
         }
         if self.dev_auth {
             let user = query("user").ok_or("missing token (or ?user= in development mode)")?;
@@ -69,7 +84,7 @@ impl Authenticator {
             if !valid_user_id(&user) || !valid_user_id(&device) {
                 return Err("invalid user or device id");
             }
-            return Ok(Identity { user, device });
+            return Ok(Identity { user, device, expires_unix_ms: None });
         }
         Err("missing token")
     }
@@ -110,12 +125,14 @@ mod tests {
     #[test]
     fn jwt_in_header_or_query() {
         let a = Authenticator::new(Some("sekrit"), false);
-        let t = token("sekrit", &C { sub: "alice", dev: Some("phone"), exp: Some(now() + 600) }, Algorithm::HS256);
-        let want = Identity { user: "alice".into(), device: "phone".into() };
+        let exp = now() + 600;
+        let t = token("sekrit", &C { sub: "alice", dev: Some("phone"), exp: Some(exp) }, Algorithm::HS256);
+        let want = Identity { user: "alice".into(), device: "phone".into(), expires_unix_ms: Some((exp + 30) * 1000) };
         assert_eq!(a.authenticate(&head("/ws", Some(&format!("Bearer {t}")))), Ok(want.clone()));
         assert_eq!(a.authenticate(&head(&format!("/ws?token={t}"), None)), Ok(want));
         let t = token("sekrit", &C { sub: "bob", dev: None, exp: None }, Algorithm::HS256);
-        assert_eq!(a.authenticate(&head(&format!("/ws?token={t}"), None)).unwrap().device, DEFAULT_DEVICE);
+        let bob = a.authenticate(&head(&format!("/ws?token={t}"), None)).unwrap();
+        assert_eq!((bob.device.as_str(), bob.expires_unix_ms), (DEFAULT_DEVICE, None), "no exp, no expiry");
     }
 
     #[test]
@@ -137,7 +154,7 @@ mod tests {
         let dev = Authenticator::new(None, true);
         assert_eq!(
             dev.authenticate(&head("/ws?user=al%40ice&device=d1", None)),
-            Ok(Identity { user: "al@ice".into(), device: "d1".into() })
+            Ok(Identity { user: "al@ice".into(), device: "d1".into(), expires_unix_ms: None })
         );
         assert!(dev.authenticate(&head("/ws?user=bad%20id", None)).is_err());
         assert!(dev.authenticate(&head("/ws", None)).is_err());

@@ -23,6 +23,9 @@ pub struct Config {
     pub node_id: usize,
     pub dev_auth: bool,
     pub jwt_secret: Option<String>,
+    /// Clock skew tolerated on token times (`exp`, `nbf`), in seconds; a connection is closed
+    /// (1008) when its token's `exp` plus this has passed.
+    pub jwt_leeway_s: u64,
     pub heartbeat_timeout_ms: u64,
     pub handshake_timeout_ms: u64,
     /// How long a group-commit leader waits for more writers before its fsync.
@@ -54,6 +57,7 @@ impl Default for Config {
             node_id: 0,
             dev_auth: false,
             jwt_secret: None,
+            jwt_leeway_s: crate::auth::JWT_LEEWAY_S_DEFAULT,
             heartbeat_timeout_ms: 60_000,
             handshake_timeout_ms: 10_000,
             commit_interval_us: 0,
@@ -106,6 +110,9 @@ pub struct ServeArgs {
     /// HS256 secret that client JWTs are signed with.
     #[arg(long, env = "SHARDCHAT_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// Clock skew tolerated on token times, in seconds; connections close when exp + this passes. [default: 30]
+    #[arg(long)]
+    pub jwt_leeway_s: Option<u64>,
     /// Close connections silent for longer than this. [default: 60000]
     #[arg(long)]
     pub heartbeat_timeout_ms: Option<u64>,
@@ -147,6 +154,7 @@ impl Config {
             data_dir,
             shards,
             node_id,
+            jwt_leeway_s,
             heartbeat_timeout_ms,
             handshake_timeout_ms,
             commit_interval_us,

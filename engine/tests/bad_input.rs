@@ -212,3 +212,40 @@ async fn a_client_that_stops_reading_is_cut_loose_without_stalling_others_and_lo
     let next = again.catch_up("d:alice:slow", seen).await;
     assert_eq!(next, total as u64 + 1, "sync brought back every message");
 }
+
+#[tokio::test]
+async fn a_connection_is_closed_with_1008_when_its_token_expires() {
+    let s = Server::start(&["--jwt-secret", "topsecret", "--jwt-leeway-s", "0"]);
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: u64,
+    }
+    let token = |user: &str, secs: u64| {
+        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + secs;
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &Claims { sub: user, exp },
+            &jsonwebtoken::EncodingKey::from_secret(b"topsecret"),
+        )
+        .unwrap()
+    };
+    let connect = |t: String| tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws?token={t}", s.port));
+    let (mut short, _) = connect(token("alice", 2)).await.unwrap();
+    let (mut long, _) = connect(token("bob", 600)).await.unwrap();
+    // Activity does not keep an expired token alive.
+    let started = std::time::Instant::now();
+    let code = loop {
+        short.send(Message::Text(r#"{"t":"ping"}"#.into())).await.ok();
+        match tokio::time::timeout(std::time::Duration::from_millis(300), short.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => break f.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) | Err(_) => {}
+            Ok(other) => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "still open long after exp");
+    };
+    assert_eq!(code, Some(1008));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900), "closed before exp: {:?}", started.elapsed());
+    long.send(Message::Text(r#"{"t":"ping","ref":1}"#.into())).await.unwrap();
+    assert!(matches!(long.next().await, Some(Ok(Message::Text(t))) if t.contains("pong")), "a valid token's connection stays");
+}

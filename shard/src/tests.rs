@@ -68,7 +68,7 @@ impl Sim {
         let shard = home_shard(user, self.shards.len());
         let conn = self.next_conn;
         self.next_conn += 1;
-        self.inbox[shard].push_back(Event::Connected { conn, user: user.into(), device: format!("dev{conn}") });
+        self.inbox[shard].push_back(Event::Connected { conn, user: user.into(), device: format!("dev{conn}"), expires_unix_ms: None });
         self.run();
         Dev(shard, conn)
     }
@@ -392,6 +392,40 @@ fn silent_connections_time_out_and_active_ones_stay() {
     // A closed connection gets nothing more.
     sim.send(chatty, &send("q", "x", "y"));
     assert!(sim.frames(quiet).is_empty());
+}
+
+#[test]
+fn a_connection_is_closed_when_its_token_expires_however_active() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::new(1, 2, store(dir.path()));
+    let forever = sim.connect("f");
+    let conn = sim.next_conn;
+    sim.next_conn += 1;
+    let expiring = Dev(0, conn);
+    let exp = sim.now.unix_ms + 5_000;
+    sim.inbox[0].push_back(Event::Connected { conn, user: "e".into(), device: "d".into(), expires_unix_ms: Some(exp) });
+    sim.run();
+    for _ in 0..4 {
+        for d in [forever, expiring] {
+            sim.inbox[0].push_back(Event::Activity { conn: d.1 });
+        }
+        sim.tick(1_000);
+    }
+    assert!(sim.closed.is_empty(), "4 s in, the token has a second left");
+    for _ in 0..3 {
+        for d in [forever, expiring] {
+            sim.inbox[0].push_back(Event::Activity { conn: d.1 });
+        }
+        sim.tick(1_000);
+    }
+    assert_eq!(sim.closed, vec![(expiring, 1008, "token expired")]);
+    assert_eq!(sim.shards[0].connections(), 1);
+    // A token that expired before the connection was handled closes it at the next tick.
+    let conn = sim.next_conn;
+    sim.inbox[0].push_back(Event::Connected { conn, user: "l".into(), device: "d".into(), expires_unix_ms: Some(sim.now.unix_ms - 1) });
+    sim.run();
+    sim.tick(1_000);
+    assert_eq!(sim.closed.last(), Some(&(Dev(0, conn), 1008, "token expired")));
 }
 
 #[test]

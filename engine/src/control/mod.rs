@@ -164,7 +164,7 @@ impl ControlPlane {
             }
         });
         let listener = listener.map_err(|e| format!("binding --http {addr}: {e}"))?;
-        let auth = Arc::new(Authenticator::new(cfg.jwt_secret.as_deref(), cfg.dev_auth));
+        let auth = Arc::new(Authenticator::with_leeway(cfg.jwt_secret.as_deref(), cfg.dev_auth, cfg.jwt_leeway_s));
         let ctx = Ctx {
             cfg,
             store,

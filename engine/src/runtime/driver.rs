@@ -115,7 +115,7 @@ impl Driver {
         sc.cluster = cluster.is_some();
         Driver {
             id,
-            auth: Authenticator::new(cfg.jwt_secret.as_deref(), cfg.dev_auth),
+            auth: Authenticator::with_leeway(cfg.jwt_secret.as_deref(), cfg.dev_auth, cfg.jwt_leeway_s),
             limits: Limits { body_bytes_max: cfg.body_bytes_max },
             read_buf: RefCell::new(vec![0; cfg.shard_read_buffer_bytes]),
             write_buf: RefCell::new(Vec::with_capacity(cfg.write_batch_bytes)),
@@ -199,7 +199,7 @@ impl Driver {
         self.conns.borrow_mut().insert(conn, handle);
         ShardMetrics::add(&self.metrics.connections, 1);
         ShardMetrics::add(&self.metrics.connections_total, 1);
-        self.dispatch(Event::Connected { conn, user: identity.user, device: identity.device });
+        self.dispatch(Event::Connected { conn, user: identity.user, device: identity.device, expires_unix_ms: identity.expires_unix_ms });
     }
 
     pub fn unregister(self: &Rc<Self>, conn: u64) {

@@ -6,7 +6,7 @@ use crate::route::{home_shard, owner_shard};
 use shardchat_codec::{ClientFrame, ErrorCode, MsgRecord, ReceiptKind, SYNC_FRAME_MESSAGES_MAX, SYNC_LIMIT_DEFAULT};
 
 impl Shard {
-    pub(super) fn connected(&mut self, conn: u64, user: String) {
+    pub(super) fn connected(&mut self, conn: u64, user: String, expires_unix_ms: Option<u64>) {
         let first = !self.by_user.contains_key(&user);
         self.by_user.entry(user.clone()).or_default().push(conn);
         if first {
@@ -15,10 +15,19 @@ impl Shard {
                 self.actions.push(Action::Directory { user: user.clone(), here: true });
             }
         }
-        let c =
-            Conn { user, last_active_ms: self.now.mono_ms, live_first: Vec::new(), sync: None, presence_targets: Vec::new(), remote: None };
+        // Expiry is given on the wall clock and kept on the monotonic one, like every timeout here.
+        let expires_mono_ms = expires_unix_ms.map_or(u64::MAX, |e| self.now.mono_ms.saturating_add(e.saturating_sub(self.now.unix_ms)));
+        let c = Conn {
+            user,
+            last_active_ms: self.now.mono_ms,
+            live_first: Vec::new(),
+            sync: None,
+            presence_targets: Vec::new(),
+            remote: None,
+            expires_mono_ms,
+        };
         self.conns.insert(conn, c);
-        self.wheel.insert(conn, self.now.mono_ms + self.cfg.heartbeat_timeout_ms);
+        self.wheel.insert(conn, (self.now.mono_ms + self.cfg.heartbeat_timeout_ms).min(expires_mono_ms));
     }
 
     pub(super) fn disconnected(&mut self, conn: u64) {
@@ -53,7 +62,11 @@ impl Shard {
         for conn in self.wheel.advance(self.now.mono_ms) {
             let Some(c) = self.conns.get(&conn) else { continue };
             let deadline = c.last_active_ms + self.cfg.heartbeat_timeout_ms;
-            if deadline <= self.now.mono_ms {
+            if c.expires_mono_ms <= self.now.mono_ms {
+                // The client reconnects with a fresh token and syncs; nothing is lost.
+                self.actions.push(Action::Close { conn, code: 1008, reason: "token expired" });
+                self.disconnected(conn);
+            } else if deadline <= self.now.mono_ms {
                 match c.remote {
                     // A session nobody polled: tell its holder it is gone.
                     Some(remote) => self.send_to(remote.shard, PeerMsg::Detach { remote }),
@@ -63,7 +76,7 @@ impl Shard {
                 // closing and gets nothing more.
                 self.disconnected(conn);
             } else {
-                self.wheel.insert(conn, deadline);
+                self.wheel.insert(conn, deadline.min(c.expires_mono_ms));
             }
         }
     }

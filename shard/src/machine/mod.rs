@@ -88,6 +88,8 @@ pub enum Event {
         conn: u64,
         user: String,
         device: String,
+        /// When its credentials expire (Unix ms): the connection is closed (1008) then.
+        expires_unix_ms: Option<u64>,
     },
     /// A decoded, validated frame from a connection.
     Frame {
@@ -216,6 +218,8 @@ struct Conn {
     presence_targets: Vec<String>,
     /// Some for a long-poll session: who holds it (frames go there, not to a socket here).
     remote: Option<ConnRef>,
+    /// When its token expires, on the monotonic clock (u64::MAX: never).
+    expires_mono_ms: u64,
 }
 
 /// Connection ids of remote sessions start here, far above the runtime's socket ids.
@@ -321,7 +325,7 @@ impl Shard {
     pub fn handle(&mut self, now: Now, ev: Event) {
         self.now = now;
         match ev {
-            Event::Connected { conn, user, device: _ } => self.connected(conn, user),
+            Event::Connected { conn, user, device: _, expires_unix_ms } => self.connected(conn, user, expires_unix_ms),
             Event::Frame { conn, frame } => {
                 self.touch(conn);
                 self.frame(conn, frame);
@@ -409,7 +413,8 @@ impl Shard {
                 self.next_remote += 1;
                 let conn = REMOTE_CONN_BASE + self.next_remote;
                 self.remote_conns.insert(remote, conn);
-                self.connected(conn, user);
+                // Each poll is authenticated on its own, so the session itself does not expire.
+                self.connected(conn, user, None);
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.remote = Some(remote);
                 }
