@@ -41,6 +41,12 @@ pub struct Config {
     pub spin_before_park_us: u64,
     /// Blocking threads per shard for storage jobs (commits and reads).
     pub storage_threads_per_shard: usize,
+    /// Per connection: sustained `send`s and group changes a second (0: unlimited), and the burst.
+    pub send_rate_per_s: u32,
+    pub send_burst: u32,
+    /// Per connection: sustained `history` reads a second (0: unlimited), and the burst.
+    pub history_rate_per_s: u32,
+    pub history_burst: u32,
     /// Webhook (http://) that receives push notifications for offline users.
     pub push_webhook: Option<String>,
 }
@@ -68,6 +74,10 @@ impl Default for Config {
             spin_before_park_us: 50,
             storage_threads_per_shard: 2,
             push_webhook: None,
+            send_rate_per_s: 200,
+            send_burst: 1000,
+            history_rate_per_s: 50,
+            history_burst: 100,
         }
     }
 }
@@ -131,6 +141,18 @@ pub struct ServeArgs {
     /// Push notifications for offline users are POSTed here (http://; batched, retried, durable).
     #[arg(long, value_name = "URL")]
     pub push_webhook: Option<String>,
+    /// Per connection: sends and group changes a second, sustained (0: unlimited); more get `rate_limited`. [default: 200]
+    #[arg(long)]
+    pub send_rate_per_s: Option<u32>,
+    /// Per connection: sends allowed at once above the sustained rate. [default: 1000]
+    #[arg(long)]
+    pub send_burst: Option<u32>,
+    /// Per connection: history reads a second, sustained (0: unlimited). [default: 50]
+    #[arg(long)]
+    pub history_rate_per_s: Option<u32>,
+    /// Per connection: history reads allowed at once. [default: 100]
+    #[arg(long)]
+    pub history_burst: Option<u32>,
     /// Idle executors spin this long before parking. [default: 50]
     #[arg(long)]
     pub spin_before_park_us: Option<u64>,
@@ -160,7 +182,11 @@ impl Config {
             commit_interval_us,
             body_bytes_max,
             outbound_queue_bytes_max,
-            spin_before_park_us
+            spin_before_park_us,
+            send_rate_per_s,
+            send_burst,
+            history_rate_per_s,
+            history_burst
         );
         if args.http.is_some() {
             c.http = args.http;

@@ -59,6 +59,8 @@ pub struct ShardMetrics {
     pub outbox_depth: AtomicU64,
     /// Ops waiting for this shard's next commit.
     pub pending_ops: AtomicU64,
+    /// Requests refused with `rate_limited` (send, group change and history rates, sync, presence).
+    pub rate_limited: AtomicU64,
     /// From a message's acceptance (its `ts`) to its frame being queued to a connection.
     pub delivery_latency: Histogram,
     /// One commit job: sequencing, the batch write and its fsync.
@@ -78,7 +80,7 @@ type HistogramSpec = (&'static str, &'static str, fn(&ShardMetrics) -> &Histogra
 /// The Prometheus text exposition of every shard's metrics.
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
     let mut out = String::new();
-    let counters: [CounterSpec; 9] = [
+    let counters: [CounterSpec; 10] = [
         ("shardchat_connections", "gauge", "Open WebSocket connections.", |m| &m.connections),
         ("shardchat_connections_total", "counter", "WebSocket connections accepted.", |m| &m.connections_total),
         ("shardchat_frames_in_total", "counter", "Frames received from clients.", |m| &m.frames_in),
@@ -90,6 +92,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
         }),
         ("shardchat_outbox_depth", "gauge", "Messages waiting to go to other shards.", |m| &m.outbox_depth),
         ("shardchat_pending_ops", "gauge", "Ops waiting for the owner shard's next commit.", |m| &m.pending_ops),
+        ("shardchat_rate_limited_total", "counter", "Requests refused with rate_limited.", |m| &m.rate_limited),
     ];
     for (name, kind, help, get) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -249,3 +249,39 @@ async fn a_connection_is_closed_with_1008_when_its_token_expires() {
     long.send(Message::Text(r#"{"t":"ping","ref":1}"#.into())).await.unwrap();
     assert!(matches!(long.next().await, Some(Ok(Message::Text(t))) if t.contains("pong")), "a valid token's connection stays");
 }
+
+#[tokio::test]
+async fn a_flood_of_sends_is_refused_beyond_the_connections_rate_and_counted() {
+    let s = Server::start(&["--send-rate-per-s", "2", "--send-burst", "3"]);
+    let mut a = Client::connect(&s, "alice", "d").await;
+    for i in 0..6 {
+        a.send(json!({"t":"send","cmid":format!("f{i}"),"to":"bob","body":"x"})).await;
+    }
+    let mut acked = Vec::new();
+    let mut refused = Vec::new();
+    while acked.len() + refused.len() < 6 {
+        let v = a.recv().await;
+        match v["t"].as_str() {
+            Some("ack") => acked.push(v["cmid"].as_str().unwrap().to_string()),
+            Some("error") => {
+                assert_eq!(v["code"], "rate_limited", "{v}");
+                refused.push(v["cmid"].as_str().unwrap().to_string());
+            }
+            _ => panic!("{v}"),
+        }
+    }
+    assert_eq!(acked, ["f0", "f1", "f2"]);
+    assert_eq!(refused, ["f3", "f4", "f5"], "each refusal names its send, so the client can retry it");
+    // Other frames are not limited, and the sustained rate comes back.
+    a.send(json!({"t":"ping","ref":"p"})).await;
+    assert_eq!(a.recv().await["t"], "pong");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(a.dm("bob", "f3", "x").await["seq"], 4);
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", s.http)).await.unwrap().text().await.unwrap();
+    let total: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("shardchat_rate_limited_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total, 3, "{text}");
+}

@@ -12,6 +12,7 @@
 pub mod jobs;
 mod machine;
 pub mod payload;
+pub mod rate;
 pub mod route;
 pub mod snowflake;
 pub mod wheel;

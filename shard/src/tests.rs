@@ -879,3 +879,40 @@ fn in_cluster_mode_a_users_first_arrival_and_last_departure_on_the_node_are_repo
         assert!(single.directory.is_empty());
     }
 }
+
+#[test]
+fn sends_and_history_reads_beyond_a_connections_rate_are_refused_with_their_cmid() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::with(2, 3, store(dir.path()), |c| {
+        c.send_rate = crate::rate::Rate { per_sec: 10, burst: 5 };
+        c.history_rate = crate::rate::Rate { per_sec: 1, burst: 2 };
+    });
+    let a = sim.connect("alice");
+    let other = sim.connect("alice");
+    for i in 0..8 {
+        sim.push(a, &send("bob", &format!("c{i}"), "x"));
+    }
+    sim.run();
+    let frames = sim.take(a);
+    let acked: Vec<String> =
+        frames.iter().filter_map(|f| if let ServerFrame::Ack { cmid, .. } = f { Some(cmid.clone()) } else { None }).collect();
+    let refused: Vec<(ErrorCode, Option<String>)> = frames
+        .iter()
+        .filter_map(|f| if let ServerFrame::Error { code, cmid, .. } = f { Some((*code, cmid.clone())) } else { None })
+        .collect();
+    assert_eq!(acked, vec!["c0", "c1", "c2", "c3", "c4"], "the burst");
+    assert_eq!(refused, (5..8).map(|i| (ErrorCode::RateLimited, Some(format!("c{i}")))).collect::<Vec<_>>());
+    // The limit is the connection's: another device of the same user is not affected.
+    sim.send(other, &send("bob", "o1", "x"));
+    assert!(err_code(&sim.take(other)).is_empty());
+    // A retry after the refill goes through, with the next seq: nothing was half-stored.
+    sim.tick(100);
+    sim.send(a, &send("bob", "c5", "x"));
+    let f = sim.take(a);
+    assert!(matches!(f.last(), Some(ServerFrame::Ack { cmid, seq, .. }) if cmid == "c5" && *seq == 7), "{f:?}");
+    for _ in 0..3 {
+        sim.push(a, r#"{"t":"history","conv":"d:alice:bob","ref":"h"}"#);
+    }
+    sim.run();
+    assert_eq!(err_code(&sim.take(a)), vec![ErrorCode::RateLimited]);
+}

@@ -113,6 +113,8 @@ impl Driver {
         sc.read_frame_bytes_max = cfg.outbound_queue_bytes_max / 4;
         sc.push_enabled = cfg.push_webhook.is_some();
         sc.cluster = cluster.is_some();
+        sc.send_rate = shardchat_shard::rate::Rate { per_sec: cfg.send_rate_per_s, burst: cfg.send_burst };
+        sc.history_rate = shardchat_shard::rate::Rate { per_sec: cfg.history_rate_per_s, burst: cfg.history_burst };
         Driver {
             id,
             auth: Authenticator::with_leeway(cfg.jwt_secret.as_deref(), cfg.dev_auth, cfg.jwt_leeway_s),
@@ -248,8 +250,11 @@ impl Driver {
                 }
             }
             Action::Send { conn, payload, class } => {
-                let Some(c) = self.conns.borrow().get(&conn).cloned() else { return };
                 let m = &self.metrics;
+                if let shardchat_codec::ServerFrame::Error { code: shardchat_codec::ErrorCode::RateLimited, .. } = payload.frame() {
+                    ShardMetrics::add(&m.rate_limited, 1);
+                }
+                let Some(c) = self.conns.borrow().get(&conn).cloned() else { return };
                 match c.push(&payload, class, self.cfg.outbound_queue_bytes_max) {
                     Pushed::Queued => {
                         ShardMetrics::add(&m.frames_out, 1);

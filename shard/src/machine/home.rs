@@ -25,6 +25,8 @@ impl Shard {
             presence_targets: Vec::new(),
             remote: None,
             expires_mono_ms,
+            sends: Default::default(),
+            histories: Default::default(),
         };
         self.conns.insert(conn, c);
         self.wheel.insert(conn, (self.now.mono_ms + self.cfg.heartbeat_timeout_ms).min(expires_mono_ms));
@@ -82,7 +84,36 @@ impl Shard {
     }
 
     pub(super) fn frame(&mut self, conn: u64, frame: ClientFrame) {
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        // Writes and history reads pass their connection's limit before they cost anything.
+        let limited = match &frame {
+            ClientFrame::Send { .. }
+            | ClientFrame::GroupCreate { .. }
+            | ClientFrame::GroupAdd { .. }
+            | ClientFrame::GroupRemove { .. }
+            | ClientFrame::GroupLeave { .. }
+            | ClientFrame::GroupRename { .. } => (!c.sends.allow(self.now.mono_ms, self.cfg.send_rate)).then_some("sends"),
+            ClientFrame::History { .. } => (!c.histories.allow(self.now.mono_ms, self.cfg.history_rate)).then_some("history reads"),
+            _ => None,
+        };
+        if let Some(what) = limited {
+            let (cmid, r#ref) = match &frame {
+                ClientFrame::Send { cmid, .. } => (Some(cmid.clone()), None),
+                ClientFrame::GroupCreate { r#ref, .. }
+                | ClientFrame::GroupAdd { r#ref, .. }
+                | ClientFrame::GroupRemove { r#ref, .. }
+                | ClientFrame::GroupLeave { r#ref, .. }
+                | ClientFrame::GroupRename { r#ref, .. }
+                | ClientFrame::History { r#ref, .. } => (None, r#ref.clone()),
+                _ => (None, None),
+            };
+            let err = FrameError::new(ErrorCode::RateLimited, format!("too many {what} on this connection; retry later"))
+                .with_cmid(cmid)
+                .with_ref(r#ref);
+            self.error(conn, err);
+            return;
+        }
+        let c = &self.conns[&conn];
         let user = c.user.clone();
         let me = self.me(conn);
         let op = match frame {

@@ -53,6 +53,10 @@ pub struct ShardConfig {
     pub receipts_coalesce_ms: u64,
     /// Whether messages for users with no connection go to the push outbox.
     pub push_enabled: bool,
+    /// Per connection: `send`s and group changes (each a durable write).
+    pub send_rate: crate::rate::Rate,
+    /// Per connection: `history` reads (each a store read).
+    pub history_rate: crate::rate::Rate,
     /// Whether this node is one of several: users arriving and leaving are reported
     /// ([`Action::Directory`]) for the cluster directory.
     pub cluster: bool,
@@ -75,6 +79,8 @@ impl ShardConfig {
             typing_interval_ms: 2_000,
             receipts_coalesce_ms: 500,
             push_enabled: false,
+            send_rate: crate::rate::Rate::UNLIMITED,
+            history_rate: crate::rate::Rate::UNLIMITED,
             cluster: false,
         }
     }
@@ -220,6 +226,8 @@ struct Conn {
     remote: Option<ConnRef>,
     /// When its token expires, on the monotonic clock (u64::MAX: never).
     expires_mono_ms: u64,
+    sends: crate::rate::Gcra,
+    histories: crate::rate::Gcra,
 }
 
 /// Connection ids of remote sessions start here, far above the runtime's socket ids.
