@@ -41,6 +41,9 @@ pub struct Config {
     pub spin_before_park_us: u64,
     /// Blocking threads per shard for storage jobs (commits and reads).
     pub storage_threads_per_shard: usize,
+    /// New connections a second from one source address, for the whole host (0: unlimited).
+    /// Off by default: clients behind one NAT or proxy share an address.
+    pub connect_rate_per_ip_per_s: u32,
     /// Per connection: sustained `send`s and group changes a second (0: unlimited), and the burst.
     pub send_rate_per_s: u32,
     pub send_burst: u32,
@@ -74,6 +77,7 @@ impl Default for Config {
             spin_before_park_us: 50,
             storage_threads_per_shard: 2,
             push_webhook: None,
+            connect_rate_per_ip_per_s: 0,
             send_rate_per_s: 200,
             send_burst: 1000,
             history_rate_per_s: 50,
@@ -141,6 +145,9 @@ pub struct ServeArgs {
     /// Push notifications for offline users are POSTed here (http://; batched, retried, durable).
     #[arg(long, value_name = "URL")]
     pub push_webhook: Option<String>,
+    /// New connections a second from one source address (0: unlimited); more get 429. [default: 0]
+    #[arg(long)]
+    pub connect_rate_per_ip_per_s: Option<u32>,
     /// Per connection: sends and group changes a second, sustained (0: unlimited); more get `rate_limited`. [default: 200]
     #[arg(long)]
     pub send_rate_per_s: Option<u32>,
@@ -183,6 +190,7 @@ impl Config {
             body_bytes_max,
             outbound_queue_bytes_max,
             spin_before_park_us,
+            connect_rate_per_ip_per_s,
             send_rate_per_s,
             send_burst,
             history_rate_per_s,

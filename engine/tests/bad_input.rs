@@ -285,3 +285,27 @@ async fn a_flood_of_sends_is_refused_beyond_the_connections_rate_and_counted() {
         .sum();
     assert_eq!(total, 3, "{text}");
 }
+
+#[tokio::test]
+async fn new_connections_beyond_an_addresss_rate_get_429_and_other_addresses_do_not_notice() {
+    // Four a second: the harness's readiness probe was the first.
+    let s = Server::start(&["--shards", "1", "--connect-rate-per-ip-per-s", "4"]);
+    let mut open = Vec::new();
+    for i in 0..3 {
+        open.push(tokio_tungstenite::connect_async(s.url("alice", &format!("d{i}"))).await.expect("within the rate"));
+    }
+    match tokio_tungstenite::connect_async(s.url("alice", "d3")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 429),
+        other => panic!("the fourth connection in a second must get 429: {:?}", other.map(|_| ())),
+    }
+    // Another source address has its own budget.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let stream = sock.connect(format!("127.0.0.1:{}", s.port).parse().unwrap()).await.unwrap();
+    tokio_tungstenite::client_async(s.url("bob", "d"), stream).await.expect("another address is not limited");
+    // And the first one's budget comes back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio_tungstenite::connect_async(s.url("alice", "d4")).await.expect("one more after a quarter of a second");
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", s.http)).await.unwrap().text().await.unwrap();
+    assert!(text.contains("shardchat_connections_refused_rate_total{shard=\"0\"} 1\n"), "{text}");
+}

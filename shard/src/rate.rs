@@ -40,6 +40,12 @@ impl Gcra {
         self.tat_us = tat + interval;
         true
     }
+
+    /// Whether a full burst would be allowed at `now_ms` (the bucket is full): such a limit can be
+    /// forgotten and recreated without changing anything.
+    pub fn is_full(self, now_ms: u64) -> bool {
+        self.tat_us <= now_ms.saturating_mul(1000)
+    }
 }
 
 #[cfg(test)]
@@ -59,6 +65,7 @@ mod tests {
         // A quiet second refills the burst, and no more.
         assert_eq!((0..8).filter(|_| g.allow(now + 10_000, rate)).count(), 5);
         assert!((0..1000).all(|_| Gcra::default().allow(now, Rate::UNLIMITED)));
+        assert!(!g.is_full(now + 10_000) && g.is_full(now + 10_500), "full once the burst has refilled");
     }
 
     proptest! {

@@ -4,18 +4,63 @@
 use super::conn::Upgrade;
 use super::driver::{Driver, Wire};
 use crate::http::{response, RequestHead, HEAD_BYTES_MAX};
+use crate::metrics::ShardMetrics;
 use futures::future::{select, Either};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use shardchat_shard::home_shard;
+use shardchat_shard::rate::{Gcra, Rate};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Source addresses whose connection rate this shard tracks, at most; beyond it the idle ones
+/// (bucket full again) are forgotten, which costs them nothing.
+const RATE_TRACKED_IPS_MAX: usize = 100_000;
+
+/// Per source address: new connections a second this shard accepts (its share of the host's
+/// `--connect-rate-per-ip-per-s`: SO_REUSEPORT spreads a client's connections over the shards).
+struct PerIp {
+    rate: Rate,
+    seen: HashMap<IpAddr, Gcra>,
+    started: Instant,
+}
+
+impl PerIp {
+    fn new(per_sec_host: u32, shards: usize) -> PerIp {
+        let share = if per_sec_host == 0 { 0 } else { (per_sec_host / shards.max(1) as u32).max(1) };
+        PerIp { rate: Rate { per_sec: share, burst: share }, seen: HashMap::new(), started: Instant::now() }
+    }
+
+    fn allow(&mut self, ip: IpAddr) -> bool {
+        if self.rate.per_sec == 0 {
+            return true;
+        }
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        if self.seen.len() >= RATE_TRACKED_IPS_MAX {
+            // A bucket that would allow a full burst now is indistinguishable from a new one.
+            self.seen.retain(|_, g| !g.is_full(now_ms));
+        }
+        self.seen.entry(ip).or_default().allow(now_ms, self.rate)
+    }
+}
 
 pub async fn accept_loop(d: Rc<Driver>, listener: TcpListener) {
+    let mut per_ip = PerIp::new(d.cfg.connect_rate_per_ip_per_s, d.cfg.shards);
     loop {
         match listener.accept().await {
-            Ok(stream) => {
+            Ok(mut stream) => {
+                let ip = stream.peer_addr().map(|a| a.ip());
+                if ip.is_ok_and(|ip| !per_ip.allow(ip)) {
+                    ShardMetrics::add(&d.metrics.connections_refused_rate, 1);
+                    glommio::spawn_local(async move {
+                        let _ = stream.write_all(&response(429, "Too Many Requests", "too many new connections from this address")).await;
+                    })
+                    .detach();
+                    continue;
+                }
                 glommio::spawn_local(handshake(d.clone(), stream)).detach();
             }
             Err(e) => {
