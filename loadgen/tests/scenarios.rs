@@ -190,11 +190,15 @@ fn idle_reports_server_memory_per_connection() {
 
 #[test]
 fn echo_measures_round_trips_against_any_echo_server() {
-    let port = free_port();
+    // Bound here and kept: a port picked free and bound later can be taken meanwhile by another
+    // test's server (it was, in CI).
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    let port = std_listener.local_addr().unwrap().port();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.spawn(async move {
         use futures::{SinkExt, StreamExt};
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
         loop {
             let (sock, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
