@@ -97,16 +97,7 @@ impl Shard {
             _ => None,
         };
         if let Some(what) = limited {
-            let (cmid, r#ref) = match &frame {
-                ClientFrame::Send { cmid, .. } => (Some(cmid.clone()), None),
-                ClientFrame::GroupCreate { r#ref, .. }
-                | ClientFrame::GroupAdd { r#ref, .. }
-                | ClientFrame::GroupRemove { r#ref, .. }
-                | ClientFrame::GroupLeave { r#ref, .. }
-                | ClientFrame::GroupRename { r#ref, .. }
-                | ClientFrame::History { r#ref, .. } => (None, r#ref.clone()),
-                _ => (None, None),
-            };
+            let (cmid, r#ref) = frame.correlation();
             let err = FrameError::new(ErrorCode::RateLimited, format!("too many {what} on this connection; retry later"))
                 .with_cmid(cmid)
                 .with_ref(r#ref);
