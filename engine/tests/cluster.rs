@@ -99,7 +99,7 @@ async fn metric(s: &Server, name: &str) -> u64 {
 async fn three_nodes_keep_the_directory_exact_and_repair_it_when_a_node_dies() {
     let Some(redis) = Redis::start() else { return };
     let n0 = node(&redis, 0);
-    let n1 = node(&redis, 1);
+    let mut n1 = node(&redis, 1);
     let mut n2 = node(&redis, 2);
     redis.wait_for("shardchat:nodes", &["0", "1", "2"]).await;
 
@@ -137,6 +137,10 @@ async fn three_nodes_keep_the_directory_exact_and_repair_it_when_a_node_dies() {
     redis.wait_for("shardchat:user:bob:nodes", &["2"]).await;
     redis.wait_for("shardchat:nodes", &["0", "1", "2"]).await;
     drop(a0);
+
+    // A clean stop removes the liveness key at once, not a TTL later.
+    n1.stop();
+    assert!(!redis.exists("shardchat:node:1"), "SIGTERM must take the node out of the live set");
 }
 
 #[tokio::test]

@@ -141,10 +141,10 @@ pub struct Cluster {
     /// users at once, whatever Redis does, so this holds at most what arrives during one Redis
     /// round trip (at most `REDIS_TIMEOUT_MS`). Unbounded so a shard never waits and a change is
     /// never dropped; order is kept, so a user's arrival and departure apply in turn.
-    changes: mpsc::UnboundedSender<(String, bool)>,
+    /// `None` stops the link.
+    changes: mpsc::UnboundedSender<Option<(String, bool)>>,
     pub state: Arc<ClusterState>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Cluster {
@@ -154,7 +154,6 @@ impl Cluster {
         let client = redis::Client::open(cfg.redis.as_str()).map_err(|e| format!("cluster: {}: {e}", cfg.redis))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(ClusterState::default());
-        let stop = Arc::new(AtomicBool::new(false));
         let link = Link {
             client,
             con: None,
@@ -166,27 +165,28 @@ impl Cluster {
             down_logged: false,
             cfg,
         };
-        let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("cluster".into())
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("cluster runtime");
-                rt.block_on(link.run(rx, stop2));
+                rt.block_on(link.run(rx));
             })
             .map_err(|e| format!("cluster thread: {e}"))?;
-        Ok(Cluster { changes: tx, state, thread: Some(thread), stop })
+        Ok(Cluster { changes: tx, state, thread: Mutex::new(Some(thread)) })
     }
 
     /// From a home shard: `user`'s first connection here arrived (`here`) or the last one left.
     pub fn directory(&self, user: String, here: bool) {
-        // Fails only once the link has stopped, at shutdown, when the node's key is gone.
-        let _ = self.changes.send((user, here));
+        // Fails only once the link has stopped, at shutdown.
+        let _ = self.changes.send(Some((user, here)));
     }
 
-    /// Stops the link. The liveness key is removed so the others see this node gone at once.
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
+    /// Stops the link, after the changes queued before this call. The liveness key is removed
+    /// so the others see this node gone at once (and repair the directory). A handle is enough:
+    /// shutdown must not depend on every shard's copy having been dropped.
+    pub fn stop(&self) {
+        let _ = self.changes.send(None);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
         }
     }
@@ -209,24 +209,28 @@ struct Link {
 }
 
 impl Link {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<(String, bool)>, stop: Arc<AtomicBool>) {
+    /// Runs until [`Cluster::stop`].
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Option<(String, bool)>>) {
         let mut tick = tokio::time::interval(Duration::from_millis(NODE_REFRESH_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Stop is checked at least this often.
-        let mut poll = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
                 _ = tick.tick() => self.refresh().await,
                 got = rx.recv() => {
-                    let Some(first) = got else { break };
-                    self.note(first);
-                    while let Ok(c) = rx.try_recv() {
-                        self.note(c);
-                    }
+                    // Everything queued now, in one batch; `None` (stop, or every handle gone) ends it.
+                    let mut msg = got;
+                    let stop = loop {
+                        match msg {
+                            Some(Some(change)) => self.note(change),
+                            _ => break true,
+                        }
+                        match rx.try_recv() {
+                            Ok(m) => msg = Some(m),
+                            Err(_) => break false,
+                        }
+                    };
                     self.write_directory().await;
-                }
-                _ = poll.tick() => {
-                    if stop.load(Ordering::Acquire) {
+                    if stop {
                         break;
                     }
                 }

@@ -113,8 +113,8 @@ pub fn serve(cfg: Config) -> Result<(), String> {
         Err(e) => result = Err(format!("bridge failed: {e}")),
     }
     store.flush().map_err(|e| format!("final flush: {e}"))?;
-    // The shards are gone and hold no handle now: the link removes this node's liveness key.
-    if let Some(c) = cluster.and_then(Arc::into_inner) {
+    // The shards are gone: the link removes this node's liveness key.
+    if let Some(c) = &cluster {
         c.stop();
     }
     tracing::info!("shardchat stopped");
