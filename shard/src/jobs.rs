@@ -13,15 +13,16 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 /// Recent messages whose authors get coalesced group receipt counts.
 pub const RECENT_MESSAGES_MAX: usize = 64;
 
-/// A connection anywhere in the process: its home shard and its id there.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A connection anywhere in the cluster: its node, its home shard there and its id there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ConnRef {
+    pub node: crate::route::NodeId,
     pub shard: ShardId,
     pub conn: u64,
 }
 
 /// Where a `send` goes: a user (the direct conversation with them) or a conversation id.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Target {
     To(String),
     Conv(String),
@@ -37,7 +38,7 @@ impl Target {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SendOp {
     pub reply_to: ConnRef,
     pub user: String,
@@ -51,7 +52,7 @@ pub struct SendOp {
     pub ts: u64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MarkOp {
     pub reply_to: ConnRef,
     pub user: String,
@@ -61,7 +62,7 @@ pub struct MarkOp {
 }
 
 /// A change to a group's membership.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum GroupChange {
     Create { name: String, members: Vec<String> },
     Add { users: Vec<String> },
@@ -70,7 +71,7 @@ pub enum GroupChange {
     Rename { name: String },
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct GroupOp {
     pub reply_to: ConnRef,
     pub user: String,
@@ -82,7 +83,7 @@ pub struct GroupOp {
     pub ts: u64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Op {
     Send(SendOp),
     Mark(MarkOp),
@@ -102,12 +103,14 @@ pub enum Op {
         seq: u64,
         r#ref: Option<Ref>,
     },
-    /// Persist a user's last-seen time (presence, written lazily).
+    /// Persist a user's last-seen time (presence, written lazily). Never leaves its node.
+    #[serde(skip)]
     LastSeen {
         user: String,
         ms: u64,
     },
-    /// Owe an offline user a push notification (the push outbox).
+    /// Owe an offline user a push notification (the push outbox). Never leaves its node.
+    #[serde(skip)]
     Push(shardchat_storage::PushEntry),
 }
 

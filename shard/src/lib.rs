@@ -13,6 +13,7 @@ pub mod jobs;
 mod machine;
 pub mod payload;
 pub mod rate;
+pub mod remote;
 pub mod route;
 pub mod snowflake;
 pub mod wheel;
@@ -20,7 +21,10 @@ pub mod wheel;
 pub use jobs::{CommitJob, CommitOutcome, ConnRef, ReadJob, ReadOutcome};
 pub use machine::{Action, Event, Now, PeerMsg, Shard, ShardConfig};
 pub use payload::{Class, Payload};
-pub use route::{home_shard, owner_shard, ShardId};
+pub use remote::RemoteMsg;
+pub use route::{home_shard, owner_node, owner_shard, NodeId, ShardId};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod cluster_tests;

@@ -6,7 +6,7 @@ use shardchat_codec::{encode_binary, encode_text, ServerFrame};
 use std::sync::{Arc, OnceLock};
 
 /// How a frame may be treated when its connection falls behind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Class {
     /// Acks, messages, receipts, answers: never dropped; a connection that cannot take them is
     /// closed and resyncs.

@@ -26,9 +26,53 @@ pub fn owner_shard(conv: &str, shards: usize) -> ShardId {
     (stable_hash(conv) % shards as u64) as ShardId
 }
 
+/// A node of a cluster (`--node-id`); 0 when the engine runs alone.
+pub type NodeId = u16;
+
+/// The node whose owner shard sequences `conv`: rendezvous (highest random weight) hashing over
+/// the live nodes, so when a node comes or goes only the conversations it owned, or now owns,
+/// move (about 1/n of them), and every node that sees the same live set picks the same owner.
+pub fn owner_node(conv: &str, live: &[NodeId]) -> Option<NodeId> {
+    let h = stable_hash(conv);
+    live.iter().copied().max_by_key(|&n| (mix(h ^ u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15)), n))
+}
+
+/// splitmix64's finalizer: FNV alone mixes the low bits of `h ^ node` poorly.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rendezvous_spreads_conversations_and_moves_only_a_departed_nodes_share() {
+        let convs: Vec<String> = (0..6000).map(|i| format!("g:{i}")).collect();
+        let three = [0, 1, 2];
+        let mut counts = [0usize; 3];
+        for c in &convs {
+            counts[owner_node(c, &three).unwrap() as usize] += 1;
+        }
+        assert!(counts.iter().all(|&n| n > 1700), "{counts:?}");
+        // Node 1 leaves: exactly its conversations move, spread over the others.
+        let mut moved = 0;
+        for c in &convs {
+            let before = owner_node(c, &three).unwrap();
+            let after = owner_node(c, &[0, 2]).unwrap();
+            if before != 1 {
+                assert_eq!(before, after, "{c} moved though its owner stayed");
+            } else {
+                moved += 1;
+            }
+        }
+        assert_eq!(moved, counts[1]);
+        // Order of the live list does not matter; no live node, no owner.
+        assert!(convs.iter().all(|c| owner_node(c, &[2, 0, 1]) == owner_node(c, &three)));
+        assert_eq!(owner_node("g:1", &[]), None);
+    }
 
     #[test]
     fn placement_is_stable_and_spread() {

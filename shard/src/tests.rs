@@ -133,6 +133,7 @@ impl Sim {
                         self.inbox[s].push_back(Event::LookupDone(outcome));
                     }
                     Action::Directory { user, here } => self.directory.push((user, here)),
+                    Action::Remote { .. } | Action::RemoteFanout { .. } => panic!("one node: nothing leaves it"),
                 }
             }
         }
@@ -827,7 +828,7 @@ fn a_remote_session_is_a_connection_whose_frames_go_to_its_holder() {
     let dir = tempfile::tempdir().unwrap();
     let mut sim = Sim::new(3, 21, store(dir.path()));
     let n = sim.shards.len();
-    let remote = ConnRef { shard: n, conn: 7 };
+    let remote = ConnRef { node: 0, shard: n, conn: 7 };
     let home = home_shard("bob", n);
     sim.inbox[home].push_back(Event::Peer(PeerMsg::Attach { user: "bob".into(), device: "poll".into(), remote }));
     sim.run();

@@ -189,12 +189,13 @@ impl Shard {
         for user in users {
             // By index: pushing does not change `by_user`, and this path runs per delivery.
             let n = self.by_user.get(user).map_or(0, Vec::len);
-            if n == 0 && msg.is_some() && self.cfg.push_enabled {
+            // In cluster mode the link decides, knowing every node's users (`OwePush`).
+            if n == 0 && msg.is_some() && self.cfg.push_enabled && !self.cfg.cluster {
                 self.owe_push(user, &payload);
             }
             for i in 0..n {
                 let conn = self.by_user[user][i];
-                if except == Some(ConnRef { shard: self.cfg.id, conn }) {
+                if except == Some(self.me(conn)) {
                     continue;
                 }
                 if let (Some((conv, seq)), Some(c)) = (&msg, self.conns.get_mut(&conn)) {
@@ -209,7 +210,7 @@ impl Shard {
 
     /// A user with no connection missed a message: it goes to the push outbox with the next
     /// commit (never the user's own messages, nor system messages).
-    fn owe_push(&mut self, user: &str, payload: &Payload) {
+    pub(super) fn owe_push(&mut self, user: &str, payload: &Payload) {
         if let ServerFrame::Msg(m) = payload.frame() {
             if m.from != user && m.kind != shardchat_codec::MsgKind::System {
                 let e =

@@ -6,12 +6,12 @@
 //! - `presence.rs`: a user's presence and who subscribed to it.
 
 mod home;
-mod owner;
+pub(crate) mod owner;
 mod presence;
 
 use crate::jobs::*;
 use crate::payload::{Class, Payload};
-use crate::route::ShardId;
+use crate::route::{NodeId, ShardId};
 use crate::snowflake::Snowflake;
 use crate::wheel::TimerWheel;
 use shardchat_codec::{FrameError, ServerFrame};
@@ -145,6 +145,13 @@ pub enum Action {
     /// Cluster mode only: `user`'s first connection on this node arrived (`here`), or its last
     /// one left. The home shard holds all of a user's connections on a node, so it knows.
     Directory { user: String, here: bool },
+    /// Cluster mode only: to another node (an op for the conversation's owner node, or the
+    /// answer to a connection there).
+    Remote { node: NodeId, msg: crate::remote::RemoteMsg },
+    /// Cluster mode only: this frame for every connection of `users` on the other nodes. The
+    /// cluster link looks up which nodes hold them and sends it once to each; with a message
+    /// (`msg`), users connected nowhere are owed a push.
+    RemoteFanout { users: Vec<String>, payload: Payload, except: Option<ConnRef>, msg: Option<(String, u64)>, class: Class },
 }
 
 /// Messages between shards: the only thing that crosses cores. Payloads are shared, not copied.
@@ -206,6 +213,15 @@ pub enum PeerMsg {
         target: String,
         reply_to: ConnRef,
     },
+    /// Cluster link → owner shard: an op another node's owner shard forwarded here. Never
+    /// forwarded again (two nodes whose views differ for a moment would bounce it): when this
+    /// node does not own the conversation either, it is answered `unavailable`.
+    Forwarded(Op),
+    /// Cluster link → every shard: the live nodes changed (conversation ownership moves).
+    View { live: Vec<NodeId> },
+    /// Cluster link → home: these users have no connection on any node; owe them a push for
+    /// the message in `payload`.
+    OwePush { users: Vec<String>, payload: Payload },
 }
 
 ///
@@ -283,6 +299,13 @@ pub struct Shard {
     receipts_last_ms: HashMap<String, u64>,
     /// conv → seq → (delivered, read) last sent to the author.
     receipts_sent: HashMap<String, HashMap<u64, (u32, u32)>>,
+    /// Cluster mode: the live nodes as last told by the cluster link (None until the first
+    /// word: until then no node may assume it owns anything).
+    view: Option<Vec<NodeId>>,
+    /// Cluster mode: the view before the last change, and until when (monotonic ms)
+    /// conversations that came here with the change are refused while their previous owner
+    /// finishes what it had started (see `view_changed`).
+    handover: Option<(Vec<NodeId>, u64)>,
     actions: Vec<Action>,
     /// Messages this shard sent itself, handled before `handle` returns.
     local: VecDeque<PeerMsg>,
@@ -310,6 +333,8 @@ impl Shard {
             receipts_dirty: HashSet::new(),
             receipts_last_ms: HashMap::new(),
             receipts_sent: HashMap::new(),
+            view: None,
+            handover: None,
             actions: Vec::new(),
             local: VecDeque::new(),
             now,
@@ -372,7 +397,16 @@ impl Shard {
         }
     }
 
+    fn node(&self) -> NodeId {
+        self.cfg.node as NodeId
+    }
+
     fn reply(&mut self, to: ConnRef, payload: Payload) {
+        if to.node != self.node() {
+            let msg = crate::remote::RemoteMsg::Reply { to, frame: payload.frame().clone() };
+            self.actions.push(Action::Remote { node: to.node, msg });
+            return;
+        }
         self.send_to(to.shard, PeerMsg::Reply { conn: to.conn, payload });
     }
 
@@ -395,12 +429,19 @@ impl Shard {
     }
 
     fn me(&self, conn: u64) -> ConnRef {
-        ConnRef { shard: self.cfg.id, conn }
+        ConnRef { node: self.node(), shard: self.cfg.id, conn }
     }
 
     fn peer(&mut self, msg: PeerMsg) {
         match msg {
-            PeerMsg::Op(op) => self.accept_op(op),
+            PeerMsg::Op(op) => self.route_op(op, false),
+            PeerMsg::Forwarded(op) => self.route_op(op, true),
+            PeerMsg::View { live } => self.view_changed(live),
+            PeerMsg::OwePush { users, payload } => {
+                for u in &users {
+                    self.owe_push(u, &payload);
+                }
+            }
             PeerMsg::Reply { conn, payload } => {
                 if self.conns.contains_key(&conn) {
                     self.send(conn, payload);

@@ -6,7 +6,61 @@ use crate::route::home_shard;
 use shardchat_codec::{ErrorCode, Member, SeqCounts};
 use std::collections::BTreeMap;
 
+/// After the live nodes change, how long a node refuses ops for conversations it gained, so the
+/// previous owner (which may learn of the change up to one cluster refresh later, and may have a
+/// commit in flight) has stopped sequencing them before this node loads their `seq` from the
+/// store: one refresh (1 s) plus a commit's worst case. Refused sends are `unavailable`; clients
+/// retry with the same cmid.
+pub const HANDOVER_MS: u64 = 3_000;
+
 impl Shard {
+    /// In cluster mode an op reaches the owner shard of its conversation on the node where it
+    /// arrived; only the owner node's owner shard sequences it, so it is forwarded there, once.
+    pub(super) fn route_op(&mut self, op: Op, forwarded: bool) {
+        if !self.cfg.cluster {
+            return self.accept_op(op);
+        }
+        let Some(conv) = op.conv() else { return self.accept_op(op) };
+        let me = self.node();
+        let why = match self.view.as_deref().map(|v| crate::route::owner_node(conv, v)) {
+            Some(Some(owner)) if owner == me => match &self.handover {
+                Some((before, until)) if self.now.mono_ms < *until && crate::route::owner_node(conv, before) != Some(me) => {
+                    "conversation is moving to this node; retry shortly"
+                }
+                _ => return self.accept_op(op),
+            },
+            Some(Some(owner)) if !forwarded => {
+                self.actions.push(Action::Remote { node: owner, msg: crate::remote::RemoteMsg::Op(op) });
+                return;
+            }
+            Some(Some(_)) => "conversation is changing nodes; retry shortly",
+            Some(None) | None => "cluster membership not known yet; retry shortly",
+        };
+        if let Some((to, frame)) = op.refusal(FrameError::new(ErrorCode::Unavailable, why)) {
+            self.reply(to, frame.into());
+        }
+    }
+
+    /// The cluster link says the live nodes changed: conversations this node no longer owns
+    /// leave its cache, and their waiting ops go to the new owner.
+    pub(super) fn view_changed(&mut self, live: Vec<crate::route::NodeId>) {
+        let me = self.node();
+        let owned = |conv: &str| crate::route::owner_node(conv, &live) == Some(me);
+        self.convs.retain(|c, _| owned(c));
+        self.receipts_dirty.retain(|c| owned(c));
+        self.receipts_last_ms.retain(|c, _| owned(c));
+        self.receipts_sent.retain(|c, _| owned(c));
+        // The first view is not a handover: nothing was owned before it.
+        let (stay, moved): (Vec<Op>, Vec<Op>) = std::mem::take(&mut self.pending).into_iter().partition(|op| op.conv().is_none_or(owned));
+        self.pending = stay;
+        if let Some(before) = self.view.replace(live) {
+            self.handover = Some((before, self.now.mono_ms + HANDOVER_MS));
+        }
+        for op in moved {
+            self.route_op(op, false);
+        }
+    }
+
     pub(super) fn accept_op(&mut self, mut op: Op) {
         match &mut op {
             Op::Send(s) => {
@@ -72,7 +126,14 @@ impl Shard {
             // Trimming is cheap and rare; evicted conversations reload from the store.
             self.convs.clear();
         }
-        self.convs.extend(out.convs);
+        match &self.view {
+            // Conversations that moved away while their commit ran are not kept.
+            Some(live) if self.cfg.cluster => {
+                let me = self.node();
+                self.convs.extend(out.convs.into_iter().filter(|(c, _)| crate::route::owner_node(c, live) == Some(me)));
+            }
+            _ => self.convs.extend(out.convs),
+        }
         for outcome in out.outcomes {
             match outcome {
                 OpOutcome::Rejected { reply_to, err } => self.reply(reply_to, ServerFrame::from(err).into()),
@@ -129,8 +190,13 @@ impl Shard {
     }
 
     /// One message per destination home shard, carrying the users that live there and the
-    /// payload encoded once.
+    /// payload encoded once; in cluster mode one more for the link, which sends it once to each
+    /// other node holding some of them.
     pub(super) fn fanout(&mut self, users: &[String], payload: Payload, except: Option<ConnRef>, msg: Option<(String, u64)>, class: Class) {
+        if self.cfg.cluster && !users.is_empty() {
+            let (users, payload, msg) = (users.to_vec(), payload.clone(), msg.clone());
+            self.actions.push(Action::RemoteFanout { users, payload, except, msg, class });
+        }
         let mut by_shard: BTreeMap<ShardId, Vec<String>> = BTreeMap::new();
         for u in users {
             by_shard.entry(home_shard(u, self.cfg.shards)).or_default().push(u.clone());
