@@ -200,3 +200,212 @@ async fn two_processes_given_the_same_node_id_are_reported() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(metric(&other, "shardchat_cluster_node_id_conflicts_total").await, 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Routing between nodes: three engines sharing one Redis and one message store (the CQL test
+// double, through the real scylla driver), users spread over them.
+
+struct Cluster {
+    redis: Redis,
+    _double: shardchat_cql_double::CqlDouble,
+    nodes: Vec<Server>,
+}
+
+impl Cluster {
+    fn start(n: usize) -> Option<Cluster> {
+        let redis = Redis::start()?;
+        let double = shardchat_cql_double::CqlDouble::start().unwrap();
+        let uri = format!("scylla://{}/chat?schema_metadata=off", double.addr());
+        let out = Command::new(env!("CARGO_BIN_EXE_shardchat")).args(["migrate", "--scylla", &uri, "--replication-factor", "1"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let nodes = (0..n)
+            .map(|i| Server::start(&["--cluster", &redis.url(), "--node-id", &i.to_string(), "--shards", "2", "--store", &uri]))
+            .collect();
+        Some(Cluster { redis, _double: double, nodes })
+    }
+
+    /// Until every node sees `n` live nodes.
+    async fn settle(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for s in self.nodes.iter().filter(|s| s.is_running()) {
+            while metric(s, "shardchat_cluster_live_nodes").await != n {
+                assert!(Instant::now() < deadline, "the nodes never agreed on {n} live nodes");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Sends until acked, as a client does: `unavailable` (a conversation changing nodes, a node
+/// being unreachable) is retried with the same cmid. Returns the ack.
+async fn send_acked(c: &mut Client, frame: serde_json::Value) -> serde_json::Value {
+    let cmid = frame["cmid"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        c.send(frame.clone()).await;
+        let v = c.recv_where(|v| (v["t"] == "ack" || v["t"] == "error") && v["cmid"] == cmid.as_str()).await;
+        if v["t"] == "ack" {
+            return v;
+        }
+        assert_eq!(v["code"], "unavailable", "{v}");
+        assert!(Instant::now() < deadline, "{cmid} never acked: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Same for a request answered by `ref` (group changes).
+async fn request_answered(c: &mut Client, frame: serde_json::Value, answer: &str) -> serde_json::Value {
+    let r = frame["ref"].clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        c.send(frame.clone()).await;
+        let v = c.recv_where(|v| (v["t"] == answer || v["t"] == "error") && v["ref"] == r).await;
+        if v["t"] == answer {
+            return v;
+        }
+        assert_eq!(v["code"], "unavailable", "{v}");
+        assert!(Instant::now() < deadline, "{frame} never answered: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The conversation's stored messages, read through `node`'s REST API: (seq, cmid).
+async fn stored(node: &Server, user: &str, conv: &str) -> Vec<(u64, String)> {
+    let mut all: Vec<(u64, String)> = Vec::new();
+    loop {
+        let after = all.last().map_or(0, |m| m.0);
+        let url = node.rest(&format!("/v1/conversations/{conv}/messages?after={after}&limit=200"), user);
+        let v: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        let page = v["messages"].as_array().unwrap_or_else(|| panic!("{v}"));
+        if page.is_empty() {
+            return all;
+        }
+        all.extend(page.iter().map(|m| (seq(m), m["cmid"].as_str().unwrap().to_string())));
+    }
+}
+
+fn direct(a: &str, b: &str) -> String {
+    shardchat_codec::direct_conv_id(a, b)
+}
+
+#[tokio::test]
+async fn three_nodes_carry_direct_and_group_messages_and_receipts_across_nodes_in_order() {
+    let Some(cl) = Cluster::start(3) else { return };
+    cl.settle(3).await;
+    let [n0, n1, n2] = [&cl.nodes[0], &cl.nodes[1], &cl.nodes[2]];
+    let mut alice = Client::connect(n0, "alice", "phone").await;
+    let mut alice2 = Client::connect(n2, "alice", "laptop").await;
+    let mut bob = Client::connect(n1, "bob", "phone").await;
+    let mut carol = Client::connect(n2, "carol", "phone").await;
+    cl.redis.wait_for("shardchat:user:bob:nodes", &["1"]).await;
+    cl.redis.wait_for("shardchat:user:alice:nodes", &["0", "2"]).await;
+
+    // Direct, alice on node 0 to bob on node 1, whoever owns the conversation.
+    for i in 1..=20u64 {
+        let ack = send_acked(&mut alice, serde_json::json!({"t":"send","cmid":format!("a{i}"),"to":"bob","body":format!("m{i}")})).await;
+        assert_eq!(seq(&ack), i, "{ack}");
+    }
+    for dev in [&mut bob, &mut alice2] {
+        for i in 1..=20u64 {
+            let m = dev.recv_where(|v| v["t"] == "msg").await;
+            assert_eq!((seq(&m), m["cmid"].as_str()), (i, Some(format!("a{i}").as_str())), "{}: {m}", dev.user);
+        }
+    }
+    let ack = send_acked(&mut bob, serde_json::json!({"t":"send","cmid":"b1","to":"alice","body":"back"})).await;
+    assert_eq!(seq(&ack), 21);
+    for dev in [&mut alice, &mut alice2] {
+        let m = dev.recv_where(|v| v["t"] == "msg").await;
+        assert_eq!((seq(&m), m["from"].as_str()), (21, Some("bob")));
+    }
+
+    // Receipts cross nodes: bob reads on node 1, both of alice's devices hear it.
+    let conv = direct("alice", "bob");
+    bob.send(serde_json::json!({"t":"read","conv":conv,"seq":20})).await;
+    for dev in [&mut alice, &mut alice2] {
+        let r = dev.recv_where(|v| v["t"] == "receipt").await;
+        assert_eq!((r["user"].as_str(), r["kind"].as_str(), seq(&r)), (Some("bob"), Some("read"), 20), "{r}");
+    }
+
+    // A group spanning the three nodes: created on node 0, written to from node 2.
+    let g = request_answered(&mut alice, serde_json::json!({"t":"group_create","name":"crew","members":["bob","carol"],"ref":"g1"}), "group").await;
+    let g = g["conv"].as_str().unwrap().to_string();
+    for i in 1..=10u64 {
+        let ack = send_acked(&mut carol, serde_json::json!({"t":"send","cmid":format!("k{i}"),"conv":g,"body":"x"})).await;
+        assert_eq!(seq(&ack), i + 1, "the creation is seq 1");
+    }
+    for dev in [&mut alice, &mut alice2, &mut bob] {
+        let mut got = Vec::new();
+        while got.len() < 10 {
+            let m = dev.recv_where(|v| v["t"] == "msg" && v["conv"] == g.as_str()).await;
+            if m["kind"] != "system" {
+                got.push(seq(&m));
+            }
+        }
+        assert_eq!(got, (2..=11).collect::<Vec<_>>(), "{}", dev.user);
+    }
+    // Every node sent and received across; a group message went out once per node, not per member.
+    for s in [n0, n1, n2] {
+        assert!(metric(s, "shardchat_cluster_remote_received_total").await > 0);
+    }
+    assert_eq!(metric(n0, "shardchat_cluster_remote_unreachable_total").await, 0);
+    // The store holds each message once, in order, whichever node sequenced it.
+    let s = stored(n1, "bob", &conv).await;
+    assert_eq!(s.iter().map(|(q, _)| *q).collect::<Vec<_>>(), (1..=21).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn killing_a_node_under_traffic_moves_its_conversations_and_loses_nothing_acknowledged() {
+    let Some(mut cl) = Cluster::start(3) else { return };
+    cl.settle(3).await;
+    // Pairs whose direct conversation node 2 owns: their sequencing must move when it dies.
+    let pairs: Vec<(String, String)> = (0..200)
+        .map(|i| (format!("s{i}"), format!("r{i}")))
+        .filter(|(a, b)| shardchat_shard::owner_node(&direct(a, b), &[0, 1, 2]) == Some(2))
+        .take(3)
+        .collect();
+    assert_eq!(pairs.len(), 3);
+    // Senders on node 0, receivers on node 1: every message crosses to node 2 and back.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (s, r) in pairs.clone() {
+        let (n0, n1) = (&cl.nodes[0], &cl.nodes[1]);
+        let mut tx = Client::connect(n0, &s, "phone").await;
+        let _rx = Client::connect(n1, &r, "phone").await;
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let _rx = _rx;
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let ack = send_acked(&mut tx, serde_json::json!({"t":"send","cmid":format!("c{i}"),"to":r,"body":"x"})).await;
+                acked.push((seq(&ack), format!("c{i}")));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cl.nodes[2].kill();
+    // Node 2's key expires, the others take over after the handover; sends meanwhile are
+    // answered unavailable and retried.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    cl.settle(2).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for ((s, r), t) in pairs.iter().zip(tasks) {
+        let acked = t.await.unwrap();
+        assert!(acked.len() > 20, "{s}: only {} acked", acked.len());
+        let conv = direct(s, r);
+        let stored = stored(&cl.nodes[1], r, &conv).await;
+        // Every acked message is stored once, with the seq its ack named, and seq has no holes.
+        assert_eq!(stored, acked, "{conv}");
+        assert_eq!(stored.iter().map(|(q, _)| *q).collect::<Vec<_>>(), (1..=stored.len() as u64).collect::<Vec<_>>());
+        // The receiver, reconnecting anywhere, syncs everything.
+        let mut rx = Client::connect(&cl.nodes[0], r, "tablet").await;
+        assert_eq!(rx.catch_up(&conv, 0).await, stored.len() as u64 + 1);
+    }
+    // Sends that reached for the dead owner before the others noticed were answered
+    // `unavailable` (and retried), not lost in a channel nobody listens to.
+    assert!(metric(&cl.nodes[0], "shardchat_cluster_remote_unreachable_total").await > 0);
+}

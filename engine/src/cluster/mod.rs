@@ -17,10 +17,26 @@
 //! every user it listed, atomically and only if the dead node's key is still absent, so a node
 //! coming back at that moment is never wiped.
 //!
+//! Routing between nodes: every node subscribes to its channel `inbox:{id}`. What the shards
+//! send to other nodes (`Action::Remote`: an op for the conversation's owner node, an answer to
+//! a connection there; `Action::RemoteFanout`: a frame for users elsewhere) queues here with the
+//! directory changes, in the order the shards produced it. Each batch becomes one pipeline: the
+//! nodes of every fanned-out user are read from the directory, and every destination node gets
+//! one `PUBLISH` holding all of the batch's messages for it, so a group message costs one
+//! publish per node holding members, whatever the member count. Users listed on no node are owed
+//! a push, which the owner node's home shards record. Messages arrive through the bridge.
+//!
+//! The live nodes, read every refresh, go to every shard (`PeerMsg::View`): conversation
+//! ownership is rendezvous hashing over them.
+//!
 //! Redis down: nothing the shards do waits on it; the link retries every refresh and rewrites its
-//! part of the directory when Redis answers again.
+//! part of the directory when Redis answers again. Ops for other nodes are answered `unavailable`
+//! at once (never dropped silently); frames for users on other nodes are stored messages that
+//! those users get when they sync.
 
-use std::collections::{BTreeSet, HashSet};
+use crate::runtime::bridge::Bridge;
+use shardchat_shard::{Class, ConnRef, NodeId, PeerMsg, RemoteMsg};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,6 +61,12 @@ fn node_users_key(node: usize) -> String {
 fn user_nodes_key(user: &str) -> String {
     format!("{PREFIX}user:{user}:nodes")
 }
+fn inbox_channel(node: usize) -> String {
+    format!("{PREFIX}inbox:{node}")
+}
+
+/// Wait before resubscribing after the subscription broke.
+const RESUBSCRIBE_MS: u64 = 200;
 const NODES_KEY: &str = "shardchat:nodes";
 
 /// Removes a dead node from the directory, only while its liveness key is absent.
@@ -77,6 +99,10 @@ pub struct ClusterState {
     rewrites: AtomicU64,
     repairs: AtomicU64,
     node_id_conflicts: AtomicU64,
+    remote_sent: AtomicU64,
+    remote_received: AtomicU64,
+    remote_unreachable: AtomicU64,
+    publishes: AtomicU64,
 }
 
 impl ClusterState {
@@ -128,6 +154,30 @@ impl ClusterState {
                 "Times another process was found writing this node's liveness key (a duplicated --node-id).",
                 self.node_id_conflicts.load(Ordering::Relaxed),
             ),
+            (
+                "shardchat_cluster_remote_sent_total",
+                "counter",
+                "Messages sent to other nodes (ops, answers, fan-outs).",
+                self.remote_sent.load(Ordering::Relaxed),
+            ),
+            (
+                "shardchat_cluster_remote_received_total",
+                "counter",
+                "Messages received from other nodes.",
+                self.remote_received.load(Ordering::Relaxed),
+            ),
+            (
+                "shardchat_cluster_remote_unreachable_total",
+                "counter",
+                "Messages for another node that could not be sent (Redis down, or the node not listening); ops among them were answered unavailable.",
+                self.remote_unreachable.load(Ordering::Relaxed),
+            ),
+            (
+                "shardchat_cluster_publishes_total",
+                "counter",
+                "PUBLISH commands sent (one per destination node per batch).",
+                self.publishes.load(Ordering::Relaxed),
+            ),
         ];
         for (name, kind, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
@@ -135,14 +185,22 @@ impl ClusterState {
     }
 }
 
-/// The shards' handle: report directory changes without waiting.
+/// What the shards hand the link, in their order.
+enum LinkMsg {
+    Directory(String, bool),
+    Remote(NodeId, RemoteMsg),
+    Fanout { users: Vec<String>, frame: shardchat_codec::ServerFrame, except: Option<ConnRef>, msg: Option<(String, u64)>, class: Class },
+    Stop,
+}
+
+/// The shards' handle: report directory changes and send to other nodes without waiting.
 pub struct Cluster {
-    /// Unbounded but drained continuously: the link moves every change into its own set of
-    /// users at once, whatever Redis does, so this holds at most what arrives during one Redis
-    /// round trip (at most `REDIS_TIMEOUT_MS`). Unbounded so a shard never waits and a change is
-    /// never dropped; order is kept, so a user's arrival and departure apply in turn.
-    /// `None` stops the link.
-    changes: mpsc::UnboundedSender<Option<(String, bool)>>,
+    /// Unbounded but drained continuously: the link takes everything queued at once, whatever
+    /// Redis does, so this holds at most what arrives during one Redis round trip (at most
+    /// `REDIS_TIMEOUT_MS`). Unbounded so a shard never waits and nothing is dropped; order is
+    /// kept, so a user's arrival and departure apply in turn and messages leave in order.
+    changes: mpsc::UnboundedSender<LinkMsg>,
+    bridge: Arc<Mutex<Option<Bridge>>>,
     pub state: Arc<ClusterState>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -150,11 +208,15 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the link thread. Redis being unreachable is not an error: the node serves its own
     /// clients and the link keeps trying.
-    pub fn start(cfg: ClusterConfig) -> Result<Cluster, String> {
+    /// What other nodes send arrives through `bridge`.
+    pub fn start(cfg: ClusterConfig, bridge: Bridge) -> Result<Cluster, String> {
         let client = redis::Client::open(cfg.redis.as_str()).map_err(|e| format!("cluster: {}: {e}", cfg.redis))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(ClusterState::default());
+        let bridge = Arc::new(Mutex::new(Some(bridge)));
         let link = Link {
+            bridge: bridge.clone(),
+            view: None,
             client,
             con: None,
             here: HashSet::new(),
@@ -172,20 +234,38 @@ impl Cluster {
                 rt.block_on(link.run(rx));
             })
             .map_err(|e| format!("cluster thread: {e}"))?;
-        Ok(Cluster { changes: tx, state, thread: Mutex::new(Some(thread)) })
+        Ok(Cluster { changes: tx, bridge, state, thread: Mutex::new(Some(thread)) })
     }
 
     /// From a home shard: `user`'s first connection here arrived (`here`) or the last one left.
     pub fn directory(&self, user: String, here: bool) {
         // Fails only once the link has stopped, at shutdown.
-        let _ = self.changes.send(Some((user, here)));
+        let _ = self.changes.send(LinkMsg::Directory(user, here));
+    }
+
+    /// From a shard: `msg` for node `node`.
+    pub fn remote(&self, node: NodeId, msg: RemoteMsg) {
+        let _ = self.changes.send(LinkMsg::Remote(node, msg));
+    }
+
+    /// From an owner shard: a frame for `users` wherever else they are connected.
+    pub fn fanout(&self, users: Vec<String>, payload: &shardchat_shard::Payload, except: Option<ConnRef>, msg: Option<(String, u64)>, class: Class) {
+        let frame = payload.frame().clone();
+        let _ = self.changes.send(LinkMsg::Fanout { users, frame, except, msg, class });
+    }
+
+    /// Stops handing what arrives to the bridge, so the bridge can stop (it runs until every
+    /// handle is gone). Called once the shards have stopped.
+    pub fn detach_bridge(&self) {
+        self.bridge.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Stops the link, after the changes queued before this call. The liveness key is removed
     /// so the others see this node gone at once (and repair the directory). A handle is enough:
     /// shutdown must not depend on every shard's copy having been dropped.
     pub fn stop(&self) {
-        let _ = self.changes.send(None);
+        self.detach_bridge();
+        let _ = self.changes.send(LinkMsg::Stop);
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
         }
@@ -194,6 +274,10 @@ impl Cluster {
 
 struct Link {
     cfg: ClusterConfig,
+    /// Where messages from other nodes and the live nodes go (None once the node is stopping).
+    bridge: Arc<Mutex<Option<Bridge>>>,
+    /// The live nodes last told to the shards.
+    view: Option<Vec<usize>>,
     client: redis::Client,
     con: Option<redis::aio::MultiplexedConnection>,
     /// Users with a connection on this node: the truth the directory is made to match.
@@ -210,19 +294,22 @@ struct Link {
 
 impl Link {
     /// Runs until [`Cluster::stop`].
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Option<(String, bool)>>) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<LinkMsg>) {
+        let subscriber = tokio::spawn(subscribe(self.client.clone(), self.cfg.clone(), self.bridge.clone(), self.state.clone()));
         let mut tick = tokio::time::interval(Duration::from_millis(NODE_REFRESH_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => self.refresh().await,
                 got = rx.recv() => {
-                    // Everything queued now, in one batch; `None` (stop, or every handle gone) ends it.
+                    // Everything queued now, in one batch; `Stop` (or every handle gone) ends it.
                     let mut msg = got;
+                    let mut out = Vec::new();
                     let stop = loop {
                         match msg {
-                            Some(Some(change)) => self.note(change),
-                            _ => break true,
+                            Some(LinkMsg::Directory(user, here)) => self.note((user, here)),
+                            Some(LinkMsg::Stop) | None => break true,
+                            Some(m) => out.push(m),
                         }
                         match rx.try_recv() {
                             Ok(m) => msg = Some(m),
@@ -230,12 +317,14 @@ impl Link {
                         }
                     };
                     self.write_directory().await;
+                    self.route(out).await;
                     if stop {
                         break;
                     }
                 }
             }
         }
+        subscriber.abort();
         if let Some(con) = self.con.as_mut() {
             let _ = timeout(redis::cmd("DEL").arg(node_key(self.cfg.node)).query_async::<()>(con)).await;
         }
@@ -389,6 +478,13 @@ impl Link {
         if before != live {
             tracing::info!(?live, "cluster: live nodes changed");
         }
+        if self.view.as_ref() != Some(&live) {
+            let nodes: Vec<NodeId> = live.iter().map(|&n| n as NodeId).collect();
+            let msgs = (0..self.cfg.shards).map(|s| (s, PeerMsg::View { live: nodes.clone() })).collect();
+            if self.inject(msgs) {
+                self.view = Some(live.clone());
+            }
+        }
         // One repairer: the lowest live id.
         if live.first() == Some(&node) {
             for d in dead {
@@ -405,6 +501,168 @@ impl Link {
                 }
             }
         }
+    }
+}
+
+impl Link {
+    fn inject(&self, msgs: Vec<(usize, PeerMsg)>) -> bool {
+        match &*self.bridge.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(b) => b.inject(msgs),
+            None => false,
+        }
+    }
+
+    /// Sends one batch of what the shards had for other nodes: the directory read for every
+    /// fanned-out user, then one PUBLISH per destination node, all in one pipeline each.
+    async fn route(&mut self, out: Vec<LinkMsg>) {
+        if out.is_empty() {
+            return;
+        }
+        let me = self.cfg.node;
+        let con = self.connection().await;
+        // Nodes of every fanned-out user (not needed for those only here when Redis is away).
+        let mut wanted: Vec<String> = Vec::new();
+        let mut seen = HashSet::new();
+        for m in &out {
+            if let LinkMsg::Fanout { users, .. } = m {
+                wanted.extend(users.iter().filter(|u| seen.insert(u.as_str())).cloned());
+            }
+        }
+        let mut nodes_of: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut con = match con {
+            Some(c) if !wanted.is_empty() => {
+                let mut p = redis::pipe();
+                for u in &wanted {
+                    p.cmd("SMEMBERS").arg(user_nodes_key(u));
+                }
+                match timeout(p.query_async::<Vec<Vec<usize>>>(&mut c.clone())).await {
+                    Ok(sets) => {
+                        nodes_of = wanted.into_iter().zip(sets).collect();
+                        Some(c)
+                    }
+                    Err(e) => {
+                        self.down(e);
+                        None
+                    }
+                }
+            }
+            c => c,
+        };
+        let mut per_node: BTreeMap<usize, Vec<RemoteMsg>> = BTreeMap::new();
+        let mut owed = Vec::new();
+        for m in out {
+            match m {
+                LinkMsg::Remote(node, msg) => per_node.entry(usize::from(node)).or_default().push(msg),
+                LinkMsg::Fanout { users, frame, except, msg, class } => {
+                    let mut by_node: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+                    let mut offline = Vec::new();
+                    for u in users {
+                        let elsewhere = nodes_of.get(&u).map(Vec::as_slice).unwrap_or_default();
+                        if elsewhere.iter().all(|&n| n == me) && !self.here.contains(&u) {
+                            // Listed nowhere (or Redis is away and the user is not here).
+                            offline.push(u.clone());
+                        }
+                        for &n in elsewhere.iter().filter(|&&n| n != me) {
+                            by_node.entry(n).or_default().push(u.clone());
+                        }
+                    }
+                    for (n, users) in by_node {
+                        let m = RemoteMsg::Fanout { users, frame: frame.clone(), except, msg: msg.clone(), class };
+                        per_node.entry(n).or_default().push(m);
+                    }
+                    if msg.is_some() && !offline.is_empty() {
+                        owed.push(RemoteMsg::OwePush { users: offline, frame });
+                    }
+                }
+                LinkMsg::Directory(..) | LinkMsg::Stop => unreachable!("handled by run"),
+            }
+        }
+        let shards = self.cfg.shards;
+        let mut local: Vec<(usize, PeerMsg)> = owed.into_iter().flat_map(|m| m.into_local(shards)).collect();
+        let mut failed: Vec<RemoteMsg> = Vec::new();
+        if let Some(c) = con.as_mut().filter(|_| !per_node.is_empty()) {
+            let mut p = redis::pipe();
+            let mut sent = Vec::new();
+            for (n, msgs) in per_node {
+                match serde_json::to_vec(&msgs) {
+                    Ok(body) => {
+                        p.cmd("PUBLISH").arg(inbox_channel(n)).arg(body);
+                        sent.push(msgs);
+                    }
+                    Err(e) => tracing::error!(error = %e, "cluster: a message for another node did not encode"),
+                }
+            }
+            match timeout(p.query_async::<Vec<u64>>(c)).await {
+                Ok(listeners) => {
+                    self.state.publishes.fetch_add(sent.len() as u64, Ordering::Relaxed);
+                    for (msgs, l) in sent.into_iter().zip(listeners) {
+                        if l == 0 {
+                            // Nobody subscribed: the node is gone or not yet listening.
+                            failed.extend(msgs);
+                        } else {
+                            self.state.remote_sent.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Err(e) => {
+                    failed.extend(sent.into_iter().flatten());
+                    self.down(e);
+                }
+            }
+        } else {
+            failed.extend(per_node.into_values().flatten());
+        }
+        if !failed.is_empty() {
+            self.state.remote_unreachable.fetch_add(failed.len() as u64, Ordering::Relaxed);
+            for m in &failed {
+                if let Some((to, frame)) = m.unreachable("the node that owns this conversation is unreachable; retry shortly") {
+                    local.extend(RemoteMsg::Reply { to, frame }.into_local(shards));
+                }
+            }
+        }
+        self.inject(local);
+    }
+}
+
+/// Receives what other nodes publish to this node's channel and hands it to the bridge; on any
+/// break, subscribes again.
+async fn subscribe(client: redis::Client, cfg: ClusterConfig, bridge: Arc<Mutex<Option<Bridge>>>, state: Arc<ClusterState>) {
+    use futures::StreamExt;
+    let channel = inbox_channel(cfg.node);
+    loop {
+        let sub = async {
+            let mut ps = client.get_async_pubsub().await?;
+            ps.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(ps)
+        };
+        match tokio::time::timeout(Duration::from_millis(REDIS_TIMEOUT_MS), sub).await {
+            Ok(Ok(mut ps)) => {
+                tracing::info!(channel = %channel, "cluster: subscribed");
+                let mut stream = ps.on_message();
+                while let Some(m) = stream.next().await {
+                    let msgs: Vec<RemoteMsg> = match serde_json::from_slice(m.get_payload_bytes()) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cluster: a message from another node did not decode (mixed versions?)");
+                            continue;
+                        }
+                    };
+                    state.remote_received.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                    let local: Vec<(usize, PeerMsg)> = msgs.into_iter().flat_map(|m| m.into_local(cfg.shards)).collect();
+                    let b = bridge.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    match b {
+                        Some(b) => {
+                            // Waits (this thread) only while the bridge's deep queue is full.
+                            b.inject(local);
+                        }
+                        None => return,
+                    }
+                }
+                tracing::warn!(channel = %channel, "cluster: subscription lost; subscribing again");
+            }
+            Ok(Err(_)) | Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(RESUBSCRIBE_MS)).await;
     }
 }
 

@@ -133,11 +133,20 @@ pub struct BridgeRequest {
     pub reply: tokio::sync::oneshot::Sender<Vec<ServerFrame>>,
 }
 
+/// What reaches the bridge from other threads.
+enum Input {
+    /// From the control plane.
+    Request(BridgeRequest),
+    /// From the cluster link: messages other nodes sent here (or the link's own word, such as
+    /// the live nodes), each with the local peer it is for.
+    Peers(Vec<(usize, PeerMsg)>),
+}
+
 /// The control plane's handle: submit requests from any thread. When the last clone is dropped
 /// the socket closes and the bridge stops.
 #[derive(Clone)]
 pub struct Bridge {
-    tx: crossbeam_channel::Sender<BridgeRequest>,
+    tx: crossbeam_channel::Sender<Input>,
     /// Set while a wake-up byte is unread: later submits need not write another.
     rung: Arc<AtomicBool>,
     sock: Arc<std::os::unix::net::UnixStream>,
@@ -151,12 +160,31 @@ const BRIDGE_QUEUE_REQUESTS_MAX: usize = 65_536;
 impl Bridge {
     /// Hands `req` to the bridge; `Err` gives it back when the bridge is gone or full.
     pub fn submit(&self, req: BridgeRequest) -> Result<(), Box<BridgeRequest>> {
-        self.tx.try_send(req).map_err(|e| Box::new(e.into_inner()))?;
+        self.tx.try_send(Input::Request(req)).map_err(|e| match e.into_inner() {
+            Input::Request(r) => Box::new(r),
+            Input::Peers(_) => unreachable!("sent a request"),
+        })?;
+        self.ring();
+        Ok(())
+    }
+
+    /// From the cluster link: hands the bridge messages for local peers (shards, or the bridge
+    /// itself for answers to REST requests). Waits while the bridge's queue is full rather than
+    /// drop a message another node sent; false once the bridge has stopped.
+    pub fn inject(&self, msgs: Vec<(usize, PeerMsg)>) -> bool {
+        if msgs.is_empty() {
+            return true;
+        }
+        let ok = self.tx.send(Input::Peers(msgs)).is_ok();
+        self.ring();
+        ok
+    }
+
+    fn ring(&self) {
         if !self.rung.swap(true, Ordering::AcqRel) {
             // Non-blocking: a full socket buffer means a wake-up is already pending.
             let _ = (&*self.sock).write(&[1]);
         }
-        Ok(())
     }
 
     /// Whether the bridge has joined the shard mesh (readiness).
@@ -167,7 +195,7 @@ impl Bridge {
 
 /// The bridge's end, moved into its executor.
 pub struct BridgeEnd {
-    rx: crossbeam_channel::Receiver<BridgeRequest>,
+    rx: crossbeam_channel::Receiver<Input>,
     rung: Arc<AtomicBool>,
     bell_fd: i32,
     ready: Arc<AtomicBool>,
@@ -201,6 +229,24 @@ struct State {
 }
 
 impl State {
+    /// A message from a shard (or, through the cluster link, from another node) for the bridge.
+    fn incoming(&mut self, m: PeerMsg) {
+        match m {
+            PeerMsg::Reply { conn, payload } => self.complete(conn, payload.frame().clone()),
+            PeerMsg::Deliver { conns, payload, .. } => {
+                for c in conns {
+                    self.complete(c, payload.frame().clone());
+                }
+            }
+            PeerMsg::Detach { remote } => {
+                if let Some((_, buf)) = self.sessions.remove(&remote.conn) {
+                    buf.end("session expired: it was not polled within the heartbeat timeout");
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn complete(&mut self, conn: u64, frame: ServerFrame) {
         if let Some((_, buf)) = self.sessions.get(&conn) {
             buf.push(frame);
@@ -232,29 +278,17 @@ pub async fn run(me: usize, shards: usize, node: usize, mesh: MeshBuilder<Wire, 
                 let Wire::Batch(msgs) = wire else { continue };
                 let mut st = state.borrow_mut();
                 for m in msgs {
-                    match m {
-                        PeerMsg::Reply { conn, payload } => st.complete(conn, payload.frame().clone()),
-                        PeerMsg::Deliver { conns, payload, .. } => {
-                            for c in conns {
-                                st.complete(c, payload.frame().clone());
-                            }
-                        }
-                        PeerMsg::Detach { remote } => {
-                            if let Some((_, buf)) = st.sessions.remove(&remote.conn) {
-                                buf.end("session expired: it was not polled within the heartbeat timeout");
-                            }
-                        }
-                        _ => {}
-                    }
+                    st.incoming(m);
                 }
             }
         })
         .detach();
     }
     end.ready.store(true, Ordering::Release);
+    let node = node as shardchat_shard::NodeId;
     // SAFETY: `bell_fd` is our end of the socket pair, owned by nobody else.
     let mut bell = unsafe { glommio::net::UnixStream::from_raw_fd(end.bell_fd) };
-    let mut ids = Snowflake::new(node, me);
+    let mut ids = Snowflake::new(usize::from(node), me);
     let mut buf = [0u8; 64];
     loop {
         match bell.read(&mut buf).await {
@@ -266,7 +300,17 @@ pub async fn run(me: usize, shards: usize, node: usize, mesh: MeshBuilder<Wire, 
         let mut out: Vec<(usize, PeerMsg)> = Vec::new();
         loop {
             let req = match end.rx.try_recv() {
-                Ok(r) => r,
+                Ok(Input::Request(r)) => r,
+                Ok(Input::Peers(msgs)) => {
+                    for (to, m) in msgs {
+                        if to == me {
+                            state.borrow_mut().incoming(m);
+                        } else {
+                            out.push((to, m));
+                        }
+                    }
+                    continue;
+                }
                 Err(crossbeam_channel::TryRecvError::Empty) => break,
                 Err(crossbeam_channel::TryRecvError::Disconnected) => return Ok(()),
             };
@@ -276,7 +320,7 @@ pub async fn run(me: usize, shards: usize, node: usize, mesh: MeshBuilder<Wire, 
                 st.next_conn += 1;
                 let c = st.next_conn;
                 st.conns.insert(c, req_id);
-                ConnRef { shard: me, conn: c }
+                ConnRef { node, shard: me, conn: c }
             };
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
             let user = req.user;
@@ -307,25 +351,25 @@ pub async fn run(me: usize, shards: usize, node: usize, mesh: MeshBuilder<Wire, 
                 BridgeOp::Attach { conn, device, buf } => {
                     let home = home_shard(&user, shards);
                     st.sessions.insert(conn, (home, buf));
-                    out.push((home, PeerMsg::Attach { user, device, remote: ConnRef { shard: me, conn } }));
+                    out.push((home, PeerMsg::Attach { user, device, remote: ConnRef { node, shard: me, conn } }));
                     Vec::new()
                 }
                 BridgeOp::PollFrame { conn, frame } => {
                     if let Some((home, _)) = st.sessions.get(&conn) {
-                        out.push((*home, PeerMsg::RemoteFrame { remote: ConnRef { shard: me, conn }, frame }));
+                        out.push((*home, PeerMsg::RemoteFrame { remote: ConnRef { node, shard: me, conn }, frame }));
                     }
                     Vec::new()
                 }
                 BridgeOp::PollTouch { conn } => {
                     if let Some((home, _)) = st.sessions.get(&conn) {
-                        out.push((*home, PeerMsg::RemoteTouch { remote: ConnRef { shard: me, conn } }));
+                        out.push((*home, PeerMsg::RemoteTouch { remote: ConnRef { node, shard: me, conn } }));
                     }
                     Vec::new()
                 }
                 BridgeOp::Detach { conn } => {
                     if let Some((home, buf)) = st.sessions.remove(&conn) {
                         buf.end("session closed");
-                        out.push((home, PeerMsg::Detach { remote: ConnRef { shard: me, conn } }));
+                        out.push((home, PeerMsg::Detach { remote: ConnRef { node, shard: me, conn } }));
                     }
                     Vec::new()
                 }

@@ -249,6 +249,16 @@ impl Driver {
                     c.directory(user, here);
                 }
             }
+            Action::Remote { node, msg } => {
+                if let Some(c) = &self.cluster {
+                    c.remote(node, msg);
+                }
+            }
+            Action::RemoteFanout { users, payload, except, msg, class } => {
+                if let Some(c) = &self.cluster {
+                    c.fanout(users, &payload, except, msg, class);
+                }
+            }
             Action::Send { conn, payload, class } => {
                 let m = &self.metrics;
                 if let shardchat_codec::ServerFrame::Error { code: shardchat_codec::ErrorCode::RateLimited, .. } = payload.frame() {

@@ -40,9 +40,11 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     raise_open_files_limit();
     probe_listen_address(&cfg)?;
     let store = open_store(&cfg)?;
+    let (bridge, bridge_end) = bridge::pair().map_err(|e| format!("bridge: {e}"))?;
     let cluster = match &cfg.cluster {
         Some(url) => {
-            Some(Arc::new(Cluster::start(ClusterConfig { redis: url.clone(), node: cfg.node_id, shards: cfg.shards, listen: cfg.listen })?))
+            let cc = ClusterConfig { redis: url.clone(), node: cfg.node_id, shards: cfg.shards, listen: cfg.listen };
+            Some(Arc::new(Cluster::start(cc, bridge.clone())?))
         }
         None => None,
     };
@@ -54,7 +56,6 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     // Peers 0..shards are the shards, peer `shards` the control plane's bridge. glommio numbers
     // mesh peers by executor creation order, so shards are created first, in order.
     let mesh = MeshBuilder::<Wire, _>::full(cfg.shards + 1, MESH_CHANNEL_BATCHES_MAX);
-    let (bridge, bridge_end) = bridge::pair().map_err(|e| format!("bridge: {e}"))?;
     let cfg = Arc::new(cfg);
     tracing::info!(listen = %cfg.listen, shards = cfg.shards, data_dir = %cfg.data_dir.display(), "shardchat starting");
     let metrics: Vec<Arc<ShardMetrics>> = (0..cfg.shards).map(|_| Arc::new(ShardMetrics::default())).collect();
@@ -102,8 +103,11 @@ pub fn serve(cfg: Config) -> Result<(), String> {
             Err(e) => result = Err(format!("shard {id} failed: {e}")),
         }
     }
-    // The control plane stops on the same signal; its handle to the bridge goes with it, which
-    // stops the bridge.
+    // The control plane stops on the same signal; its handle to the bridge goes with it, and
+    // the cluster link lets go of its own, which stops the bridge.
+    if let Some(c) = &cluster {
+        c.detach_bridge();
+    }
     if let Some(c) = control {
         c.join();
     }

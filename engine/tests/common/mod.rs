@@ -104,6 +104,12 @@ impl Server {
         &self.dir
     }
 
+    /// Whether the process was started and not stopped or killed since.
+    #[allow(dead_code)]
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
