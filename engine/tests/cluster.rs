@@ -216,7 +216,10 @@ impl Cluster {
         let redis = Redis::start()?;
         let double = shardchat_cql_double::CqlDouble::start().unwrap();
         let uri = format!("scylla://{}/chat?schema_metadata=off", double.addr());
-        let out = Command::new(env!("CARGO_BIN_EXE_shardchat")).args(["migrate", "--scylla", &uri, "--replication-factor", "1"]).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_shardchat"))
+            .args(["migrate", "--scylla", &uri, "--replication-factor", "1"])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let nodes = (0..n)
             .map(|i| Server::start(&["--cluster", &redis.url(), "--node-id", &i.to_string(), "--shards", "2", "--store", &uri]))
@@ -327,7 +330,9 @@ async fn three_nodes_carry_direct_and_group_messages_and_receipts_across_nodes_i
     }
 
     // A group spanning the three nodes: created on node 0, written to from node 2.
-    let g = request_answered(&mut alice, serde_json::json!({"t":"group_create","name":"crew","members":["bob","carol"],"ref":"g1"}), "group").await;
+    let g =
+        request_answered(&mut alice, serde_json::json!({"t":"group_create","name":"crew","members":["bob","carol"],"ref":"g1"}), "group")
+            .await;
     let g = g["conv"].as_str().unwrap().to_string();
     for i in 1..=10u64 {
         let ack = send_acked(&mut carol, serde_json::json!({"t":"send","cmid":format!("k{i}"),"conv":g,"body":"x"})).await;

@@ -25,6 +25,6 @@ pub use remote::RemoteMsg;
 pub use route::{home_shard, owner_node, owner_shard, NodeId, ShardId};
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod cluster_tests;
+#[cfg(test)]
+mod tests;

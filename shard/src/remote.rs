@@ -39,9 +39,7 @@ impl RemoteMsg {
             RemoteMsg::Fanout { users, frame, except, msg, class } => {
                 let payload = Payload::new(frame);
                 by_home(users, shards)
-                    .map(|(shard, users)| {
-                        (shard, PeerMsg::Fanout { users, payload: payload.clone(), except, msg: msg.clone(), class })
-                    })
+                    .map(|(shard, users)| (shard, PeerMsg::Fanout { users, payload: payload.clone(), except, msg: msg.clone(), class }))
                     .collect()
             }
             RemoteMsg::OwePush { users, frame } => {

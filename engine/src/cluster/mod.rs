@@ -249,7 +249,14 @@ impl Cluster {
     }
 
     /// From an owner shard: a frame for `users` wherever else they are connected.
-    pub fn fanout(&self, users: Vec<String>, payload: &shardchat_shard::Payload, except: Option<ConnRef>, msg: Option<(String, u64)>, class: Class) {
+    pub fn fanout(
+        &self,
+        users: Vec<String>,
+        payload: &shardchat_shard::Payload,
+        except: Option<ConnRef>,
+        msg: Option<(String, u64)>,
+        class: Class,
+    ) {
         let frame = payload.frame().clone();
         let _ = self.changes.send(LinkMsg::Fanout { users, frame, except, msg, class });
     }
@@ -635,32 +642,29 @@ async fn subscribe(client: redis::Client, cfg: ClusterConfig, bridge: Arc<Mutex<
             ps.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(ps)
         };
-        match tokio::time::timeout(Duration::from_millis(REDIS_TIMEOUT_MS), sub).await {
-            Ok(Ok(mut ps)) => {
-                tracing::info!(channel = %channel, "cluster: subscribed");
-                let mut stream = ps.on_message();
-                while let Some(m) = stream.next().await {
-                    let msgs: Vec<RemoteMsg> = match serde_json::from_slice(m.get_payload_bytes()) {
-                        Ok(v) => v,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cluster: a message from another node did not decode (mixed versions?)");
-                            continue;
-                        }
-                    };
-                    state.remote_received.fetch_add(msgs.len() as u64, Ordering::Relaxed);
-                    let local: Vec<(usize, PeerMsg)> = msgs.into_iter().flat_map(|m| m.into_local(cfg.shards)).collect();
-                    let b = bridge.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    match b {
-                        Some(b) => {
-                            // Waits (this thread) only while the bridge's deep queue is full.
-                            b.inject(local);
-                        }
-                        None => return,
+        if let Ok(Ok(mut ps)) = tokio::time::timeout(Duration::from_millis(REDIS_TIMEOUT_MS), sub).await {
+            tracing::info!(channel = %channel, "cluster: subscribed");
+            let mut stream = ps.on_message();
+            while let Some(m) = stream.next().await {
+                let msgs: Vec<RemoteMsg> = match serde_json::from_slice(m.get_payload_bytes()) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cluster: a message from another node did not decode (mixed versions?)");
+                        continue;
                     }
+                };
+                state.remote_received.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                let local: Vec<(usize, PeerMsg)> = msgs.into_iter().flat_map(|m| m.into_local(cfg.shards)).collect();
+                let b = bridge.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                match b {
+                    Some(b) => {
+                        // Waits (this thread) only while the bridge's deep queue is full.
+                        b.inject(local);
+                    }
+                    None => return,
                 }
-                tracing::warn!(channel = %channel, "cluster: subscription lost; subscribing again");
             }
-            Ok(Err(_)) | Err(_) => {}
+            tracing::warn!(channel = %channel, "cluster: subscription lost; subscribing again");
         }
         tokio::time::sleep(Duration::from_millis(RESUBSCRIBE_MS)).await;
     }

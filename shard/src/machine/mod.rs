@@ -218,10 +218,15 @@ pub enum PeerMsg {
     /// node does not own the conversation either, it is answered `unavailable`.
     Forwarded(Op),
     /// Cluster link → every shard: the live nodes changed (conversation ownership moves).
-    View { live: Vec<NodeId> },
+    View {
+        live: Vec<NodeId>,
+    },
     /// Cluster link → home: these users have no connection on any node; owe them a push for
     /// the message in `payload`.
-    OwePush { users: Vec<String>, payload: Payload },
+    OwePush {
+        users: Vec<String>,
+        payload: Payload,
+    },
 }
 
 ///
