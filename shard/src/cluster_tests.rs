@@ -79,7 +79,7 @@ impl Cluster {
         let live: Vec<NodeId> = (0..self.nodes.len()).filter(|&n| self.nodes[n].alive).map(|n| n as NodeId).collect();
         for node in self.nodes.iter_mut().filter(|n| n.alive) {
             for q in &mut node.inbox {
-                q.push_back(Event::Peer(PeerMsg::View { live: live.clone() }));
+                q.push_back(Event::Peer(PeerMsg::View { live: live.clone(), incarnation: 1 }));
             }
         }
         self.run();
@@ -375,7 +375,7 @@ fn an_op_bounced_between_nodes_that_disagree_is_refused_not_forwarded_again() {
     let peer = (0..100).map(|i| format!("p{i}")).find(|p| owner_node(&direct_conv_id("alice", p), &[0, 1]) == Some(1)).unwrap();
     let other_owner = (0..50u16).map(|n| n + 2).find(|&n| owner_node(&direct_conv_id("alice", &peer), &[0, 1, n]) == Some(n)).unwrap();
     for q in &mut c.nodes[1].inbox {
-        q.push_back(Event::Peer(PeerMsg::View { live: vec![0, 1, other_owner] }));
+        q.push_back(Event::Peer(PeerMsg::View { live: vec![0, 1, other_owner], incarnation: 1 }));
     }
     c.run();
     c.tick(HANDOVER_MS + 1);
@@ -397,4 +397,60 @@ fn a_user_connected_nowhere_is_owed_one_push_and_a_user_on_another_node_none() {
     c.tick(10);
     let owed: Vec<(String, String)> = st.push_pending(100).unwrap().into_iter().map(|e| (e.user, e.conv)).collect();
     assert_eq!(owed, vec![("dave".to_string(), g)], "dave is offline everywhere; bob is on node 2");
+}
+
+#[test]
+fn a_node_taken_for_dead_while_still_running_is_fenced_and_never_reuses_a_seq() {
+    for seed in 1..6 {
+        let dir = tempfile::tempdir().unwrap();
+        let st = store(dir.path());
+        let mut c = Cluster::new(2, seed, st.clone(), false);
+        // alice (node 0) and bob (node 1) share a conversation node 1 sequences.
+        let peer = (0..200).map(|i| format!("b{i}")).find(|p| owner_node(&direct_conv_id("alice", p), &[0, 1]) == Some(1)).unwrap();
+        let a = c.connect(0, "alice");
+        let b = c.connect(1, &peer);
+        c.send(a, &dm(&peer, "a0"));
+        assert_eq!(acks(&c.take(a)), vec![("a0".to_string(), 1)]);
+
+        // Node 1 stops answering Redis but keeps running on its old view. Node 0 fences its
+        // incarnation, then takes the conversation over after the handover.
+        st.fence_node(1, 1).unwrap();
+        for q in &mut c.nodes[0].inbox {
+            q.push_back(Event::Peer(PeerMsg::View { live: vec![0], incarnation: 1 }));
+        }
+        c.run();
+        c.tick(HANDOVER_MS + 1);
+        for i in 1..=5 {
+            c.push(a, &dm(&peer, &format!("a{i}")));
+            c.push(b, &dm("alice", &format!("b{i}")));
+        }
+        c.run();
+        let mut seqs: Vec<u64> = acks(&c.take(a)).into_iter().map(|(_, s)| s).collect();
+        let from_b = c.take(b);
+        assert!(acks(&from_b).is_empty(), "seed {seed}: the fenced node acked {:?}", acks(&from_b));
+        assert_eq!(unavailable(&from_b).len(), 5, "seed {seed}: refused, to be retried");
+        // Its link, too late, repeats the old incarnation: ignored. Then it rejoins with a new one.
+        for q in &mut c.nodes[1].inbox {
+            q.push_back(Event::Peer(PeerMsg::View { live: vec![0, 1], incarnation: 1 }));
+        }
+        c.run();
+        c.send(b, &dm("alice", "b1"));
+        assert_eq!(unavailable(&c.take(b)), vec!["b1".to_string()], "seed {seed}");
+        for node in &mut c.nodes {
+            for q in &mut node.inbox {
+                q.push_back(Event::Peer(PeerMsg::View { live: vec![0, 1], incarnation: 2 }));
+            }
+        }
+        c.run();
+        c.tick(HANDOVER_MS + 1);
+        for i in 1..=5 {
+            c.push(b, &dm("alice", &format!("b{i}")));
+        }
+        c.run();
+        seqs.extend(acks(&c.take(b)).into_iter().map(|(_, s)| s));
+        seqs.sort();
+        assert_eq!(seqs, (2..=11).collect::<Vec<_>>(), "seed {seed}: every seq assigned once");
+        let stored: Vec<u64> = st.messages_after(&direct_conv_id("alice", &peer), 0, 100).unwrap().iter().map(|m| m.seq).collect();
+        assert_eq!(stored, (1..=11).collect::<Vec<_>>());
+    }
 }

@@ -193,7 +193,15 @@ pub struct CommitJob {
     pub ops: Vec<Op>,
     /// Cached state of the conversations the ops touch; missing ones are loaded by the job.
     pub convs: HashMap<String, ConvState>,
+    /// Cluster mode: (this node, its incarnation). The job reads the node's fence first and
+    /// sequences nothing if the others have taken this incarnation for dead.
+    pub fence: Option<(crate::route::NodeId, u64)>,
 }
+
+/// Longest time between reading the fence and writing the batch it allowed; past it the fence
+/// is read again. Well under `HANDOVER_MS`, the wait between a fence being written and the new
+/// owner sequencing, so a write the fence allowed lands before the new owner's first.
+pub const FENCE_FRESH_MS: u64 = 1_000;
 
 #[derive(Debug)]
 pub enum OpOutcome {
@@ -245,6 +253,8 @@ pub enum OpOutcome {
 #[derive(Debug)]
 pub struct CommitOutcome {
     pub outcomes: Vec<OpOutcome>,
+    /// Cluster mode: the node's incarnation was fenced; nothing of a conversation was written.
+    pub fenced: bool,
     /// The conversations' state after the job, to cache again; empty after a storage failure
     /// (the shard then reloads from the store).
     pub convs: HashMap<String, ConvState>,
@@ -280,33 +290,85 @@ fn reject(reply_to: ConnRef, code: ErrorCode, msg: &str, cmid: Option<&str>) -> 
 
 /// Sequences and stores one batch of ops, in order. Returns after the batch is durable.
 pub fn run_commit(store: &dyn MessageStore, job: CommitJob) -> CommitOutcome {
-    let CommitJob { ops, mut convs } = job;
-    match commit_inner(store, &ops, &mut convs) {
-        Ok(outcomes) => CommitOutcome { outcomes, convs },
-        Err(e) => {
-            tracing::error!(error = %e, ops = ops.len(), "commit failed; answering unavailable");
-            let unavailable = "storage unavailable, retry later";
-            let outcomes = ops
+    let CommitJob { ops, mut convs, fence } = job;
+    let mut guard = Fence { of: fence, read_at: None };
+    match commit_inner(store, &ops, &mut convs, &mut guard) {
+        Ok(Some(outcomes)) => CommitOutcome { outcomes, fenced: false, convs },
+        Ok(None) => {
+            // Another node sequences these conversations now. What has no conversation (last
+            // seen, the push outbox) is this node's own and still written.
+            let why = FrameError::new(ErrorCode::Unavailable, "this node is rejoining the cluster; retry shortly");
+            let mut outcomes: Vec<OpOutcome> = ops
                 .iter()
-                .filter_map(|op| match op {
-                    Op::Send(s) => Some(reject(s.reply_to, ErrorCode::Unavailable, unavailable, Some(&s.cmid))),
-                    Op::Group(g) => Some(OpOutcome::Rejected {
-                        reply_to: g.reply_to,
-                        err: FrameError::new(ErrorCode::Unavailable, unavailable).with_ref(g.r#ref.clone()),
-                    }),
-                    Op::ReceiptQuery { reply_to, r#ref, .. } => Some(OpOutcome::Rejected {
-                        reply_to: *reply_to,
-                        err: FrameError::new(ErrorCode::Unavailable, unavailable).with_ref(r#ref.clone()),
-                    }),
-                    Op::Mark(_) | Op::Typing { .. } | Op::LastSeen { .. } | Op::Push(_) => None,
-                })
+                .filter(|op| op.conv().is_some())
+                .filter_map(|op| op.refusal(why.clone()))
+                .map(|(reply_to, frame)| OpOutcome::Answer { reply_to, frame })
                 .collect();
-            CommitOutcome { outcomes, convs: HashMap::new() }
+            let local: Vec<Op> = ops.into_iter().filter(|op| op.conv().is_none()).collect();
+            let mut unfenced = Fence { of: None, read_at: None };
+            match commit_inner(store, &local, &mut HashMap::new(), &mut unfenced) {
+                Ok(Some(more)) => outcomes.extend(more),
+                Ok(None) => unreachable!("no fence to check"),
+                Err(e) => tracing::error!(error = %e, "commit of a fenced node's own writes failed"),
+            }
+            CommitOutcome { outcomes, fenced: true, convs: HashMap::new() }
         }
+        Err(e) => failed(e, &ops),
     }
 }
 
-fn commit_inner(store: &dyn MessageStore, ops: &[Op], convs: &mut HashMap<String, ConvState>) -> Result<Vec<OpOutcome>, StoreError> {
+/// A commit job's check of its node's fence (cluster mode): read before the first store read,
+/// and again right before the write when the first read is older than `FENCE_FRESH_MS`.
+struct Fence {
+    of: Option<(crate::route::NodeId, u64)>,
+    read_at: Option<std::time::Instant>,
+}
+
+impl Fence {
+    /// Whether this node may go on sequencing (false: it is fenced).
+    fn check(&mut self, store: &dyn MessageStore) -> Result<bool, StoreError> {
+        let Some((node, incarnation)) = self.of else { return Ok(true) };
+        if self.read_at.is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(FENCE_FRESH_MS)) {
+            return Ok(true);
+        }
+        self.read_at = Some(std::time::Instant::now());
+        Ok(store.node_fence(node)? < incarnation)
+    }
+}
+
+/// A commit the store refused: sends and requests are answered `unavailable`, and the shard
+/// reloads what it cached from the store.
+fn failed(e: StoreError, ops: &[Op]) -> CommitOutcome {
+    tracing::error!(error = %e, ops = ops.len(), "commit failed; answering unavailable");
+    let unavailable = "storage unavailable, retry later";
+    let outcomes = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Send(s) => Some(reject(s.reply_to, ErrorCode::Unavailable, unavailable, Some(&s.cmid))),
+            Op::Group(g) => Some(OpOutcome::Rejected {
+                reply_to: g.reply_to,
+                err: FrameError::new(ErrorCode::Unavailable, unavailable).with_ref(g.r#ref.clone()),
+            }),
+            Op::ReceiptQuery { reply_to, r#ref, .. } => Some(OpOutcome::Rejected {
+                reply_to: *reply_to,
+                err: FrameError::new(ErrorCode::Unavailable, unavailable).with_ref(r#ref.clone()),
+            }),
+            Op::Mark(_) | Op::Typing { .. } | Op::LastSeen { .. } | Op::Push(_) => None,
+        })
+        .collect();
+    CommitOutcome { outcomes, fenced: false, convs: HashMap::new() }
+}
+
+/// None when the fence says another node sequences this node's conversations now.
+fn commit_inner(
+    store: &dyn MessageStore,
+    ops: &[Op],
+    convs: &mut HashMap<String, ConvState>,
+    fence: &mut Fence,
+) -> Result<Option<Vec<OpOutcome>>, StoreError> {
+    if !fence.check(store)? {
+        return Ok(None);
+    }
     let mut batch = WriteBatch::default();
     let mut outcomes = Vec::with_capacity(ops.len());
     // (conv, from, cmid) → index in batch.messages, for retries inside one batch.
@@ -427,8 +489,11 @@ fn commit_inner(store: &dyn MessageStore, ops: &[Op], convs: &mut HashMap<String
             Op::Push(e) => batch.push.push(e.clone()),
         }
     }
+    if !fence.check(store)? {
+        return Ok(None);
+    }
     store.commit(&batch)?;
-    Ok(outcomes)
+    Ok(Some(outcomes))
 }
 
 /// Membership check for requests about an existing conversation.

@@ -499,6 +499,12 @@ impl MessageStore for FlakyStore {
     fn watermark(&self, c: &str, u: &str, k: ReceiptKind) -> Result<u64, shardchat_storage::StoreError> {
         self.inner.watermark(c, u, k)
     }
+    fn fence_node(&self, n: u16, i: u64) -> Result<(), shardchat_storage::StoreError> {
+        self.inner.fence_node(n, i)
+    }
+    fn node_fence(&self, n: u16) -> Result<u64, shardchat_storage::StoreError> {
+        self.inner.node_fence(n)
+    }
 }
 
 #[test]

@@ -31,6 +31,8 @@ pub struct FjallStore {
     presence: Keyspace,
     push: Keyspace,
     index_queue: Keyspace,
+    /// Cluster fences: node (u16 BE) incarnation (u64 BE) → empty.
+    fences: Keyspace,
     pub group: GroupCommit,
 }
 
@@ -128,6 +130,7 @@ impl FjallStore {
             presence: ks("presence")?,
             push: ks("push")?,
             index_queue: ks("index_queue")?,
+            fences: ks("fences")?,
             group: GroupCommit::new(cfg.commit_interval),
             db,
         })
@@ -316,6 +319,21 @@ impl MessageStore for FjallStore {
     fn watermark(&self, conv: &str, user: &str, kind: ReceiptKind) -> Result<u64, StoreError> {
         match self.watermarks.get(keys::watermark(conv, user, kind_byte(kind))).map_err(io)? {
             Some(v) => be_u64(&v),
+            None => Ok(0),
+        }
+    }
+
+    fn fence_node(&self, node: u16, incarnation: u64) -> Result<(), StoreError> {
+        let mut k = node.to_be_bytes().to_vec();
+        k.extend_from_slice(&incarnation.to_be_bytes());
+        let writer = self.group.begin_write();
+        self.fences.insert(k, []).map_err(io)?;
+        writer.wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())).map_err(StoreError::Io)
+    }
+
+    fn node_fence(&self, node: u16) -> Result<u64, StoreError> {
+        match self.fences.prefix(node.to_be_bytes()).next_back() {
+            Some(g) => be_u64(&g.key().map_err(io)?[2..]),
             None => Ok(0),
         }
     }

@@ -117,6 +117,12 @@ pub trait MessageStore: Send + Sync + 'static {
     fn user_convs(&self, user: &str) -> Result<Vec<String>, StoreError>;
     /// The stored watermark of `user` in `conv` (0 when none).
     fn watermark(&self, conv: &str, user: &str, kind: ReceiptKind) -> Result<u64, StoreError>;
+    /// Cluster mode: records (durably) that incarnation `incarnation` of node `node`, and every
+    /// earlier one, is taken for dead: its conversations are being sequenced elsewhere.
+    fn fence_node(&self, node: u16, incarnation: u64) -> Result<(), StoreError>;
+    /// The highest incarnation of `node` fenced so far (0 when none). A node whose incarnation
+    /// is at or below it must not sequence anything.
+    fn node_fence(&self, node: u16) -> Result<u64, StoreError>;
     /// Makes everything written so far durable before shutdown. Every commit is already durable
     /// when it returns; this covers the bookkeeping writes (outbox and index queue removals)
     /// that a backend may leave buffered.

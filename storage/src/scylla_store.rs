@@ -115,6 +115,8 @@ struct Statements {
     push_pending: PreparedStatement,
     index_pending: PreparedStatement,
     user_convs: PreparedStatement,
+    insert_fence: PreparedStatement,
+    node_fence: PreparedStatement,
 }
 
 const MSG_COLS: &str = "id, seq, sender, cmid, body, kind, ts, conv";
@@ -203,6 +205,8 @@ impl ScyllaStore {
                 push_pending: p(format!("SELECT id, uid, conv, sender, ts FROM {ks}.push_outbox WHERE node = ? LIMIT ?")).await?,
                 index_pending: p(format!("SELECT {MSG_COLS} FROM {ks}.index_queue WHERE node = ? LIMIT ?")).await?,
                 user_convs: p(format!("SELECT conv FROM {ks}.user_convs WHERE uid = ?")).await?,
+                insert_fence: p(format!("INSERT INTO {ks}.node_fences (node, incarnation) VALUES (?, ?)")).await?,
+                node_fence: p(format!("SELECT incarnation FROM {ks}.node_fences WHERE node = ? LIMIT 1")).await?,
             };
             Ok::<_, StoreError>((session, st))
         })?;
@@ -471,5 +475,13 @@ impl MessageStore for ScyllaStore {
 
     fn watermark(&self, conv: &str, user: &str, kind: ReceiptKind) -> Result<u64, StoreError> {
         Ok(self.one::<(i64,)>(&self.st.watermark, vec![t(conv), t(user), t(receipt_name(kind))])?.map(|r| r.0 as u64).unwrap_or(0))
+    }
+
+    fn fence_node(&self, node: u16, incarnation: u64) -> Result<(), StoreError> {
+        self.batch(vec![(&self.st.insert_fence, vec![CqlValue::Int(i32::from(node)), big(incarnation)])])
+    }
+
+    fn node_fence(&self, node: u16) -> Result<u64, StoreError> {
+        Ok(self.one::<(i64,)>(&self.st.node_fence, vec![CqlValue::Int(i32::from(node))])?.map_or(0, |r| r.0 as u64))
     }
 }

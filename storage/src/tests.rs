@@ -112,6 +112,17 @@ pub fn conformance(store: &dyn MessageStore) {
     assert_eq!(store.watermark(c, "bob", ReceiptKind::Delivered).unwrap(), 4);
     let m = &store.messages_after(c, 0, 1).unwrap()[0];
     assert_eq!(m, &rec(c, 1, "alice", "m1"));
+    // Cluster fences: the highest fenced incarnation per node; fencing an older one (a fencer
+    // that saw an older incarnation) never lowers it; nodes are apart.
+    assert_eq!(store.node_fence(3).unwrap(), 0);
+    store.fence_node(3, 1_700_000_000_500).unwrap();
+    store.fence_node(3, 1_700_000_000_100).unwrap();
+    store.fence_node(300, 9).unwrap();
+    assert_eq!(store.node_fence(3).unwrap(), 1_700_000_000_500);
+    assert_eq!(store.node_fence(300).unwrap(), 9);
+    assert_eq!(store.node_fence(4).unwrap(), 0);
+    store.fence_node(3, 1_700_000_000_900).unwrap();
+    assert_eq!(store.node_fence(3).unwrap(), 1_700_000_000_900);
 }
 
 #[test]

@@ -217,9 +217,11 @@ pub enum PeerMsg {
     /// forwarded again (two nodes whose views differ for a moment would bounce it): when this
     /// node does not own the conversation either, it is answered `unavailable`.
     Forwarded(Op),
-    /// Cluster link → every shard: the live nodes changed (conversation ownership moves).
+    /// Cluster link → every shard, after each refresh: the live nodes (conversation ownership
+    /// follows them) and this node's incarnation (a new one after it was taken for dead).
     View {
         live: Vec<NodeId>,
+        incarnation: u64,
     },
     /// Cluster link → home: these users have no connection on any node; owe them a push for
     /// the message in `payload`.
@@ -307,6 +309,11 @@ pub struct Shard {
     /// Cluster mode: the live nodes as last told by the cluster link (None until the first
     /// word: until then no node may assume it owns anything).
     view: Option<Vec<NodeId>>,
+    /// Cluster mode: this node's incarnation, as the link last said; commit jobs check it
+    /// against the store's fence.
+    incarnation: u64,
+    /// Cluster mode: the incarnation a commit job found fenced; views naming it are ignored.
+    fenced: u64,
     /// Cluster mode: the view before the last change, and until when (monotonic ms)
     /// conversations that came here with the change are refused while their previous owner
     /// finishes what it had started (see `view_changed`).
@@ -339,6 +346,8 @@ impl Shard {
             receipts_last_ms: HashMap::new(),
             receipts_sent: HashMap::new(),
             view: None,
+            incarnation: 0,
+            fenced: 0,
             handover: None,
             actions: Vec::new(),
             local: VecDeque::new(),
@@ -441,7 +450,7 @@ impl Shard {
         match msg {
             PeerMsg::Op(op) => self.route_op(op, false),
             PeerMsg::Forwarded(op) => self.route_op(op, true),
-            PeerMsg::View { live } => self.view_changed(live),
+            PeerMsg::View { live, incarnation } => self.view_changed(live, incarnation),
             PeerMsg::OwePush { users, payload } => {
                 for u in &users {
                     self.owe_push(u, &payload);

@@ -43,7 +43,21 @@ impl Shard {
 
     /// The cluster link says the live nodes changed: conversations this node no longer owns
     /// leave its cache, and their waiting ops go to the new owner.
-    pub(super) fn view_changed(&mut self, live: Vec<crate::route::NodeId>) {
+    pub(super) fn view_changed(&mut self, live: Vec<crate::route::NodeId>, incarnation: u64) {
+        if incarnation <= self.fenced {
+            // Said before the link learned of the fence: wait for the new incarnation.
+            return;
+        }
+        if incarnation != self.incarnation {
+            // A new incarnation (the first, or one after this node was taken for dead): others
+            // may have sequenced any conversation meanwhile, so nothing cached is kept and
+            // every conversation is gained afresh (handover).
+            self.incarnation = incarnation;
+            self.convs.clear();
+            self.view = None;
+        } else if self.view.as_ref() == Some(&live) {
+            return;
+        }
         let me = self.node();
         let owned = |conv: &str| crate::route::owner_node(conv, &live) == Some(me);
         self.convs.retain(|c, _| owned(c));
@@ -117,11 +131,20 @@ impl Shard {
             }
         }
         self.committing = true;
-        self.actions.push(Action::Commit(CommitJob { ops, convs }));
+        let fence = self.cfg.cluster.then_some((self.node(), self.incarnation));
+        self.actions.push(Action::Commit(CommitJob { ops, convs, fence }));
     }
 
     pub(super) fn commit_done(&mut self, out: CommitOutcome) {
         self.committing = false;
+        if out.fenced {
+            // The others took this incarnation for dead: sequence nothing until the link
+            // rejoins with a new one.
+            tracing::warn!(node = self.cfg.node, incarnation = self.incarnation, "fenced: this node was taken for dead; rejoining");
+            self.fenced = self.incarnation;
+            self.view = None;
+            self.convs.clear();
+        }
         if self.convs.len() + out.convs.len() > self.cfg.conv_cache_max {
             // Trimming is cheap and rare; evicted conversations reload from the store.
             self.convs.clear();
