@@ -149,18 +149,30 @@ async fn with_redis_down_a_node_serves_its_clients_and_rebuilds_the_directory_wh
     let n0 = node(&redis, 0);
     let n1 = node(&redis, 1);
     let mut a = Client::connect(&n0, "alice", "phone").await;
-    let mut b = Client::connect(&n0, "bob", "phone").await;
+    // A peer whose conversation with alice node 0 sequences (rendezvous over nodes 0 and 1):
+    // traffic of one node.
+    let bob = (0..100).map(|i| format!("bob{i}")).find(|u| shardchat_shard::owner_node(&direct("alice", u), &[0, 1]) == Some(0)).unwrap();
+    let mut b = Client::connect(&n0, &bob, "phone").await;
     let _c = Client::connect(&n1, "carol", "phone").await;
     redis.wait_for("shardchat:user:alice:nodes", &["0"]).await;
     redis.wait_for("shardchat:user:carol:nodes", &["1"]).await;
 
+    // The first send waits out the nodes' start-up handover.
+    let ack = send_acked(&mut a, serde_json::json!({"t":"send","cmid":"c1","to":bob,"body":"before"})).await;
+    assert_eq!(seq(&ack), 1);
+    assert_eq!(seq(&b.recv().await), 1);
+
     redis.stop();
     // Messages between clients of one node keep flowing.
-    for i in 1..=5u64 {
-        let ack = a.dm("bob", &format!("c{i}"), "while redis is down").await;
+    for i in 2..=5u64 {
+        let ack = a.dm(&bob, &format!("c{i}"), "while redis is down").await;
         assert_eq!((ack["t"].as_str(), seq(&ack)), (Some("ack"), i), "{ack}");
         assert_eq!(seq(&b.recv().await), i);
     }
+    // Traffic for a conversation node 1 sequences fails with `unavailable`, never silently.
+    let far = (0..100).map(|i| format!("carol{i}")).find(|u| shardchat_shard::owner_node(&direct("alice", u), &[0, 1]) == Some(1)).unwrap();
+    let refused = a.dm(&far, "x1", "across").await;
+    assert_eq!((refused["code"].as_str(), refused["cmid"].as_str()), (Some("unavailable"), Some("x1")), "{refused}");
     // Directory changes made while it is down are not lost.
     let _d = Client::connect(&n0, "dave", "phone").await;
     drop(b);
@@ -175,9 +187,12 @@ async fn with_redis_down_a_node_serves_its_clients_and_rebuilds_the_directory_wh
     redis.wait_for("shardchat:nodes", &["0", "1"]).await;
     redis.wait_for("shardchat:node:0:users", &["alice", "dave"]).await;
     redis.wait_for("shardchat:user:carol:nodes", &["1"]).await;
-    assert!(redis.set("shardchat:user:bob:nodes").is_empty());
-    let ack = a.dm("bob", "c6", "after").await;
+    assert!(redis.set(&format!("shardchat:user:{bob}:nodes")).is_empty());
+    let ack = a.dm(&bob, "c6", "after").await;
     assert_eq!(seq(&ack), 6);
+    // Once Redis is back, the refused send goes through when retried.
+    let ack = send_acked(&mut a, serde_json::json!({"t":"send","cmid":"x1","to":far,"body":"across"})).await;
+    assert_eq!(seq(&ack), 1);
 }
 
 #[tokio::test]
@@ -413,4 +428,76 @@ async fn killing_a_node_under_traffic_moves_its_conversations_and_loses_nothing_
     // Sends that reached for the dead owner before the others noticed were answered
     // `unavailable` (and retried), not lost in a channel nobody listens to.
     assert!(metric(&cl.nodes[0], "shardchat_cluster_remote_unreachable_total").await > 0);
+}
+
+/// Sends `c{i}` for i = 1, 2, … to `to` until `stop`, each retried with the same cmid until
+/// acked: on `unavailable`, and after 2 s without an answer (a client's own timeout: a paused
+/// node answers nothing). Returns (seq, cmid) of every ack, in order.
+async fn sender(mut tx: Client, to: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Vec<(u64, String)> {
+    let mut acked = Vec::new();
+    let mut i = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        i += 1;
+        let cmid = format!("c{i}");
+        loop {
+            tx.send(serde_json::json!({"t":"send","cmid":cmid,"to":to,"body":"x"})).await;
+            let answer = tokio::time::timeout(
+                Duration::from_secs(2),
+                tx.recv_where(|v| (v["t"] == "ack" || v["t"] == "error") && v["cmid"] == cmid.as_str()),
+            )
+            .await;
+            match answer {
+                Ok(v) if v["t"] == "ack" => {
+                    acked.push((seq(&v), cmid.clone()));
+                    break;
+                }
+                Ok(v) => assert_eq!(v["code"], "unavailable", "{v}"),
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    acked
+}
+
+#[tokio::test]
+async fn a_paused_node_taken_for_dead_is_fenced_and_no_seq_is_ever_assigned_twice() {
+    let Some(cl) = Cluster::start(3) else { return };
+    cl.settle(3).await;
+    let pairs: Vec<(String, String)> = (0..200)
+        .map(|i| (format!("s{i}"), format!("r{i}")))
+        .filter(|(a, b)| shardchat_shard::owner_node(&direct(a, b), &[0, 1, 2]) == Some(2))
+        .take(2)
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    let mut receivers = Vec::new();
+    for (s, r) in &pairs {
+        let tx = Client::connect(&cl.nodes[0], s, "phone").await;
+        receivers.push(Client::connect(&cl.nodes[1], r, "phone").await);
+        tasks.push(tokio::spawn(sender(tx, r.clone(), stop.clone())));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Node 2 freezes (a long GC pause, a stalled VM) with ops in flight and its old view: the
+    // others take it for dead, fence it and sequence its conversations. Then it wakes up.
+    let pid = cl.nodes[2].pid() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for ((s, r), t) in pairs.iter().zip(tasks) {
+        let acked = t.await.unwrap();
+        assert!(acked.len() > 30, "{s}: only {} acked", acked.len());
+        let conv = direct(s, r);
+        let stored = stored(&cl.nodes[0], r, &conv).await;
+        assert_eq!(stored, acked, "{conv}: every acked message once, with its ack's seq; no seq reused");
+        assert_eq!(stored.iter().map(|(q, _)| *q).collect::<Vec<_>>(), (1..=stored.len() as u64).collect::<Vec<_>>());
+    }
+    assert!(
+        metric(&cl.nodes[0], "shardchat_cluster_fences_total").await + metric(&cl.nodes[1], "shardchat_cluster_fences_total").await >= 1
+    );
+    assert_eq!(metric(&cl.nodes[2], "shardchat_cluster_rejoins_total").await, 1, "the paused node came back as a new incarnation");
+    cl.settle(3).await;
 }

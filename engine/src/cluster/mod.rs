@@ -36,6 +36,7 @@
 
 use crate::runtime::bridge::Bridge;
 use shardchat_shard::{Class, ConnRef, NodeId, PeerMsg, RemoteMsg};
+use shardchat_storage::MessageStore;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -99,6 +100,8 @@ pub struct ClusterState {
     rewrites: AtomicU64,
     repairs: AtomicU64,
     node_id_conflicts: AtomicU64,
+    rejoins: AtomicU64,
+    fences: AtomicU64,
     remote_sent: AtomicU64,
     remote_received: AtomicU64,
     remote_unreachable: AtomicU64,
@@ -155,6 +158,18 @@ impl ClusterState {
                 self.node_id_conflicts.load(Ordering::Relaxed),
             ),
             (
+                "shardchat_cluster_rejoins_total",
+                "counter",
+                "Times this node found itself taken for dead and rejoined as a new incarnation.",
+                self.rejoins.load(Ordering::Relaxed),
+            ),
+            (
+                "shardchat_cluster_fences_total",
+                "counter",
+                "Dead nodes' incarnations this node fenced in the store before taking their conversations.",
+                self.fences.load(Ordering::Relaxed),
+            ),
+            (
                 "shardchat_cluster_remote_sent_total",
                 "counter",
                 "Messages sent to other nodes (ops, answers, fan-outs).",
@@ -209,7 +224,7 @@ impl Cluster {
     /// Starts the link thread. Redis being unreachable is not an error: the node serves its own
     /// clients and the link keeps trying.
     /// What other nodes send arrives through `bridge`.
-    pub fn start(cfg: ClusterConfig, bridge: Bridge) -> Result<Cluster, String> {
+    pub fn start(cfg: ClusterConfig, bridge: Bridge, store: Arc<dyn MessageStore>) -> Result<Cluster, String> {
         let client = redis::Client::open(cfg.redis.as_str()).map_err(|e| format!("cluster: {}: {e}", cfg.redis))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(ClusterState::default());
@@ -217,13 +232,18 @@ impl Cluster {
         let link = Link {
             bridge: bridge.clone(),
             view: None,
+            store,
+            incarnation: 0,
+            registered: false,
+            incs: HashMap::new(),
+            fenced: HashSet::new(),
             client,
             con: None,
             here: HashSet::new(),
             pending: Vec::new(),
             rewrite: true,
             state: state.clone(),
-            value: format!("{{\"listen\":\"{}\",\"shards\":{},\"pid\":{}}}", cfg.listen, cfg.shards, std::process::id()),
+            base: format!("{{\"listen\":\"{}\",\"shards\":{},\"pid\":{}", cfg.listen, cfg.shards, std::process::id()),
             down_logged: false,
             cfg,
         };
@@ -285,6 +305,16 @@ struct Link {
     bridge: Arc<Mutex<Option<Bridge>>>,
     /// The live nodes last told to the shards.
     view: Option<Vec<usize>>,
+    /// Where fences are kept (the message store every node shares).
+    store: Arc<dyn MessageStore>,
+    /// This node's incarnation: above every fence of this node id, new after each rejoin.
+    incarnation: u64,
+    /// Whether the liveness key was written once: a missing key after that means it expired.
+    registered: bool,
+    /// Other nodes' incarnations, as their liveness keys last said.
+    incs: HashMap<usize, u64>,
+    /// Fences this link wrote (or found written): (node, incarnation).
+    fenced: HashSet<(usize, u64)>,
     client: redis::Client,
     con: Option<redis::aio::MultiplexedConnection>,
     /// Users with a connection on this node: the truth the directory is made to match.
@@ -295,13 +325,28 @@ struct Link {
     /// kept: the rewrite covers it, and it cannot grow while Redis is away).
     rewrite: bool,
     state: Arc<ClusterState>,
-    value: String,
+    /// The liveness value without its incarnation: what tells this process from another one
+    /// given the same node id.
+    base: String,
     down_logged: bool,
 }
 
 impl Link {
     /// Runs until [`Cluster::stop`].
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<LinkMsg>) {
+        // The incarnation comes first: a node that cannot read its fences does not join.
+        loop {
+            match store_call(&self.store, move |s| s.node_fence(me16(self.cfg.node))).await {
+                Ok(f) => {
+                    self.incarnation = unix_ms().max(f + 1);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster: cannot read this node's fence from the store; retrying");
+                    tokio::time::sleep(Duration::from_millis(NODE_REFRESH_MS)).await;
+                }
+            }
+        }
         let subscriber = tokio::spawn(subscribe(self.client.clone(), self.cfg.clone(), self.bridge.clone(), self.state.clone()));
         let mut tick = tokio::time::interval(Duration::from_millis(NODE_REFRESH_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -365,10 +410,31 @@ impl Link {
     /// Every write of the liveness key reads back the one before. Another value there means
     /// another process wrote it since our last write: two nodes were given the same --node-id.
     fn check_owner(&self, previous: Option<&str>) {
-        if let Some(other) = previous.filter(|v| *v != self.value) {
+        if let Some(other) = previous.filter(|v| !v.starts_with(&self.base)) {
             self.state.node_id_conflicts.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(node = self.cfg.node, ours = %self.value, theirs = %other, "cluster: another process runs with this node id; give every node its own --node-id");
+            tracing::error!(node = self.cfg.node, ours = %self.value(), theirs = %other, "cluster: another process runs with this node id; give every node its own --node-id");
         }
+    }
+
+    /// The liveness key's value: where clients connect, and the incarnation.
+    fn value(&self) -> String {
+        format!("{},\"inc\":{}}}", self.base, self.incarnation)
+    }
+
+    /// This node was taken for dead (its key expired, or a fence names its incarnation): it
+    /// comes back as a new incarnation, so its shards drop what they cached and take their
+    /// conversations over afresh.
+    fn rejoin(&mut self, fence: u64) {
+        let old = self.incarnation;
+        self.incarnation = unix_ms().max(fence + 1).max(old + 1);
+        self.rewrite = true;
+        self.state.rejoins.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            node = self.cfg.node,
+            old,
+            new = self.incarnation,
+            "cluster: this node was taken for dead; rejoining as a new incarnation"
+        );
     }
 
     fn down(&mut self, e: String) {
@@ -395,7 +461,7 @@ impl Link {
         let node = self.cfg.node;
         let mut p = redis::pipe();
         p.atomic();
-        p.cmd("SET").arg(node_key(node)).arg(&self.value).arg("PX").arg(NODE_TTL_MS).arg("GET");
+        p.cmd("SET").arg(node_key(node)).arg(self.value()).arg("PX").arg(NODE_TTL_MS).arg("GET");
         for (user, here) in &self.pending {
             let op = if *here { "SADD" } else { "SREM" };
             p.cmd(op).arg(user_nodes_key(user)).arg(node).ignore();
@@ -427,7 +493,7 @@ impl Link {
         };
         let mut p = redis::pipe();
         p.atomic();
-        p.cmd("SET").arg(node_key(node)).arg(&self.value).arg("PX").arg(NODE_TTL_MS).ignore();
+        p.cmd("SET").arg(node_key(node)).arg(self.value()).arg("PX").arg(NODE_TTL_MS).ignore();
         p.cmd("SADD").arg(NODES_KEY).arg(node).ignore();
         for gone in listed.iter().filter(|u| !self.here.contains(*u)) {
             p.cmd("SREM").arg(user_nodes_key(gone)).arg(node).ignore();
@@ -453,13 +519,20 @@ impl Link {
 
     /// Refreshes the liveness key, reads the live set, repairs after dead nodes.
     async fn refresh(&mut self) {
+        // Fenced while Redis said nothing (this process paused, or cut off from Redis alone)?
+        let me = me16(self.cfg.node);
+        match store_call(&self.store, move |s| s.node_fence(me)).await {
+            Ok(f) if f >= self.incarnation => self.rejoin(f),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cluster: reading this node's fence failed"),
+        }
         if self.rewrite || !self.pending.is_empty() {
             self.write_directory().await;
         }
         let Some(mut con) = self.connection().await else { return };
         let node = self.cfg.node;
         let mut p = redis::pipe();
-        p.cmd("SET").arg(node_key(node)).arg(&self.value).arg("PX").arg(NODE_TTL_MS).arg("GET");
+        p.cmd("SET").arg(node_key(node)).arg(self.value()).arg("PX").arg(NODE_TTL_MS).arg("GET");
         p.cmd("SADD").arg(NODES_KEY).arg(node).ignore();
         p.cmd("SMEMBERS").arg(NODES_KEY);
         let (previous, known): (Option<String>, BTreeSet<usize>) = match timeout(p.query_async(&mut con)).await {
@@ -469,10 +542,15 @@ impl Link {
         self.state.redis_up.store(true, Ordering::Relaxed);
         self.check_owner(previous.as_deref());
         if previous.is_none() {
-            // Expired, or Redis lost its data: make our part of the directory whole again.
+            // Expired, or Redis lost its data: others may have taken this node for dead.
+            if self.registered {
+                self.rejoin(0);
+            }
+            // Make our part of the directory whole again (with the key's new value).
             self.rewrite = true;
             self.rewrite_directory().await;
         }
+        self.registered = true;
         let known: Vec<usize> = known.into_iter().collect();
         let keys: Vec<String> = known.iter().map(|&n| node_key(n)).collect();
         let values: Vec<Option<String>> = match timeout(redis::cmd("MGET").arg(&keys).query_async(&mut con)).await {
@@ -485,11 +563,45 @@ impl Link {
         if before != live {
             tracing::info!(?live, "cluster: live nodes changed");
         }
-        if self.view.as_ref() != Some(&live) {
-            let nodes: Vec<NodeId> = live.iter().map(|&n| n as NodeId).collect();
-            let msgs = (0..self.cfg.shards).map(|s| (s, PeerMsg::View { live: nodes.clone() })).collect();
+        for (&n, v) in known.iter().zip(&values) {
+            if let Some(inc) = v.as_deref().and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok()).and_then(|v| v["inc"].as_u64())
+            {
+                self.incs.insert(n, inc);
+            }
+        }
+        // Before any shard here may take a dead node's conversations, its incarnation is fenced
+        // in the store, so if it still runs (paused, or cut off from Redis alone) its next
+        // commit finds the fence instead of reusing a seq.
+        // Dead: every node this link knew an incarnation of that is not live now, whether its key
+        // expired or a repairer already removed it from the set of nodes.
+        let gone: Vec<usize> = self.incs.keys().copied().filter(|n| *n != node && !live.contains(n)).collect();
+        let mut fenced_all = true;
+        for &d in &gone {
+            let Some(&inc) = self.incs.get(&d) else { continue };
+            if self.fenced.contains(&(d, inc)) {
+                continue;
+            }
+            match store_call(&self.store, move |s| s.fence_node(me16(d), inc)).await {
+                Ok(()) => {
+                    self.fenced.insert((d, inc));
+                    self.state.fences.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(dead = d, incarnation = inc, "cluster: node taken for dead; fenced");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, dead = d, "cluster: fencing a dead node failed; its conversations stay put until it succeeds");
+                    fenced_all = false;
+                }
+            }
+        }
+        // Every refresh, not only on change: a shard that found itself fenced waits for the next
+        // incarnation, and a lost message must not leave a shard without a view.
+        let view = if fenced_all { Some(live.clone()) } else { self.view.clone() };
+        if let Some(view) = view {
+            let nodes: Vec<NodeId> = view.iter().map(|&n| n as NodeId).collect();
+            let inc = self.incarnation;
+            let msgs = (0..self.cfg.shards).map(|s| (s, PeerMsg::View { live: nodes.clone(), incarnation: inc })).collect();
             if self.inject(msgs) {
-                self.view = Some(live.clone());
+                self.view = Some(view);
             }
         }
         // One repairer: the lowest live id.
@@ -667,6 +779,27 @@ async fn subscribe(client: redis::Client, cfg: ClusterConfig, bridge: Arc<Mutex<
             tracing::warn!(channel = %channel, "cluster: subscription lost; subscribing again");
         }
         tokio::time::sleep(Duration::from_millis(RESUBSCRIBE_MS)).await;
+    }
+}
+
+fn me16(node: usize) -> NodeId {
+    node as NodeId
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A store call off the link's thread (store calls block; the ScyllaDB backend runs its own
+/// runtime, which must not be entered from this one).
+async fn store_call<T: Send + 'static>(
+    store: &Arc<dyn MessageStore>,
+    f: impl FnOnce(&dyn MessageStore) -> Result<T, shardchat_storage::StoreError> + Send + 'static,
+) -> Result<T, String> {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || f(&*store)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

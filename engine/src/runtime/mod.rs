@@ -44,7 +44,7 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     let cluster = match &cfg.cluster {
         Some(url) => {
             let cc = ClusterConfig { redis: url.clone(), node: cfg.node_id, shards: cfg.shards, listen: cfg.listen };
-            Some(Arc::new(Cluster::start(cc, bridge.clone())?))
+            Some(Arc::new(Cluster::start(cc, bridge.clone(), store.clone())?))
         }
         None => None,
     };

@@ -75,7 +75,8 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardchat"))
             .args(&args)
             .env("RUST_LOG", std::env::var("SHARDCHAT_TEST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::null())
+            // Logs go to stdout: shown when SHARDCHAT_TEST_LOG asks for them.
+            .stdout(if std::env::var("SHARDCHAT_TEST_LOG").is_ok() { Stdio::inherit() } else { Stdio::null() })
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start shardchat");

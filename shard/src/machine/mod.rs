@@ -314,6 +314,8 @@ pub struct Shard {
     incarnation: u64,
     /// Cluster mode: the incarnation a commit job found fenced; views naming it are ignored.
     fenced: u64,
+    /// The incarnation the running commit job checks.
+    commit_incarnation: u64,
     /// Cluster mode: the view before the last change, and until when (monotonic ms)
     /// conversations that came here with the change are refused while their previous owner
     /// finishes what it had started (see `view_changed`).
@@ -348,6 +350,7 @@ impl Shard {
             view: None,
             incarnation: 0,
             fenced: 0,
+            commit_incarnation: 0,
             handover: None,
             actions: Vec::new(),
             local: VecDeque::new(),

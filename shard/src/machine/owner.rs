@@ -48,7 +48,8 @@ impl Shard {
             // Said before the link learned of the fence: wait for the new incarnation.
             return;
         }
-        if incarnation != self.incarnation {
+        let fresh = incarnation != self.incarnation;
+        if fresh {
             // A new incarnation (the first, or one after this node was taken for dead): others
             // may have sequenced any conversation meanwhile, so nothing cached is kept and
             // every conversation is gained afresh (handover).
@@ -64,12 +65,15 @@ impl Shard {
         self.receipts_dirty.retain(|c| owned(c));
         self.receipts_last_ms.retain(|c, _| owned(c));
         self.receipts_sent.retain(|c, _| owned(c));
-        // The first view is not a handover: nothing was owned before it.
-        let (stay, moved): (Vec<Op>, Vec<Op>) = std::mem::take(&mut self.pending).into_iter().partition(|op| op.conv().is_none_or(owned));
+        // Ops waiting for a conversation that moved go to its new owner; after a new
+        // incarnation every conversation op is routed again, so the handover applies to it.
+        let (stay, moved): (Vec<Op>, Vec<Op>) =
+            std::mem::take(&mut self.pending).into_iter().partition(|op| op.conv().is_none_or(|c| !fresh && owned(c)));
         self.pending = stay;
-        if let Some(before) = self.view.replace(live) {
-            self.handover = Some((before, self.now.mono_ms + HANDOVER_MS));
-        }
+        // The first view of an incarnation is a handover too: a node back from a crash or a
+        // pause takes back conversations the others sequenced meanwhile.
+        let before = self.view.replace(live).unwrap_or_default();
+        self.handover = Some((before, self.now.mono_ms + HANDOVER_MS));
         for op in moved {
             self.route_op(op, false);
         }
@@ -132,18 +136,22 @@ impl Shard {
         }
         self.committing = true;
         let fence = self.cfg.cluster.then_some((self.node(), self.incarnation));
+        self.commit_incarnation = self.incarnation;
         self.actions.push(Action::Commit(CommitJob { ops, convs, fence }));
     }
 
     pub(super) fn commit_done(&mut self, out: CommitOutcome) {
         self.committing = false;
         if out.fenced {
-            // The others took this incarnation for dead: sequence nothing until the link
-            // rejoins with a new one.
-            tracing::warn!(node = self.cfg.node, incarnation = self.incarnation, "fenced: this node was taken for dead; rejoining");
-            self.fenced = self.incarnation;
-            self.view = None;
-            self.convs.clear();
+            // The others took the job's incarnation for dead: sequence nothing until the link
+            // rejoins with a newer one (it may already have: then the view it sent stands).
+            let inc = self.commit_incarnation;
+            tracing::warn!(node = self.cfg.node, incarnation = inc, "fenced: this node was taken for dead; waiting to rejoin");
+            self.fenced = self.fenced.max(inc);
+            if self.incarnation <= inc {
+                self.view = None;
+                self.convs.clear();
+            }
         }
         if self.convs.len() + out.convs.len() > self.cfg.conv_cache_max {
             // Trimming is cheap and rare; evicted conversations reload from the store.
