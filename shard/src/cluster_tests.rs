@@ -30,6 +30,8 @@ struct Cluster {
     received: HashMap<Dev, Vec<ServerFrame>>,
     /// The directory the home shards reported: user → nodes holding a connection.
     directory: HashMap<String, BTreeSet<usize>>,
+    /// Presence watches the link holds: user → nodes watching.
+    watchers: HashMap<String, BTreeSet<usize>>,
     seed: u64,
     now: Now,
     next_conn: u64,
@@ -57,6 +59,7 @@ impl Cluster {
             store,
             received: HashMap::new(),
             directory: HashMap::new(),
+            watchers: HashMap::new(),
             seed: seed | 1,
             now,
             next_conn: 1,
@@ -173,11 +176,29 @@ impl Cluster {
                         self.nodes[n].inbox[s].push_back(Event::LookupDone(outcome));
                     }
                     Action::Directory { user, here } => {
-                        let nodes = self.directory.entry(user).or_default();
+                        let nodes = self.directory.entry(user.clone()).or_default();
                         if here {
                             assert!(nodes.insert(n), "arrival reported twice");
                         } else {
                             assert!(nodes.remove(&n), "departure of a user not here");
+                        }
+                        // Published to the nodes watching the user, only.
+                        let watching: Vec<usize> = self.watchers.get(&user).into_iter().flatten().copied().filter(|&w| w != n).collect();
+                        for w in watching {
+                            let at_ms = self.now.unix_ms;
+                            self.remote(n, w, RemoteMsg::Presence { user: user.clone(), node: n as NodeId, here, at_ms });
+                        }
+                    }
+                    Action::PresenceWatch { user, watch } => {
+                        let w = self.watchers.entry(user.clone()).or_default();
+                        if watch {
+                            assert!(w.insert(n), "watched twice from one node");
+                            let nodes: Vec<NodeId> =
+                                self.directory.get(&user).into_iter().flatten().filter(|&&o| o != n).map(|&o| o as NodeId).collect();
+                            let home = home_shard(&user, SHARDS);
+                            self.nodes[n].inbox[home].push_back(Event::Peer(PeerMsg::PresenceNodes { user, nodes }));
+                        } else {
+                            assert!(w.remove(&n), "unwatched without a watch");
                         }
                     }
                     Action::Remote { node, msg } => {
@@ -459,5 +480,47 @@ fn a_node_taken_for_dead_while_still_running_is_fenced_and_never_reuses_a_seq() 
         assert_eq!(seqs, (2..=11).collect::<Vec<_>>(), "seed {seed}: every seq assigned once");
         let stored: Vec<u64> = st.messages_after(&direct_conv_id("alice", &peer), 0, 100).unwrap().iter().map(|m| m.seq).collect();
         assert_eq!(stored, (1..=11).collect::<Vec<_>>());
+    }
+}
+
+fn presence(frames: &[ServerFrame], who: &str) -> Vec<String> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Presence { user, status, .. } if user == who => Some(status.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn presence_crosses_nodes_and_only_watching_nodes_hear_of_changes() {
+    for seed in 1..8 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Cluster::new(3, seed, store(dir.path()), false);
+        let b = c.connect(1, "bob");
+        let k = c.connect(2, "carol");
+        c.send(k, r#"{"t":"presence_sub","users":["bob"]}"#);
+        assert_eq!(presence(&c.take(k), "bob"), vec!["online"], "seed {seed}: bob is on node 1");
+        assert_eq!(c.watchers["bob"], BTreeSet::from([2]), "only node 2 watches bob");
+        // Bob leaves node 1: carol hears it once the coalescing interval passes.
+        c.nodes[1].inbox[b.1].push_back(Event::Disconnected { conn: b.2 });
+        c.run();
+        c.tick(1_100);
+        let got = c.take(k);
+        assert_eq!(presence(&got, "bob"), vec!["offline"], "seed {seed}");
+        assert!(got.iter().any(|f| matches!(f, ServerFrame::Presence { last_seen: Some(_), .. })), "offline carries last seen");
+        // He comes back on node 0, then a second device on node 2 (carol's node) goes and comes.
+        c.connect(0, "bob");
+        c.tick(1_100);
+        assert_eq!(presence(&c.take(k), "bob"), vec!["online"], "seed {seed}");
+        // Node 0 dies with bob on it: once the view drops it, bob is offline.
+        c.kill(0);
+        c.view();
+        c.tick(1_100);
+        assert_eq!(presence(&c.take(k), "bob"), vec!["offline"], "seed {seed}");
+        // Carol unsubscribes: node 2 stops watching.
+        c.send(k, r#"{"t":"presence_unsub","users":["bob"]}"#);
+        assert!(c.watchers["bob"].is_empty());
     }
 }

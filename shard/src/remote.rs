@@ -22,6 +22,9 @@ pub enum RemoteMsg {
     Reply { to: ConnRef, frame: ServerFrame },
     /// To a node holding connections of some of `users`: a frame for all of them there.
     Fanout { users: Vec<String>, frame: ServerFrame, except: Option<ConnRef>, msg: Option<(String, u64)>, class: Class },
+    /// To the nodes watching `user`: its first connection on `node` arrived (`here`), or its
+    /// last one there left at `at_ms`.
+    Presence { user: String, node: crate::route::NodeId, here: bool, at_ms: u64 },
     /// To the owner node, from its own link: these users have no connection on any node, so
     /// they are owed a push notification for the message in `frame`.
     OwePush { users: Vec<String>, frame: ServerFrame },
@@ -41,6 +44,9 @@ impl RemoteMsg {
                 by_home(users, shards)
                     .map(|(shard, users)| (shard, PeerMsg::Fanout { users, payload: payload.clone(), except, msg: msg.clone(), class }))
                     .collect()
+            }
+            RemoteMsg::Presence { user, node, here, at_ms } => {
+                vec![(home_shard(&user, shards), PeerMsg::PresenceElsewhere { user, node, here, at_ms })]
             }
             RemoteMsg::OwePush { users, frame } => {
                 let payload = Payload::new(frame);

@@ -145,6 +145,9 @@ pub enum Action {
     /// Cluster mode only: `user`'s first connection on this node arrived (`here`), or its last
     /// one left. The home shard holds all of a user's connections on a node, so it knows.
     Directory { user: String, here: bool },
+    /// Cluster mode only: someone here watches `user`'s presence (`watch`), or no longer does.
+    /// The link tells the other nodes' changes of that user ([`PeerMsg::PresenceElsewhere`]).
+    PresenceWatch { user: String, watch: bool },
     /// Cluster mode only: to another node (an op for the conversation's owner node, or the
     /// answer to a connection there).
     Remote { node: NodeId, msg: crate::remote::RemoteMsg },
@@ -223,6 +226,11 @@ pub enum PeerMsg {
         live: Vec<NodeId>,
         incarnation: u64,
     },
+    /// Cluster link → home: the other nodes holding `user` now (the answer to a watch).
+    PresenceNodes { user: String, nodes: Vec<NodeId> },
+    /// Cluster link → home: `user`'s first connection on `node` arrived (`here`) or its last one
+    /// left at `at_ms`.
+    PresenceElsewhere { user: String, node: NodeId, here: bool, at_ms: u64 },
     /// Cluster link → home: these users have no connection on any node; owe them a push for
     /// the message in `payload`.
     OwePush {
@@ -273,6 +281,11 @@ struct Presence {
     loaded: bool,
     /// Some exactly while the store read of `last_seen` runs: who waits for the first answer.
     waiting: Option<Vec<ConnRef>>,
+    /// Cluster mode: other nodes holding a connection of this user, as the link last said.
+    elsewhere: Vec<NodeId>,
+    /// Cluster mode: whether the link has answered for the other nodes yet (a first answer
+    /// waits for it, so a user online elsewhere is never first reported offline).
+    elsewhere_known: bool,
     /// The status last published to all subscribers.
     published: Option<bool>,
     last_publish_ms: u64,
@@ -454,6 +467,8 @@ impl Shard {
             PeerMsg::Op(op) => self.route_op(op, false),
             PeerMsg::Forwarded(op) => self.route_op(op, true),
             PeerMsg::View { live, incarnation } => self.view_changed(live, incarnation),
+            PeerMsg::PresenceNodes { user, nodes } => self.presence_nodes(user, nodes),
+            PeerMsg::PresenceElsewhere { user, node, here, at_ms } => self.presence_elsewhere(user, node, here, at_ms),
             PeerMsg::OwePush { users, payload } => {
                 for u in &users {
                     self.owe_push(u, &payload);

@@ -59,6 +59,7 @@ impl Shard {
         } else if self.view.as_ref() == Some(&live) {
             return;
         }
+        self.presence_view(&live);
         let me = self.node();
         let owned = |conv: &str| crate::route::owner_node(conv, &live) == Some(me);
         self.convs.retain(|c, _| owned(c));

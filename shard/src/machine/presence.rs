@@ -13,6 +13,36 @@ fn frame(user: &str, online: bool, last_seen: Option<u64>) -> Payload {
 }
 
 impl Shard {
+    /// Whether `user` has a connection here or (cluster mode) on another node.
+    fn online(&self, user: &str) -> bool {
+        self.by_user.contains_key(user) || self.presence.get(user).is_some_and(|p| !p.elsewhere.is_empty())
+    }
+
+    /// Whether a first answer about `p` can be given: its last-seen time is loaded and, in
+    /// cluster mode, the other nodes are known.
+    fn answerable(&self, p: &Presence) -> bool {
+        p.loaded && (!self.cfg.cluster || p.elsewhere_known)
+    }
+
+    /// A presence entry for `target` is created: in cluster mode the link starts watching it
+    /// on the other nodes.
+    fn presence_entry(&mut self, target: &str) -> &mut Presence {
+        if !self.presence.contains_key(target) {
+            if self.cfg.cluster {
+                self.actions.push(Action::PresenceWatch { user: target.to_string(), watch: true });
+            }
+            self.presence.insert(target.to_string(), Presence::default());
+        }
+        self.presence.get_mut(target).expect("inserted")
+    }
+
+    fn presence_drop(&mut self, target: &str) {
+        if self.presence.remove(target).is_some() && self.cfg.cluster {
+            self.actions.push(Action::PresenceWatch { user: target.to_string(), watch: false });
+        }
+        self.presence_dirty.remove(target);
+    }
+
     /// Subscriber side: remember the targets and ask their home shards.
     pub(super) fn subscribe(&mut self, conn: u64, users: Vec<String>) {
         let me = self.me(conn);
@@ -64,21 +94,30 @@ impl Shard {
 
     /// Target side: register the subscriber and answer with the current state.
     pub(super) fn presence_sub(&mut self, target: String, sub: ConnRef) {
-        let online = self.by_user.contains_key(&target);
-        let p = self.presence.entry(target.clone()).or_default();
+        let p = self.presence_entry(&target);
         if !p.subs.contains(&sub) {
             p.subs.push(sub);
         }
-        if online || p.loaded {
+        let online = self.online(&target);
+        let p = &self.presence[&target];
+        if online || self.answerable(p) {
             let payload = frame(&target, online, p.last_seen);
             self.send_to(sub.shard, PeerMsg::Deliver { conns: vec![sub.conn], payload, class: Class::Ephemeral });
             return;
         }
+        self.presence_wait(target, sub);
+    }
+
+    /// Queues `who` for the first answer about `target`, reading its last-seen time once.
+    fn presence_wait(&mut self, target: String, who: ConnRef) {
+        let p = self.presence.get_mut(&target).expect("entry exists");
         match &mut p.waiting {
-            Some(w) => w.push(sub),
+            Some(w) => w.push(who),
             None => {
-                p.waiting = Some(vec![sub]);
-                self.actions.push(Action::Lookup(ReadJob::LastSeen { user: target }));
+                p.waiting = Some(vec![who]);
+                if !p.loaded {
+                    self.actions.push(Action::Lookup(ReadJob::LastSeen { user: target }));
+                }
             }
         }
     }
@@ -86,48 +125,87 @@ impl Shard {
     /// A one-off question (the REST API's batch presence): answered like a subscription's first
     /// frame, without subscribing.
     pub(super) fn presence_query(&mut self, target: String, reply_to: ConnRef) {
-        let online = self.by_user.contains_key(&target);
-        let known = self.presence.get(&target).filter(|p| p.loaded).map(|p| p.last_seen);
+        let online = self.online(&target);
+        let known = self.presence.get(&target).filter(|p| self.answerable(p)).map(|p| p.last_seen);
         if online || known.is_some() {
             let payload = frame(&target, online, known.flatten());
             self.send_to(reply_to.shard, PeerMsg::Deliver { conns: vec![reply_to.conn], payload, class: Class::Durable });
             return;
         }
-        let p = self.presence.entry(target.clone()).or_default();
-        match &mut p.waiting {
-            Some(w) => w.push(reply_to),
-            None => {
-                p.waiting = Some(vec![reply_to]);
-                self.actions.push(Action::Lookup(ReadJob::LastSeen { user: target }));
-            }
-        }
+        self.presence_entry(&target);
+        self.presence_wait(target, reply_to);
     }
 
     pub(super) fn presence_unsub(&mut self, target: &str, sub: ConnRef) {
         let Some(p) = self.presence.get_mut(target) else { return };
         p.subs.retain(|s| *s != sub);
         if p.subs.is_empty() && p.waiting.is_none() {
-            self.presence.remove(target);
-            self.presence_dirty.remove(target);
+            self.presence_drop(target);
         }
     }
 
     pub(super) fn lookup_done(&mut self, outcome: ReadOutcome) {
         let ReadOutcome::LastSeen { user, ms } = outcome else { unreachable!("only last-seen lookups exist") };
-        let online = self.by_user.contains_key(&user);
         let Some(p) = self.presence.get_mut(&user) else { return };
-        let waiting = p.waiting.take().unwrap_or_default();
         // If the store failed, answer without a last-seen time rather than not at all.
         if let Ok(ms) = ms {
-            p.loaded = true;
             p.last_seen = p.last_seen.max(ms);
         }
-        let payload = frame(&user, online, p.last_seen);
+        p.loaded = true;
+        self.answer_waiting(&user);
+    }
+
+    /// Gives the first answer to everyone waiting for `user`, once it can be given.
+    fn answer_waiting(&mut self, user: &str) {
+        let online = self.online(user);
+        let Some(p) = self.presence.get(user) else { return };
+        if p.waiting.is_none() || !(online || self.answerable(p)) {
+            return;
+        }
+        let p = self.presence.get_mut(user).expect("present");
+        let waiting = p.waiting.take().unwrap_or_default();
+        let payload = frame(user, online, p.last_seen);
         if p.subs.is_empty() {
             // Only one-off queries asked: keep nothing.
-            self.presence.remove(&user);
+            self.presence_drop(user);
         }
         self.deliver_to_subs(&waiting, payload);
+    }
+
+    /// Cluster link: the other nodes holding `user` now (its answer to a watch).
+    pub(super) fn presence_nodes(&mut self, user: String, nodes: Vec<NodeId>) {
+        let Some(p) = self.presence.get_mut(&user) else { return };
+        p.elsewhere = nodes;
+        p.elsewhere_known = true;
+        self.presence_changed(&user);
+        self.answer_waiting(&user);
+    }
+
+    /// Cluster link: `user` arrived on or left another node.
+    pub(super) fn presence_elsewhere(&mut self, user: String, node: NodeId, here: bool, at_ms: u64) {
+        let Some(p) = self.presence.get_mut(&user) else { return };
+        p.elsewhere.retain(|n| *n != node);
+        if here {
+            p.elsewhere.push(node);
+        } else {
+            p.last_seen = p.last_seen.max(Some(at_ms));
+        }
+        self.presence_changed(&user);
+    }
+
+    /// Cluster mode: nodes no longer live hold no one.
+    pub(super) fn presence_view(&mut self, live: &[NodeId]) {
+        let mut changed = Vec::new();
+        for (user, p) in &mut self.presence {
+            let before = p.elsewhere.len();
+            p.elsewhere.retain(|n| live.contains(n));
+            if p.elsewhere.len() != before {
+                changed.push(user.clone());
+            }
+        }
+        for user in changed {
+            self.presence_changed(&user);
+        }
     }
 
     /// The user's first connection arrived or the last one left.
@@ -160,7 +238,7 @@ impl Shard {
             .collect();
         for user in due {
             self.presence_dirty.remove(&user);
-            let online = self.by_user.contains_key(&user);
+            let online = self.online(&user);
             let Some(p) = self.presence.get_mut(&user) else { continue };
             if p.published == Some(online) {
                 continue;
