@@ -371,6 +371,27 @@ async fn three_nodes_carry_direct_and_group_messages_and_receipts_across_nodes_i
     // The store holds each message once, in order, whichever node sequenced it.
     let s = stored(n1, "bob", &conv).await;
     assert_eq!(s.iter().map(|(q, _)| *q).collect::<Vec<_>>(), (1..=21).collect::<Vec<_>>());
+
+    // Presence crosses nodes: carol (node 2) watches dave (node 1, then node 0).
+    let dave = Client::connect(n1, "dave", "phone").await;
+    cl.redis.wait_for("shardchat:user:dave:nodes", &["1"]).await;
+    carol.send(serde_json::json!({"t":"presence_sub","users":["dave"]})).await;
+    let p = carol.recv_where(|v| v["t"] == "presence").await;
+    assert_eq!((p["user"].as_str(), p["status"].as_str()), (Some("dave"), Some("online")), "{p}");
+    assert_eq!(cl.redis.set("shardchat:watch:dave"), BTreeSet::from(["2".to_string()]), "only the watching node is listed");
+    drop(dave);
+    let p = carol.recv_where(|v| v["t"] == "presence").await;
+    assert_eq!(p["status"], "offline", "{p}");
+    assert!(p["last_seen"].as_u64().is_some(), "{p}");
+    let _dave = Client::connect(n0, "dave", "laptop").await;
+    let p = carol.recv_where(|v| v["t"] == "presence").await;
+    assert_eq!(p["status"], "online", "{p}");
+    // The REST batch answers from any node with what every node knows.
+    let url = n1.rest("/v1/presence?users=dave,nobody", "bob");
+    let v: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    let statuses: Vec<(&str, &str)> =
+        v["presence"].as_array().unwrap().iter().map(|p| (p["user"].as_str().unwrap(), p["status"].as_str().unwrap())).collect();
+    assert_eq!(statuses, vec![("dave", "online"), ("nobody", "offline")], "{v}");
 }
 
 #[tokio::test]

@@ -62,6 +62,9 @@ fn node_users_key(node: usize) -> String {
 fn user_nodes_key(user: &str) -> String {
     format!("{PREFIX}user:{user}:nodes")
 }
+fn watch_key(user: &str) -> String {
+    format!("{PREFIX}watch:{user}")
+}
 fn inbox_channel(node: usize) -> String {
     format!("{PREFIX}inbox:{node}")
 }
@@ -203,6 +206,8 @@ impl ClusterState {
 /// What the shards hand the link, in their order.
 enum LinkMsg {
     Directory(String, bool),
+    /// A home shard here watches (or stops watching) a user's presence.
+    Watch(String, bool),
     Remote(NodeId, RemoteMsg),
     Fanout { users: Vec<String>, frame: shardchat_codec::ServerFrame, except: Option<ConnRef>, msg: Option<(String, u64)>, class: Class },
     Stop,
@@ -241,6 +246,7 @@ impl Cluster {
             con: None,
             here: HashSet::new(),
             pending: Vec::new(),
+            watching: HashSet::new(),
             rewrite: true,
             state: state.clone(),
             base: format!("{{\"listen\":\"{}\",\"shards\":{},\"pid\":{}", cfg.listen, cfg.shards, std::process::id()),
@@ -261,6 +267,11 @@ impl Cluster {
     pub fn directory(&self, user: String, here: bool) {
         // Fails only once the link has stopped, at shutdown.
         let _ = self.changes.send(LinkMsg::Directory(user, here));
+    }
+
+    /// From a home shard: someone here watches `user`'s presence (or no longer does).
+    pub fn watch(&self, user: String, watch: bool) {
+        let _ = self.changes.send(LinkMsg::Watch(user, watch));
     }
 
     /// From a shard: `msg` for node `node`.
@@ -321,6 +332,8 @@ struct Link {
     here: HashSet<String>,
     /// Changes to `here` not yet written.
     pending: Vec<(String, bool)>,
+    /// Users whose presence someone here watches (registered in `watch:{user}`).
+    watching: HashSet<String>,
     /// Rewrite this node's part of the directory whole at the next chance (then `pending` is not
     /// kept: the rewrite covers it, and it cannot grow while Redis is away).
     rewrite: bool,
@@ -357,9 +370,11 @@ impl Link {
                     // Everything queued now, in one batch; `Stop` (or every handle gone) ends it.
                     let mut msg = got;
                     let mut out = Vec::new();
+                    let mut watches = Vec::new();
                     let stop = loop {
                         match msg {
                             Some(LinkMsg::Directory(user, here)) => self.note((user, here)),
+                            Some(LinkMsg::Watch(user, on)) => watches.push((user, on)),
                             Some(LinkMsg::Stop) | None => break true,
                             Some(m) => out.push(m),
                         }
@@ -368,8 +383,10 @@ impl Link {
                             Err(_) => break false,
                         }
                     };
-                    self.write_directory().await;
+                    let changes = self.write_directory().await;
+                    out.extend(self.presence_changes(changes).await);
                     self.route(out).await;
+                    self.watch(watches).await;
                     if stop {
                         break;
                     }
@@ -450,14 +467,15 @@ impl Link {
     }
 
     /// Writes pending directory changes (or the whole, when due) with a liveness refresh.
-    async fn write_directory(&mut self) {
+    async fn write_directory(&mut self) -> Vec<(String, bool)> {
         if self.rewrite {
-            return self.rewrite_directory().await;
+            self.rewrite_directory().await;
+            return Vec::new();
         }
         if self.pending.is_empty() {
-            return;
+            return Vec::new();
         }
-        let Some(mut con) = self.connection().await else { return };
+        let Some(mut con) = self.connection().await else { return Vec::new() };
         let node = self.cfg.node;
         let mut p = redis::pipe();
         p.atomic();
@@ -469,7 +487,7 @@ impl Link {
         }
         match timeout(p.query_async::<(Option<String>,)>(&mut con)).await {
             Ok((previous,)) => {
-                self.pending.clear();
+                let written = std::mem::take(&mut self.pending);
                 self.check_owner(previous.as_deref());
                 self.state.directory_writes.fetch_add(1, Ordering::Relaxed);
                 self.state.redis_up.store(true, Ordering::Relaxed);
@@ -478,9 +496,86 @@ impl Link {
                     self.rewrite = true;
                     self.rewrite_directory().await;
                 }
+                written
             }
-            Err(e) => self.down(e),
+            Err(e) => {
+                self.down(e);
+                Vec::new()
+            }
         }
+    }
+
+    /// The presence changes behind directory changes, for the nodes watching those users (one
+    /// read of every watcher set, in one pipeline). Lost when Redis is away: presence is
+    /// ephemeral, and watchers ask again when they subscribe again.
+    async fn presence_changes(&mut self, changes: Vec<(String, bool)>) -> Vec<LinkMsg> {
+        if changes.is_empty() {
+            return Vec::new();
+        }
+        let Some(mut con) = self.connection().await else { return Vec::new() };
+        let mut p = redis::pipe();
+        for (user, _) in &changes {
+            p.cmd("SMEMBERS").arg(watch_key(user));
+        }
+        let watchers: Vec<Vec<usize>> = match timeout(p.query_async(&mut con)).await {
+            Ok(w) => w,
+            Err(e) => {
+                self.down(e);
+                return Vec::new();
+            }
+        };
+        let (me, at_ms) = (self.cfg.node, unix_ms());
+        let mut out = Vec::new();
+        for ((user, here), nodes) in changes.into_iter().zip(watchers) {
+            for n in nodes.into_iter().filter(|&n| n != me) {
+                let msg = RemoteMsg::Presence { user: user.clone(), node: me16(me), here, at_ms };
+                out.push(LinkMsg::Remote(me16(n), msg));
+            }
+        }
+        out
+    }
+
+    /// Registers (or drops) this node's watches and answers each new one with the other nodes
+    /// holding the user now. With Redis away the answer is "nowhere else", so a first answer is
+    /// never held up.
+    async fn watch(&mut self, watches: Vec<(String, bool)>) {
+        if watches.is_empty() {
+            return;
+        }
+        let me = self.cfg.node;
+        for (user, on) in &watches {
+            if *on {
+                self.watching.insert(user.clone());
+            } else {
+                self.watching.remove(user);
+            }
+        }
+        let con = self.connection().await;
+        let mut sets: Vec<Vec<usize>> = Vec::new();
+        if let Some(mut con) = con {
+            let mut p = redis::pipe();
+            for (user, on) in &watches {
+                if *on {
+                    p.cmd("SADD").arg(watch_key(user)).arg(me).ignore();
+                    p.cmd("SMEMBERS").arg(user_nodes_key(user));
+                } else {
+                    p.cmd("SREM").arg(watch_key(user)).arg(me).ignore();
+                }
+            }
+            match timeout(p.query_async::<Vec<Vec<usize>>>(&mut con)).await {
+                Ok(v) => sets = v,
+                Err(e) => self.down(e),
+            }
+        }
+        let live = self.view.clone().unwrap_or_default();
+        let mut sets = sets.into_iter();
+        let mut local = Vec::new();
+        for (user, _) in watches.into_iter().filter(|(_, on)| *on) {
+            let nodes: Vec<NodeId> =
+                sets.next().unwrap_or_default().into_iter().filter(|&n| n != me && live.contains(&n)).map(me16).collect();
+            local.push((shardchat_shard::home_shard(&user, self.cfg.shards), PeerMsg::PresenceNodes { user, nodes }));
+        }
+        self.inject(local);
     }
 
     /// Makes this node's part of the directory exactly `here`.
@@ -504,6 +599,10 @@ impl Link {
         }
         for user in &self.here {
             p.cmd("SADD").arg(user_nodes_key(user)).arg(node).ignore();
+        }
+        // Watches too: a Redis that lost its data lost them.
+        for user in &self.watching {
+            p.cmd("SADD").arg(watch_key(user)).arg(node).ignore();
         }
         match timeout(p.query_async::<()>(&mut con)).await {
             Ok(()) => {
@@ -693,7 +792,7 @@ impl Link {
                         owed.push(RemoteMsg::OwePush { users: offline, frame });
                     }
                 }
-                LinkMsg::Directory(..) | LinkMsg::Stop => unreachable!("handled by run"),
+                LinkMsg::Directory(..) | LinkMsg::Watch(..) | LinkMsg::Stop => unreachable!("handled by run"),
             }
         }
         let shards = self.cfg.shards;

@@ -249,6 +249,11 @@ impl Driver {
                     c.directory(user, here);
                 }
             }
+            Action::PresenceWatch { user, watch } => {
+                if let Some(c) = &self.cluster {
+                    c.watch(user, watch);
+                }
+            }
             Action::Remote { node, msg } => {
                 if let Some(c) = &self.cluster {
                     c.remote(node, msg);
