@@ -133,7 +133,9 @@ impl Sim {
                         self.inbox[s].push_back(Event::LookupDone(outcome));
                     }
                     Action::Directory { user, here } => self.directory.push((user, here)),
-                    Action::Remote { .. } | Action::RemoteFanout { .. } | Action::PresenceWatch { .. } => panic!("one node: nothing leaves it"),
+                    Action::Remote { .. } | Action::RemoteFanout { .. } | Action::PresenceWatch { .. } => {
+                        panic!("one node: nothing leaves it")
+                    }
                 }
             }
         }

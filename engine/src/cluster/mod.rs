@@ -209,7 +209,13 @@ enum LinkMsg {
     /// A home shard here watches (or stops watching) a user's presence.
     Watch(String, bool),
     Remote(NodeId, RemoteMsg),
-    Fanout { users: Vec<String>, frame: shardchat_codec::ServerFrame, except: Option<ConnRef>, msg: Option<(String, u64)>, class: Class },
+    Fanout {
+        users: Vec<String>,
+        frame: shardchat_codec::ServerFrame,
+        except: Option<ConnRef>,
+        msg: Option<(String, u64)>,
+        class: Class,
+    },
     Stop,
 }
 

@@ -227,10 +227,18 @@ pub enum PeerMsg {
         incarnation: u64,
     },
     /// Cluster link → home: the other nodes holding `user` now (the answer to a watch).
-    PresenceNodes { user: String, nodes: Vec<NodeId> },
+    PresenceNodes {
+        user: String,
+        nodes: Vec<NodeId>,
+    },
     /// Cluster link → home: `user`'s first connection on `node` arrived (`here`) or its last one
     /// left at `at_ms`.
-    PresenceElsewhere { user: String, node: NodeId, here: bool, at_ms: u64 },
+    PresenceElsewhere {
+        user: String,
+        node: NodeId,
+        here: bool,
+        at_ms: u64,
+    },
     /// Cluster link → home: these users have no connection on any node; owe them a push for
     /// the message in `payload`.
     OwePush {
