@@ -363,6 +363,25 @@ async fn three_nodes_carry_direct_and_group_messages_and_receipts_across_nodes_i
         }
         assert_eq!(got, (2..=11).collect::<Vec<_>>(), "{}", dev.user);
     }
+    // REST writes and reads cross nodes too: bob posts to the group through each node, and asks
+    // each node for a message's receipts (the owner answers wherever it is).
+    let http = reqwest::Client::new();
+    for (i, n) in [n0, n1, n2].into_iter().enumerate() {
+        let url = n.rest(&format!("/v1/conversations/{g}/messages"), "bob");
+        let ack: serde_json::Value = loop {
+            let r = http.post(&url).json(&serde_json::json!({"cmid":format!("rest{i}"),"body":"via rest"})).send().await.unwrap();
+            if r.status() == 503 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            assert!(r.status().is_success(), "{}", r.status());
+            break r.json().await.unwrap();
+        };
+        assert_eq!(seq(&ack), 12 + i as u64, "{ack}");
+        let url = n.rest(&format!("/v1/conversations/{g}/messages/2/receipts"), "carol");
+        let r = http.get(&url).send().await.unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
     // Every node sent and received across; a group message went out once per node, not per member.
     for s in [n0, n1, n2] {
         assert!(metric(s, "shardchat_cluster_remote_received_total").await > 0);
