@@ -102,5 +102,8 @@ pub fn decode_server_binary(bytes: &[u8]) -> Result<ServerFrame, FrameError> {
     rkyv::deserialize::<ServerFrame, rancor::Error>(archived).map_err(|e| FrameError::bad_request(format!("invalid binary frame: {e}")))
 }
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,80 @@
+//! What the engine's fuzz targets check (`fuzz/fuzz_targets/`), as plain functions so that the
+//! committed corpora also run as ordinary tests on the stable toolchain
+//! (`engine/tests/fuzz_corpus.rs`). Each panics exactly when an invariant breaks.
+
+use crate::http::RequestHead;
+use crate::ws::{Fed, FrameReader, Msg};
+
+/// A message as `FrameReader` hands it over, owned so two runs can be compared.
+#[derive(Debug, PartialEq, Eq)]
+enum Owned {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong,
+    Close(Option<u16>),
+}
+
+/// Message size limit used by the target: small, so the size checks are reached.
+const MESSAGE_BYTES_MAX: usize = 4096;
+
+fn run(stream: &[u8], cuts: &[usize]) -> (Vec<Owned>, Result<Fed, u16>) {
+    let mut reader = FrameReader::default();
+    let mut got = Vec::new();
+    let mut at = 0;
+    let mut last = Ok(Fed::More);
+    for end in cuts.iter().copied().chain([stream.len()]) {
+        let end = end.clamp(at, stream.len());
+        let mut chunk = stream[at..end].to_vec();
+        at = end;
+        let r = reader.feed(&mut chunk, MESSAGE_BYTES_MAX, |m| {
+            got.push(match m {
+                Msg::Text(t) => Owned::Text(t.to_string()),
+                Msg::Binary(b) => Owned::Binary(b.to_vec()),
+                Msg::Ping(p) => Owned::Ping(p.to_vec()),
+                Msg::Pong => Owned::Pong,
+                Msg::Close(c) => Owned::Close(c),
+            })
+        });
+        last = r.map_err(|e| e.code);
+        if last != Ok(Fed::More) {
+            break;
+        }
+    }
+    (got, last)
+}
+
+/// Bytes from a client after the upgrade, however the socket splits them: the reader never
+/// panics, a violation is a close code a server may send, text is UTF-8 and messages respect the
+/// size limit, and cutting the stream anywhere changes nothing. The first byte of `data` says how
+/// many cut points follow (at most 7), each one byte scaled over the stream.
+pub fn ws_stream(data: &[u8]) {
+    let Some((&n, rest)) = data.split_first() else { return };
+    let n = usize::from(n % 8).min(rest.len());
+    let (cut_bytes, stream) = rest.split_at(n);
+    let mut cuts: Vec<usize> = cut_bytes.iter().map(|&c| usize::from(c) * stream.len() / 255).collect();
+    cuts.sort_unstable();
+    let whole = run(stream, &[]);
+    let split = run(stream, &cuts);
+    assert_eq!(whole, split, "cutting the stream at {cuts:?} changed what was read");
+    if let Err(code) = whole.1 {
+        assert!(matches!(code, 1002 | 1007 | 1009), "unexpected close code {code}");
+    }
+    for m in &whole.0 {
+        match m {
+            Owned::Text(t) => assert!(t.len() <= MESSAGE_BYTES_MAX),
+            Owned::Binary(b) => assert!(b.len() <= MESSAGE_BYTES_MAX),
+            Owned::Ping(p) => assert!(p.len() <= 125, "control frames are short"),
+            _ => {}
+        }
+    }
+}
+
+/// The upgrade request head, as the accepting shard reads it before anything is authenticated:
+/// parsing never panics, and neither does building the answer or reading fields of what parsed.
+pub fn upgrade_head(data: &[u8]) {
+    if let Ok(Some(head)) = RequestHead::parse(data) {
+        let _ = head.upgrade_response();
+        let _ = (head.header("sec-websocket-key"), head.query("user"), head.query("token"));
+    }
+}
