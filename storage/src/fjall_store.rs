@@ -202,7 +202,7 @@ impl MessageStore for FjallStore {
             Some(v) => {
                 let seq = be_u64(&v)?;
                 let rec = self.message(conv, seq)?;
-                rec.map(Some).ok_or_else(|| StoreError::Corrupt(format!("dedup entry for {conv}#{seq} without message")))
+                rec.map(Some).ok_or_else(|| StoreError::Corrupt(format!("a dedup entry names seq {seq}, which holds no message")))
             }
             None => Ok(None),
         }

@@ -405,7 +405,7 @@ impl MessageStore for ScyllaStore {
         let Some((seq,)) = self.one::<(i64,)>(&self.st.cmid_seq, vec![t(conv), t(from), t(cmid)])? else { return Ok(None) };
         match self.one::<MsgRow>(&self.st.message_at, vec![t(conv), CqlValue::BigInt(seq)])? {
             Some(r) => msg_of(r).map(Some),
-            None => Err(StoreError::Corrupt(format!("dedup entry for {conv}#{seq} without message"))),
+            None => Err(StoreError::Corrupt(format!("a dedup entry names seq {seq}, which holds no message"))),
         }
     }
 

@@ -23,6 +23,8 @@ pub struct Server {
     _tmp: Option<tempfile::TempDir>,
     child: Option<Child>,
     extra: Vec<String>,
+    /// Some: the server's log (stdout) goes to this file, filtered by the given `RUST_LOG`.
+    log: Option<(PathBuf, String)>,
 }
 
 /// A port no other server of this test process got: the kernel's bind(0) may hand a port that
@@ -43,8 +45,18 @@ pub fn free_port() -> u16 {
 impl Server {
     /// Starts a server with `--dev-auth`, 3 shards, and the extra flags.
     pub fn start(extra: &[&str]) -> Server {
+        Server::start_inner(extra, None)
+    }
+
+    /// Like `start`, with the server's log kept (see [`Server::log`]) at `filter` (`RUST_LOG`).
+    pub fn start_logged(extra: &[&str], filter: &str) -> Server {
+        Server::start_inner(extra, Some(filter))
+    }
+
+    fn start_inner(extra: &[&str], filter: Option<&str>) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
+        let log = filter.map(|f| (tmp.path().join("server.log"), f.to_string()));
         let mut s = Server {
             port: free_port(),
             http: free_port(),
@@ -52,9 +64,15 @@ impl Server {
             _tmp: Some(tmp),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            log,
         };
         s.spawn();
         s
+    }
+
+    /// Everything the server logged so far (`start_logged` only).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log.as_ref().expect("started with start_logged").0).unwrap_or_default()
     }
 
     fn spawn(&mut self) {
@@ -72,11 +90,22 @@ impl Server {
             args.extend(["--shards".into(), "3".into()]);
         }
         args.extend(self.extra.iter().cloned());
+        let (filter, stdout) = match &self.log {
+            Some((path, filter)) => {
+                let f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+                (filter.clone(), Stdio::from(f))
+            }
+            // Logs go to stdout: shown when SHARDCHAT_TEST_LOG asks for them.
+            None => match std::env::var("SHARDCHAT_TEST_LOG") {
+                Ok(f) => (f, Stdio::inherit()),
+                Err(_) => ("warn".into(), Stdio::null()),
+            },
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardchat"))
             .args(&args)
-            .env("RUST_LOG", std::env::var("SHARDCHAT_TEST_LOG").unwrap_or_else(|_| "warn".into()))
-            // Logs go to stdout: shown when SHARDCHAT_TEST_LOG asks for them.
-            .stdout(if std::env::var("SHARDCHAT_TEST_LOG").is_ok() { Stdio::inherit() } else { Stdio::null() })
+            .env("RUST_LOG", filter)
+            .env("NO_COLOR", "1")
+            .stdout(stdout)
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start shardchat");
