@@ -3,48 +3,9 @@
 
 mod common;
 
-use axum::routing::post;
-use axum::{extract::State, http::StatusCode, Json, Router};
+use common::webhook::{receiver, wait_for};
 use common::*;
-use serde_json::Value;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-#[derive(Clone, Default)]
-struct Receiver {
-    got: Arc<Mutex<Vec<Value>>>,
-    /// Requests to refuse (500) before accepting.
-    refuse: Arc<Mutex<u32>>,
-}
-
-async fn hook(State(r): State<Receiver>, Json(body): Json<Value>) -> StatusCode {
-    let mut refuse = r.refuse.lock().unwrap();
-    if *refuse > 0 {
-        *refuse -= 1;
-        return StatusCode::INTERNAL_SERVER_ERROR;
-    }
-    r.got.lock().unwrap().extend(body["notifications"].as_array().unwrap().iter().cloned());
-    StatusCode::OK
-}
-
-async fn receiver(port: u16, refuse: u32) -> Receiver {
-    let r = Receiver { refuse: Arc::new(Mutex::new(refuse)), ..Default::default() };
-    let app = Router::new().route("/hook", post(hook)).with_state(r.clone());
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    r
-}
-
-async fn wait_for(r: &Receiver, n: usize) -> Vec<Value> {
-    for _ in 0..200 {
-        let got = r.got.lock().unwrap().clone();
-        if got.len() >= n {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the webhook got {:?}", r.got.lock().unwrap());
-}
 
 #[tokio::test]
 async fn offline_users_get_one_notification_per_burst_even_after_refusals() {

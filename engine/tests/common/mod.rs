@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod webhook;
+
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::net::TcpStream as StdTcp;

@@ -1,0 +1,46 @@
+//! A push webhook receiver for tests: records every notification, refuses the first `refuse`
+//! requests with 500.
+
+use axum::routing::post;
+use axum::{extract::State, http::StatusCode, Json, Router};
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Default)]
+pub struct Receiver {
+    pub got: Arc<Mutex<Vec<Value>>>,
+    /// Requests to refuse (500) before accepting.
+    refuse: Arc<Mutex<u32>>,
+}
+
+async fn hook(State(r): State<Receiver>, Json(body): Json<Value>) -> StatusCode {
+    let mut refuse = r.refuse.lock().unwrap();
+    if *refuse > 0 {
+        *refuse -= 1;
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    r.got.lock().unwrap().extend(body["notifications"].as_array().unwrap().iter().cloned());
+    StatusCode::OK
+}
+
+/// Listens on `port` (path `/hook`) until the test ends.
+pub async fn receiver(port: u16, refuse: u32) -> Receiver {
+    let r = Receiver { refuse: Arc::new(Mutex::new(refuse)), ..Default::default() };
+    let app = Router::new().route("/hook", post(hook)).with_state(r.clone());
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    r
+}
+
+/// Waits (up to 10 s) until at least `n` notifications arrived; returns them all.
+pub async fn wait_for(r: &Receiver, n: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let got = r.got.lock().unwrap().clone();
+        if got.len() >= n {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the webhook got {:?}", r.got.lock().unwrap());
+}
