@@ -93,7 +93,10 @@ async fn acknowledged_messages_survive_kill_9_at_random_points_under_traffic() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
     eprintln!("crash test seed: SHARDCHAT_CRASH_SEED={seed}");
-    let mut s = Server::start(&[]);
+    // The receivers never connect: every message to them is owed a push, through the outbox.
+    let hook_port = free_port();
+    let hook = common::webhook::receiver(hook_port, 0).await;
+    let mut s = Server::start(&["--push-webhook", &format!("http://127.0.0.1:{hook_port}/hook")]);
     let rec = Arc::new(Mutex::new(Records::default()));
     let mut next = 0;
     for round in 0..ROUNDS {
@@ -172,6 +175,21 @@ async fn acknowledged_messages_survive_kill_9_at_random_points_under_traffic() {
     }
     for cmid in stored.keys() {
         assert!(r.sent.iter().any(|(_, c)| c == cmid), "{cmid} was never sent");
+    }
+
+    // The push outbox survived the crashes: every acknowledged message to an offline receiver
+    // was notified at least once (a crash between a post and its delete repeats one).
+    for user in ["r0", "r1"] {
+        let owed = r.acked.values().filter(|(conv, _)| conv.contains(&format!(":{user}"))).count() as u64;
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let notified: u64 = hook.got.lock().unwrap().iter().filter(|n| n["user"] == user).map(|n| n["count"].as_u64().unwrap()).sum();
+            if notified >= owed {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{user}: {notified} notified of {owed} acknowledged messages");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     // The search index caught up after the crashes: the last message acked before the last kill

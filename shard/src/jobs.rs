@@ -112,6 +112,9 @@ pub enum Op {
     /// Owe an offline user a push notification (the push outbox). Never leaves its node.
     #[serde(skip)]
     Push(shardchat_storage::PushEntry),
+    /// Withdraw an owed push: the recipient got the message live. Never leaves its node.
+    #[serde(skip)]
+    PushDelivered(shardchat_storage::PushEntry),
 }
 
 impl Op {
@@ -122,7 +125,7 @@ impl Op {
             Op::Mark(m) => Some(&m.conv),
             Op::Group(g) => Some(&g.conv),
             Op::Typing { conv, .. } | Op::ReceiptQuery { conv, .. } => Some(conv),
-            Op::LastSeen { .. } | Op::Push(_) => None,
+            Op::LastSeen { .. } | Op::Push(_) | Op::PushDelivered(_) => None,
         }
     }
 }
@@ -196,6 +199,11 @@ pub struct CommitJob {
     /// Cluster mode: (this node, its incarnation). The job reads the node's fence first and
     /// sequences nothing if the others have taken this incarnation for dead.
     pub fence: Option<(crate::route::NodeId, u64)>,
+    /// Push notifications are on (one node): every stored message owes each recipient a push,
+    /// written in the message's own batch; home shards withdraw it for recipients who got the
+    /// message live ([`Op::PushDelivered`]). A crash between the ack and the home shard's
+    /// decision so repeats a notification at worst, never loses one.
+    pub push: bool,
 }
 
 /// Longest time between reading the fence and writing the batch it allowed; past it the fence
@@ -290,9 +298,9 @@ fn reject(reply_to: ConnRef, code: ErrorCode, msg: &str, cmid: Option<&str>) -> 
 
 /// Sequences and stores one batch of ops, in order. Returns after the batch is durable.
 pub fn run_commit(store: &dyn MessageStore, job: CommitJob) -> CommitOutcome {
-    let CommitJob { ops, mut convs, fence } = job;
+    let CommitJob { ops, mut convs, fence, push } = job;
     let mut guard = Fence { of: fence, read_at: None };
-    match commit_inner(store, &ops, &mut convs, &mut guard) {
+    match commit_inner(store, &ops, &mut convs, &mut guard, push) {
         Ok(Some(outcomes)) => CommitOutcome { outcomes, fenced: false, convs },
         Ok(None) => {
             // Another node sequences these conversations now. What has no conversation (last
@@ -306,7 +314,7 @@ pub fn run_commit(store: &dyn MessageStore, job: CommitJob) -> CommitOutcome {
                 .collect();
             let local: Vec<Op> = ops.into_iter().filter(|op| op.conv().is_none()).collect();
             let mut unfenced = Fence { of: None, read_at: None };
-            match commit_inner(store, &local, &mut HashMap::new(), &mut unfenced) {
+            match commit_inner(store, &local, &mut HashMap::new(), &mut unfenced, false) {
                 Ok(Some(more)) => outcomes.extend(more),
                 Ok(None) => unreachable!("no fence to check"),
                 Err(e) => tracing::error!(error = %e, "commit of a fenced node's own writes failed"),
@@ -353,7 +361,7 @@ fn failed(e: StoreError, ops: &[Op]) -> CommitOutcome {
                 reply_to: *reply_to,
                 err: FrameError::new(ErrorCode::Unavailable, unavailable).with_ref(r#ref.clone()),
             }),
-            Op::Mark(_) | Op::Typing { .. } | Op::LastSeen { .. } | Op::Push(_) => None,
+            Op::Mark(_) | Op::Typing { .. } | Op::LastSeen { .. } | Op::Push(_) | Op::PushDelivered(_) => None,
         })
         .collect();
     CommitOutcome { outcomes, fenced: false, convs: HashMap::new() }
@@ -365,6 +373,7 @@ fn commit_inner(
     ops: &[Op],
     convs: &mut HashMap<String, ConvState>,
     fence: &mut Fence,
+    push: bool,
 ) -> Result<Option<Vec<OpOutcome>>, StoreError> {
     if !fence.check(store)? {
         return Ok(None);
@@ -433,6 +442,11 @@ fn commit_inner(
                     ts: s.ts,
                 };
                 in_batch.insert(key, batch.messages.len());
+                if push && record.kind != MsgKind::System {
+                    for to in members.iter().filter(|m| **m != record.from) {
+                        batch.push.push(push_entry(to, &record));
+                    }
+                }
                 batch.messages.push(record.clone());
                 outcomes.push(OpOutcome::Stored { reply_to: s.reply_to, record, members, fresh: true });
             }
@@ -487,6 +501,7 @@ fn commit_inner(
             }
             Op::LastSeen { user, ms } => batch.last_seen.push((user.clone(), *ms)),
             Op::Push(e) => batch.push.push(e.clone()),
+            Op::PushDelivered(e) => batch.push_done.push(e.clone()),
         }
     }
     if !fence.check(store)? {
@@ -494,6 +509,11 @@ fn commit_inner(
     }
     store.commit(&batch)?;
     Ok(Some(outcomes))
+}
+
+/// The outbox entry owing `user` a push for `m`.
+pub fn push_entry(user: &str, m: &MsgRecord) -> shardchat_storage::PushEntry {
+    shardchat_storage::PushEntry { user: user.to_string(), conv: m.conv.clone(), from: m.from.clone(), id: m.id, ts: m.ts }
 }
 
 /// Membership check for requests about an existing conversation.

@@ -85,7 +85,7 @@ impl Op {
             Op::ReceiptQuery { reply_to, r#ref, .. } => (*reply_to, err.with_ref(r#ref.clone())),
             Op::Mark(m) => (m.reply_to, err),
             Op::Typing { reply_to, .. } => (*reply_to, err),
-            Op::LastSeen { .. } | Op::Push(_) => return None,
+            Op::LastSeen { .. } | Op::Push(_) | Op::PushDelivered(_) => return None,
         };
         Some((to, ServerFrame::from(err)))
     }

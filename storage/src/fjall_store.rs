@@ -180,6 +180,9 @@ impl MessageStore for FjallStore {
         for e in &batch.push {
             b.insert(&self.push, push_key(e), push_value(e));
         }
+        for e in &batch.push_done {
+            b.remove(&self.push, push_key(e));
+        }
         for (conv, user, kind, seq) in &batch.watermarks {
             b.insert(&self.watermarks, keys::watermark(conv, user, kind_byte(*kind)), seq.to_be_bytes());
         }

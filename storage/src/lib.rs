@@ -54,8 +54,12 @@ pub struct WriteBatch {
     pub watermarks: Vec<(String, String, ReceiptKind, u64)>,
     /// Last-seen times: (user, unix ms).
     pub last_seen: Vec<(String, u64)>,
-    /// Push notifications owed to offline users (the push outbox).
+    /// Push notifications owed (the push outbox). The owner writes one for every recipient of a
+    /// message in the batch that stores it, so a crash can never lose one.
     pub push: Vec<PushEntry>,
+    /// Outbox entries no longer owed: the recipient got the message live. Removing an entry
+    /// that is not there is a no-op.
+    pub push_done: Vec<PushEntry>,
 }
 
 /// One message an offline user should hear about. The push sender folds a user's entries into
@@ -79,6 +83,7 @@ impl WriteBatch {
             && self.watermarks.is_empty()
             && self.last_seen.is_empty()
             && self.push.is_empty()
+            && self.push_done.is_empty()
     }
 }
 

@@ -331,6 +331,7 @@ fn msg_of(r: MsgRow) -> Result<MsgRecord, StoreError> {
 enum RowKey {
     Member(String, String),
     Former(String, String),
+    Push(u64, String),
     Other(usize),
 }
 
@@ -389,7 +390,10 @@ impl MessageStore for ScyllaStore {
         }
         for e in &batch.push {
             let v = vec![node.clone(), big(e.id), t(&e.user), t(&e.conv), t(&e.from), big(e.ts)];
-            w.put(other(), &st.insert_push, v);
+            w.put(RowKey::Push(e.id, e.user.clone()), &st.insert_push, v);
+        }
+        for e in &batch.push_done {
+            w.put(RowKey::Push(e.id, e.user.clone()), &st.delete_push, vec![node.clone(), big(e.id), t(&e.user)]);
         }
         for (conv, user, kind, seq) in &batch.watermarks {
             w.put(other(), &st.insert_watermark, vec![t(conv), t(user), t(receipt_name(*kind)), big(*seq)]);

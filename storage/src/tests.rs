@@ -99,6 +99,14 @@ pub fn conformance(store: &dyn MessageStore) {
     assert_eq!(store.push_pending(10).unwrap(), vec![e("bob", 10), e("carol", 15), e("bob", 20)]);
     store.push_done(&[e("bob", 10), e("bob", 20)]).unwrap();
     assert_eq!(store.push_pending(10).unwrap(), vec![e("carol", 15)]);
+    // Entries withdrawn in a commit (the recipient got the message live), one of them written
+    // by the same batch, and one that was never there.
+    let owed = WriteBatch { push: vec![e("dave", 30), e("erin", 31)], ..Default::default() };
+    store.commit(&owed).unwrap();
+    let done = WriteBatch { push: vec![e("fay", 32)], push_done: vec![e("dave", 30), e("fay", 32), e("nobody", 1)], ..Default::default() };
+    store.commit(&done).unwrap();
+    assert_eq!(store.push_pending(10).unwrap(), vec![e("carol", 15), e("erin", 31)]);
+    store.push_done(&[e("erin", 31)]).unwrap();
     // Every message waits in the search queue until indexed.
     let queued: Vec<u64> = store.index_pending(100).unwrap().iter().map(|m| m.id).collect();
     // Keyed by message id (unique in a real store; this suite reuses 1001, which overwrote).

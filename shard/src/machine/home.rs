@@ -189,9 +189,11 @@ impl Shard {
         for user in users {
             // By index: pushing does not change `by_user`, and this path runs per delivery.
             let n = self.by_user.get(user).map_or(0, Vec::len);
-            // In cluster mode the link decides, knowing every node's users (`OwePush`).
-            if n == 0 && msg.is_some() && self.cfg.push_enabled && !self.cfg.cluster {
-                self.owe_push(user, &payload);
+            // One node: the owner wrote this user's push in the message's batch; it is withdrawn
+            // for a user who gets the message live. In cluster mode the link decides, knowing
+            // every node's users (`OwePush`).
+            if n > 0 && msg.is_some() && self.cfg.push_enabled && !self.cfg.cluster {
+                self.push_delivered(user, &payload);
             }
             for i in 0..n {
                 let conn = self.by_user[user][i];
@@ -208,8 +210,18 @@ impl Shard {
         }
     }
 
-    /// A user with no connection missed a message: it goes to the push outbox with the next
-    /// commit (never the user's own messages, nor system messages).
+    /// A user with a connection got a message live: the push the owner wrote for it is withdrawn
+    /// with this shard's next commit.
+    fn push_delivered(&mut self, user: &str, payload: &Payload) {
+        if let ServerFrame::Msg(m) = payload.frame() {
+            if m.from != user && m.kind != shardchat_codec::MsgKind::System {
+                self.pending.push(Op::PushDelivered(crate::jobs::push_entry(user, m)));
+            }
+        }
+    }
+
+    /// Cluster mode: a user connected nowhere missed a message (the link says so): it goes to the
+    /// push outbox with the next commit (never the user's own messages, nor system messages).
     pub(super) fn owe_push(&mut self, user: &str, payload: &Payload) {
         if let ServerFrame::Msg(m) = payload.frame() {
             if m.from != user && m.kind != shardchat_codec::MsgKind::System {

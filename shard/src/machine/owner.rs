@@ -113,9 +113,9 @@ impl Shard {
                     return;
                 }
             }
-            Op::Mark(_) | Op::ReceiptQuery { .. } | Op::LastSeen { .. } | Op::Push(_) => {}
+            Op::Mark(_) | Op::ReceiptQuery { .. } | Op::LastSeen { .. } | Op::Push(_) | Op::PushDelivered(_) => {}
         }
-        if self.pending.len() >= self.cfg.owner_pending_ops_max && !matches!(op, Op::LastSeen { .. } | Op::Push(_)) {
+        if self.pending.len() >= self.cfg.owner_pending_ops_max && !matches!(op, Op::LastSeen { .. } | Op::Push(_) | Op::PushDelivered(_)) {
             // Watermarks, typing and queries are dropped under overload; sends were answered above.
             return;
         }
@@ -138,7 +138,8 @@ impl Shard {
         self.committing = true;
         let fence = self.cfg.cluster.then_some((self.node(), self.incarnation));
         self.commit_incarnation = self.incarnation;
-        self.actions.push(Action::Commit(CommitJob { ops, convs, fence }));
+        let push = self.cfg.push_enabled && !self.cfg.cluster;
+        self.actions.push(Action::Commit(CommitJob { ops, convs, fence, push }));
     }
 
     pub(super) fn commit_done(&mut self, out: CommitOutcome) {
