@@ -50,6 +50,10 @@ pub struct Config {
     /// Per connection: sustained `history` reads a second (0: unlimited), and the burst.
     pub history_rate_per_s: u32,
     pub history_burst: u32,
+    /// Per user, all of their connections on a node together: sustained `send`s and group
+    /// changes a second (0: unlimited), and the burst.
+    pub user_send_rate_per_s: u32,
+    pub user_send_burst: u32,
     /// Webhook (http://) that receives push notifications for offline users.
     pub push_webhook: Option<String>,
 }
@@ -82,6 +86,8 @@ impl Default for Config {
             send_burst: 1000,
             history_rate_per_s: 50,
             history_burst: 100,
+            user_send_rate_per_s: 400,
+            user_send_burst: 2000,
         }
     }
 }
@@ -160,6 +166,12 @@ pub struct ServeArgs {
     /// Per connection: history reads allowed at once. [default: 100]
     #[arg(long)]
     pub history_burst: Option<u32>,
+    /// Per user (all of their connections together): sends and group changes a second, sustained (0: unlimited). [default: 400]
+    #[arg(long)]
+    pub user_send_rate_per_s: Option<u32>,
+    /// Per user: sends allowed at once above the sustained rate. [default: 2000]
+    #[arg(long)]
+    pub user_send_burst: Option<u32>,
     /// Idle executors spin this long before parking. [default: 50]
     #[arg(long)]
     pub spin_before_park_us: Option<u64>,
@@ -194,7 +206,9 @@ impl Config {
             send_rate_per_s,
             send_burst,
             history_rate_per_s,
-            history_burst
+            history_burst,
+            user_send_rate_per_s,
+            user_send_burst
         );
         if args.http.is_some() {
             c.http = args.http;

@@ -251,6 +251,20 @@ async fn a_connection_is_closed_with_1008_when_its_token_expires() {
 }
 
 #[tokio::test]
+async fn a_users_connections_share_the_users_send_limit() {
+    let s = Server::start(&["--send-burst", "100", "--user-send-rate-per-s", "1", "--user-send-burst", "3"]);
+    let mut a = Client::connect(&s, "alice", "one").await;
+    let mut b = Client::connect(&s, "alice", "two").await;
+    let mut outcomes = Vec::new();
+    for i in 0..4 {
+        let c = if i % 2 == 0 { &mut a } else { &mut b };
+        let v = c.dm("bob", &format!("u{i}"), "x").await;
+        outcomes.push(if v["t"] == "ack" { "ack".to_string() } else { v["code"].as_str().unwrap().to_string() });
+    }
+    assert_eq!(outcomes, ["ack", "ack", "ack", "rate_limited"], "four sends from two devices against a burst of three");
+}
+
+#[tokio::test]
 async fn a_flood_of_sends_is_refused_beyond_the_connections_rate_and_counted() {
     let s = Server::start(&["--send-rate-per-s", "2", "--send-burst", "3"]);
     let mut a = Client::connect(&s, "alice", "d").await;

@@ -926,6 +926,42 @@ fn sends_and_history_reads_beyond_a_connections_rate_are_refused_with_their_cmid
     assert_eq!(err_code(&sim.take(a)), vec![ErrorCode::RateLimited]);
 }
 
+#[test]
+fn a_users_connections_share_one_send_limit_so_more_connections_do_not_multiply_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::with(2, 5, store(dir.path()), |c| {
+        c.send_rate = crate::rate::Rate { per_sec: 10, burst: 5 };
+        c.user_send_rate = crate::rate::Rate { per_sec: 10, burst: 8 };
+    });
+    let devs: Vec<Dev> = (0..4).map(|_| sim.connect("alice")).collect();
+    // Each device sends 3, within its own burst of 5: together 12, over the user's 8.
+    for (d, dev) in devs.iter().enumerate() {
+        for i in 0..3 {
+            sim.push(*dev, &send("bob", &format!("d{d}-{i}"), "x"));
+        }
+    }
+    sim.run();
+    let (mut acked, mut limited) = (0, Vec::new());
+    for dev in &devs {
+        for f in sim.take(*dev) {
+            match f {
+                ServerFrame::Ack { .. } => acked += 1,
+                ServerFrame::Error { code: ErrorCode::RateLimited, cmid, msg, .. } => limited.push((cmid, msg)),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!((acked, limited.len()), (8, 4), "{limited:?}");
+    assert!(limited.iter().all(|(cmid, msg)| cmid.is_some() && msg.contains("your connections together")), "{limited:?}");
+    // Another user is not affected, and alice's limit refills.
+    let bob = sim.connect("bob");
+    sim.send(bob, &send("alice", "b1", "x"));
+    assert!(err_code(&sim.take(bob)).is_empty());
+    sim.tick(200);
+    sim.send(devs[0], &send("bob", "again", "x"));
+    assert!(matches!(sim.take(devs[0]).last(), Some(ServerFrame::Ack { .. })));
+}
+
 /// One step of a client population, for the property test below.
 #[derive(Clone, Debug)]
 enum Step {

@@ -115,6 +115,7 @@ impl Driver {
         sc.cluster = cluster.is_some();
         sc.send_rate = shardchat_shard::rate::Rate { per_sec: cfg.send_rate_per_s, burst: cfg.send_burst };
         sc.history_rate = shardchat_shard::rate::Rate { per_sec: cfg.history_rate_per_s, burst: cfg.history_burst };
+        sc.user_send_rate = shardchat_shard::rate::Rate { per_sec: cfg.user_send_rate_per_s, burst: cfg.user_send_burst };
         Driver {
             id,
             auth: Authenticator::with_leeway(cfg.jwt_secret.as_deref(), cfg.dev_auth, cfg.jwt_leeway_s),

@@ -8,7 +8,7 @@ use shardchat_codec::{ClientFrame, ErrorCode, MsgRecord, ReceiptKind, SYNC_FRAME
 impl Shard {
     pub(super) fn connected(&mut self, conn: u64, user: String, expires_unix_ms: Option<u64>) {
         let first = !self.by_user.contains_key(&user);
-        self.by_user.entry(user.clone()).or_default().push(conn);
+        self.by_user.entry(user.clone()).or_default().conns.push(conn);
         if first {
             self.presence_changed(&user);
             if self.cfg.cluster {
@@ -42,7 +42,7 @@ impl Shard {
             let home = home_shard(&target, self.cfg.shards);
             self.send_to(home, PeerMsg::PresenceUnsub { target, sub: me });
         }
-        if let Some(list) = self.by_user.get_mut(&c.user) {
+        if let Some(list) = self.by_user.get_mut(&c.user).map(|u| &mut u.conns) {
             list.retain(|&x| x != conn);
             if list.is_empty() {
                 self.by_user.remove(&c.user);
@@ -92,15 +92,31 @@ impl Shard {
             | ClientFrame::GroupAdd { .. }
             | ClientFrame::GroupRemove { .. }
             | ClientFrame::GroupLeave { .. }
-            | ClientFrame::GroupRename { .. } => (!c.sends.allow(self.now.mono_ms, self.cfg.send_rate)).then_some("sends"),
-            ClientFrame::History { .. } => (!c.histories.allow(self.now.mono_ms, self.cfg.history_rate)).then_some("history reads"),
+            | ClientFrame::GroupRename { .. } => {
+                (!c.sends.allow(self.now.mono_ms, self.cfg.send_rate)).then_some("sends on this connection")
+            }
+            ClientFrame::History { .. } => {
+                (!c.histories.allow(self.now.mono_ms, self.cfg.history_rate)).then_some("history reads on this connection")
+            }
             _ => None,
         };
+        // Then the user's limit, shared by all of their connections.
+        let limited = limited.or_else(|| {
+            let write = matches!(
+                frame,
+                ClientFrame::Send { .. }
+                    | ClientFrame::GroupCreate { .. }
+                    | ClientFrame::GroupAdd { .. }
+                    | ClientFrame::GroupRemove { .. }
+                    | ClientFrame::GroupLeave { .. }
+                    | ClientFrame::GroupRename { .. }
+            );
+            let u = self.by_user.get_mut(&c.user)?;
+            (write && !u.sends.allow(self.now.mono_ms, self.cfg.user_send_rate)).then_some("sends from your connections together")
+        });
         if let Some(what) = limited {
             let (cmid, r#ref) = frame.correlation();
-            let err = FrameError::new(ErrorCode::RateLimited, format!("too many {what} on this connection; retry later"))
-                .with_cmid(cmid)
-                .with_ref(r#ref);
+            let err = FrameError::new(ErrorCode::RateLimited, format!("too many {what}; retry later")).with_cmid(cmid).with_ref(r#ref);
             self.error(conn, err);
             return;
         }
@@ -188,7 +204,7 @@ impl Shard {
     ) {
         for user in users {
             // By index: pushing does not change `by_user`, and this path runs per delivery.
-            let n = self.by_user.get(user).map_or(0, Vec::len);
+            let n = self.by_user.get(user).map_or(0, |u| u.conns.len());
             // One node: the owner wrote this user's push in the message's batch; it is withdrawn
             // for a user who gets the message live. In cluster mode the link decides, knowing
             // every node's users (`OwePush`).
@@ -196,7 +212,7 @@ impl Shard {
                 self.push_delivered(user, &payload);
             }
             for i in 0..n {
-                let conn = self.by_user[user][i];
+                let conn = self.by_user[user].conns[i];
                 if except == Some(self.me(conn)) {
                     continue;
                 }

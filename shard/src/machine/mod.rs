@@ -57,6 +57,8 @@ pub struct ShardConfig {
     pub send_rate: crate::rate::Rate,
     /// Per connection: `history` reads (each a store read).
     pub history_rate: crate::rate::Rate,
+    /// Per user, over all of their connections on this node: `send`s and group changes.
+    pub user_send_rate: crate::rate::Rate,
     /// Whether this node is one of several: users arriving and leaving are reported
     /// ([`Action::Directory`]) for the cluster directory.
     pub cluster: bool,
@@ -81,6 +83,7 @@ impl ShardConfig {
             push_enabled: false,
             send_rate: crate::rate::Rate::UNLIMITED,
             history_rate: crate::rate::Rate::UNLIMITED,
+            user_send_rate: crate::rate::Rate::UNLIMITED,
             cluster: false,
         }
     }
@@ -269,6 +272,15 @@ struct Conn {
     histories: crate::rate::Gcra,
 }
 
+/// A user's connections on this shard (their home), and the limit they share.
+#[derive(Default)]
+struct UserConns {
+    conns: Vec<u64>,
+    /// Sends and group changes of all of the user's connections together: opening more
+    /// connections does not multiply the rate.
+    sends: crate::rate::Gcra,
+}
+
 /// Connection ids of remote sessions start here, far above the runtime's socket ids.
 const REMOTE_CONN_BASE: u64 = 1 << 48;
 
@@ -304,7 +316,7 @@ pub struct Shard {
     ids: Snowflake,
     // Home role.
     conns: HashMap<u64, Conn>,
-    by_user: HashMap<String, Vec<u64>>,
+    by_user: HashMap<String, UserConns>,
     /// Remote sessions: holder's ref → connection id here.
     remote_conns: HashMap<ConnRef, u64>,
     next_remote: u64,
