@@ -425,26 +425,7 @@ async fn killing_a_node_under_traffic_moves_its_conversations_and_loses_nothing_
         .collect();
     assert_eq!(pairs.len(), 3);
     // Senders on node 0, receivers on node 1: every message crosses to node 2 and back.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for (s, r) in pairs.clone() {
-        let (n0, n1) = (&cl.nodes[0], &cl.nodes[1]);
-        let mut tx = Client::connect(n0, &s, "phone").await;
-        let _rx = Client::connect(n1, &r, "phone").await;
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let _rx = _rx;
-            let mut acked = Vec::new();
-            let mut i = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                i += 1;
-                let ack = send_acked(&mut tx, serde_json::json!({"t":"send","cmid":format!("c{i}"),"to":r,"body":"x"})).await;
-                acked.push((seq(&ack), format!("c{i}")));
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            acked
-        }));
-    }
+    let (stop, tasks, _receivers) = traffic(&cl, &pairs, 0, 1).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cl.nodes[2].kill();
     // Node 2's key expires, the others take over after the handover; sends meanwhile are
@@ -452,22 +433,57 @@ async fn killing_a_node_under_traffic_moves_its_conversations_and_loses_nothing_
     tokio::time::sleep(Duration::from_secs(6)).await;
     cl.settle(2).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for ((s, r), t) in pairs.iter().zip(tasks) {
-        let acked = t.await.unwrap();
-        assert!(acked.len() > 20, "{s}: only {} acked", acked.len());
-        let conv = direct(s, r);
-        let stored = stored(&cl.nodes[1], r, &conv).await;
-        // Every acked message is stored once, with the seq its ack named, and seq has no holes.
-        assert_eq!(stored, acked, "{conv}");
-        assert_eq!(stored.iter().map(|(q, _)| *q).collect::<Vec<_>>(), (1..=stored.len() as u64).collect::<Vec<_>>());
+    let counts = check_traffic(&cl.nodes[1], &pairs, stop, tasks, 10).await;
+    for ((_, r), (s, n)) in pairs.iter().zip(pairs.iter().map(|(s, _)| s).zip(counts)) {
         // The receiver, reconnecting anywhere, syncs everything.
         let mut rx = Client::connect(&cl.nodes[0], r, "tablet").await;
-        assert_eq!(rx.catch_up(&conv, 0).await, stored.len() as u64 + 1);
+        assert_eq!(rx.catch_up(&direct(s, r), 0).await, n + 1);
     }
     // Sends that reached for the dead owner before the others noticed were answered
     // `unavailable` (and retried), not lost in a channel nobody listens to.
     assert!(metric(&cl.nodes[0], "shardchat_cluster_remote_unreachable_total").await > 0);
+}
+
+/// Traffic from `pairs` (sender on `from`, receiver on `to`), one sender task each, until the
+/// returned flag is set. The receivers' connections are returned (kept open, not read).
+async fn traffic(
+    cl: &Cluster,
+    pairs: &[(String, String)],
+    from: usize,
+    to: usize,
+) -> (std::sync::Arc<std::sync::atomic::AtomicBool>, Vec<tokio::task::JoinHandle<Vec<(u64, String)>>>, Vec<Client>) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    let mut receivers = Vec::new();
+    for (s, r) in pairs {
+        let tx = Client::connect(&cl.nodes[from], s, "phone").await;
+        receivers.push(Client::connect(&cl.nodes[to], r, "phone").await);
+        tasks.push(tokio::spawn(sender(tx, r.clone(), stop.clone())));
+    }
+    (stop, tasks, receivers)
+}
+
+/// Stops the traffic and checks, through `node`, that every acked message of each pair is stored
+/// once with the seq its ack named and that seq has no holes. Returns each pair's stored count.
+async fn check_traffic(
+    node: &Server,
+    pairs: &[(String, String)],
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<(u64, String)>>>,
+    min_acked: usize,
+) -> Vec<u64> {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut counts = Vec::new();
+    for ((s, r), t) in pairs.iter().zip(tasks) {
+        let acked = t.await.unwrap();
+        assert!(acked.len() > min_acked, "{s}: only {} acked", acked.len());
+        let conv = direct(s, r);
+        let stored = stored(node, r, &conv).await;
+        assert_eq!(stored, acked, "{conv}: every acked message once, with its ack's seq; no seq reused");
+        assert_eq!(stored.iter().map(|(q, _)| *q).collect::<Vec<_>>(), (1..=stored.len() as u64).collect::<Vec<_>>());
+        counts.push(stored.len() as u64);
+    }
+    counts
 }
 
 /// Sends `c{i}` for i = 1, 2, … to `to` until `stop`, each retried with the same cmid until
@@ -510,14 +526,7 @@ async fn a_paused_node_taken_for_dead_is_fenced_and_no_seq_is_ever_assigned_twic
         .filter(|(a, b)| shardchat_shard::owner_node(&direct(a, b), &[0, 1, 2]) == Some(2))
         .take(2)
         .collect();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    let mut receivers = Vec::new();
-    for (s, r) in &pairs {
-        let tx = Client::connect(&cl.nodes[0], s, "phone").await;
-        receivers.push(Client::connect(&cl.nodes[1], r, "phone").await);
-        tasks.push(tokio::spawn(sender(tx, r.clone(), stop.clone())));
-    }
+    let (stop, tasks, _receivers) = traffic(&cl, &pairs, 0, 1).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Node 2 freezes (a long GC pause, a stalled VM) with ops in flight and its old view: the
     // others take it for dead, fence it and sequence its conversations. Then it wakes up.
@@ -526,15 +535,7 @@ async fn a_paused_node_taken_for_dead_is_fenced_and_no_seq_is_ever_assigned_twic
     tokio::time::sleep(Duration::from_secs(9)).await;
     unsafe { libc::kill(pid, libc::SIGCONT) };
     tokio::time::sleep(Duration::from_secs(6)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for ((s, r), t) in pairs.iter().zip(tasks) {
-        let acked = t.await.unwrap();
-        assert!(acked.len() > 30, "{s}: only {} acked", acked.len());
-        let conv = direct(s, r);
-        let stored = stored(&cl.nodes[0], r, &conv).await;
-        assert_eq!(stored, acked, "{conv}: every acked message once, with its ack's seq; no seq reused");
-        assert_eq!(stored.iter().map(|(q, _)| *q).collect::<Vec<_>>(), (1..=stored.len() as u64).collect::<Vec<_>>());
-    }
+    check_traffic(&cl.nodes[0], &pairs, stop, tasks, 10).await;
     assert!(
         metric(&cl.nodes[0], "shardchat_cluster_fences_total").await + metric(&cl.nodes[1], "shardchat_cluster_fences_total").await >= 1
     );
@@ -548,31 +549,15 @@ async fn redis_restarted_under_cross_node_traffic_loses_nothing_acknowledged() {
     cl.settle(3).await;
     // Senders on node 0, receivers on node 1, conversations of every owner.
     let pairs: Vec<(String, String)> = (0..3).map(|i| (format!("s{i}"), format!("r{i}"))).collect();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    let mut receivers = Vec::new();
-    for (s, r) in &pairs {
-        let tx = Client::connect(&cl.nodes[0], s, "phone").await;
-        receivers.push(Client::connect(&cl.nodes[1], r, "phone").await);
-        tasks.push(tokio::spawn(sender(tx, r.clone(), stop.clone())));
-    }
+    let (stop, tasks, receivers) = traffic(&cl, &pairs, 0, 1).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cl.redis.stop();
     tokio::time::sleep(Duration::from_secs(2)).await;
     cl.redis.spawn();
     tokio::time::sleep(Duration::from_secs(6)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for ((s, r), t) in pairs.iter().zip(tasks) {
-        let acked = t.await.unwrap();
+    let counts = check_traffic(&cl.nodes[2], &pairs, stop, tasks, 10).await;
+    for (((s, r), mut rx), n) in pairs.iter().zip(receivers).zip(counts) {
         let conv = direct(s, r);
-        let stored = stored(&cl.nodes[2], r, &conv).await;
-        assert_eq!(stored, acked, "{conv}: every acked message once, with its ack's seq");
-        assert_eq!(stored.iter().map(|(q, _)| *q).collect::<Vec<_>>(), (1..=stored.len() as u64).collect::<Vec<_>>());
-        assert!(acked.len() > 20, "{s}: only {} acked", acked.len());
-    }
-    for ((s, r), mut rx) in pairs.iter().zip(receivers) {
-        let conv = direct(s, r);
-        let n = stored(&cl.nodes[1], r, &conv).await.len() as u64;
         // Live delivery kept order (frames published while Redis was away are missing: the
         // client sees the gap in seq and fills it from history, as docs/protocol.md says).
         let mut live = Vec::new();

@@ -3,11 +3,11 @@
 //! (`engine/tests/fuzz_corpus.rs`). Each panics exactly when an invariant breaks.
 
 use crate::http::RequestHead;
-use crate::ws::{Fed, FrameReader, Msg};
+use crate::ws::{Fed, FrameReader, Msg, WsError};
 
 /// A message as `FrameReader` hands it over, owned so two runs can be compared.
-#[derive(Debug, PartialEq, Eq)]
-enum Owned {
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub enum Owned {
     Text(String),
     Binary(Vec<u8>),
     Ping(Vec<u8>),
@@ -18,30 +18,33 @@ enum Owned {
 /// Message size limit used by the target: small, so the size checks are reached.
 const MESSAGE_BYTES_MAX: usize = 4096;
 
-fn run(stream: &[u8], cuts: &[usize]) -> (Vec<Owned>, Result<Fed, u16>) {
-    let mut reader = FrameReader::default();
+/// Feeds `stream` to a fresh reader in pieces cut at `cuts` (taken modulo the length, in any
+/// order); returns the messages, the final outcome and the reader.
+pub fn read_cut(stream: &[u8], cuts: &[usize], max: usize) -> (Vec<Owned>, Result<Fed, WsError>, FrameReader) {
+    let mut r = FrameReader::default();
     let mut got = Vec::new();
     let mut at = 0;
+    let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+    bounds.push(stream.len());
+    bounds.sort();
     let mut last = Ok(Fed::More);
-    for end in cuts.iter().copied().chain([stream.len()]) {
-        let end = end.clamp(at, stream.len());
-        let mut chunk = stream[at..end].to_vec();
-        at = end;
-        let r = reader.feed(&mut chunk, MESSAGE_BYTES_MAX, |m| {
+    for b in bounds {
+        let mut piece = stream[at..b].to_vec();
+        at = b;
+        last = r.feed(&mut piece, max, |m| {
             got.push(match m {
-                Msg::Text(t) => Owned::Text(t.to_string()),
-                Msg::Binary(b) => Owned::Binary(b.to_vec()),
-                Msg::Ping(p) => Owned::Ping(p.to_vec()),
+                Msg::Text(t) => Owned::Text(t.into()),
+                Msg::Binary(b) => Owned::Binary(b.into()),
+                Msg::Ping(p) => Owned::Ping(p.into()),
                 Msg::Pong => Owned::Pong,
                 Msg::Close(c) => Owned::Close(c),
             })
         });
-        last = r.map_err(|e| e.code);
         if last != Ok(Fed::More) {
             break;
         }
     }
-    (got, last)
+    (got, last, r)
 }
 
 /// Bytes from a client after the upgrade, however the socket splits them: the reader never
@@ -52,15 +55,14 @@ pub fn ws_stream(data: &[u8]) {
     let Some((&n, rest)) = data.split_first() else { return };
     let n = usize::from(n % 8).min(rest.len());
     let (cut_bytes, stream) = rest.split_at(n);
-    let mut cuts: Vec<usize> = cut_bytes.iter().map(|&c| usize::from(c) * stream.len() / 255).collect();
-    cuts.sort_unstable();
-    let whole = run(stream, &[]);
-    let split = run(stream, &cuts);
-    assert_eq!(whole, split, "cutting the stream at {cuts:?} changed what was read");
-    if let Err(code) = whole.1 {
-        assert!(matches!(code, 1002 | 1007 | 1009), "unexpected close code {code}");
+    let cuts: Vec<usize> = cut_bytes.iter().map(|&c| usize::from(c) * stream.len() / 255).collect();
+    let (whole, whole_end, _) = read_cut(stream, &[], MESSAGE_BYTES_MAX);
+    let (split, split_end, _) = read_cut(stream, &cuts, MESSAGE_BYTES_MAX);
+    assert_eq!((&whole, &whole_end), (&split, &split_end), "cutting the stream at {cuts:?} changed what was read");
+    if let Err(e) = whole_end {
+        assert!(matches!(e.code, 1002 | 1007 | 1009), "unexpected close code {}", e.code);
     }
-    for m in &whole.0 {
+    for m in &whole {
         match m {
             Owned::Text(t) => assert!(t.len() <= MESSAGE_BYTES_MAX),
             Owned::Binary(b) => assert!(b.len() <= MESSAGE_BYTES_MAX),

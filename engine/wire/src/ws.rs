@@ -261,42 +261,7 @@ mod tests {
         out
     }
 
-    #[derive(Debug, PartialEq, Eq, Clone)]
-    enum Owned {
-        Text(String),
-        Binary(Vec<u8>),
-        Ping(Vec<u8>),
-        Pong,
-        Close(Option<u16>),
-    }
-
-    /// Feeds `stream` in pieces cut at `cuts`; returns the messages and the final outcome.
-    fn run(stream: &[u8], cuts: &[usize], max: usize) -> (Vec<Owned>, Result<Fed, WsError>, FrameReader) {
-        let mut r = FrameReader::default();
-        let mut got = Vec::new();
-        let mut at = 0;
-        let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
-        bounds.push(stream.len());
-        bounds.sort();
-        let mut last = Ok(Fed::More);
-        for b in bounds {
-            let mut piece = stream[at..b].to_vec();
-            at = b;
-            last = r.feed(&mut piece, max, |m| {
-                got.push(match m {
-                    Msg::Text(t) => Owned::Text(t.into()),
-                    Msg::Binary(b) => Owned::Binary(b.into()),
-                    Msg::Ping(p) => Owned::Ping(p.into()),
-                    Msg::Pong => Owned::Pong,
-                    Msg::Close(c) => Owned::Close(c),
-                })
-            });
-            if last != Ok(Fed::More) {
-                break;
-            }
-        }
-        (got, last, r)
-    }
+    use crate::fuzzing::{read_cut as run, Owned};
 
     const M: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
     const TEXT: OpCode = OpCode::Data(Data::Text);
