@@ -261,6 +261,9 @@ pub enum OpOutcome {
 #[derive(Debug)]
 pub struct CommitOutcome {
     pub outcomes: Vec<OpOutcome>,
+    /// The store failed for good (a write or fsync error it will not retry): the process must
+    /// exit and recover from the journal on restart. Everything in the job was refused.
+    pub fatal: Option<String>,
     /// Cluster mode: the node's incarnation was fenced; nothing of a conversation was written.
     pub fenced: bool,
     /// The conversations' state after the job, to cache again; empty after a storage failure
@@ -301,7 +304,7 @@ pub fn run_commit(store: &dyn MessageStore, job: CommitJob) -> CommitOutcome {
     let CommitJob { ops, mut convs, fence, push } = job;
     let mut guard = Fence { of: fence, read_at: None };
     match commit_inner(store, &ops, &mut convs, &mut guard, push) {
-        Ok(Some(outcomes)) => CommitOutcome { outcomes, fenced: false, convs },
+        Ok(Some(outcomes)) => CommitOutcome { outcomes, fenced: false, fatal: None, convs },
         Ok(None) => {
             // Another node sequences these conversations now. What has no conversation (last
             // seen, the push outbox) is this node's own and still written.
@@ -319,7 +322,7 @@ pub fn run_commit(store: &dyn MessageStore, job: CommitJob) -> CommitOutcome {
                 Ok(None) => unreachable!("no fence to check"),
                 Err(e) => tracing::error!(error = %e, "commit of a fenced node's own writes failed"),
             }
-            CommitOutcome { outcomes, fenced: true, convs: HashMap::new() }
+            CommitOutcome { outcomes, fenced: true, fatal: None, convs: HashMap::new() }
         }
         Err(e) => failed(e, &ops),
     }
@@ -348,6 +351,7 @@ impl Fence {
 /// reloads what it cached from the store.
 fn failed(e: StoreError, ops: &[Op]) -> CommitOutcome {
     tracing::error!(error = %e, ops = ops.len(), "commit failed; answering unavailable");
+    let fatal = matches!(e, StoreError::Fatal(_)).then(|| e.to_string());
     let unavailable = "storage unavailable, retry later";
     let outcomes = ops
         .iter()
@@ -364,7 +368,7 @@ fn failed(e: StoreError, ops: &[Op]) -> CommitOutcome {
             Op::Mark(_) | Op::Typing { .. } | Op::LastSeen { .. } | Op::Push(_) | Op::PushDelivered(_) => None,
         })
         .collect();
-    CommitOutcome { outcomes, fenced: false, convs: HashMap::new() }
+    CommitOutcome { outcomes, fenced: false, fatal, convs: HashMap::new() }
 }
 
 /// None when the fence says another node sequences this node's conversations now.

@@ -37,7 +37,11 @@ pub struct FjallStore {
 }
 
 fn io(e: fjall::Error) -> StoreError {
-    StoreError::Io(e.to_string())
+    match e {
+        // fjall after a failed journal write or fsync: "let the application crash and recover".
+        fjall::Error::Poisoned => StoreError::Fatal("a journal write or fsync failed earlier (disk full or failing)".into()),
+        e => StoreError::Io(e.to_string()),
+    }
 }
 
 fn kind_byte(k: ReceiptKind) -> u8 {
@@ -187,7 +191,7 @@ impl MessageStore for FjallStore {
             b.insert(&self.watermarks, keys::watermark(conv, user, kind_byte(*kind)), seq.to_be_bytes());
         }
         b.commit().map_err(io)?;
-        writer.wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())).map_err(StoreError::Io)
+        writer.wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())).map_err(StoreError::Fatal)
     }
 
     fn last_seq(&self, conv: &str) -> Result<u64, StoreError> {
@@ -285,7 +289,7 @@ impl MessageStore for FjallStore {
             b.remove(&self.push, push_key(e));
         }
         b.commit().map_err(io)?;
-        writer.wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())).map_err(StoreError::Io)
+        writer.wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())).map_err(StoreError::Fatal)
     }
 
     fn index_pending(&self, limit: usize) -> Result<Vec<MsgRecord>, StoreError> {
@@ -331,7 +335,7 @@ impl MessageStore for FjallStore {
         k.extend_from_slice(&incarnation.to_be_bytes());
         let writer = self.group.begin_write();
         self.fences.insert(k, []).map_err(io)?;
-        writer.wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())).map_err(StoreError::Io)
+        writer.wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())).map_err(StoreError::Fatal)
     }
 
     fn node_fence(&self, node: u16) -> Result<u64, StoreError> {

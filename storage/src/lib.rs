@@ -25,6 +25,11 @@ pub enum StoreError {
     Io(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A write or fsync failed and the store refuses further writes (what was written before
+    /// it is safe in the journal). Retrying cannot help: after a failed fsync the kernel may have
+    /// dropped the pages. The process should exit and recover from the journal on restart.
+    #[error("storage failed and accepts no more writes until a restart: {0}")]
+    Fatal(String),
 }
 
 /// A current member of a conversation.

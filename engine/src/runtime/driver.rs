@@ -318,6 +318,9 @@ impl Driver {
                         tracing::warn!(shard = d.id, ops, took_ms = took.as_millis() as u64, "slow commit");
                     }
                     d.jobs_in_flight.set(d.jobs_in_flight.get() - 1);
+                    if let Some(why) = &out.fatal {
+                        super::fatal(why.clone());
+                    }
                     d.dispatch(Event::CommitDone(out));
                 })
                 .detach();

@@ -29,7 +29,24 @@ const TICK_MS: u64 = 250;
 /// How long shutdown waits for connections to take their close frames.
 const SHUTDOWN_GRACE_MS: u64 = 3_000;
 
-/// Runs the engine until SIGINT or SIGTERM.
+/// Why the engine stopped on its own, if it did: the store failed for good (the first reason wins).
+static FATAL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The flag every part of the engine watches to stop (set by SIGINT/SIGTERM, or by [`fatal`]).
+static SHUTDOWN: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+
+/// The store refuses further writes (a write or fsync failed): stop the whole process so its
+/// supervisor restarts it and the store recovers from its journal. Crash-only, as fjall advises
+/// after a failed fsync; retrying in place could acknowledge what the kernel dropped.
+pub fn fatal(why: String) {
+    if FATAL.set(why.clone()).is_ok() {
+        tracing::error!(error = %why, "storage failed for good: stopping so a restart recovers from the journal");
+    }
+    if let Some(flag) = SHUTDOWN.get() {
+        flag.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs the engine until SIGINT or SIGTERM (or a fatal storage failure: then `Err`).
 pub fn serve(cfg: Config) -> Result<(), String> {
     if cfg.dev_auth {
         tracing::warn!("================================================================");
@@ -49,6 +66,7 @@ pub fn serve(cfg: Config) -> Result<(), String> {
         None => None,
     };
     let shutdown = Arc::new(AtomicBool::new(false));
+    let _ = SHUTDOWN.set(shutdown.clone());
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, shutdown.clone()).map_err(|e| format!("installing signal handler: {e}"))?;
     }
@@ -115,6 +133,12 @@ pub fn serve(cfg: Config) -> Result<(), String> {
         Ok(Ok(())) => {}
         Ok(Err(e)) => result = Err(e),
         Err(e) => result = Err(format!("bridge failed: {e}")),
+    }
+    if let Some(why) = FATAL.get() {
+        if let Some(c) = &cluster {
+            c.stop();
+        }
+        return Err(format!("stopped: {why}; restart to recover from the journal"));
     }
     store.flush().map_err(|e| format!("final flush: {e}"))?;
     // The shards are gone: the link removes this node's liveness key.

@@ -55,6 +55,21 @@ impl Server {
         Server::start_inner(extra, Some(filter))
     }
 
+    /// Like `start`, with the data directory at `dir` (the caller keeps it).
+    pub fn start_in(dir: &Path, extra: &[&str]) -> Server {
+        let mut s = Server {
+            port: free_port(),
+            http: free_port(),
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: None,
+        };
+        s.spawn();
+        s
+    }
+
     fn start_inner(extra: &[&str], filter: Option<&str>) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
@@ -162,6 +177,22 @@ impl Server {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+        }
+    }
+
+    /// Waits for the process to exit on its own; returns its status.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("shardchat did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
