@@ -352,21 +352,14 @@ impl Fence {
 fn failed(e: StoreError, ops: &[Op]) -> CommitOutcome {
     tracing::error!(error = %e, ops = ops.len(), "commit failed; answering unavailable");
     let fatal = matches!(e, StoreError::Fatal(_)).then(|| e.to_string());
-    let unavailable = "storage unavailable, retry later";
+    let unavailable = FrameError::new(ErrorCode::Unavailable, "storage unavailable, retry later");
+    // Sends, group changes and receipt queries are answered, with their cmid or ref; marks and
+    // typing get no answer here.
     let outcomes = ops
         .iter()
-        .filter_map(|op| match op {
-            Op::Send(s) => Some(reject(s.reply_to, ErrorCode::Unavailable, unavailable, Some(&s.cmid))),
-            Op::Group(g) => Some(OpOutcome::Rejected {
-                reply_to: g.reply_to,
-                err: FrameError::new(ErrorCode::Unavailable, unavailable).with_ref(g.r#ref.clone()),
-            }),
-            Op::ReceiptQuery { reply_to, r#ref, .. } => Some(OpOutcome::Rejected {
-                reply_to: *reply_to,
-                err: FrameError::new(ErrorCode::Unavailable, unavailable).with_ref(r#ref.clone()),
-            }),
-            Op::Mark(_) | Op::Typing { .. } | Op::LastSeen { .. } | Op::Push(_) | Op::PushDelivered(_) => None,
-        })
+        .filter(|op| !matches!(op, Op::Mark(_) | Op::Typing { .. }))
+        .filter_map(|op| op.refusal(unavailable.clone()))
+        .map(|(reply_to, frame)| OpOutcome::Answer { reply_to, frame })
         .collect();
     CommitOutcome { outcomes, fenced: false, fatal, convs: HashMap::new() }
 }
