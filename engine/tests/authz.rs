@@ -7,19 +7,24 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-/// What came of a request: `ok:<frame type>`, `error:<code>`, or `quiet` (nothing but the pong
-/// that follows it: marks and typing answer only when refused).
+/// What came of a request: `ok:<frame type>`, `error:<code>`, or `quiet` (no answer: marks and
+/// typing answer only when refused). The fence is a `receipt_query` on the same conversation
+/// with ref "fence": the same owner shard handles it after the request and its answer comes
+/// back in order, so anything the request caused has arrived before it.
 async fn ws(c: &mut Client, frame: Value) -> String {
+    let conv = frame["conv"].clone();
     c.send(frame).await;
-    c.send(json!({"t":"ping","ref":"fence"})).await;
+    c.send(json!({"t":"receipt_query","conv":conv,"seq":1,"ref":"fence"})).await;
     let mut outcome = "quiet".to_string();
     loop {
         let v = c.recv().await;
+        if v["ref"] == "fence" {
+            return outcome;
+        }
         match v["t"].as_str().unwrap() {
-            "pong" if v["ref"] == "fence" => return outcome,
             "error" => outcome = format!("error:{}", v["code"].as_str().unwrap()),
             // Frames pushed to everyone (messages, group state, presence, typing) are not answers.
-            "msg" | "receipt" | "receipt_counts" | "presence" | "typing" => {}
+            "msg" | "receipt" | "receipt_counts" | "presence" | "typing" | "pong" => {}
             "group" if v["ref"].is_null() => {}
             t => outcome = format!("ok:{t}"),
         }
