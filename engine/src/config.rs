@@ -41,6 +41,9 @@ pub struct Config {
     pub spin_before_park_us: u64,
     /// Blocking threads per shard for storage jobs (commits and reads).
     pub storage_threads_per_shard: usize,
+    /// Ops waiting on one owner shard for its next commit (a commit runs at a time): when the
+    /// disk lags, sends beyond this get `unavailable` instead of queueing without bound.
+    pub owner_pending_ops_max: usize,
     /// New connections a second from one source address, for the whole host (0: unlimited).
     /// Off by default: clients behind one NAT or proxy share an address.
     pub connect_rate_per_ip_per_s: u32,
@@ -80,6 +83,7 @@ impl Default for Config {
             write_batch_bytes: 64 * 1024,
             spin_before_park_us: 50,
             storage_threads_per_shard: 2,
+            owner_pending_ops_max: 100_000,
             push_webhook: None,
             connect_rate_per_ip_per_s: 0,
             send_rate_per_s: 200,
@@ -172,6 +176,9 @@ pub struct ServeArgs {
     /// Per user: sends allowed at once above the sustained rate. [default: 2000]
     #[arg(long)]
     pub user_send_burst: Option<u32>,
+    /// Ops queued on one owner shard while its commit runs (a slow disk backs them up); more get `unavailable`. [default: 100000]
+    #[arg(long)]
+    pub owner_pending_ops_max: Option<usize>,
     /// Idle executors spin this long before parking. [default: 50]
     #[arg(long)]
     pub spin_before_park_us: Option<u64>,
@@ -208,7 +215,8 @@ impl Config {
             history_rate_per_s,
             history_burst,
             user_send_rate_per_s,
-            user_send_burst
+            user_send_burst,
+            owner_pending_ops_max
         );
         if args.http.is_some() {
             c.http = args.http;
@@ -241,6 +249,9 @@ impl Config {
         // One worker id per node is the control plane's bridge (it names the groups it creates).
         if self.shards == 0 || self.shards >= SHARDS_PER_NODE_MAX {
             return Err(format!("shards must be 1 to {}", SHARDS_PER_NODE_MAX - 1));
+        }
+        if self.owner_pending_ops_max == 0 {
+            return Err("owner_pending_ops_max must be at least 1".into());
         }
         if self.node_id >= NODES_MAX {
             return Err(format!("node_id must be below {NODES_MAX}"));

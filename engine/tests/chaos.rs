@@ -1,15 +1,26 @@
-//! Chaos on the disk under the embedded store: the data directory on a small tmpfs that fills
-//! up. Sends are answered `unavailable` (never acked unstored). The store then refuses all
+//! Chaos on the disk under the embedded store.
+//!
+//! A slow disk: every fsync delayed (an LD_PRELOAD shim, `common/slow_fsync.c`). Acks wait for
+//! the disk and nothing else does: pings and history reads are answered meanwhile. Ops that
+//! pile up past `--owner-pending-ops-max` are refused with `unavailable` and their cmid, a crash
+//! in the middle of a slow fsync loses nothing acknowledged, and the refused sends go through
+//! when retried.
+//!
+//! A full disk: the data directory on a small tmpfs that fills up. Sends are answered `unavailable` (never acked unstored). The store then refuses all
 //! writes (fjall after a failed journal write), so the engine exits with an error for its
 //! supervisor to restart it, as fjall advises; restarted once space is back, it recovers from the
 //! journal: every acknowledged message is in history once, with dense seqs, and the refused
 //! sends go through when retried.
 //!
-//! Needs `mount` (root with CAP_SYS_ADMIN, as where CI runs); elsewhere skipped with a message.
+//! The full disk needs `mount` (root with CAP_SYS_ADMIN, as where CI runs), the slow disk a C
+//! compiler (`cc`); elsewhere each is skipped with a message, and under CI neither may be.
 
 mod common;
 
 use common::*;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -118,4 +129,128 @@ async fn a_full_disk_refuses_sends_loses_nothing_acknowledged_and_recovers_when_
     acked.sort();
     assert_eq!(stored, acked, "every acknowledged message once, with its seq, nothing else");
     assert_eq!(stored.iter().map(|(q, _)| *q).collect::<Vec<_>>(), (1..=stored.len() as u64).collect::<Vec<_>>());
+}
+
+/// Builds the slow-fsync shim into `dir` with the system C compiler.
+fn slow_fsync_shim(dir: &Path) -> Option<PathBuf> {
+    let out = dir.join("slow_fsync.so");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/slow_fsync.c");
+    let ok = Command::new("cc").args(["-shared", "-fPIC", "-O2", "-o"]).arg(&out).arg(src).arg("-ldl").status().is_ok_and(|s| s.success());
+    if !ok {
+        assert!(std::env::var("CI").is_err(), "CI is set but `cc` cannot build the slow-fsync shim");
+        eprintln!("skipped: no C compiler to build the slow-fsync shim");
+        return None;
+    }
+    Some(out)
+}
+
+/// Sends `cmids` to bob without waiting, then reads until each has its one answer: Some(seq)
+/// for an ack, None for `unavailable` (which must carry the cmid).
+async fn pipelined(a: &mut Client, cmids: &[String]) -> BTreeMap<String, Option<u64>> {
+    for cmid in cmids {
+        a.send(json!({"t":"send","to":"bob","cmid":cmid,"body":"y"})).await;
+    }
+    let mut answers = BTreeMap::new();
+    while answers.len() < cmids.len() {
+        let v = a.recv().await;
+        let cmid = v["cmid"].as_str().unwrap_or_else(|| panic!("an answer without its cmid: {v}")).to_string();
+        let answer = match v["t"].as_str() {
+            Some("ack") => Some(seq(&v)),
+            _ => {
+                assert_eq!(v["code"], "unavailable", "{v}");
+                None
+            }
+        };
+        assert!(answers.insert(cmid, answer).is_none(), "two answers for one send: {v}");
+    }
+    answers
+}
+
+#[tokio::test]
+async fn a_slow_disk_delays_acks_not_the_engine_sheds_the_excess_and_loses_nothing_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(shim) = slow_fsync_shim(tmp.path()) else { return };
+    let (delay, fsyncs) = (tmp.path().join("delay_ms"), tmp.path().join("fsyncs"));
+    std::fs::write(&delay, "0").unwrap();
+    let env = [
+        ("LD_PRELOAD", shim.to_str().unwrap()),
+        ("SLOW_FSYNC_CONTROL", delay.to_str().unwrap()),
+        ("SLOW_FSYNC_COUNT", fsyncs.to_str().unwrap()),
+    ];
+    let mut s = Server::start_in_env(&tmp.path().join("data"), &["--owner-pending-ops-max", "16"], &env);
+    let mut a = Client::connect(&s, "alice", "d").await;
+    let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+    for i in 0..3 {
+        let v = a.dm("bob", &format!("fast{i}"), "x").await;
+        acked.insert(format!("fast{i}"), seq(&v));
+    }
+    let synced = std::fs::metadata(&fsyncs).map(|m| m.len()).unwrap_or(0);
+    assert!(synced >= 3, "each acked commit fsyncs through the shim: {synced} fsyncs seen");
+
+    // 1.2 s an fsync: the ack waits for it; a ping and a history read sent after it do not.
+    std::fs::write(&delay, "1200").unwrap();
+    let sent = Instant::now();
+    a.send(json!({"t":"send","to":"bob","cmid":"slow0","body":"x"})).await;
+    a.send(json!({"t":"history","conv":"d:alice:bob","ref":"h"})).await;
+    a.send(json!({"t":"ping","ref":"p"})).await;
+    let mut order = Vec::new();
+    while order.len() < 3 {
+        let v = a.recv().await;
+        let t = v["t"].as_str().unwrap().to_string();
+        if t == "history" {
+            let cmids: Vec<&str> = v["messages"].as_array().unwrap().iter().filter_map(|m| m["cmid"].as_str()).collect();
+            for i in 0..3 {
+                assert!(cmids.contains(&format!("fast{i}").as_str()), "{v}");
+            }
+        }
+        if t == "ack" {
+            assert!(sent.elapsed() >= Duration::from_millis(1200), "acked before its fsync was done");
+            acked.insert("slow0".into(), seq(&v));
+        }
+        order.push(t);
+    }
+    assert_eq!(order.last().map(String::as_str), Some("ack"), "the ping and the read are answered while the commit waits: {order:?}");
+
+    // A burst while the disk lags: one commit runs, 16 sends wait for the next, the rest are
+    // refused with their cmid. Every send gets exactly one answer.
+    std::fs::write(&delay, "600").unwrap();
+    let burst: Vec<String> = (0..60).map(|i| format!("burst{i}")).collect();
+    let answers = pipelined(&mut a, &burst).await;
+    let refused: Vec<String> = answers.iter().filter(|(_, a)| a.is_none()).map(|(c, _)| c.clone()).collect();
+    acked.extend(answers.iter().filter_map(|(c, a)| a.map(|q| (c.clone(), q))));
+    assert!(!refused.is_empty() && refused.len() < burst.len(), "some sends wait, the excess is refused: {answers:?}");
+    assert_eq!(metric_sum(&s, "shardchat_overloaded_total", "").await, refused.len() as f64);
+    let slow =
+        metric_sum(&s, "shardchat_commit_seconds_count", "").await - metric_sum(&s, "shardchat_commit_seconds_bucket", "le=\"0.5\"").await;
+    assert!(slow >= 2.0, "the commit latency metric shows the slow disk: {slow} commits over 0.5 s");
+
+    // A crash in the middle of a slow fsync: what was in flight was never acked.
+    std::fs::write(&delay, "5000").unwrap();
+    let in_flight: Vec<String> = (0..5).map(|i| format!("inflight{i}")).collect();
+    for cmid in &in_flight {
+        a.send(json!({"t":"send","to":"bob","cmid":cmid,"body":"y"})).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.kill();
+    drop(a);
+
+    // The disk is fast again; the engine restarts, and every retry gets through: the stored ones
+    // with their first seq (dedup), the rest as new messages.
+    std::fs::write(&delay, "0").unwrap();
+    s.restart();
+    let mut a = Client::connect(&s, "alice", "d").await;
+    for cmid in refused.iter().chain(&in_flight) {
+        let v = a.dm("bob", cmid, "retried").await;
+        assert_eq!(v["t"], "ack", "{v}");
+        acked.insert(cmid.clone(), seq(&v));
+    }
+    let url = s.rest("/v1/conversations/d:alice:bob/messages?after=0&limit=200", "alice");
+    let page: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    let stored: BTreeMap<String, u64> =
+        page["messages"].as_array().unwrap().iter().map(|m| (m["cmid"].as_str().unwrap().to_string(), seq(m))).collect();
+    assert_eq!(stored.len(), page["messages"].as_array().unwrap().len(), "a cmid stored twice");
+    assert_eq!(stored, acked, "every acknowledged message once, with its seq, nothing else");
+    let mut seqs: Vec<u64> = stored.values().copied().collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "dense seqs");
 }

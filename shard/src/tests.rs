@@ -962,6 +962,42 @@ fn a_users_connections_share_one_send_limit_so_more_connections_do_not_multiply_
     assert!(matches!(sim.take(devs[0]).last(), Some(ServerFrame::Ack { .. })));
 }
 
+/// A slow disk holds the owner's one commit; what arrives meanwhile waits up to
+/// `owner_pending_ops_max` and the rest is refused with `unavailable` carrying the cmid or ref,
+/// so clients retry exactly those; the retries go through once the queue drains.
+#[test]
+fn a_full_commit_queue_refuses_with_the_cmid_or_ref_and_the_retries_go_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::with(1, 7, store(dir.path()), |c| c.owner_pending_ops_max = 3);
+    let a = sim.connect("ann");
+    // m0 starts a commit (the sim finishes it only after everything queued before it); m1..m3
+    // wait; the rest find the queue full.
+    for i in 0..8 {
+        sim.push(a, &send("ben", &format!("m{i}"), "x"));
+    }
+    sim.push(a, r#"{"t":"group_create","name":"team","members":["ben"],"ref":"g"}"#);
+    sim.run();
+    let frames = sim.take(a);
+    let acked: Vec<(String, u64)> =
+        frames.iter().filter_map(|f| if let ServerFrame::Ack { cmid, seq, .. } = f { Some((cmid.clone(), *seq)) } else { None }).collect();
+    assert_eq!(acked, (0..4).map(|i| (format!("m{i}"), i + 1)).collect::<Vec<_>>());
+    let refused: Vec<String> = frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Error { code: ErrorCode::Unavailable, cmid: Some(c), .. } => Some(c.clone()),
+            ServerFrame::Error { code: ErrorCode::Unavailable, r#ref: Some(Ref::Str(r)), .. } => Some(format!("ref:{r}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused, ["m4", "m5", "m6", "m7", "ref:g"]);
+    assert_eq!(sim.shards[0].overloaded_total(), 5);
+    for cmid in ["m4", "m5", "m6", "m7"] {
+        sim.send(a, &send("ben", cmid, "x"));
+    }
+    let acked: Vec<u64> = sim.take(a).iter().filter_map(|f| if let ServerFrame::Ack { seq, .. } = f { Some(*seq) } else { None }).collect();
+    assert_eq!(acked, [5, 6, 7, 8]);
+}
+
 /// One step of a client population, for the property test below.
 #[derive(Clone, Debug)]
 enum Step {

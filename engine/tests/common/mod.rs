@@ -27,6 +27,8 @@ pub struct Server {
     extra: Vec<String>,
     /// Some: the server's log (stdout) goes to this file, filtered by the given `RUST_LOG`.
     log: Option<(PathBuf, String)>,
+    /// Extra environment of the server process (kept across restarts).
+    env: Vec<(String, String)>,
 }
 
 /// A port no other server of this test process got: the kernel's bind(0) may hand a port that
@@ -57,6 +59,11 @@ impl Server {
 
     /// Like `start`, with the data directory at `dir` (the caller keeps it).
     pub fn start_in(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_in_env(dir, extra, &[])
+    }
+
+    /// Like `start_in`, with extra environment for the server process.
+    pub fn start_in_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut s = Server {
             port: free_port(),
             http: free_port(),
@@ -65,6 +72,7 @@ impl Server {
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: None,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         s.spawn();
         s
@@ -82,6 +90,7 @@ impl Server {
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log,
+            env: Vec::new(),
         };
         s.spawn();
         s
@@ -122,6 +131,7 @@ impl Server {
             .args(&args)
             .env("RUST_LOG", filter)
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(stdout)
             .stderr(Stdio::inherit())
             .spawn()
@@ -323,6 +333,19 @@ impl Client {
             }
         }
     }
+}
+
+/// The sum of a metric over its series whose labels contain `labels` ("" for all), read from
+/// the server's /metrics.
+pub async fn metric_sum(s: &Server, name: &str, labels: &str) -> f64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", s.http)).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            (n == name && rest.contains(labels)).then(|| value.parse::<f64>().unwrap())
+        })
+        .sum()
 }
 
 pub fn seq(v: &Value) -> u64 {

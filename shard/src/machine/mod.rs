@@ -333,6 +333,8 @@ pub struct Shard {
     pending: Vec<Op>,
     /// True exactly while a commit job is out; the next one waits (seq order across batches).
     committing: bool,
+    /// Ops refused because `pending` was full (for metrics).
+    overloaded: u64,
     /// Group conversations whose watermarks moved since their counts were last sent.
     receipts_dirty: HashSet<String>,
     /// conv → when its counts were last sent (coalescing).
@@ -377,6 +379,7 @@ impl Shard {
             convs: HashMap::new(),
             pending: Vec::new(),
             committing: false,
+            overloaded: 0,
             receipts_dirty: HashSet::new(),
             receipts_last_ms: HashMap::new(),
             receipts_sent: HashMap::new(),
@@ -398,6 +401,11 @@ impl Shard {
     /// Ops waiting for this shard's next commit (a queue depth for metrics).
     pub fn pending_ops(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Ops refused so far because the commit queue was full (a counter for metrics).
+    pub fn overloaded_total(&self) -> u64 {
+        self.overloaded
     }
 
     pub fn connections(&self) -> usize {

@@ -81,14 +81,36 @@ impl Shard {
     }
 
     pub(super) fn accept_op(&mut self, mut op: Op) {
+        if let Op::Typing { reply_to, user, conv } = &op {
+            // Typing is never stored: relay at once when the members are cached; otherwise
+            // the next commit job loads them.
+            if let Some(st) = self.convs.get(conv.as_str()) {
+                match check_member(st, user) {
+                    Ok(()) => {
+                        let (conv, user, members) = (conv.clone(), user.clone(), st.member_names());
+                        self.relay_typing(conv, user, members);
+                    }
+                    Err(e) => {
+                        let to = *reply_to;
+                        self.reply(to, ServerFrame::from(e).into());
+                    }
+                }
+                return;
+            }
+        }
+        // One commit runs at a time, so a slow disk backs ops up here. Past the bound they are
+        // refused with their cmid or ref (the client retries that request), never queued without
+        // end. What the engine owes itself (last seen, push bookkeeping) is always taken: it is
+        // small and bounded by the connections.
+        if self.pending.len() >= self.cfg.owner_pending_ops_max && !matches!(op, Op::LastSeen { .. } | Op::Push(_) | Op::PushDelivered(_)) {
+            self.overloaded += 1;
+            if let Some((to, frame)) = op.refusal(FrameError::new(ErrorCode::Unavailable, "server overloaded, retry later")) {
+                self.reply(to, frame.into());
+            }
+            return;
+        }
         match &mut op {
             Op::Send(s) => {
-                if self.pending.len() >= self.cfg.owner_pending_ops_max {
-                    let err = FrameError::new(ErrorCode::Unavailable, "server overloaded, retry later").with_cmid(Some(s.cmid.clone()));
-                    let to = s.reply_to;
-                    self.reply(to, ServerFrame::from(err).into());
-                    return;
-                }
                 s.id = self.ids.next(self.now.unix_ms);
                 s.ts = self.now.unix_ms;
             }
@@ -96,28 +118,7 @@ impl Shard {
                 g.id = self.ids.next(self.now.unix_ms);
                 g.ts = self.now.unix_ms;
             }
-            Op::Typing { reply_to, user, conv } => {
-                // Typing is never stored: relay at once when the members are cached; otherwise
-                // the next commit job loads them.
-                if let Some(st) = self.convs.get(conv.as_str()) {
-                    match check_member(st, user) {
-                        Ok(()) => {
-                            let (conv, user, members) = (conv.clone(), user.clone(), st.member_names());
-                            self.relay_typing(conv, user, members);
-                        }
-                        Err(e) => {
-                            let to = *reply_to;
-                            self.reply(to, ServerFrame::from(e).into());
-                        }
-                    }
-                    return;
-                }
-            }
-            Op::Mark(_) | Op::ReceiptQuery { .. } | Op::LastSeen { .. } | Op::Push(_) | Op::PushDelivered(_) => {}
-        }
-        if self.pending.len() >= self.cfg.owner_pending_ops_max && !matches!(op, Op::LastSeen { .. } | Op::Push(_) | Op::PushDelivered(_)) {
-            // Watermarks, typing and queries are dropped under overload; sends were answered above.
-            return;
+            _ => {}
         }
         self.pending.push(op);
     }
