@@ -53,6 +53,14 @@ pub struct Config {
     /// Per connection: sustained `history` reads a second (0: unlimited), and the burst.
     pub history_rate_per_s: u32,
     pub history_burst: u32,
+    /// Per connection: sustained `presence_sub`/`presence_unsub` frames a second (0: unlimited),
+    /// and the burst.
+    pub presence_rate_per_s: u32,
+    pub presence_burst: u32,
+    /// Presence subscriptions one connection may hold at once.
+    pub presence_subs_per_conn_max: usize,
+    /// One `typing` per user and conversation per this interval is relayed, the rest dropped.
+    pub typing_interval_ms: u64,
     /// Per user, all of their connections on a node together: sustained `send`s and group
     /// changes a second (0: unlimited), and the burst.
     pub user_send_rate_per_s: u32,
@@ -90,6 +98,10 @@ impl Default for Config {
             send_burst: 1000,
             history_rate_per_s: 50,
             history_burst: 100,
+            presence_rate_per_s: 20,
+            presence_burst: 100,
+            presence_subs_per_conn_max: 1024,
+            typing_interval_ms: 2_000,
             user_send_rate_per_s: 400,
             user_send_burst: 2000,
         }
@@ -170,6 +182,18 @@ pub struct ServeArgs {
     /// Per connection: history reads allowed at once. [default: 100]
     #[arg(long)]
     pub history_burst: Option<u32>,
+    /// Per connection: presence_sub/presence_unsub frames a second, sustained (0: unlimited); more get `rate_limited`. [default: 20]
+    #[arg(long)]
+    pub presence_rate_per_s: Option<u32>,
+    /// Per connection: presence subscription changes allowed at once. [default: 100]
+    #[arg(long)]
+    pub presence_burst: Option<u32>,
+    /// Presence subscriptions one connection may hold; more get `rate_limited`. [default: 1024]
+    #[arg(long)]
+    pub presence_subs_per_conn_max: Option<usize>,
+    /// One typing notice per user and conversation per this interval is relayed, the rest dropped. [default: 2000]
+    #[arg(long)]
+    pub typing_interval_ms: Option<u64>,
     /// Per user (all of their connections together): sends and group changes a second, sustained (0: unlimited). [default: 400]
     #[arg(long)]
     pub user_send_rate_per_s: Option<u32>,
@@ -216,7 +240,11 @@ impl Config {
             history_burst,
             user_send_rate_per_s,
             user_send_burst,
-            owner_pending_ops_max
+            owner_pending_ops_max,
+            presence_rate_per_s,
+            presence_burst,
+            presence_subs_per_conn_max,
+            typing_interval_ms
         );
         if args.http.is_some() {
             c.http = args.http;

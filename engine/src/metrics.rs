@@ -61,6 +61,8 @@ pub struct ShardMetrics {
     pub pending_ops: AtomicU64,
     /// Ops refused with `unavailable` because the owner shard's queue was full (a lagging disk).
     pub overloaded: AtomicU64,
+    /// `typing` frames dropped by the per-user, per-conversation interval.
+    pub typing_dropped: AtomicU64,
     /// New connections refused (429) by the per-address connection rate.
     pub connections_refused_rate: AtomicU64,
     /// Requests refused with `rate_limited` (send, group change and history rates, sync, presence).
@@ -84,7 +86,7 @@ type HistogramSpec = (&'static str, &'static str, fn(&ShardMetrics) -> &Histogra
 /// The Prometheus text exposition of every shard's metrics.
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
     let mut out = String::new();
-    let counters: [CounterSpec; 12] = [
+    let counters: [CounterSpec; 13] = [
         ("shardchat_connections", "gauge", "Open WebSocket connections.", |m| &m.connections),
         ("shardchat_connections_total", "counter", "WebSocket connections accepted.", |m| &m.connections_total),
         ("shardchat_frames_in_total", "counter", "Frames received from clients.", |m| &m.frames_in),
@@ -99,6 +101,12 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
         ("shardchat_overloaded_total", "counter", "Ops refused with unavailable: the owner shard's commit queue was full.", |m| {
             &m.overloaded
         }),
+        (
+            "shardchat_typing_dropped_total",
+            "counter",
+            "Typing notices dropped: more than one per user and conversation per interval.",
+            |m| &m.typing_dropped,
+        ),
         ("shardchat_rate_limited_total", "counter", "Requests refused with rate_limited.", |m| &m.rate_limited),
         ("shardchat_connections_refused_rate_total", "counter", "New connections refused (429) by the per-address rate.", |m| {
             &m.connections_refused_rate

@@ -323,3 +323,40 @@ async fn new_connections_beyond_an_addresss_rate_get_429_and_other_addresses_do_
     let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", s.http)).await.unwrap().text().await.unwrap();
     assert!(text.contains("shardchat_connections_refused_rate_total{shard=\"0\"} 1\n"), "{text}");
 }
+
+#[tokio::test]
+async fn presence_and_typing_limits_are_flags_answered_or_dropped_and_counted() {
+    let s = Server::start(&[
+        "--presence-rate-per-s",
+        "1",
+        "--presence-burst",
+        "2",
+        "--presence-subs-per-conn-max",
+        "1",
+        "--typing-interval-ms",
+        "60000",
+    ]);
+    let mut a = Client::connect(&s, "alice", "d").await;
+    let mut b = Client::connect(&s, "bob", "d").await;
+    // One subscription at most: bob is answered, cat refused.
+    a.send(json!({"t":"presence_sub","users":["bob","cat"]})).await;
+    let mut got = vec![a.recv().await, a.recv().await];
+    got.sort_by_key(|v| v["t"].as_str().unwrap().to_string());
+    assert_eq!((got[0]["t"].as_str(), got[0]["code"].as_str()), (Some("error"), Some("rate_limited")), "{got:?}");
+    assert_eq!((got[1]["t"].as_str(), got[1]["user"].as_str()), (Some("presence"), Some("bob")), "{got:?}");
+    // Two changes in the burst; the third is refused.
+    a.send(json!({"t":"presence_unsub","users":["bob"]})).await;
+    a.send(json!({"t":"presence_sub","users":["cat"]})).await;
+    let v = a.recv().await;
+    assert_eq!((v["t"].as_str(), v["code"].as_str()), (Some("error"), Some("rate_limited")), "{v}");
+    assert_eq!(metric_sum(&s, "shardchat_rate_limited_total", "").await, 2.0);
+
+    // One typing notice per minute is relayed (before the conversation's first message too);
+    // the rest are dropped and counted.
+    for _ in 0..3 {
+        a.send(json!({"t":"typing","conv":"d:alice:bob"})).await;
+    }
+    assert_eq!(b.recv_where(|v| v["t"] == "typing").await["user"], "alice");
+    b.silent_for(Duration::from_millis(300)).await;
+    assert_eq!(metric_sum(&s, "shardchat_typing_dropped_total", "").await, 2.0);
+}

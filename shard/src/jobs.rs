@@ -483,8 +483,8 @@ fn commit_inner(
             }
             Op::Typing { reply_to, user, conv } => {
                 let st = load(store, convs, conv)?;
-                match check_member(st, user) {
-                    Ok(()) => outcomes.push(OpOutcome::Typed { conv: conv.clone(), user: user.clone(), members: st.member_names() }),
+                match typing_members(st, conv, user) {
+                    Ok(members) => outcomes.push(OpOutcome::Typed { conv: conv.clone(), user: user.clone(), members }),
                     Err(err) => outcomes.push(OpOutcome::Rejected { reply_to: *reply_to, err }),
                 }
             }
@@ -522,6 +522,17 @@ pub fn check_member(st: &ConvState, user: &str) -> Result<(), FrameError> {
     } else {
         Ok(())
     }
+}
+
+/// Who hears `user` typing in `conv`. Someone composing the first message of a direct
+/// conversation is heard too: it is not stored yet, but its id names both members.
+pub fn typing_members(st: &ConvState, conv: &str, user: &str) -> Result<Vec<String>, FrameError> {
+    if st.members.is_empty() {
+        if let Some((a, b)) = direct_members(conv).filter(|(a, b)| *a == user || *b == user) {
+            return Ok(vec![a.to_string(), b.to_string()]);
+        }
+    }
+    check_member(st, user).map(|()| st.member_names())
 }
 
 fn receipt_detail(

@@ -19,12 +19,16 @@ pub mod snowflake;
 pub mod wheel;
 
 pub use jobs::{CommitJob, CommitOutcome, ConnRef, ReadJob, ReadOutcome};
-pub use machine::{Action, Event, Now, PeerMsg, Shard, ShardConfig};
+pub use machine::{Action, Counters, Event, Now, PeerMsg, Shard, ShardConfig};
 pub use payload::{Class, Payload};
 pub use remote::RemoteMsg;
 pub use route::{home_shard, owner_node, owner_shard, NodeId, ShardId};
 
 #[cfg(test)]
 mod cluster_tests;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod sim;
 #[cfg(test)]
 mod tests;

@@ -1,163 +1,12 @@
-//! Shards driven without sockets or threads: several shards and clients in one thread, the
-//! interleaving chosen from a seed, storage real (fjall in a temporary directory) and run inline.
+//! Shard behaviour, driven through [`crate::sim`]: several shards and clients in one thread, the
+//! interleaving chosen from a seed, storage real and run inline.
 
-use crate::jobs::{run_commit, run_read};
+use crate::sim::*;
 use crate::*;
 use shardchat_codec::*;
 use shardchat_storage::{FjallStore, MessageStore, StoreConfig};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
-
-/// Deterministic interleaving source (xorshift64*).
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n as u64) as usize
-    }
-}
-
-/// A client device: which shard holds it, and what it received.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Dev(ShardId, u64);
-
-struct Sim {
-    shards: Vec<Shard>,
-    inbox: Vec<VecDeque<Event>>,
-    store: Arc<dyn MessageStore>,
-    received: HashMap<Dev, Vec<Payload>>,
-    closed: Vec<(Dev, u16, &'static str)>,
-    /// What the shards sent to peer `shards` (the control plane's bridge).
-    bridge: Vec<PeerMsg>,
-    /// Cluster directory changes the shards reported: (user, here).
-    directory: Vec<(String, bool)>,
-    rng: Rng,
-    now: Now,
-    next_conn: u64,
-}
-
-impl Sim {
-    fn new(shards: usize, seed: u64, store: Arc<dyn MessageStore>) -> Sim {
-        Sim::with(shards, seed, store, |_| {})
-    }
-
-    fn with(shards: usize, seed: u64, store: Arc<dyn MessageStore>, tweak: impl Fn(&mut ShardConfig)) -> Sim {
-        let now = Now { unix_ms: 1_800_000_000_000, mono_ms: 1_000 };
-        let config = |i| {
-            let mut c = ShardConfig::new(i, shards);
-            tweak(&mut c);
-            c
-        };
-        Sim {
-            shards: (0..shards).map(|i| Shard::new(config(i), now)).collect(),
-            inbox: (0..shards).map(|_| VecDeque::new()).collect(),
-            store,
-            received: HashMap::new(),
-            closed: Vec::new(),
-            bridge: Vec::new(),
-            directory: Vec::new(),
-            rng: Rng(seed | 1),
-            now,
-            next_conn: 1,
-        }
-    }
-
-    fn connect(&mut self, user: &str) -> Dev {
-        let shard = home_shard(user, self.shards.len());
-        let conn = self.next_conn;
-        self.next_conn += 1;
-        self.inbox[shard].push_back(Event::Connected { conn, user: user.into(), device: format!("dev{conn}"), expires_unix_ms: None });
-        self.run();
-        Dev(shard, conn)
-    }
-
-    fn disconnect(&mut self, d: Dev) {
-        self.inbox[d.0].push_back(Event::Disconnected { conn: d.1 });
-        self.run();
-    }
-
-    /// Queues a frame without running: lets tests build concurrency.
-    fn push(&mut self, d: Dev, text: &str) {
-        let frame = decode_text(text, &Limits::default()).unwrap_or_else(|e| panic!("{text}: {e}"));
-        self.inbox[d.0].push_back(Event::Frame { conn: d.1, frame });
-    }
-
-    fn send(&mut self, d: Dev, text: &str) {
-        self.push(d, text);
-        self.run();
-    }
-
-    fn tick(&mut self, advance_ms: u64) {
-        self.now.mono_ms += advance_ms;
-        self.now.unix_ms += advance_ms;
-        for q in &mut self.inbox {
-            q.push_back(Event::Tick);
-        }
-        self.run();
-    }
-
-    /// Runs until every inbox is empty, one event at a time from a shard picked by the seed.
-    fn run(&mut self) {
-        loop {
-            let ready: Vec<usize> = (0..self.inbox.len()).filter(|&i| !self.inbox[i].is_empty()).collect();
-            if ready.is_empty() {
-                return;
-            }
-            let s = ready[self.rng.below(ready.len())];
-            let ev = self.inbox[s].pop_front().expect("non-empty");
-            self.shards[s].handle(self.now, ev);
-            for a in self.shards[s].take_actions() {
-                match a {
-                    Action::Send { conn, payload, .. } => self.received.entry(Dev(s, conn)).or_default().push(payload),
-                    Action::Close { conn, code, reason } => self.closed.push((Dev(s, conn), code, reason)),
-                    Action::Peer { to, msg } => {
-                        assert_ne!(to, s, "a shard handles its own messages inline");
-                        if to == self.shards.len() {
-                            self.bridge.push(msg);
-                        } else {
-                            self.inbox[to].push_back(Event::Peer(msg));
-                        }
-                    }
-                    Action::Commit(job) => {
-                        let out = run_commit(&*self.store, job);
-                        self.inbox[s].push_back(Event::CommitDone(out));
-                    }
-                    Action::Read { conn, job } => {
-                        let outcome = run_read(&*self.store, job);
-                        self.inbox[s].push_back(Event::ReadDone { conn, outcome });
-                    }
-                    Action::Lookup(job) => {
-                        let outcome = run_read(&*self.store, job);
-                        self.inbox[s].push_back(Event::LookupDone(outcome));
-                    }
-                    Action::Directory { user, here } => self.directory.push((user, here)),
-                    Action::Remote { .. } | Action::RemoteFanout { .. } | Action::PresenceWatch { .. } => {
-                        panic!("one node: nothing leaves it")
-                    }
-                }
-            }
-        }
-    }
-
-    fn frames(&self, d: Dev) -> Vec<ServerFrame> {
-        self.received.get(&d).map(|v| v.iter().map(|p| p.frame().clone()).collect()).unwrap_or_default()
-    }
-
-    fn take(&mut self, d: Dev) -> Vec<ServerFrame> {
-        self.received.remove(&d).map(|v| v.iter().map(|p| p.frame().clone()).collect()).unwrap_or_default()
-    }
-
-    fn msgs(&self, d: Dev) -> Vec<MsgRecord> {
-        self.frames(d).into_iter().filter_map(|f| if let ServerFrame::Msg(m) = f { Some(m) } else { None }).collect()
-    }
-}
-
-fn store(dir: &std::path::Path) -> Arc<FjallStore> {
-    Arc::new(FjallStore::open(&StoreConfig { dir: dir.into(), commit_interval: std::time::Duration::ZERO }).unwrap())
-}
-
 fn send(to: &str, cmid: &str, body: &str) -> String {
     format!(r#"{{"t":"send","cmid":"{cmid}","to":"{to}","body":"{body}"}}"#)
 }
@@ -738,10 +587,55 @@ fn typing_reaches_the_other_members_is_rate_limited_and_never_stored() {
     assert_eq!(sim.take(b), want, "one per interval");
     assert_eq!(sim.take(c), want);
     assert!(sim.take(a).is_empty(), "not echoed to the typist");
+    let dropped: u64 = sim.shards.iter().map(|s| s.counters().typing_dropped).sum();
+    assert_eq!(dropped, 4, "the dropped ones are counted");
     sim.tick(2_500);
     sim.send(a, &format!(r#"{{"t":"typing","conv":"{conv}"}}"#));
     assert_eq!(sim.take(b), want, "allowed again after the interval");
     assert_eq!(st.last_seq(&conv).unwrap(), 1, "only the group's creation is stored");
+}
+
+/// Typing before a direct conversation's first message reaches the other member, the first
+/// time (the commit job loads the empty conversation) and again (from the owner's cache); a
+/// stranger typing there is refused.
+#[test]
+fn typing_in_a_direct_conversation_before_its_first_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::new(2, 5, store(dir.path()));
+    let (a, b, c) = (sim.connect("ann"), sim.connect("bob"), sim.connect("cat"));
+    let want = vec![ServerFrame::Typing { conv: "d:ann:bob".into(), user: "ann".into() }];
+    sim.send(a, r#"{"t":"typing","conv":"d:ann:bob"}"#);
+    assert_eq!(sim.take(b), want);
+    sim.tick(2_500);
+    sim.send(a, r#"{"t":"typing","conv":"d:ann:bob"}"#);
+    assert_eq!(sim.take(b), want);
+    sim.send(c, r#"{"t":"typing","conv":"d:ann:bob"}"#);
+    assert_eq!(err_code(&sim.take(c)), [ErrorCode::NotFound]);
+    assert!(sim.take(b).is_empty() && sim.take(a).is_empty());
+}
+
+/// Subscription churn costs messages to other shards: past the connection's rate a
+/// `presence_sub` or `presence_unsub` is refused with `rate_limited` and changes nothing, and
+/// the budget comes back with time.
+#[test]
+fn presence_subscription_changes_are_rate_limited_per_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::with(2, 3, store(dir.path()), |c| c.presence_rate = crate::rate::Rate { per_sec: 2, burst: 3 });
+    let (a, b) = (sim.connect("ann"), sim.connect("bob"));
+    sim.take(a);
+    for t in ["presence_sub", "presence_unsub", "presence_sub", "presence_unsub"] {
+        sim.send(a, &format!(r#"{{"t":"{t}","users":["bob"]}}"#));
+    }
+    let frames = sim.take(a);
+    assert_eq!(err_code(&frames), [ErrorCode::RateLimited], "the fourth change is over the burst of 3: {frames:?}");
+    assert_eq!(presence(&frames).len(), 2, "the two subscriptions were answered: {frames:?}");
+    // The refused unsubscribe changed nothing: bob's changes still arrive.
+    sim.disconnect(b);
+    sim.tick(1_100);
+    assert_eq!(presence(&sim.take(a)).last().map(|p| p.1.as_str()), Some("offline"));
+    // A second later the budget is back (2 a second).
+    sim.send(a, r#"{"t":"presence_unsub","users":["bob"]}"#);
+    assert!(err_code(&sim.take(a)).is_empty());
 }
 
 fn presence(frames: &[ServerFrame]) -> Vec<(String, String, Option<u64>)> {
@@ -990,7 +884,7 @@ fn a_full_commit_queue_refuses_with_the_cmid_or_ref_and_the_retries_go_through()
         })
         .collect();
     assert_eq!(refused, ["m4", "m5", "m6", "m7", "ref:g"]);
-    assert_eq!(sim.shards[0].overloaded_total(), 5);
+    assert_eq!(sim.shards[0].counters().overloaded, 5);
     for cmid in ["m4", "m5", "m6", "m7"] {
         sim.send(a, &send("ben", cmid, "x"));
     }

@@ -113,6 +113,9 @@ impl Driver {
         sc.read_frame_bytes_max = cfg.outbound_queue_bytes_max / 4;
         sc.push_enabled = cfg.push_webhook.is_some();
         sc.owner_pending_ops_max = cfg.owner_pending_ops_max;
+        sc.presence_rate = shardchat_shard::rate::Rate { per_sec: cfg.presence_rate_per_s, burst: cfg.presence_burst };
+        sc.presence_subs_per_conn_max = cfg.presence_subs_per_conn_max;
+        sc.typing_interval_ms = cfg.typing_interval_ms;
         sc.cluster = cluster.is_some();
         sc.send_rate = shardchat_shard::rate::Rate { per_sec: cfg.send_rate_per_s, burst: cfg.send_burst };
         sc.history_rate = shardchat_shard::rate::Rate { per_sec: cfg.history_rate_per_s, burst: cfg.history_burst };
@@ -237,7 +240,9 @@ impl Driver {
             let mut shard = self.shard.borrow_mut();
             shard.handle(now(self.started), ev);
             self.metrics.pending_ops.store(shard.pending_ops() as u64, std::sync::atomic::Ordering::Relaxed);
-            self.metrics.overloaded.store(shard.overloaded_total(), std::sync::atomic::Ordering::Relaxed);
+            let counters = shard.counters();
+            self.metrics.overloaded.store(counters.overloaded, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.typing_dropped.store(counters.typing_dropped, std::sync::atomic::Ordering::Relaxed);
             shard.take_actions()
         };
         for a in actions {

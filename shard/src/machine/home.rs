@@ -27,6 +27,7 @@ impl Shard {
             expires_mono_ms,
             sends: Default::default(),
             histories: Default::default(),
+            presence_changes: Default::default(),
         };
         self.conns.insert(conn, c);
         self.wheel.insert(conn, (self.now.mono_ms + self.cfg.heartbeat_timeout_ms).min(expires_mono_ms));
@@ -98,6 +99,10 @@ impl Shard {
             ClientFrame::History { .. } => {
                 (!c.histories.allow(self.now.mono_ms, self.cfg.history_rate)).then_some("history reads on this connection")
             }
+            ClientFrame::PresenceSub { .. } | ClientFrame::PresenceUnsub { .. } => {
+                (!c.presence_changes.allow(self.now.mono_ms, self.cfg.presence_rate))
+                    .then_some("presence subscription changes on this connection")
+            }
             _ => None,
         };
         // Then the user's limit, shared by all of their connections.
@@ -150,6 +155,7 @@ impl Shard {
                 // dropped here, before they cost a hop.
                 let key = (user.clone(), conv.clone());
                 if self.typing_last.get(&key).is_some_and(|t| self.now.mono_ms < t + self.cfg.typing_interval_ms) {
+                    self.counters.typing_dropped += 1;
                     return;
                 }
                 self.typing_last.insert(key, self.now.mono_ms);

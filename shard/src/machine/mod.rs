@@ -57,6 +57,9 @@ pub struct ShardConfig {
     pub send_rate: crate::rate::Rate,
     /// Per connection: `history` reads (each a store read).
     pub history_rate: crate::rate::Rate,
+    /// Per connection: `presence_sub` and `presence_unsub` frames (each a message to the
+    /// targets' home shards, and in a cluster a Redis write).
+    pub presence_rate: crate::rate::Rate,
     /// Per user, over all of their connections on this node: `send`s and group changes.
     pub user_send_rate: crate::rate::Rate,
     /// Whether this node is one of several: users arriving and leaving are reported
@@ -83,6 +86,7 @@ impl ShardConfig {
             push_enabled: false,
             send_rate: crate::rate::Rate::UNLIMITED,
             history_rate: crate::rate::Rate::UNLIMITED,
+            presence_rate: crate::rate::Rate::UNLIMITED,
             user_send_rate: crate::rate::Rate::UNLIMITED,
             cluster: false,
         }
@@ -270,6 +274,8 @@ struct Conn {
     expires_mono_ms: u64,
     sends: crate::rate::Gcra,
     histories: crate::rate::Gcra,
+    /// `presence_sub` and `presence_unsub` frames: each costs messages to other shards.
+    presence_changes: crate::rate::Gcra,
 }
 
 /// A user's connections on this shard (their home), and the limit they share.
@@ -311,6 +317,16 @@ struct Presence {
     last_publish_ms: u64,
 }
 
+/// Counts of what a shard refused or dropped without an error of its own kind (rate-limited
+/// requests are counted from their `rate_limited` answers instead).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Ops refused with `unavailable` because the owner's commit queue was full.
+    pub overloaded: u64,
+    /// `typing` frames dropped: more than one per user and conversation per `typing_interval_ms`.
+    pub typing_dropped: u64,
+}
+
 pub struct Shard {
     cfg: ShardConfig,
     ids: Snowflake,
@@ -333,8 +349,8 @@ pub struct Shard {
     pending: Vec<Op>,
     /// True exactly while a commit job is out; the next one waits (seq order across batches).
     committing: bool,
-    /// Ops refused because `pending` was full (for metrics).
-    overloaded: u64,
+    /// What was refused or dropped, for metrics.
+    counters: Counters,
     /// Group conversations whose watermarks moved since their counts were last sent.
     receipts_dirty: HashSet<String>,
     /// conv → when its counts were last sent (coalescing).
@@ -379,7 +395,7 @@ impl Shard {
             convs: HashMap::new(),
             pending: Vec::new(),
             committing: false,
-            overloaded: 0,
+            counters: Counters::default(),
             receipts_dirty: HashSet::new(),
             receipts_last_ms: HashMap::new(),
             receipts_sent: HashMap::new(),
@@ -403,9 +419,9 @@ impl Shard {
         self.pending.len()
     }
 
-    /// Ops refused so far because the commit queue was full (a counter for metrics).
-    pub fn overloaded_total(&self) -> u64 {
-        self.overloaded
+    /// What this shard refused or dropped so far (counters for metrics).
+    pub fn counters(&self) -> Counters {
+        self.counters
     }
 
     pub fn connections(&self) -> usize {

@@ -85,9 +85,9 @@ impl Shard {
             // Typing is never stored: relay at once when the members are cached; otherwise
             // the next commit job loads them.
             if let Some(st) = self.convs.get(conv.as_str()) {
-                match check_member(st, user) {
-                    Ok(()) => {
-                        let (conv, user, members) = (conv.clone(), user.clone(), st.member_names());
+                match typing_members(st, conv, user) {
+                    Ok(members) => {
+                        let (conv, user) = (conv.clone(), user.clone());
                         self.relay_typing(conv, user, members);
                     }
                     Err(e) => {
@@ -103,7 +103,7 @@ impl Shard {
         // end. What the engine owes itself (last seen, push bookkeeping) is always taken: it is
         // small and bounded by the connections.
         if self.pending.len() >= self.cfg.owner_pending_ops_max && !matches!(op, Op::LastSeen { .. } | Op::Push(_) | Op::PushDelivered(_)) {
-            self.overloaded += 1;
+            self.counters.overloaded += 1;
             if let Some((to, frame)) = op.refusal(FrameError::new(ErrorCode::Unavailable, "server overloaded, retry later")) {
                 self.reply(to, frame.into());
             }
