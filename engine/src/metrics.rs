@@ -61,6 +61,13 @@ pub struct ShardMetrics {
     pub pending_ops: AtomicU64,
     /// Ops refused with `unavailable` because the owner shard's queue was full (a lagging disk).
     pub overloaded: AtomicU64,
+    /// Connections closed for breaking the WebSocket protocol (1002, 1007, 1009: oversized,
+    /// malformed, unmasked, bad UTF-8).
+    pub closes_protocol: AtomicU64,
+    /// Upgrade requests refused before a connection existed (400, 401, 404, 431).
+    pub handshakes_refused: AtomicU64,
+    /// Upgrade requests not finished within `handshake_timeout_ms` (408: slowloris).
+    pub handshake_timeouts: AtomicU64,
     /// `typing` frames dropped by the per-user, per-conversation interval.
     pub typing_dropped: AtomicU64,
     /// New connections refused (429) by the per-address connection rate.
@@ -86,7 +93,7 @@ type HistogramSpec = (&'static str, &'static str, fn(&ShardMetrics) -> &Histogra
 /// The Prometheus text exposition of every shard's metrics.
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
     let mut out = String::new();
-    let counters: [CounterSpec; 13] = [
+    let counters: [CounterSpec; 16] = [
         ("shardchat_connections", "gauge", "Open WebSocket connections.", |m| &m.connections),
         ("shardchat_connections_total", "counter", "WebSocket connections accepted.", |m| &m.connections_total),
         ("shardchat_frames_in_total", "counter", "Frames received from clients.", |m| &m.frames_in),
@@ -101,6 +108,16 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
         ("shardchat_overloaded_total", "counter", "Ops refused with unavailable: the owner shard's commit queue was full.", |m| {
             &m.overloaded
         }),
+        ("shardchat_closes_protocol_total", "counter", "Connections closed for WebSocket protocol errors (oversized, malformed).", |m| {
+            &m.closes_protocol
+        }),
+        (
+            "shardchat_handshakes_refused_total",
+            "counter",
+            "Upgrade requests refused (bad request, unauthorized, not found, head too large).",
+            |m| &m.handshakes_refused,
+        ),
+        ("shardchat_handshake_timeouts_total", "counter", "Upgrade requests not finished in time (408).", |m| &m.handshake_timeouts),
         (
             "shardchat_typing_dropped_total",
             "counter",

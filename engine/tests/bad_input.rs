@@ -102,6 +102,7 @@ async fn a_message_over_the_websocket_limit_closes_with_1009() {
     let mut a = Client::connect(&s, "alice", "d").await;
     a.send_raw(Message::Text("x".repeat(100_000).into())).await;
     assert_eq!(a.closed(Duration::from_secs(5)).await, Some(1009));
+    assert_eq!(metric_sum(&s, "shardchat_closes_protocol_total", "").await, 1.0);
 }
 
 #[tokio::test]
@@ -114,6 +115,7 @@ async fn upgrades_without_valid_identity_get_401() {
         sock.read_to_string(&mut resp).unwrap();
         assert!(resp.starts_with("HTTP/1.1 401"), "{target}: {resp}");
     }
+    assert_eq!(metric_sum(&s, "shardchat_handshakes_refused_total", "").await, 3.0);
     // A valid token in the header or the query works, and its `dev` claim names the device.
     #[derive(serde::Serialize)]
     struct Claims<'a> {
@@ -147,6 +149,8 @@ async fn a_silent_handshake_is_cut_off() {
     let mut resp = String::new();
     sock.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert_eq!(metric_sum(&s, "shardchat_handshake_timeouts_total", "").await, 1.0);
+    assert_eq!(metric_sum(&s, "shardchat_handshakes_refused_total", "").await, 0.0);
 }
 
 #[tokio::test]

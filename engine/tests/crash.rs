@@ -138,6 +138,23 @@ async fn acknowledged_messages_survive_kill_9_at_random_points_under_traffic() {
     assert!(unacked.is_empty(), "the last round retries and finishes every send: {unacked:?}");
     assert_eq!(r.acked.values().map(|(conv, _)| conv).collect::<HashSet<_>>().len(), SENDERS.len());
 
+    // The push outbox survived the crashes: every acknowledged message to an offline receiver
+    // was notified at least once (a crash between a post and its delete repeats one). Checked
+    // before the receivers connect below: a message whose fan-out reaches the receiver's home
+    // shard after its connection is delivered live, and its push rightly withdrawn.
+    for user in ["r0", "r1"] {
+        let owed = r.acked.values().filter(|(conv, _)| conv.contains(&format!(":{user}"))).count() as u64;
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let notified: u64 = hook.got.lock().unwrap().iter().filter(|n| n["user"] == user).map(|n| n["count"].as_u64().unwrap()).sum();
+            if notified >= owed {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{user}: {notified} notified of {owed} acknowledged messages");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     // History, as a member reads it: every seq from 1 to the last, each cmid once, as acked.
     let mut reader = Client::connect(&s, "r0", "check").await;
     let mut reader1 = Client::connect(&s, "r1", "check").await;
@@ -175,21 +192,6 @@ async fn acknowledged_messages_survive_kill_9_at_random_points_under_traffic() {
     }
     for cmid in stored.keys() {
         assert!(r.sent.iter().any(|(_, c)| c == cmid), "{cmid} was never sent");
-    }
-
-    // The push outbox survived the crashes: every acknowledged message to an offline receiver
-    // was notified at least once (a crash between a post and its delete repeats one).
-    for user in ["r0", "r1"] {
-        let owed = r.acked.values().filter(|(conv, _)| conv.contains(&format!(":{user}"))).count() as u64;
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let notified: u64 = hook.got.lock().unwrap().iter().filter(|n| n["user"] == user).map(|n| n["count"].as_u64().unwrap()).sum();
-            if notified >= owed {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "{user}: {notified} notified of {owed} acknowledged messages");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 
     // The search index caught up after the crashes: the last message acked before the last kill

@@ -95,26 +95,34 @@ async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, Vec<u8>), Opt
 
 async fn handshake(d: Rc<Driver>, mut stream: TcpStream) {
     let timeout = glommio::timer::sleep(Duration::from_millis(d.cfg.handshake_timeout_ms));
-    let outcome = match select(Box::pin(read_head(&mut stream)), Box::pin(timeout)).await {
-        Either::Left((r, _)) => r,
-        Either::Right(_) => Err(Some(response(408, "Request Timeout", "handshake timeout"))),
+    let (outcome, timed_out) = match select(Box::pin(read_head(&mut stream)), Box::pin(timeout)).await {
+        Either::Left((r, _)) => (r, false),
+        Either::Right(_) => (Err(Some(response(408, "Request Timeout", "handshake timeout"))), true),
     };
+    let refused = || ShardMetrics::add(&d.metrics.handshakes_refused, 1);
     let (head, bytes) = match outcome {
         Ok(x) => x,
         Err(resp) => {
             if let Some(resp) = resp {
+                match timed_out {
+                    true => ShardMetrics::add(&d.metrics.handshake_timeouts, 1),
+                    // 400 or 431 from the head's parser.
+                    false => refused(),
+                }
                 let _ = stream.write_all(&resp).await;
             }
             return;
         }
     };
     if head.path != "/ws" {
+        refused();
         let _ = stream.write_all(&response(404, "Not Found", "the WebSocket endpoint is /ws")).await;
         return;
     }
     let identity = match d.auth.authenticate(&head) {
         Ok(id) => id,
         Err(why) => {
+            refused();
             let _ = stream.write_all(&response(401, "Unauthorized", why)).await;
             return;
         }
@@ -123,6 +131,7 @@ async fn handshake(d: Rc<Driver>, mut stream: TcpStream) {
         Ok(answer) => answer,
         Err(why) => {
             tracing::debug!(%why, "not a WebSocket upgrade");
+            refused();
             let _ = stream.write_all(&response(400, "Bad Request", &why)).await;
             return;
         }

@@ -328,6 +328,7 @@ impl Conn {
             }),
             Err(WsError { code, reason }) => {
                 tracing::debug!(code, reason, "closing on protocol error");
+                ShardMetrics::add(&d.metrics.closes_protocol, 1);
                 Some(Exit::Close(code, reason))
             }
         }
