@@ -65,6 +65,14 @@ pub struct Config {
     /// changes a second (0: unlimited), and the burst.
     pub user_send_rate_per_s: u32,
     pub user_send_burst: u32,
+    /// Per user, all of their connections on a node together: sustained `history` reads a
+    /// second (0: unlimited), and the burst.
+    pub user_history_rate_per_s: u32,
+    pub user_history_burst: u32,
+    /// Per user, all of their connections on a node together: sustained presence subscription
+    /// changes a second (0: unlimited), and the burst.
+    pub user_presence_rate_per_s: u32,
+    pub user_presence_burst: u32,
     /// Webhook (http://) that receives push notifications for offline users.
     pub push_webhook: Option<String>,
 }
@@ -104,6 +112,10 @@ impl Default for Config {
             typing_interval_ms: 2_000,
             user_send_rate_per_s: 400,
             user_send_burst: 2000,
+            user_history_rate_per_s: 100,
+            user_history_burst: 200,
+            user_presence_rate_per_s: 40,
+            user_presence_burst: 200,
         }
     }
 }
@@ -203,6 +215,18 @@ pub struct ServeArgs {
     /// Ops queued on one owner shard while its commit runs (a slow disk backs them up); more get `unavailable`. [default: 100000]
     #[arg(long)]
     pub owner_pending_ops_max: Option<usize>,
+    /// Per user (all of their connections together): history reads a second, sustained (0: unlimited). [default: 100]
+    #[arg(long)]
+    pub user_history_rate_per_s: Option<u32>,
+    /// Per user: history reads allowed at once. [default: 200]
+    #[arg(long)]
+    pub user_history_burst: Option<u32>,
+    /// Per user (all of their connections together): presence subscription changes a second, sustained (0: unlimited). [default: 40]
+    #[arg(long)]
+    pub user_presence_rate_per_s: Option<u32>,
+    /// Per user: presence subscription changes allowed at once. [default: 200]
+    #[arg(long)]
+    pub user_presence_burst: Option<u32>,
     /// Idle executors spin this long before parking. [default: 50]
     #[arg(long)]
     pub spin_before_park_us: Option<u64>,
@@ -244,7 +268,11 @@ impl Config {
             presence_rate_per_s,
             presence_burst,
             presence_subs_per_conn_max,
-            typing_interval_ms
+            typing_interval_ms,
+            user_history_rate_per_s,
+            user_history_burst,
+            user_presence_rate_per_s,
+            user_presence_burst
         );
         if args.http.is_some() {
             c.http = args.http;

@@ -364,3 +364,34 @@ async fn presence_and_typing_limits_are_flags_answered_or_dropped_and_counted() 
     b.silent_for(Duration::from_millis(300)).await;
     assert_eq!(metric_sum(&s, "shardchat_typing_dropped_total", "").await, 2.0);
 }
+
+#[tokio::test]
+async fn a_users_connections_share_their_history_and_presence_limits() {
+    let s = Server::start(&["--history-burst", "5", "--user-history-burst", "3", "--presence-burst", "5", "--user-presence-burst", "3"]);
+    let mut a1 = Client::connect(&s, "alice", "d1").await;
+    let mut a2 = Client::connect(&s, "alice", "d2").await;
+    assert_eq!(a1.dm("bob", "c1", "hi").await["t"], "ack");
+    let history = json!({"t":"history","conv":"d:alice:bob","ref":"h"});
+    let presence = [json!({"t":"presence_sub","users":["bob"]}), json!({"t":"presence_sub","users":["carol"]})];
+    for frames in [[history.clone(), history], presence] {
+        // Two from each connection, within its own burst of 5: four, over the user's 3.
+        for c in [&mut a1, &mut a2] {
+            for f in &frames {
+                c.send(f.clone()).await;
+            }
+        }
+        let mut limited = 0;
+        for c in [&mut a1, &mut a2] {
+            for _ in 0..2 {
+                let v = c.recv_where(|v| v["t"] != "msg").await;
+                if v["t"] == "error" {
+                    assert_eq!(v["code"], "rate_limited", "{v}");
+                    assert!(v["msg"].as_str().unwrap().contains("your connections together"), "{v}");
+                    limited += 1;
+                }
+            }
+        }
+        assert_eq!(limited, 1, "{frames:?}");
+    }
+    assert_eq!(metric_sum(&s, "shardchat_rate_limited_total", "").await, 2.0);
+}

@@ -1,7 +1,8 @@
 //! Chaos on the disk under the embedded store.
 //!
 //! A slow disk: every fsync delayed (an LD_PRELOAD shim, `common/slow_fsync.c`). Acks wait for
-//! the disk and nothing else does: pings and history reads are answered meanwhile. Ops that
+//! the disk and nothing else does: pings and history reads are answered meanwhile, and reads do
+//! not show a message before it is durable. Ops that
 //! pile up past `--owner-pending-ops-max` are refused with `unavailable` and their cmid, a crash
 //! in the middle of a slow fsync loses nothing acknowledged, and the refused sends go through
 //! when retried.
@@ -179,6 +180,7 @@ async fn a_slow_disk_delays_acks_not_the_engine_sheds_the_excess_and_loses_nothi
     ];
     let mut s = Server::start_in_env(&tmp.path().join("data"), &["--owner-pending-ops-max", "16"], &env);
     let mut a = Client::connect(&s, "alice", "d").await;
+    let mut b = Client::connect(&s, "bob", "d").await;
     let mut acked: BTreeMap<String, u64> = BTreeMap::new();
     for i in 0..3 {
         let v = a.dm("bob", &format!("fast{i}"), "x").await;
@@ -188,10 +190,14 @@ async fn a_slow_disk_delays_acks_not_the_engine_sheds_the_excess_and_loses_nothi
     assert!(synced >= 3, "each acked commit fsyncs through the shim: {synced} fsyncs seen");
 
     // 1.2 s an fsync: the ack waits for it; a ping and a history read sent after it do not.
+    // The read runs while the message is written but not yet durable: it must not show it (a
+    // crash now would take it back).
     std::fs::write(&delay, "1200").unwrap();
     let sent = Instant::now();
     a.send(json!({"t":"send","to":"bob","cmid":"slow0","body":"x"})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     a.send(json!({"t":"history","conv":"d:alice:bob","ref":"h"})).await;
+    b.send(json!({"t":"sync","cursors":{"d:alice:bob":0}})).await;
     a.send(json!({"t":"ping","ref":"p"})).await;
     let mut order = Vec::new();
     while order.len() < 3 {
@@ -199,9 +205,7 @@ async fn a_slow_disk_delays_acks_not_the_engine_sheds_the_excess_and_loses_nothi
         let t = v["t"].as_str().unwrap().to_string();
         if t == "history" {
             let cmids: Vec<&str> = v["messages"].as_array().unwrap().iter().filter_map(|m| m["cmid"].as_str()).collect();
-            for i in 0..3 {
-                assert!(cmids.contains(&format!("fast{i}").as_str()), "{v}");
-            }
+            assert_eq!(cmids, ["fast2", "fast1", "fast0"], "durable messages only, newest first: {v}");
         }
         if t == "ack" {
             assert!(sent.elapsed() >= Duration::from_millis(1200), "acked before its fsync was done");
@@ -210,6 +214,18 @@ async fn a_slow_disk_delays_acks_not_the_engine_sheds_the_excess_and_loses_nothi
         order.push(t);
     }
     assert_eq!(order.last().map(String::as_str), Some("ack"), "the ping and the read are answered while the commit waits: {order:?}");
+    // bob's sync ran during the fsync too: it ends at the last durable seq, and the message comes
+    // live once durable (a cursor saved from `synced` never skips it).
+    let (mut synced, mut live) = (None, None);
+    while synced.is_none() || live.is_none() {
+        let v = b.recv().await;
+        match v["t"].as_str() {
+            Some("synced") => synced = Some(v["convs"]["d:alice:bob"].as_u64().unwrap()),
+            Some("msg") if v["cmid"] == "slow0" => live = Some(seq(&v)),
+            _ => {}
+        }
+    }
+    assert_eq!((synced, live), (Some(3), Some(4)));
 
     // A burst while the disk lags: one commit runs, 16 sends wait for the next, the rest are
     // refused with their cmid. Every send gets exactly one answer.

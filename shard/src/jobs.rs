@@ -797,6 +797,14 @@ fn trim_to_bytes(mut messages: Vec<MsgRecord>, bytes_max: usize) -> Vec<MsgRecor
     messages
 }
 
+/// The last seq of `conv` that reads may show: [`MessageStore::last_seq`] counts a batch as soon
+/// as it is written, reads only once it is durable (the embedded store hides a batch during its
+/// fsync). A sync plan or a REST listing built on the first would name a seq its reads cannot
+/// yet return, and a client that saved it as its cursor would skip that message.
+pub fn readable_last_seq(store: &dyn MessageStore, conv: &str) -> Result<u64, StoreError> {
+    Ok(store.messages_before(conv, None, 1)?.first().map_or(0, |m| m.seq))
+}
+
 pub fn run_read(store: &dyn MessageStore, job: ReadJob) -> ReadOutcome {
     match job {
         ReadJob::SyncPlan { user, cursors } => ReadOutcome::SyncPlan((|| {
@@ -810,7 +818,7 @@ pub fn run_read(store: &dyn MessageStore, job: ReadJob) -> ReadOutcome {
                         Err(e) if e.code == ErrorCode::Unavailable => return Err(e),
                         Err(_) => 0,
                     };
-                    let last = store.last_seq(&conv).map_err(unavailable)?.min(upto);
+                    let last = readable_last_seq(store, &conv).map_err(unavailable)?.min(upto);
                     let cursor = cursors.get(&conv).copied().unwrap_or(0);
                     Ok(SyncConv { conv, cursor, last })
                 })

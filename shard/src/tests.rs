@@ -856,6 +856,42 @@ fn a_users_connections_share_one_send_limit_so_more_connections_do_not_multiply_
     assert!(matches!(sim.take(devs[0]).last(), Some(ServerFrame::Ack { .. })));
 }
 
+/// History reads and presence subscription changes have a per-user limit too, over all of the
+/// user's connections; each device stays within its own.
+#[test]
+fn a_users_connections_share_one_history_and_one_presence_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::with(2, 5, store(dir.path()), |c| {
+        c.history_rate = crate::rate::Rate { per_sec: 10, burst: 5 };
+        c.user_history_rate = crate::rate::Rate { per_sec: 10, burst: 4 };
+        c.presence_rate = crate::rate::Rate { per_sec: 10, burst: 5 };
+        c.user_presence_rate = crate::rate::Rate { per_sec: 10, burst: 4 };
+    });
+    let devs: Vec<Dev> = (0..3).map(|_| sim.connect("alice")).collect();
+    sim.send(devs[0], &send("bob", "c1", "x"));
+    for dev in &devs {
+        sim.take(*dev);
+    }
+    for (i, frame) in [r#"{"t":"history","conv":"d:alice:bob","ref":"h"}"#, r#"{"t":"presence_sub","users":["bob"]}"#].iter().enumerate() {
+        // Two each from three devices: six, over the user's four.
+        for dev in &devs {
+            sim.push(*dev, frame);
+            sim.push(*dev, frame);
+        }
+        sim.run();
+        let limited: Vec<String> = devs
+            .iter()
+            .flat_map(|d| sim.take(*d))
+            .filter_map(|f| match f {
+                ServerFrame::Error { code: ErrorCode::RateLimited, msg, .. } => Some(msg),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(limited.len(), 2, "frame {i}: {limited:?}");
+        assert!(limited.iter().all(|m| m.contains("from your connections together")), "{limited:?}");
+    }
+}
+
 /// A slow disk holds the owner's one commit; what arrives meanwhile waits up to
 /// `owner_pending_ops_max` and the rest is refused with `unavailable` carrying the cmid or ref,
 /// so clients retry exactly those; the retries go through once the queue drains.

@@ -34,6 +34,8 @@ pub struct FjallStore {
     /// Cluster fences: node (u16 BE) incarnation (u64 BE) → empty.
     fences: Keyspace,
     pub group: GroupCommit,
+    /// Messages written but not yet fsynced: reads stop short of them (see `undurable`).
+    undurable: crate::undurable::Undurable,
 }
 
 fn io(e: fjall::Error) -> StoreError {
@@ -136,6 +138,7 @@ impl FjallStore {
             index_queue: ks("index_queue")?,
             fences: ks("fences")?,
             group: GroupCommit::new(cfg.commit_interval),
+            undurable: Default::default(),
             db,
         })
     }
@@ -190,8 +193,15 @@ impl MessageStore for FjallStore {
         for (conv, user, kind, seq) in &batch.watermarks {
             b.insert(&self.watermarks, keys::watermark(conv, user, kind_byte(*kind)), seq.to_be_bytes());
         }
-        b.commit().map_err(io)?;
-        writer.wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())).map_err(StoreError::Fatal)
+        // Visible from here on, durable only after the fsync: reads must not show it before.
+        self.undurable.begin(&batch.messages);
+        if let Err(e) = b.commit() {
+            self.undurable.end(&batch.messages);
+            return Err(io(e));
+        }
+        writer.wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())).map_err(StoreError::Fatal)?;
+        self.undurable.end(&batch.messages);
+        Ok(())
     }
 
     fn last_seq(&self, conv: &str) -> Result<u64, StoreError> {
@@ -216,13 +226,17 @@ impl MessageStore for FjallStore {
     }
 
     fn messages_after(&self, conv: &str, after: u64, limit: usize) -> Result<Vec<MsgRecord>, StoreError> {
+        let upto = self.undurable.first_seq(conv).saturating_sub(1);
+        if upto <= after {
+            return Ok(Vec::new());
+        }
         let start = keys::message(conv, after.saturating_add(1));
-        let end = keys::message(conv, u64::MAX);
+        let end = keys::message(conv, upto);
         self.messages.range(start..=end).take(limit).map(|g| decode_record(&g.value().map_err(io)?)).collect()
     }
 
     fn messages_before(&self, conv: &str, before: Option<u64>, limit: usize) -> Result<Vec<MsgRecord>, StoreError> {
-        let before = before.unwrap_or(u64::MAX);
+        let before = before.unwrap_or(u64::MAX).min(self.undurable.first_seq(conv));
         if before <= 1 {
             return Ok(Vec::new());
         }
@@ -269,14 +283,19 @@ impl MessageStore for FjallStore {
     }
 
     fn push_pending(&self, limit: usize) -> Result<Vec<PushEntry>, StoreError> {
-        self.push
-            .iter()
-            .take(limit)
-            .map(|g| {
-                let (k, v) = g.into_inner().map_err(io)?;
-                push_decode(&k, &v)
-            })
-            .collect()
+        let mut out = Vec::new();
+        for g in self.push.iter() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = g.into_inner().map_err(io)?;
+            let e = push_decode(&k, &v)?;
+            // Not owed until its message is durable.
+            if !self.undurable.hides(e.id) {
+                out.push(e);
+            }
+        }
+        Ok(out)
     }
 
     fn push_done(&self, entries: &[PushEntry]) -> Result<(), StoreError> {
@@ -293,7 +312,18 @@ impl MessageStore for FjallStore {
     }
 
     fn index_pending(&self, limit: usize) -> Result<Vec<MsgRecord>, StoreError> {
-        self.index_queue.iter().take(limit).map(|g| decode_record(&g.value().map_err(io)?)).collect()
+        let mut out = Vec::new();
+        for g in self.index_queue.iter() {
+            if out.len() >= limit {
+                break;
+            }
+            let m = decode_record(&g.value().map_err(io)?)?;
+            // Not searchable until durable.
+            if !self.undurable.hides(m.id) {
+                out.push(m);
+            }
+        }
+        Ok(out)
     }
 
     fn index_done(&self, ids: &[u64]) -> Result<(), StoreError> {

@@ -12,6 +12,7 @@ mod fjall_store;
 pub mod group;
 mod keys;
 mod scylla_store;
+mod undurable;
 
 pub use fjall_store::{FjallStore, StoreConfig};
 pub use scylla_store::{schema_statements, ScyllaConfig, ScyllaStore, SCHEMA_CQL};

@@ -14,7 +14,7 @@ use shardchat_codec::{
     valid_conv_id, valid_user_id, ClientFrame, ErrorCode, FrameError, Limits, MsgKind, MsgRecord, ReceiptKind, ServerFrame,
     HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX,
 };
-use shardchat_shard::jobs::{readable_upto, unavailable, GroupChange};
+use shardchat_shard::jobs::{readable_last_seq, readable_upto, unavailable, GroupChange};
 use utoipa::OpenApi;
 
 /// The OpenAPI document, generated from the handlers' annotations (served at
@@ -132,8 +132,8 @@ async fn conversations(State(ctx): State<Ctx>, Caller(me): Caller) -> ApiResult<
                     Err(e) if e.code == ErrorCode::Unavailable => return Err(e),
                     Err(_) => continue,
                 };
-                let last_seq = store.last_seq(&conv).map_err(unavailable)?.min(upto);
-                let last = store.messages_before(&conv, Some(last_seq.saturating_add(1)), 1).map_err(unavailable)?.pop();
+                let last = store.messages_before(&conv, Some(upto.saturating_add(1)), 1).map_err(unavailable)?.pop();
+                let last_seq = last.as_ref().map_or(0, |m| m.seq);
                 let read = store.watermark(&conv, &user, ReceiptKind::Read).map_err(unavailable)?;
                 let unread = store
                     .messages_after(&conv, read, UNREAD_COUNT_MAX)
@@ -166,7 +166,7 @@ async fn conversation(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Pa
             }
             let members = store.members(&conv).map_err(unavailable)?;
             let name = store.conv_name(&conv).map_err(unavailable)?;
-            let last_seq = store.last_seq(&conv).map_err(unavailable)?;
+            let last_seq = readable_last_seq(store, &conv).map_err(unavailable)?;
             let members: Vec<Value> = members.into_iter().map(|m| json!({"user": m.user, "role": m.role})).collect();
             Ok(json!({ "conv": conv, "name": name, "members": members, "last_seq": last_seq }))
         })

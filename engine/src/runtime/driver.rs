@@ -115,6 +115,8 @@ impl Driver {
         sc.owner_pending_ops_max = cfg.owner_pending_ops_max;
         sc.presence_rate = shardchat_shard::rate::Rate { per_sec: cfg.presence_rate_per_s, burst: cfg.presence_burst };
         sc.presence_subs_per_conn_max = cfg.presence_subs_per_conn_max;
+        sc.user_history_rate = shardchat_shard::rate::Rate { per_sec: cfg.user_history_rate_per_s, burst: cfg.user_history_burst };
+        sc.user_presence_rate = shardchat_shard::rate::Rate { per_sec: cfg.user_presence_rate_per_s, burst: cfg.user_presence_burst };
         sc.typing_interval_ms = cfg.typing_interval_ms;
         sc.cluster = cluster.is_some();
         sc.send_rate = shardchat_shard::rate::Rate { per_sec: cfg.send_rate_per_s, burst: cfg.send_burst };

@@ -25,9 +25,7 @@ impl Shard {
             presence_targets: Vec::new(),
             remote: None,
             expires_mono_ms,
-            sends: Default::default(),
-            histories: Default::default(),
-            presence_changes: Default::default(),
+            limits: Default::default(),
         };
         self.conns.insert(conn, c);
         self.wheel.insert(conn, (self.now.mono_ms + self.cfg.heartbeat_timeout_ms).min(expires_mono_ms));
@@ -86,39 +84,31 @@ impl Shard {
 
     pub(super) fn frame(&mut self, conn: u64, frame: ClientFrame) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
-        // Writes and history reads pass their connection's limit before they cost anything.
-        let limited = match &frame {
+        // Writes, history reads and presence subscription changes pass their connection's limit,
+        // then the user's, shared by all of their connections (more connections do not multiply
+        // it), before they cost anything.
+        let limit = match &frame {
             ClientFrame::Send { .. }
             | ClientFrame::GroupCreate { .. }
             | ClientFrame::GroupAdd { .. }
             | ClientFrame::GroupRemove { .. }
             | ClientFrame::GroupLeave { .. }
-            | ClientFrame::GroupRename { .. } => {
-                (!c.sends.allow(self.now.mono_ms, self.cfg.send_rate)).then_some("sends on this connection")
-            }
-            ClientFrame::History { .. } => {
-                (!c.histories.allow(self.now.mono_ms, self.cfg.history_rate)).then_some("history reads on this connection")
-            }
-            ClientFrame::PresenceSub { .. } | ClientFrame::PresenceUnsub { .. } => {
-                (!c.presence_changes.allow(self.now.mono_ms, self.cfg.presence_rate))
-                    .then_some("presence subscription changes on this connection")
-            }
+            | ClientFrame::GroupRename { .. } => Some(Limit::Sends),
+            ClientFrame::History { .. } => Some(Limit::Histories),
+            ClientFrame::PresenceSub { .. } | ClientFrame::PresenceUnsub { .. } => Some(Limit::PresenceChanges),
             _ => None,
         };
-        // Then the user's limit, shared by all of their connections.
-        let limited = limited.or_else(|| {
-            let write = matches!(
-                frame,
-                ClientFrame::Send { .. }
-                    | ClientFrame::GroupCreate { .. }
-                    | ClientFrame::GroupAdd { .. }
-                    | ClientFrame::GroupRemove { .. }
-                    | ClientFrame::GroupLeave { .. }
-                    | ClientFrame::GroupRename { .. }
-            );
-            let u = self.by_user.get_mut(&c.user)?;
-            (write && !u.sends.allow(self.now.mono_ms, self.cfg.user_send_rate)).then_some("sends from your connections together")
-        });
+        let mut limited = None;
+        if let Some(l) = limit {
+            let (now, (per_conn, per_user, what)) = (self.now.mono_ms, self.cfg.rates(l));
+            if !c.limits.get(l).allow(now, per_conn) {
+                limited = Some(format!("{what} on this connection"));
+            } else if let Some(u) = self.by_user.get_mut(&c.user) {
+                if !u.limits.get(l).allow(now, per_user) {
+                    limited = Some(format!("{what} from your connections together"));
+                }
+            }
+        }
         if let Some(what) = limited {
             let (cmid, r#ref) = frame.correlation();
             let err = FrameError::new(ErrorCode::RateLimited, format!("too many {what}; retry later")).with_cmid(cmid).with_ref(r#ref);

@@ -62,12 +62,25 @@ pub struct ShardConfig {
     pub presence_rate: crate::rate::Rate,
     /// Per user, over all of their connections on this node: `send`s and group changes.
     pub user_send_rate: crate::rate::Rate,
+    /// Per user, over all of their connections on this node: `history` reads.
+    pub user_history_rate: crate::rate::Rate,
+    /// Per user, over all of their connections on this node: presence subscription changes.
+    pub user_presence_rate: crate::rate::Rate,
     /// Whether this node is one of several: users arriving and leaving are reported
     /// ([`Action::Directory`]) for the cluster directory.
     pub cluster: bool,
 }
 
 impl ShardConfig {
+    /// A limit's rate per connection and per user, and what it counts (for the error).
+    pub(crate) fn rates(&self, l: Limit) -> (crate::rate::Rate, crate::rate::Rate, &'static str) {
+        match l {
+            Limit::Sends => (self.send_rate, self.user_send_rate, "sends"),
+            Limit::Histories => (self.history_rate, self.user_history_rate, "history reads"),
+            Limit::PresenceChanges => (self.presence_rate, self.user_presence_rate, "presence subscription changes"),
+        }
+    }
+
     pub fn new(id: ShardId, shards: usize) -> Self {
         ShardConfig {
             id,
@@ -88,6 +101,8 @@ impl ShardConfig {
             history_rate: crate::rate::Rate::UNLIMITED,
             presence_rate: crate::rate::Rate::UNLIMITED,
             user_send_rate: crate::rate::Rate::UNLIMITED,
+            user_history_rate: crate::rate::Rate::UNLIMITED,
+            user_presence_rate: crate::rate::Rate::UNLIMITED,
             cluster: false,
         }
     }
@@ -272,19 +287,47 @@ struct Conn {
     remote: Option<ConnRef>,
     /// When its token expires, on the monotonic clock (u64::MAX: never).
     expires_mono_ms: u64,
-    sends: crate::rate::Gcra,
-    histories: crate::rate::Gcra,
-    /// `presence_sub` and `presence_unsub` frames: each costs messages to other shards.
-    presence_changes: crate::rate::Gcra,
+    /// This connection's rate limits (8 bytes each).
+    limits: Limits,
 }
 
 /// A user's connections on this shard (their home), and the limit they share.
 #[derive(Default)]
 struct UserConns {
     conns: Vec<u64>,
-    /// Sends and group changes of all of the user's connections together: opening more
-    /// connections does not multiply the rate.
+    /// The limits all of the user's connections share: opening more connections does not
+    /// multiply the rates.
+    limits: Limits,
+}
+
+/// What a client's frames are limited by, per connection and again per user.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Limit {
+    /// `send`s and group changes: each a durable write.
+    Sends,
+    /// `history` reads: each a store read.
+    Histories,
+    /// `presence_sub` and `presence_unsub`: each a message to the targets' home shards (and in
+    /// a cluster a Redis write).
+    PresenceChanges,
+}
+
+/// One GCRA state per [`Limit`].
+#[derive(Default)]
+struct Limits {
     sends: crate::rate::Gcra,
+    histories: crate::rate::Gcra,
+    presence_changes: crate::rate::Gcra,
+}
+
+impl Limits {
+    fn get(&mut self, l: Limit) -> &mut crate::rate::Gcra {
+        match l {
+            Limit::Sends => &mut self.sends,
+            Limit::Histories => &mut self.histories,
+            Limit::PresenceChanges => &mut self.presence_changes,
+        }
+    }
 }
 
 /// Connection ids of remote sessions start here, far above the runtime's socket ids.

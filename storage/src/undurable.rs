@@ -1,0 +1,91 @@
+//! Messages written but not yet durable, so that reads do not show them.
+//!
+//! fjall makes a batch visible when it enters the journal, before the group fsync that makes it
+//! durable. A `history` page, a `sync` chunk, the search indexer or the push sender reading in
+//! that window could hand out a message that a crash then takes back (its sender was never acked
+//! and retries it, possibly under another seq). So a commit registers its messages before writing
+//! them and withdraws them once the fsync covered them; reads stop short of what is registered.
+//!
+//! Per conversation there is at most one batch in flight (its owner shard runs one commit at a
+//! time), so a conversation's first undurable seq is the one its batch registered. A commit whose
+//! fsync failed leaves its messages registered: they stay hidden until the process restarts, and
+//! the journal then replays them or not.
+
+use shardchat_codec::MsgRecord;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct Undurable {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// conv → its first seq written but not yet durable.
+    first_seq: HashMap<String, u64>,
+    /// Ids of the messages written but not yet durable (push entries and the index queue are
+    /// keyed by message id).
+    ids: HashSet<u64>,
+}
+
+impl Undurable {
+    /// Before `messages` are written.
+    pub fn begin(&self, messages: &[MsgRecord]) {
+        if messages.is_empty() {
+            return;
+        }
+        let mut inner = self.inner.lock().expect("never poisoned: no panics while held");
+        for m in messages {
+            let first = inner.first_seq.entry(m.conv.clone()).or_insert(m.seq);
+            *first = (*first).min(m.seq);
+            inner.ids.insert(m.id);
+        }
+    }
+
+    /// Once `messages` are durable (or were never written).
+    pub fn end(&self, messages: &[MsgRecord]) {
+        if messages.is_empty() {
+            return;
+        }
+        let mut inner = self.inner.lock().expect("never poisoned: no panics while held");
+        for m in messages {
+            inner.first_seq.remove(&m.conv);
+            inner.ids.remove(&m.id);
+        }
+    }
+
+    /// The first seq of `conv` that reads must not show (u64::MAX: none).
+    pub fn first_seq(&self, conv: &str) -> u64 {
+        let inner = self.inner.lock().expect("never poisoned: no panics while held");
+        inner.first_seq.get(conv).copied().unwrap_or(u64::MAX)
+    }
+
+    /// Whether the message with this id is written but not yet durable.
+    pub fn hides(&self, id: u64) -> bool {
+        let inner = self.inner.lock().expect("never poisoned: no panics while held");
+        !inner.ids.is_empty() && inner.ids.contains(&id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardchat_codec::MsgKind;
+
+    fn msg(conv: &str, seq: u64, id: u64) -> MsgRecord {
+        MsgRecord { conv: conv.into(), id, seq, from: "a".into(), cmid: format!("c{id}"), body: String::new(), kind: MsgKind::Text, ts: 0 }
+    }
+
+    #[test]
+    fn a_batch_is_hidden_from_its_first_seq_until_it_ends() {
+        let u = Undurable::default();
+        let batch = [msg("d:a:b", 4, 40), msg("d:a:b", 5, 41), msg("g:1", 9, 42)];
+        u.begin(&batch);
+        assert_eq!((u.first_seq("d:a:b"), u.first_seq("g:1"), u.first_seq("g:2")), (4, 9, u64::MAX));
+        assert!(u.hides(41) && !u.hides(39));
+        u.end(&batch);
+        assert_eq!(u.first_seq("d:a:b"), u64::MAX);
+        assert!(!u.hides(41));
+    }
+}
