@@ -7,6 +7,21 @@ pub const CMID_BYTES_MAX: usize = 64;
 /// Conversation ids: a direct id is `d:` and two user ids; group ids are shorter.
 pub const CONV_ID_BYTES_MAX: usize = 2 + USER_ID_BYTES_MAX + 1 + USER_ID_BYTES_MAX;
 
+/// Message ids are Snowflakes: 41 bits of milliseconds since [`ID_EPOCH_MS`], 10 bits of worker
+/// (the node, then [`ID_SHARD_BITS`] of shard), 12 bits of sequence. `shard::snowflake` makes
+/// them; the layout is here because the store reads the node back ([`id_node`]).
+/// 2024-01-01T00:00:00Z: 41 bits of milliseconds from here last until 2093.
+pub const ID_EPOCH_MS: u64 = 1_704_067_200_000;
+pub const ID_WORKER_BITS: u32 = 10;
+pub const ID_SEQUENCE_BITS: u32 = 12;
+/// Shards per node the worker id can tell apart; the rest of the worker bits name the node.
+pub const ID_SHARD_BITS: u32 = 6;
+
+/// The node that made message id `id` (the one that sequenced the message).
+pub fn id_node(id: u64) -> u16 {
+    ((id >> (ID_SEQUENCE_BITS + ID_SHARD_BITS)) & ((1 << (ID_WORKER_BITS - ID_SHARD_BITS)) - 1)) as u16
+}
+
 fn id_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'@' | b'-')
 }

@@ -228,6 +228,11 @@ struct Cluster {
 
 impl Cluster {
     fn start(n: usize) -> Option<Cluster> {
+        Cluster::start_with(n, &[])
+    }
+
+    /// Like `start`, with extra flags for every node.
+    fn start_with(n: usize, extra: &[&str]) -> Option<Cluster> {
         let redis = Redis::start()?;
         let double = shardchat_cql_double::CqlDouble::start().unwrap();
         let uri = format!("scylla://{}/chat?schema_metadata=off", double.addr());
@@ -237,7 +242,12 @@ impl Cluster {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let nodes = (0..n)
-            .map(|i| Server::start(&["--cluster", &redis.url(), "--node-id", &i.to_string(), "--shards", "2", "--store", &uri]))
+            .map(|i| {
+                let (id, redis_url) = (i.to_string(), redis.url());
+                let mut args = vec!["--cluster", &redis_url, "--node-id", &id, "--shards", "2", "--store", &uri];
+                args.extend_from_slice(extra);
+                Server::start(&args)
+            })
             .collect();
         Some(Cluster { redis, _double: double, nodes })
     }
@@ -576,4 +586,47 @@ async fn redis_restarted_under_cross_node_traffic_loses_nothing_acknowledged() {
         assert_eq!(again.catch_up(&conv, 0).await, n + 1);
     }
     cl.redis.wait_for("shardchat:nodes", &["0", "1", "2"]).await;
+}
+
+#[tokio::test]
+async fn across_nodes_a_user_connected_nowhere_is_pushed_once_and_a_user_online_elsewhere_not_at_all() {
+    let hook_port = free_port();
+    // Slow to answer: a sender's post is in flight across other nodes' scans of the outbox.
+    let hook = common::webhook::receiver_slow(hook_port, 0, Duration::from_millis(800)).await;
+    let url = format!("http://127.0.0.1:{hook_port}/hook");
+    // Every node runs a push sender; the owner node wrote an entry for bob and dave.
+    let Some(cl) = Cluster::start_with(3, &["--push-webhook", &url]) else { return };
+    cl.settle(3).await;
+    let mut alice = Client::connect(&cl.nodes[0], "alice", "d").await;
+    let g = request_answered(&mut alice, serde_json::json!({"t":"group_create","name":"crew","members":["bob","dave"],"ref":"g"}), "group")
+        .await;
+    let g = g["conv"].as_str().unwrap().to_string();
+    // bob connects to a node that does not sequence the group: his home there withdraws his
+    // entries from the owner node's partition of the outbox.
+    let owner = shardchat_shard::owner_node(&g, &[0, 1, 2]).unwrap();
+    let home = (0..3u16).find(|&n| n != owner).unwrap();
+    let mut bob = Client::connect(&cl.nodes[usize::from(home)], "bob", "d").await;
+    cl.redis.wait_for("shardchat:user:bob:nodes", &[&home.to_string()]).await;
+    for i in 1..=5u64 {
+        send_acked(&mut alice, serde_json::json!({"t":"send","cmid":format!("p{i}"),"conv":g,"body":"x"})).await;
+    }
+    for _ in 0..5 {
+        bob.recv_where(|v| v["t"] == "msg" && v["kind"] == "text").await;
+    }
+    let count =
+        |user: &str| -> u64 { hook.got.lock().unwrap().iter().filter(|n| n["user"] == user).map(|n| n["count"].as_u64().unwrap()).sum() };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while count("dave") < 5 {
+        assert!(Instant::now() < deadline, "dave was notified of {} of 5 messages", count("dave"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Long enough for every node's sender to have scanned again (quiet period 1 s).
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    assert_eq!(count("dave"), 5, "one node sends dave's pushes, once: {:?}", hook.got.lock().unwrap());
+    assert_eq!(
+        (count("bob"), count("alice")),
+        (0, 0),
+        "bob got every message live on node {home}; alice sent them: {:?}",
+        hook.got.lock().unwrap()
+    );
 }

@@ -117,7 +117,10 @@ async fn typing_reaches_members_and_never_history() {
     bob.recv_where(|v| v["t"] == "msg").await;
     ann.send(json!({"t":"typing","conv":conv})).await;
     assert_eq!(bob.recv().await, json!({"t":"typing","conv":conv,"user":"ann"}));
+    // Composing the first message of a direct conversation: bob hears it.
     ann.send(json!({"t":"typing","conv":"d:ann:bob"})).await;
+    assert_eq!(bob.recv().await, json!({"t":"typing","conv":"d:ann:bob","user":"ann"}));
+    ann.send(json!({"t":"typing","conv":"g:999"})).await;
     let e = ann.recv_where(|v| v["t"] == "error").await;
     assert_eq!(e["code"], "not_found", "typing into a conversation that does not exist");
     bob.send(json!({"t":"history","conv":conv})).await;

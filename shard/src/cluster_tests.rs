@@ -1,7 +1,6 @@
 //! Several nodes of shards in one thread, joined by a simulated cluster link: what the real link
 //! (`engine/src/cluster/`) does over Redis — forward `Action::Remote` to the named node, send a
-//! `RemoteFanout` once to each other node the directory lists for its users, owe pushes to users
-//! listed nowhere, tell every shard the live nodes — done here inline, every cross-node message
+//! `RemoteFanout` once to each other node the directory lists for its users, tell every shard the live nodes — done here inline, every cross-node message
 //! through its JSON encoding, interleavings from a seed.
 
 use crate::jobs::{run_commit, run_read};
@@ -207,12 +206,8 @@ impl Cluster {
                     }
                     Action::RemoteFanout { users, payload, except, msg, class } => {
                         let mut by_node: HashMap<usize, Vec<String>> = HashMap::new();
-                        let mut offline = Vec::new();
                         for u in users {
                             let nodes = self.directory.get(&u).cloned().unwrap_or_default();
-                            if nodes.is_empty() {
-                                offline.push(u.clone());
-                            }
                             for other in nodes.into_iter().filter(|&o| o != n) {
                                 by_node.entry(other).or_default().push(u.clone());
                             }
@@ -223,18 +218,9 @@ impl Cluster {
                             let frame = payload.frame().clone();
                             self.remote(n, node, RemoteMsg::Fanout { users, frame, except, msg: msg.clone(), class });
                         }
-                        if !offline.is_empty() && msg.is_some() {
-                            self.remote_local(n, RemoteMsg::OwePush { users: offline, frame: payload.frame().clone() });
-                        }
                     }
                 }
             }
-        }
-    }
-
-    fn remote_local(&mut self, n: usize, msg: RemoteMsg) {
-        for (shard, m) in msg.into_local(SHARDS) {
-            self.nodes[n].inbox[shard].push_back(Event::Peer(m));
         }
     }
 

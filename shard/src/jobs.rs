@@ -109,9 +109,6 @@ pub enum Op {
         user: String,
         ms: u64,
     },
-    /// Owe an offline user a push notification (the push outbox). Never leaves its node.
-    #[serde(skip)]
-    Push(shardchat_storage::PushEntry),
     /// Withdraw an owed push: the recipient got the message live. Never leaves its node.
     #[serde(skip)]
     PushDelivered(shardchat_storage::PushEntry),
@@ -125,7 +122,7 @@ impl Op {
             Op::Mark(m) => Some(&m.conv),
             Op::Group(g) => Some(&g.conv),
             Op::Typing { conv, .. } | Op::ReceiptQuery { conv, .. } => Some(conv),
-            Op::LastSeen { .. } | Op::Push(_) | Op::PushDelivered(_) => None,
+            Op::LastSeen { .. } | Op::PushDelivered(_) => None,
         }
     }
 }
@@ -497,7 +494,6 @@ fn commit_inner(
                 });
             }
             Op::LastSeen { user, ms } => batch.last_seen.push((user.clone(), *ms)),
-            Op::Push(e) => batch.push.push(e.clone()),
             Op::PushDelivered(e) => batch.push_done.push(e.clone()),
         }
     }

@@ -25,9 +25,6 @@ pub enum RemoteMsg {
     /// To the nodes watching `user`: its first connection on `node` arrived (`here`), or its
     /// last one there left at `at_ms`.
     Presence { user: String, node: crate::route::NodeId, here: bool, at_ms: u64 },
-    /// To the owner node, from its own link: these users have no connection on any node, so
-    /// they are owed a push notification for the message in `frame`.
-    OwePush { users: Vec<String>, frame: ServerFrame },
 }
 
 impl RemoteMsg {
@@ -47,10 +44,6 @@ impl RemoteMsg {
             }
             RemoteMsg::Presence { user, node, here, at_ms } => {
                 vec![(home_shard(&user, shards), PeerMsg::PresenceElsewhere { user, node, here, at_ms })]
-            }
-            RemoteMsg::OwePush { users, frame } => {
-                let payload = Payload::new(frame);
-                by_home(users, shards).map(|(shard, users)| (shard, PeerMsg::OwePush { users, payload: payload.clone() })).collect()
             }
         }
     }
@@ -85,7 +78,7 @@ impl Op {
             Op::ReceiptQuery { reply_to, r#ref, .. } => (*reply_to, err.with_ref(r#ref.clone())),
             Op::Mark(m) => (m.reply_to, err),
             Op::Typing { reply_to, .. } => (*reply_to, err),
-            Op::LastSeen { .. } | Op::Push(_) | Op::PushDelivered(_) => return None,
+            Op::LastSeen { .. } | Op::PushDelivered(_) => return None,
         };
         Some((to, ServerFrame::from(err)))
     }

@@ -3,12 +3,9 @@
 //! when the wall clock steps back: the generator never goes below the last millisecond it used,
 //! and borrows the next millisecond when 4096 ids were taken in one.
 
-/// 2024-01-01T00:00:00Z: 41 bits of milliseconds from here last until 2093.
-pub const EPOCH_MS: u64 = 1_704_067_200_000;
-pub const WORKER_BITS: u32 = 10;
-pub const SEQUENCE_BITS: u32 = 12;
-/// Shards per node the worker id can tell apart; the rest of the 10 bits name the node.
-pub const SHARD_BITS: u32 = 6;
+pub use shardchat_codec::{
+    ID_EPOCH_MS as EPOCH_MS, ID_SEQUENCE_BITS as SEQUENCE_BITS, ID_SHARD_BITS as SHARD_BITS, ID_WORKER_BITS as WORKER_BITS,
+};
 pub const SHARDS_PER_NODE_MAX: usize = 1 << SHARD_BITS;
 pub const NODES_MAX: usize = 1 << (WORKER_BITS - SHARD_BITS);
 const SEQUENCE_MAX: u64 = (1 << SEQUENCE_BITS) - 1;
@@ -60,6 +57,11 @@ mod tests {
         let id = s.next(EPOCH_MS + 1234);
         assert_eq!(Snowflake::unix_ms(id), EPOCH_MS + 1234);
         assert_eq!((id >> SEQUENCE_BITS) & ((1 << WORKER_BITS) - 1), (3 << SHARD_BITS) | 5);
+        assert_eq!(shardchat_codec::id_node(id), 3, "the store reads the node back");
+        assert_eq!(
+            shardchat_codec::id_node(Snowflake::new(NODES_MAX - 1, SHARDS_PER_NODE_MAX - 1).next(EPOCH_MS + 9)),
+            NODES_MAX as u16 - 1
+        );
     }
 
     #[test]

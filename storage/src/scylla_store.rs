@@ -393,7 +393,10 @@ impl MessageStore for ScyllaStore {
             w.put(RowKey::Push(e.id, e.user.clone()), &st.insert_push, v);
         }
         for e in &batch.push_done {
-            w.put(RowKey::Push(e.id, e.user.clone()), &st.delete_push, vec![node.clone(), big(e.id), t(&e.user)]);
+            // The entry is in the partition of the node that wrote it, the message's owner node
+            // (it made the id); the recipient's home may be another node.
+            let owner = CqlValue::Int(i32::from(shardchat_codec::id_node(e.id)));
+            w.put(RowKey::Push(e.id, e.user.clone()), &st.delete_push, vec![owner, big(e.id), t(&e.user)]);
         }
         for (conv, user, kind, seq) in &batch.watermarks {
             w.put(other(), &st.insert_watermark, vec![t(conv), t(user), t(receipt_name(*kind)), big(*seq)]);

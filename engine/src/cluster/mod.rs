@@ -23,8 +23,10 @@
 //! directory changes, in the order the shards produced it. Each batch becomes one pipeline: the
 //! nodes of every fanned-out user are read from the directory, and every destination node gets
 //! one `PUBLISH` holding all of the batch's messages for it, so a group message costs one
-//! publish per node holding members, whatever the member count. Users listed on no node are owed
-//! a push, which the owner node's home shards record. Messages arrive through the bridge.
+//! publish per node holding members, whatever the member count. Pushes are not the link's
+//! business: the owner writes one for every recipient in the message's batch, and a home shard
+//! on any node withdraws it when the recipient gets the message live (the store is shared).
+//! Messages arrive through the bridge.
 //!
 //! The live nodes, read every refresh, go to every shard (`PeerMsg::View`): conversation
 //! ownership is rendezvous hashing over them.
@@ -773,19 +775,13 @@ impl Link {
             c => c,
         };
         let mut per_node: BTreeMap<usize, Vec<RemoteMsg>> = BTreeMap::new();
-        let mut owed = Vec::new();
         for m in out {
             match m {
                 LinkMsg::Remote(node, msg) => per_node.entry(usize::from(node)).or_default().push(msg),
                 LinkMsg::Fanout { users, frame, except, msg, class } => {
                     let mut by_node: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-                    let mut offline = Vec::new();
                     for u in users {
                         let elsewhere = nodes_of.get(&u).map(Vec::as_slice).unwrap_or_default();
-                        if elsewhere.iter().all(|&n| n == me) && !self.here.contains(&u) {
-                            // Listed nowhere (or Redis is away and the user is not here).
-                            offline.push(u.clone());
-                        }
                         for &n in elsewhere.iter().filter(|&&n| n != me) {
                             by_node.entry(n).or_default().push(u.clone());
                         }
@@ -794,15 +790,12 @@ impl Link {
                         let m = RemoteMsg::Fanout { users, frame: frame.clone(), except, msg: msg.clone(), class };
                         per_node.entry(n).or_default().push(m);
                     }
-                    if msg.is_some() && !offline.is_empty() {
-                        owed.push(RemoteMsg::OwePush { users: offline, frame });
-                    }
                 }
                 LinkMsg::Directory(..) | LinkMsg::Watch(..) | LinkMsg::Stop => unreachable!("handled by run"),
             }
         }
         let shards = self.cfg.shards;
-        let mut local: Vec<(usize, PeerMsg)> = owed.into_iter().flat_map(|m| m.into_local(shards)).collect();
+        let mut local: Vec<(usize, PeerMsg)> = Vec::new();
         let mut failed: Vec<RemoteMsg> = Vec::new();
         if let Some(c) = con.as_mut().filter(|_| !per_node.is_empty()) {
             let mut p = redis::pipe();

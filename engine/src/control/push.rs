@@ -1,13 +1,21 @@
 //! Push notifications for offline users, through a webhook (`--push-webhook URL`): the operator's
 //! bridge to APNs/FCM.
 //!
-//! Home shards put every message that reached a user with no connection into the push outbox,
-//! in the same durable batch as their other writes. This task folds a user's outbox entries into
+//! The owner shard writes an outbox entry for every recipient of a message in the batch that
+//! stores the message, so a crash cannot lose one; a recipient's home shard withdraws the entry
+//! when the message reaches one of their connections live. What is left is owed. This task folds a
+//! user's outbox entries into
 //! one notification per burst (sent once the user's newest entry is `PUSH_BURST_QUIET_MS` old, or
 //! the oldest `PUSH_BURST_MAX_MS`), posts notifications in batches, and removes exactly the entries
 //! a successful post covered. Failed posts are retried with exponential backoff; entries survive
 //! restarts, so nothing owed is lost. Content is vague: counts and conversation names, never
 //! bodies.
+//!
+//! In a cluster the outbox is partitioned by node (ScyllaDB `push_outbox`, partition key `node`):
+//! an entry lives in the partition of the node that sequenced its message (the node in its id),
+//! a home shard on any node withdraws it there, and each node's task sends only its own
+//! partition, so no two nodes send the same entry. A node that is down sends its partition when
+//! it comes back under the same `--node-id`.
 
 use super::Ctx;
 use serde_json::{json, Value};

@@ -1,5 +1,5 @@
 //! A push webhook receiver for tests: records every notification, refuses the first `refuse`
-//! requests with 500.
+//! requests with 500, and can be slow to answer.
 
 use axum::routing::post;
 use axum::{extract::State, http::StatusCode, Json, Router};
@@ -12,21 +12,31 @@ pub struct Receiver {
     pub got: Arc<Mutex<Vec<Value>>>,
     /// Requests to refuse (500) before accepting.
     refuse: Arc<Mutex<u32>>,
+    /// How long each accepted request takes to answer (recorded at once).
+    delay: Duration,
 }
 
 async fn hook(State(r): State<Receiver>, Json(body): Json<Value>) -> StatusCode {
-    let mut refuse = r.refuse.lock().unwrap();
-    if *refuse > 0 {
-        *refuse -= 1;
-        return StatusCode::INTERNAL_SERVER_ERROR;
+    {
+        let mut refuse = r.refuse.lock().unwrap();
+        if *refuse > 0 {
+            *refuse -= 1;
+            return StatusCode::INTERNAL_SERVER_ERROR;
+        }
     }
     r.got.lock().unwrap().extend(body["notifications"].as_array().unwrap().iter().cloned());
+    tokio::time::sleep(r.delay).await;
     StatusCode::OK
 }
 
 /// Listens on `port` (path `/hook`) until the test ends.
 pub async fn receiver(port: u16, refuse: u32) -> Receiver {
-    let r = Receiver { refuse: Arc::new(Mutex::new(refuse)), ..Default::default() };
+    receiver_slow(port, refuse, Duration::ZERO).await
+}
+
+/// Like `receiver`, answering each accepted request after `delay`.
+pub async fn receiver_slow(port: u16, refuse: u32, delay: Duration) -> Receiver {
+    let r = Receiver { refuse: Arc::new(Mutex::new(refuse)), delay, ..Default::default() };
     let app = Router::new().route("/hook", post(hook)).with_state(r.clone());
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

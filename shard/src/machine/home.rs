@@ -201,10 +201,9 @@ impl Shard {
         for user in users {
             // By index: pushing does not change `by_user`, and this path runs per delivery.
             let n = self.by_user.get(user).map_or(0, |u| u.conns.len());
-            // One node: the owner wrote this user's push in the message's batch; it is withdrawn
-            // for a user who gets the message live. In cluster mode the link decides, knowing
-            // every node's users (`OwePush`).
-            if n > 0 && msg.is_some() && self.cfg.push_enabled && !self.cfg.cluster {
+            // The owner wrote this user's push in the message's batch; it is withdrawn for a user
+            // who gets the message live (on whichever node: the store is shared in a cluster).
+            if n > 0 && msg.is_some() && self.cfg.push_enabled {
                 self.push_delivered(user, &payload);
             }
             for i in 0..n {
@@ -228,18 +227,6 @@ impl Shard {
         if let ServerFrame::Msg(m) = payload.frame() {
             if m.from != user && m.kind != shardchat_codec::MsgKind::System {
                 self.pending.push(Op::PushDelivered(crate::jobs::push_entry(user, m)));
-            }
-        }
-    }
-
-    /// Cluster mode: a user connected nowhere missed a message (the link says so): it goes to the
-    /// push outbox with the next commit (never the user's own messages, nor system messages).
-    pub(super) fn owe_push(&mut self, user: &str, payload: &Payload) {
-        if let ServerFrame::Msg(m) = payload.frame() {
-            if m.from != user && m.kind != shardchat_codec::MsgKind::System {
-                let e =
-                    shardchat_storage::PushEntry { user: user.to_string(), conv: m.conv.clone(), from: m.from.clone(), id: m.id, ts: m.ts };
-                self.pending.push(Op::Push(e));
             }
         }
     }

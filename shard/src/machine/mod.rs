@@ -174,8 +174,7 @@ pub enum Action {
     /// answer to a connection there).
     Remote { node: NodeId, msg: crate::remote::RemoteMsg },
     /// Cluster mode only: this frame for every connection of `users` on the other nodes. The
-    /// cluster link looks up which nodes hold them and sends it once to each; with a message
-    /// (`msg`), users connected nowhere are owed a push.
+    /// cluster link looks up which nodes hold them and sends it once to each.
     RemoteFanout { users: Vec<String>, payload: Payload, except: Option<ConnRef>, msg: Option<(String, u64)>, class: Class },
 }
 
@@ -260,12 +259,6 @@ pub enum PeerMsg {
         node: NodeId,
         here: bool,
         at_ms: u64,
-    },
-    /// Cluster link → home: these users have no connection on any node; owe them a push for
-    /// the message in `payload`.
-    OwePush {
-        users: Vec<String>,
-        payload: Payload,
     },
 }
 
@@ -556,11 +549,6 @@ impl Shard {
             PeerMsg::View { live, incarnation } => self.view_changed(live, incarnation),
             PeerMsg::PresenceNodes { user, nodes } => self.presence_nodes(user, nodes),
             PeerMsg::PresenceElsewhere { user, node, here, at_ms } => self.presence_elsewhere(user, node, here, at_ms),
-            PeerMsg::OwePush { users, payload } => {
-                for u in &users {
-                    self.owe_push(u, &payload);
-                }
-            }
             PeerMsg::Reply { conn, payload } => {
                 if self.conns.contains_key(&conn) {
                     self.send(conn, payload);

@@ -102,7 +102,7 @@ impl Shard {
         // refused with their cmid or ref (the client retries that request), never queued without
         // end. What the engine owes itself (last seen, push bookkeeping) is always taken: it is
         // small and bounded by the connections.
-        if self.pending.len() >= self.cfg.owner_pending_ops_max && !matches!(op, Op::LastSeen { .. } | Op::Push(_) | Op::PushDelivered(_)) {
+        if self.pending.len() >= self.cfg.owner_pending_ops_max && !matches!(op, Op::LastSeen { .. } | Op::PushDelivered(_)) {
             self.counters.overloaded += 1;
             if let Some((to, frame)) = op.refusal(FrameError::new(ErrorCode::Unavailable, "server overloaded, retry later")) {
                 self.reply(to, frame.into());
@@ -139,7 +139,7 @@ impl Shard {
         self.committing = true;
         let fence = self.cfg.cluster.then_some((self.node(), self.incarnation));
         self.commit_incarnation = self.incarnation;
-        let push = self.cfg.push_enabled && !self.cfg.cluster;
+        let push = self.cfg.push_enabled;
         self.actions.push(Action::Commit(CommitJob { ops, convs, fence, push }));
     }
 
