@@ -9,9 +9,8 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn offline_users_get_one_notification_per_burst_even_after_refusals() {
-    let port = free_port();
-    let r = receiver(port, 2).await;
-    let s = Server::start(&["--push-webhook", &format!("http://127.0.0.1:{port}/hook")]);
+    let r = receiver(0, 2).await;
+    let s = Server::start(&["--push-webhook", &format!("http://127.0.0.1:{}/hook", r.port)]);
     let mut alice = Client::connect(&s, "alice", "d").await;
     let mut carol = Client::connect(&s, "carol", "d").await;
     for i in 0..3 {

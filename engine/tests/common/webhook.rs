@@ -10,6 +10,8 @@ use std::time::Duration;
 #[derive(Clone, Default)]
 pub struct Receiver {
     pub got: Arc<Mutex<Vec<Value>>>,
+    /// Where it listens (the port asked for, or the one the kernel gave for 0).
+    pub port: u16,
     /// Requests to refuse (500) before accepting.
     refuse: Arc<Mutex<u32>>,
     /// How long each accepted request takes to answer (recorded at once).
@@ -29,16 +31,18 @@ async fn hook(State(r): State<Receiver>, Json(body): Json<Value>) -> StatusCode 
     StatusCode::OK
 }
 
-/// Listens on `port` (path `/hook`) until the test ends.
+/// Listens on `port` (path `/hook`) until the test ends. Port 0 takes a free one (`Receiver::port`):
+/// better than a port picked earlier, which an outgoing connection may take meanwhile.
 pub async fn receiver(port: u16, refuse: u32) -> Receiver {
     receiver_slow(port, refuse, Duration::ZERO).await
 }
 
 /// Like `receiver`, answering each accepted request after `delay`.
 pub async fn receiver_slow(port: u16, refuse: u32, delay: Duration) -> Receiver {
-    let r = Receiver { refuse: Arc::new(Mutex::new(refuse)), delay, ..Default::default() };
-    let app = Router::new().route("/hook", post(hook)).with_state(r.clone());
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let r = Receiver { refuse: Arc::new(Mutex::new(refuse)), delay, port, ..Default::default() };
+    let app = Router::new().route("/hook", post(hook)).with_state(r.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     r
 }
