@@ -295,13 +295,7 @@ async fn a_flood_of_sends_is_refused_beyond_the_connections_rate_and_counted() {
     assert_eq!(a.recv().await["t"], "pong");
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     assert_eq!(a.dm("bob", "f3", "x").await["seq"], 4);
-    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", s.http)).await.unwrap().text().await.unwrap();
-    let total: u64 = text
-        .lines()
-        .filter(|l| l.starts_with("shardchat_rate_limited_total{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
-    assert_eq!(total, 3, "{text}");
+    assert_eq!(metric_sum(&s, "shardchat_rate_limited_total", "").await, 3.0);
 }
 
 #[tokio::test]

@@ -283,19 +283,16 @@ impl MessageStore for FjallStore {
     }
 
     fn push_pending(&self, limit: usize) -> Result<Vec<PushEntry>, StoreError> {
-        let mut out = Vec::new();
-        for g in self.push.iter() {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = g.into_inner().map_err(io)?;
-            let e = push_decode(&k, &v)?;
+        self.push
+            .iter()
+            .map(|g| {
+                let (k, v) = g.into_inner().map_err(io)?;
+                push_decode(&k, &v)
+            })
             // Not owed until its message is durable.
-            if !self.undurable.hides(e.id) {
-                out.push(e);
-            }
-        }
-        Ok(out)
+            .filter(|e| e.as_ref().map_or(true, |e| !self.undurable.hides(e.id)))
+            .take(limit)
+            .collect()
     }
 
     fn push_done(&self, entries: &[PushEntry]) -> Result<(), StoreError> {
@@ -312,18 +309,13 @@ impl MessageStore for FjallStore {
     }
 
     fn index_pending(&self, limit: usize) -> Result<Vec<MsgRecord>, StoreError> {
-        let mut out = Vec::new();
-        for g in self.index_queue.iter() {
-            if out.len() >= limit {
-                break;
-            }
-            let m = decode_record(&g.value().map_err(io)?)?;
+        self.index_queue
+            .iter()
+            .map(|g| decode_record(&g.value().map_err(io)?))
             // Not searchable until durable.
-            if !self.undurable.hides(m.id) {
-                out.push(m);
-            }
-        }
-        Ok(out)
+            .filter(|m| m.as_ref().map_or(true, |m| !self.undurable.hides(m.id)))
+            .take(limit)
+            .collect()
     }
 
     fn index_done(&self, ids: &[u64]) -> Result<(), StoreError> {
