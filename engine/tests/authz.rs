@@ -1,6 +1,7 @@
-//! The authorization matrix: every WebSocket frame and REST endpoint that names a conversation,
-//! tried by its admin, a member, a former member and a stranger, against what docs/protocol.md
-//! promises. One table, so a rule changed in one place and not another shows up here.
+//! The authorization matrix: every WebSocket frame and REST endpoint that names a conversation
+//! (and the conversation listing), tried by its admin, a member, a former member and a stranger,
+//! against what docs/protocol.md promises. One table, so a rule changed in one place and not
+//! another shows up here.
 
 mod common;
 
@@ -143,7 +144,24 @@ async fn every_conversation_request_is_allowed_exactly_as_the_protocol_says() {
             }
         }
     }
-    // Leaving: a stranger and a former member cannot; a member can.
+    // The listing: members see the group, a former member sees it marked as left, a stranger
+    // does not see it at all.
+    for (user, want) in [("ann", Some(true)), ("mem", Some(true)), ("fmr", Some(false)), ("str", None)] {
+        let list: Value = reqwest::get(s.rest("/v1/conversations", user)).await.unwrap().json().await.unwrap();
+        let entry = list["conversations"].as_array().unwrap_or_else(|| panic!("{list}")).iter().find(|c| c["conv"] == g.as_str());
+        let got = entry.map(|c| c["member"].as_bool().unwrap());
+        if got != want {
+            failures.push(format!("REST GET /v1/conversations as {user}: member {got:?}, want {want:?}"));
+        }
+    }
+    // Leaving over the WebSocket: a stranger and a former member cannot (nothing changes).
+    for c in [&mut str_, &mut fmr] {
+        let got = ws(c, json!({"t":"group_leave","conv":g,"ref":"l2"})).await;
+        if got != "error:forbidden" {
+            failures.push(format!("ws group_leave as {}: got {got}, want error:forbidden", c.user));
+        }
+    }
+    // Leaving over REST: a stranger and a former member cannot; a member can.
     for (user, want) in [("str", 403), ("fmr", 403), ("mem", 200)] {
         let got = rest("POST", s.rest(&format!("/v1/conversations/{g}/leave"), user), None).await;
         if got != want {
