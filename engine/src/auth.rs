@@ -103,6 +103,8 @@ mod tests {
         dev: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         exp: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        nbf: Option<u64>,
     }
 
     fn token(secret: &str, c: &C, alg: Algorithm) -> String {
@@ -126,11 +128,11 @@ mod tests {
     fn jwt_in_header_or_query() {
         let a = Authenticator::new(Some("sekrit"), false);
         let exp = now() + 600;
-        let t = token("sekrit", &C { sub: "alice", dev: Some("phone"), exp: Some(exp) }, Algorithm::HS256);
+        let t = token("sekrit", &C { sub: "alice", dev: Some("phone"), exp: Some(exp), nbf: None }, Algorithm::HS256);
         let want = Identity { user: "alice".into(), device: "phone".into(), expires_unix_ms: Some((exp + 30) * 1000) };
         assert_eq!(a.authenticate(&head("/ws", Some(&format!("Bearer {t}")))), Ok(want.clone()));
         assert_eq!(a.authenticate(&head(&format!("/ws?token={t}"), None)), Ok(want));
-        let t = token("sekrit", &C { sub: "bob", dev: None, exp: None }, Algorithm::HS256);
+        let t = token("sekrit", &C { sub: "bob", dev: None, exp: None, nbf: None }, Algorithm::HS256);
         let bob = a.authenticate(&head(&format!("/ws?token={t}"), None)).unwrap();
         assert_eq!((bob.device.as_str(), bob.expires_unix_ms), (DEFAULT_DEVICE, None), "no exp, no expiry");
     }
@@ -138,15 +140,41 @@ mod tests {
     #[test]
     fn forged_expired_or_foreign_algorithm_tokens_are_refused() {
         let a = Authenticator::new(Some("sekrit"), true);
-        let forged = token("other", &C { sub: "alice", dev: None, exp: None }, Algorithm::HS256);
-        let expired = token("sekrit", &C { sub: "alice", dev: None, exp: Some(now() - 3600) }, Algorithm::HS256);
-        let hs512 = token("sekrit", &C { sub: "alice", dev: None, exp: None }, Algorithm::HS512);
-        let bad_sub = token("sekrit", &C { sub: "not valid", dev: None, exp: None }, Algorithm::HS256);
+        let forged = token("other", &C { sub: "alice", dev: None, exp: None, nbf: None }, Algorithm::HS256);
+        let expired = token("sekrit", &C { sub: "alice", dev: None, exp: Some(now() - 3600), nbf: None }, Algorithm::HS256);
+        let hs512 = token("sekrit", &C { sub: "alice", dev: None, exp: None, nbf: None }, Algorithm::HS512);
+        let bad_sub = token("sekrit", &C { sub: "not valid", dev: None, exp: None, nbf: None }, Algorithm::HS256);
         for t in [forged, expired, hs512, bad_sub, "garbage".into()] {
             // Even in dev mode a token that is present must be valid.
             assert!(a.authenticate(&head(&format!("/ws?token={t}&user=alice"), None)).is_err(), "{t}");
         }
         assert!(Authenticator::new(Some("sekrit"), false).authenticate(&head("/ws", None)).is_err());
+    }
+
+    #[test]
+    fn not_before_and_expiry_allow_the_clock_skew_leeway_and_no_more() {
+        let a = Authenticator::with_leeway(Some("sekrit"), false, 30);
+        let check = |exp: Option<u64>, nbf: Option<u64>| {
+            let t = token("sekrit", &C { sub: "alice", dev: None, exp, nbf }, Algorithm::HS256);
+            a.authenticate(&head(&format!("/ws?token={t}"), None)).map(|i| i.expires_unix_ms)
+        };
+        let now = now();
+        // Expired 10 s ago by the issuer's clock: within the skew, accepted until exp + leeway.
+        assert_eq!(check(Some(now - 10), None), Ok(Some((now - 10 + 30) * 1000)));
+        assert!(check(Some(now - 60), None).is_err(), "expired beyond the skew");
+        // Valid from 10 s from now: the issuer's clock may be ahead. A minute ahead is not skew.
+        assert!(check(None, Some(now + 10)).is_ok());
+        assert!(check(None, Some(now + 60)).is_err(), "not yet valid beyond the skew");
+        assert!(check(Some(now + 600), Some(now - 600)).is_ok());
+    }
+
+    #[test]
+    fn an_unsigned_token_is_refused_whatever_it_claims() {
+        let a = Authenticator::new(Some("sekrit"), false);
+        // {"alg":"none","typ":"JWT"} . {"sub":"alice"} . (no signature)
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSJ9.";
+        assert!(a.authenticate(&head(&format!("/ws?token={none}"), None)).is_err());
+        assert!(a.authenticate(&head("/ws", Some(&format!("Bearer {none}")))).is_err());
     }
 
     #[test]
