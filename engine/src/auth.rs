@@ -96,7 +96,8 @@ mod tests {
     use jsonwebtoken::{encode, EncodingKey, Header};
     use serde::Serialize;
 
-    #[derive(Serialize)]
+    /// The claims a test token carries; unset ones are left out of it.
+    #[derive(Serialize, Default)]
     struct C<'a> {
         sub: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,11 +129,11 @@ mod tests {
     fn jwt_in_header_or_query() {
         let a = Authenticator::new(Some("sekrit"), false);
         let exp = now() + 600;
-        let t = token("sekrit", &C { sub: "alice", dev: Some("phone"), exp: Some(exp), nbf: None }, Algorithm::HS256);
+        let t = token("sekrit", &C { sub: "alice", dev: Some("phone"), exp: Some(exp), ..Default::default() }, Algorithm::HS256);
         let want = Identity { user: "alice".into(), device: "phone".into(), expires_unix_ms: Some((exp + 30) * 1000) };
         assert_eq!(a.authenticate(&head("/ws", Some(&format!("Bearer {t}")))), Ok(want.clone()));
         assert_eq!(a.authenticate(&head(&format!("/ws?token={t}"), None)), Ok(want));
-        let t = token("sekrit", &C { sub: "bob", dev: None, exp: None, nbf: None }, Algorithm::HS256);
+        let t = token("sekrit", &C { sub: "bob", ..Default::default() }, Algorithm::HS256);
         let bob = a.authenticate(&head(&format!("/ws?token={t}"), None)).unwrap();
         assert_eq!((bob.device.as_str(), bob.expires_unix_ms), (DEFAULT_DEVICE, None), "no exp, no expiry");
     }
@@ -140,10 +141,10 @@ mod tests {
     #[test]
     fn forged_expired_or_foreign_algorithm_tokens_are_refused() {
         let a = Authenticator::new(Some("sekrit"), true);
-        let forged = token("other", &C { sub: "alice", dev: None, exp: None, nbf: None }, Algorithm::HS256);
-        let expired = token("sekrit", &C { sub: "alice", dev: None, exp: Some(now() - 3600), nbf: None }, Algorithm::HS256);
-        let hs512 = token("sekrit", &C { sub: "alice", dev: None, exp: None, nbf: None }, Algorithm::HS512);
-        let bad_sub = token("sekrit", &C { sub: "not valid", dev: None, exp: None, nbf: None }, Algorithm::HS256);
+        let forged = token("other", &C { sub: "alice", ..Default::default() }, Algorithm::HS256);
+        let expired = token("sekrit", &C { sub: "alice", exp: Some(now() - 3600), ..Default::default() }, Algorithm::HS256);
+        let hs512 = token("sekrit", &C { sub: "alice", ..Default::default() }, Algorithm::HS512);
+        let bad_sub = token("sekrit", &C { sub: "not valid", ..Default::default() }, Algorithm::HS256);
         for t in [forged, expired, hs512, bad_sub, "garbage".into()] {
             // Even in dev mode a token that is present must be valid.
             assert!(a.authenticate(&head(&format!("/ws?token={t}&user=alice"), None)).is_err(), "{t}");
@@ -155,7 +156,7 @@ mod tests {
     fn not_before_and_expiry_allow_the_clock_skew_leeway_and_no_more() {
         let a = Authenticator::with_leeway(Some("sekrit"), false, 30);
         let check = |exp: Option<u64>, nbf: Option<u64>| {
-            let t = token("sekrit", &C { sub: "alice", dev: None, exp, nbf }, Algorithm::HS256);
+            let t = token("sekrit", &C { sub: "alice", exp, nbf, ..Default::default() }, Algorithm::HS256);
             a.authenticate(&head(&format!("/ws?token={t}"), None)).map(|i| i.expires_unix_ms)
         };
         let now = now();
