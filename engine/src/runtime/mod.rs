@@ -7,6 +7,8 @@ mod accept;
 pub mod bridge;
 mod conn;
 mod driver;
+#[cfg(test)]
+mod park_tests;
 
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::Config;
