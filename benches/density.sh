@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Density across several engine processes on one host: the most idle connections this machine
-# holds when no process may open more than its open-file cap (20,000 here). ENGINES processes run
-# in cluster mode on one redis-server (node liveness and the user directory), each on its own
-# port; the load generator spreads CONNECTIONS over them round-robin from PROCS worker processes
-# and the loopback addresses in SOURCE_IPS (past the ephemeral port range of one address).
+# holds when no process may open more than its open-file cap (20,000 here). ENGINES independent
+# engines run side by side, each with its own port and embedded store (no cluster: cluster mode
+# needs a store every node shares, and idle connections need none); the load generator spreads
+# CONNECTIONS over them round-robin from PROCS worker processes and the loopback addresses in
+# SOURCE_IPS (past the ephemeral port range of one address).
 #
 #   benches/density.sh                                  # 5 engines, 95,000 connections
 #   ENGINES=3 CONNECTIONS=57000 PROCS=3 benches/density.sh
 #
 # Prints a table and writes benches/results/<date>-<host>/density-<N>.json (the load generator's
-# report plus the engines' RSS and the directory size in Redis).
+# report plus the engines' RSS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +27,6 @@ mkdir -p "$out"
 echo "== building (release)"
 cargo build --release -q -p shardchat -p shardchat-loadgen
 bin=target/release
-command -v redis-server > /dev/null || { echo "redis-server is needed (apt-get install redis-server)"; exit 1; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 data=$(mktemp -d)
@@ -34,14 +34,11 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$data"; }
 trap cleanup EXIT
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no > "$data/redis.log" 2>&1 &
-pids+=($!)
 targets=(); engine_pids=(); ports_hex=
 for ((k = 0; k < ENGINES; k++)); do
   port=$(free_port)
   "$bin/shardchat" serve --dev-auth --no-http --shards "$SHARDS" --node-id "$k" --listen "127.0.0.1:$port" \
-    --data-dir "$data/e$k" --cluster "redis://127.0.0.1:$redis_port" --heartbeat-timeout-ms 120000 > "$data/e$k.log" 2>&1 &
+    --data-dir "$data/e$k" --heartbeat-timeout-ms 120000 > "$data/e$k.log" 2>&1 &
   pids+=($!); engine_pids+=($!)
   targets+=("ws://127.0.0.1:$port/ws")
   ports_hex+=$(printf '0100007F:%04X ' "$port")
@@ -60,18 +57,16 @@ lg=$!
 # during heavy churn it can list a socket twice), so the count is taken when nothing changes.
 sleep $((CONNECTIONS / RAMP + 6))
 count() { awk -v ports="$ports_hex" 'NR > 1 && $4 == "01" { if (index(ports, $2 " ")) c++ } END { print c + 0 }' /proc/net/tcp; }
-held=$(count); after=$(rss_kib); peak_keys=$(redis-cli -p "$redis_port" dbsize)
+held=$(count); after=$(rss_kib)
 wait "$lg"
-sleep 3 # let the engines write the last departures
-users=$(redis-cli -p "$redis_port" --scan --pattern 'shardchat:user:*' | wc -l)
 per=$(( held > 0 ? (after - before) * 1024 / held : 0 ))
 connected=$(python3 -c "import json; print(json.load(open('$json.loadgen'))['connected'])")
-python3 - "$json.loadgen" "$json" "$ENGINES" "$held" "$before" "$after" "$per" "$users" "$peak_keys" <<'EOF'
+python3 - "$json.loadgen" "$json" "$ENGINES" "$held" "$before" "$after" "$per" <<'EOF'
 import json, sys
-src, dst, engines, held, before, after, per, users, peak_keys = sys.argv[1:]
+src, dst, engines, held, before, after, per = sys.argv[1:]
 r = json.load(open(src))
 r["density"] = {"engines": int(engines), "connections_held_at_once": int(held), "engines_rss_before_kib": int(before),
-                "engines_rss_held_kib": int(after), "engine_bytes_per_connection": int(per), "redis_keys_while_held": int(peak_keys), "directory_users_after_disconnect": int(users)}
+                "engines_rss_held_kib": int(after), "engine_bytes_per_connection": int(per)}
 json.dump(r, open(dst, "w"), indent=2)
 EOF
 rm -f "$json.loadgen"
@@ -81,6 +76,4 @@ printf '| connected (load generator) | %s of %s |\n' "$connected" "$CONNECTIONS"
 printf '| held at once (kernel: established sockets on the engines'"'"' ports) | %s |\n' "$held"
 printf '| engines RSS before / while held | %s / %s MiB |\n' "$((before / 1024))" "$((after / 1024))"
 printf '| engine bytes per connection | %s |\n' "$per"
-printf '| Redis keys while held (directory: one set per user, one per node) | %s |\n' "$peak_keys"
-printf '| users left in the directory once all disconnected | %s |\n' "$users"
 echo "JSON: $json"

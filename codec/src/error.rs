@@ -72,7 +72,7 @@ impl FrameError {
             err.r#ref = obj.get("ref").and_then(Ref::from_json);
             match obj.get("t") {
                 None => err.msg = "missing field `t`".into(),
-                Some(serde_json::Value::String(t)) if !crate::frames::CLIENT_FRAME_TYPES.contains(&t.as_str()) => {
+                Some(serde_json::Value::String(t)) if !crate::frames::is_client_frame_type(t) => {
                     err.msg = format!("unknown frame type `{}`", truncate(t, 32));
                 }
                 _ => {}

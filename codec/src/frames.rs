@@ -12,22 +12,15 @@ macro_rules! wire {
     )*};
 }
 
-/// The `t` values a client may send; used to tell "unknown type" from "malformed".
-pub(crate) const CLIENT_FRAME_TYPES: &[&str] = &[
-    "send",
-    "delivered",
-    "read",
-    "sync",
-    "history",
-    "group_create",
-    "group_add",
-    "group_remove",
-    "group_leave",
-    "presence_sub",
-    "presence_unsub",
-    "typing",
-    "ping",
-];
+/// Whether `t` names a client frame type (to tell "unknown type" from "malformed"). Asked of
+/// `ClientFrame`'s own deserializer, so the answer follows the enum: a frame of type `t` with no
+/// fields fails as "unknown variant" only when no variant is named `t`.
+pub(crate) fn is_client_frame_type(t: &str) -> bool {
+    match serde_json::from_value::<ClientFrame>(serde_json::json!({ "t": t })) {
+        Ok(_) => true,
+        Err(e) => !e.to_string().starts_with("unknown variant"),
+    }
+}
 
 wire! {
     /// A request id chosen by the client, echoed in the answer: a string or an integer, kept as given.
@@ -234,7 +227,7 @@ wire! {
 impl Ref {
     pub(crate) fn from_json(v: &serde_json::Value) -> Option<Ref> {
         match v {
-            serde_json::Value::String(s) if s.len() <= 64 => Some(Ref::Str(s.clone())),
+            serde_json::Value::String(s) if s.len() <= REF_BYTES_MAX => Some(Ref::Str(s.clone())),
             serde_json::Value::Number(n) => n.as_i64().map(Ref::Num),
             _ => None,
         }
@@ -289,6 +282,12 @@ impl ClientFrame {
     /// Checks what serde cannot: id syntax, sizes, field combinations.
     pub fn validate(&self, limits: &Limits) -> Result<(), FrameError> {
         let (cmid, r#ref) = self.correlation();
+        if let Some(Ref::Str(r)) = &r#ref {
+            if r.len() > REF_BYTES_MAX {
+                // Not echoed: the answer would carry what the bound is there to refuse.
+                return Err(FrameError::bad_request(format!("ref must be an integer or a string of at most {REF_BYTES_MAX} bytes")));
+            }
+        }
         self.check(limits).map_err(|e| e.with_cmid(cmid).with_ref(r#ref))
     }
 
@@ -345,7 +344,7 @@ impl ClientFrame {
             }
             ClientFrame::Sync { cursors, limit } => {
                 if cursors.len() > crate::SYNC_CURSORS_MAX {
-                    return Err(FrameError::new(ErrorCode::TooLarge, "too many cursors"));
+                    return Err(FrameError::bad_request(format!("at most {} cursors", crate::SYNC_CURSORS_MAX)));
                 }
                 if let Some(l) = limit {
                     if *l == 0 || *l > SYNC_LIMIT_MAX {
@@ -376,7 +375,17 @@ impl ClientFrame {
                 users_ok(users)
             }
             ClientFrame::GroupLeave { conv, .. } | ClientFrame::Typing { conv } => conv_ok(conv),
-            ClientFrame::PresenceSub { users } | ClientFrame::PresenceUnsub { users } => users_ok(users),
+            ClientFrame::PresenceSub { users } | ClientFrame::PresenceUnsub { users } => {
+                // The contract's code for presence beyond its bounds, like the per-connection
+                // subscription bound the home shard applies (`group_full` is for groups).
+                if users.len() > PRESENCE_USERS_PER_FRAME_MAX {
+                    return Err(FrameError::new(ErrorCode::RateLimited, format!("at most {PRESENCE_USERS_PER_FRAME_MAX} users per frame")));
+                }
+                match users.iter().find(|u| !valid_user_id(u)) {
+                    Some(_) => Err(FrameError::bad_request("invalid user id")),
+                    None => Ok(()),
+                }
+            }
             ClientFrame::Ping { .. } => Ok(()),
         }
     }
@@ -384,3 +393,8 @@ impl ClientFrame {
 
 /// Longest group name, in bytes.
 pub const GROUP_NAME_BYTES_MAX: usize = 128;
+/// Longest string `ref`, in bytes (an integer `ref` is any i64).
+pub const REF_BYTES_MAX: usize = 64;
+/// Users one `presence_sub` or `presence_unsub` may name (the per-connection subscription bound's
+/// default: one frame can fill it, none can pass it alone).
+pub const PRESENCE_USERS_PER_FRAME_MAX: usize = 1024;

@@ -31,9 +31,17 @@ pub fn valid_user_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= USER_ID_BYTES_MAX && s.bytes().all(id_char)
 }
 
-/// Whether `s` is a syntactically valid conversation id (it may still not exist).
+/// Whether `s` is a well-formed conversation id (it may still not exist): `g:` and a message id
+/// (the decimal u64 the server made the group with), or `d:` and two user ids in byte-wise order.
+/// Anything else is `bad_request`, never `not_found`.
 pub fn valid_conv_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= CONV_ID_BYTES_MAX && s.bytes().all(id_char) && (s.starts_with("d:") || s.starts_with("g:"))
+    if s.len() > CONV_ID_BYTES_MAX {
+        return false;
+    }
+    if let Some(id) = s.strip_prefix("g:") {
+        return !id.is_empty() && id.bytes().all(|c| c.is_ascii_digit()) && id.parse::<u64>().is_ok();
+    }
+    direct_members(s).is_some()
 }
 
 /// The id of the direct conversation between `a` and `b`: `d:<min>:<max>`, byte-wise order.

@@ -175,3 +175,56 @@ proptest! {
         let _ = decode_text(&text, &limits());
     }
 }
+
+#[test]
+fn refs_over_64_bytes_are_refused_and_not_echoed() {
+    let ok = format!(r#"{{"t":"ping","ref":"{}"}}"#, "r".repeat(REF_BYTES_MAX));
+    decode_text(&ok, &limits()).unwrap();
+    let long = "r".repeat(9_970);
+    let e = decode_text(&format!(r#"{{"t":"ping","ref":"{long}"}}"#), &limits()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert_eq!(e.r#ref, None, "the oversized ref is not sent back");
+    let e = decode_text(&format!(r#"{{"t":"history","conv":"d:a:b","ref":"{long}"}}"#), &limits()).unwrap_err();
+    assert_eq!((e.code, e.r#ref), (ErrorCode::BadRequest, None));
+}
+
+#[test]
+fn limits_answer_their_documented_codes() {
+    // presence_sub past its bound: rate_limited, as the per-connection subscription bound.
+    let users: Vec<String> = (0..PRESENCE_USERS_PER_FRAME_MAX + 1).map(|i| format!("\"u{i}\"")).collect();
+    check_err(&format!(r#"{{"t":"presence_sub","users":[{}]}}"#, users.join(",")), ErrorCode::RateLimited, None);
+    let users: Vec<String> = (0..600).map(|i| format!("\"u{i}\"")).collect();
+    decode_text(&format!(r#"{{"t":"presence_sub","users":[{}]}}"#, users.join(",")), &limits()).expect("600 users fit one frame");
+    // sync naming more conversations than allowed: bad_request (a limit out of range).
+    let cursors: Vec<String> = (0..SYNC_CURSORS_MAX + 1).map(|i| format!("\"g:{i}\":0")).collect();
+    check_err(&format!(r#"{{"t":"sync","cursors":{{{}}}}}"#, cursors.join(",")), ErrorCode::BadRequest, None);
+}
+
+#[test]
+fn malformed_conversation_ids_are_bad_requests() {
+    for conv in ["g:abc", "g:", "g:-1", "g:99999999999999999999999", "d:bob:alice", "d:alice", "x:1", "d:b:a:"] {
+        check_err(&format!(r#"{{"t":"history","conv":"{conv}"}}"#), ErrorCode::BadRequest, None);
+        assert!(!valid_conv_id(conv), "{conv}");
+    }
+    for conv in ["g:1", "g:7349285123456789", "d:alice:bob", "d:a:x:a:y"] {
+        assert!(valid_conv_id(conv), "{conv}");
+    }
+}
+
+#[test]
+fn every_frame_type_missing_a_field_is_malformed_not_unknown() {
+    // Every type the enum knows (as serde lists them), sent with no fields: where fields are
+    // required the error names the field, never "unknown frame type" (a hand-kept list of types
+    // once lacked two).
+    let listed = serde_json::from_str::<ClientFrame>(r#"{"t":"?"}"#).unwrap_err().to_string();
+    let types: Vec<&str> = listed.split("expected one of").nth(1).expect(&listed).split('`').skip(1).step_by(2).collect();
+    assert!(types.contains(&"receipt_query") && types.contains(&"group_rename") && types.len() >= 15, "{types:?}");
+    for t in types {
+        match decode_text(&format!(r#"{{"t":"{t}"}}"#), &limits()) {
+            Ok(_) => assert!(["sync", "ping"].contains(&t), "{t} needs no field"),
+            Err(e) => assert!(e.msg.contains("missing field"), "{t}: {}", e.msg),
+        }
+    }
+    let e = decode_text(r#"{"t":"no_such_type"}"#, &limits()).unwrap_err();
+    assert_eq!(e.msg, "unknown frame type `no_such_type`");
+}

@@ -75,6 +75,21 @@ pub struct Config {
     pub user_presence_burst: u32,
     /// Webhook (http://) that receives push notifications for offline users.
     pub push_webhook: Option<String>,
+    /// WebSocket connections the engine holds at once, handshakes included (0: derived from the
+    /// descriptor limit, leaving [`Config::fd_reserve`] descriptors for the store, the search
+    /// index, Redis and the control plane). More are closed at once, before reading anything.
+    pub connections_max: usize,
+    /// Connections the control plane (REST, long-poll, metrics) holds at once.
+    pub http_connections_max: usize,
+    /// Bytes one shard holds for partial messages (frames split across reads, fragmented
+    /// messages) of all its connections together; the connection that goes past it is closed
+    /// (1013).
+    pub partial_bytes_per_shard_max: usize,
+    /// A message must complete within this many ms of its first byte, whatever else (pings) the
+    /// client sends meanwhile; else its connection is closed (1008).
+    pub message_complete_timeout_ms: u64,
+    /// Long-poll sessions one user may hold at once; a new one beyond it ends their oldest.
+    pub poll_sessions_per_user_max: usize,
 }
 
 impl Default for Config {
@@ -116,6 +131,11 @@ impl Default for Config {
             user_history_burst: 200,
             user_presence_rate_per_s: 40,
             user_presence_burst: 200,
+            connections_max: 0,
+            http_connections_max: 1024,
+            partial_bytes_per_shard_max: 64 * 1024 * 1024,
+            message_complete_timeout_ms: 10_000,
+            poll_sessions_per_user_max: 8,
         }
     }
 }
@@ -230,6 +250,21 @@ pub struct ServeArgs {
     /// Idle executors spin this long before parking. [default: 50]
     #[arg(long)]
     pub spin_before_park_us: Option<u64>,
+    /// WebSocket connections held at once, handshakes included; more are closed at once (0: the descriptor limit less a reserve for the store, index, Redis and HTTP). [default: 0]
+    #[arg(long)]
+    pub connections_max: Option<usize>,
+    /// Control plane (REST, long-poll, metrics) connections held at once. [default: 1024]
+    #[arg(long)]
+    pub http_connections_max: Option<usize>,
+    /// Bytes one shard holds for unfinished messages of all its connections; the connection going past it is closed (1013). [default: 67108864]
+    #[arg(long)]
+    pub partial_bytes_per_shard_max: Option<usize>,
+    /// A message must complete within this many ms of its first byte (pings do not extend it); else 1008. [default: 10000]
+    #[arg(long)]
+    pub message_complete_timeout_ms: Option<u64>,
+    /// Long-poll sessions per user; a new one beyond it ends the user's oldest. [default: 8]
+    #[arg(long)]
+    pub poll_sessions_per_user_max: Option<usize>,
 }
 
 impl Config {
@@ -272,7 +307,12 @@ impl Config {
             user_history_rate_per_s,
             user_history_burst,
             user_presence_rate_per_s,
-            user_presence_burst
+            user_presence_burst,
+            connections_max,
+            http_connections_max,
+            partial_bytes_per_shard_max,
+            message_complete_timeout_ms,
+            poll_sessions_per_user_max
         );
         if args.http.is_some() {
             c.http = args.http;
@@ -327,9 +367,29 @@ impl Config {
             if !url.starts_with("redis://") {
                 return Err(format!("cluster must be a redis:// URL (got {url})"));
             }
+            // Each node's embedded store is its own: fences written there stop nobody, so two
+            // nodes would both sequence a conversation (the same seq acked for different
+            // messages), and each node could read only what it stored itself.
+            if self.store.is_none() {
+                return Err("cluster mode needs a store every node shares: give --store scylla://HOST/KEYSPACE \
+                     (the embedded store is one node's own; run independent engines without --cluster instead)"
+                    .into());
+            }
         }
         if let Some(uri) = &self.store {
             shardchat_storage::ScyllaConfig::from_uri(uri).map_err(|e| format!("store: {e}"))?;
+        }
+        if self.http_connections_max == 0 || self.poll_sessions_per_user_max == 0 {
+            return Err("http_connections_max and poll_sessions_per_user_max must be at least 1".into());
+        }
+        if self.message_complete_timeout_ms < 100 {
+            return Err("message_complete_timeout_ms must be at least 100".into());
+        }
+        if self.partial_bytes_per_shard_max < self.ws_message_bytes_max() {
+            return Err(format!(
+                "partial_bytes_per_shard_max must be at least {} (one message of the largest size)",
+                self.ws_message_bytes_max()
+            ));
         }
         if self.heartbeat_timeout_ms < 1000 {
             return Err("heartbeat_timeout_ms must be at least 1000".into());
@@ -351,7 +411,38 @@ impl Config {
     pub fn ws_message_bytes_max(&self) -> usize {
         self.body_bytes_max * 6 + 4096
     }
+
+    /// Descriptors kept back from WebSocket connections when `connections_max` is derived: the
+    /// store's journal and tables, the search index's segments, Redis, the control plane's
+    /// connections (`http_connections_max`), handshake hand-offs (a dup each) and the logs.
+    pub fn fd_reserve(&self, open_files_max: usize) -> usize {
+        (open_files_max / 20).max(FD_RESERVE_MIN) + self.http_connections_max
+    }
+
+    /// The WebSocket connections the engine holds at once under `open_files_max` descriptors.
+    pub fn connections_bound(&self, open_files_max: usize) -> Result<usize, String> {
+        let reserve = self.fd_reserve(open_files_max);
+        if self.connections_max > 0 {
+            if self.connections_max + reserve > open_files_max {
+                return Err(format!(
+                    "connections_max {} leaves fewer than the {reserve} descriptors the store, index and control plane need under the limit of {open_files_max} (raise it: see tuning/)",
+                    self.connections_max
+                ));
+            }
+            return Ok(self.connections_max);
+        }
+        match open_files_max.checked_sub(reserve) {
+            Some(n) if n >= CONNECTIONS_MIN => Ok(n),
+            _ => Err(format!("the descriptor limit {open_files_max} is too low: raise it (ulimit -n; see tuning/)")),
+        }
+    }
 }
+
+/// At least this many descriptors stay reserved whatever the limit (the rest of the reserve is
+/// a twentieth of the limit plus the control plane's connections).
+pub const FD_RESERVE_MIN: usize = 1024;
+/// The fewest WebSocket connections a derived bound may leave.
+const CONNECTIONS_MIN: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -367,6 +458,28 @@ mod tests {
         assert_eq!((c.listen.port(), c.shards, c.body_bytes_max, c.dev_auth), (9000, 2, 1000, true));
         std::fs::write(&path, "nonsense = 1\n").unwrap();
         assert!(Config::load(&args).unwrap_err().contains("unknown field"));
+    }
+
+    #[test]
+    fn cluster_mode_refuses_the_embedded_store() {
+        let args = ServeArgs { dev_auth: true, cluster: Some("redis://127.0.0.1:1".into()), ..Default::default() };
+        let err = Config::load(&args).unwrap_err();
+        assert!(err.contains("cluster mode needs a store every node shares"), "{err}");
+        let args = ServeArgs { store: Some("scylla://127.0.0.1/ks".into()), ..args };
+        assert!(Config::load(&args).is_ok());
+    }
+
+    #[test]
+    fn the_connection_bound_leaves_descriptors_for_the_rest() {
+        let c = Config::default();
+        // This machine's 20,000: 1,024 + 1,024 (control plane) kept back.
+        assert_eq!(c.connections_bound(20_000), Ok(20_000 - 1_024 - 1_024));
+        // A tuned host's million: a twentieth kept back.
+        assert_eq!(c.connections_bound(1_000_000), Ok(1_000_000 - 50_000 - 1_024));
+        assert!(c.connections_bound(1_500).is_err(), "too few descriptors to run at all");
+        let c = Config { connections_max: 5_000, ..Config::default() };
+        assert_eq!(c.connections_bound(20_000), Ok(5_000));
+        assert!(c.connections_bound(6_000).unwrap_err().contains("connections_max 5000"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod health;
 pub use shardchat_wire::http;
 pub mod metrics;
 pub mod runtime;

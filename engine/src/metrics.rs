@@ -64,6 +64,13 @@ pub struct ShardMetrics {
     /// Connections closed for breaking the WebSocket protocol (1002, 1007, 1009: oversized,
     /// malformed, unmasked, bad UTF-8).
     pub closes_protocol: AtomicU64,
+    /// Connections closed for a partial message: not completed within
+    /// `message_complete_timeout_ms` (1008), or over the shard's bound on bytes held (1013).
+    pub closes_incomplete: AtomicU64,
+    /// Bytes held for partial messages (frames split across reads, fragmented messages).
+    pub partial_bytes: AtomicU64,
+    /// New connections closed at once because the engine holds `connections_max` already.
+    pub connections_refused_full: AtomicU64,
     /// Upgrade requests refused before a connection existed (400, 401, 404, 431).
     pub handshakes_refused: AtomicU64,
     /// Upgrade requests not finished within `handshake_timeout_ms` (408: slowloris).
@@ -93,7 +100,7 @@ type HistogramSpec = (&'static str, &'static str, fn(&ShardMetrics) -> &Histogra
 /// The Prometheus text exposition of every shard's metrics.
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
     let mut out = String::new();
-    let counters: [CounterSpec; 16] = [
+    let counters: [CounterSpec; 19] = [
         ("shardchat_connections", "gauge", "Open WebSocket connections.", |m| &m.connections),
         ("shardchat_connections_total", "counter", "WebSocket connections accepted.", |m| &m.connections_total),
         ("shardchat_frames_in_total", "counter", "Frames received from clients.", |m| &m.frames_in),
@@ -123,6 +130,19 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
             "counter",
             "Typing notices dropped: more than one per user and conversation per interval.",
             |m| &m.typing_dropped,
+        ),
+        (
+            "shardchat_closes_incomplete_total",
+            "counter",
+            "Connections closed for a partial message: too slow to complete, or over the shard's bound.",
+            |m| &m.closes_incomplete,
+        ),
+        ("shardchat_partial_message_bytes", "gauge", "Bytes held for partial messages.", |m| &m.partial_bytes),
+        (
+            "shardchat_connections_refused_full_total",
+            "counter",
+            "New connections closed at once: the engine holds connections_max already.",
+            |m| &m.connections_refused_full,
         ),
         ("shardchat_rate_limited_total", "counter", "Requests refused with rate_limited.", |m| &m.rate_limited),
         ("shardchat_connections_refused_rate_total", "counter", "New connections refused (429) by the per-address rate.", |m| {

@@ -57,11 +57,15 @@ async fn each_error_code_is_answered_and_the_connection_stays_open() {
     eve.send(json!({"t":"sync","cursors":{"d:alice:bob":0}})).await;
     assert_eq!(eve.recv().await, json!({"t":"synced","convs":{}}));
 
-    // not_found: conversations that do not exist.
-    eve.send(json!({"t":"history","conv":"g:nothing"})).await;
+    // not_found: conversations that do not exist (well-formed ids).
+    eve.send(json!({"t":"history","conv":"g:424242"})).await;
     assert_eq!(eve.recv().await["code"], "not_found");
-    eve.send(json!({"t":"send","cmid":"e2","conv":"g:nothing","body":"x"})).await;
+    eve.send(json!({"t":"send","cmid":"e2","conv":"g:424242","body":"x"})).await;
     assert_eq!(eve.recv().await["code"], "not_found");
+    // bad_request: ids that cannot name a conversation.
+    eve.send(json!({"t":"history","conv":"g:abc","ref":"m"})).await;
+    let e = eve.recv().await;
+    assert_eq!((e["code"].as_str(), e["ref"].as_str()), (Some("bad_request"), Some("m")), "{e}");
 
     // Still open and working after all of that.
     assert_eq!(a.dm("bob", "c9", "still here").await["t"], "ack");

@@ -64,8 +64,7 @@ async fn log_in(b: &Browser, http: u16, user: &str) {
 #[tokio::test]
 async fn two_browsers_chat_and_see_the_read_receipt() {
     if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists() {
-        assert!(std::env::var_os("CI").is_none(), "CI must install chromium and chromium-driver (.ci/run does)");
-        eprintln!("skipping: {CHROMIUM} or {CHROMEDRIVER} not installed");
+        skip(&format!("{CHROMIUM} or {CHROMEDRIVER} not installed (.ci/run installs chromium and chromium-driver)"));
         return;
     }
     let s = Server::start(&[]);

@@ -21,7 +21,7 @@ impl Redis {
     fn start() -> Option<Redis> {
         if Command::new("redis-server").arg("--version").output().is_err() {
             assert!(std::env::var("SHARDCHAT_REQUIRE_REDIS").is_err(), "SHARDCHAT_REQUIRE_REDIS is set but redis-server is not installed");
-            eprintln!("skipped: redis-server is not installed (apt-get install redis-server)");
+            skip("redis-server is not installed (apt-get install redis-server)");
             return None;
         }
         let mut r = Redis { port: free_port(), child: None };

@@ -17,6 +17,8 @@ fn free_port() -> u16 {
 struct Engine {
     child: Child,
     port: u16,
+    /// The control plane: readiness and the engine's own connection count.
+    http: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -29,22 +31,30 @@ impl Engine {
         let exe = Path::new(LOADGEN).with_file_name("shardchat");
         assert!(exe.exists(), "{} is missing: build it first (`cargo build -p shardchat`; `cargo test --workspace` does)", exe.display());
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let (port, http) = (free_port(), free_port());
         let child = Command::new(exe)
             .arg("serve")
             .args(auth)
-            .args(["--no-http", "--shards", "2", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .args(["--shards", "2", "--listen", &format!("127.0.0.1:{port}"), "--http", &format!("127.0.0.1:{http}"), "--data-dir"])
             .arg(dir.path().join("data"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // Owned before waiting: if the wait fails, dropping it kills the engine.
+        let e = Engine { child, port, http, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "engine did not start");
+        while get(http, "/readyz").is_none_or(|(status, _)| status != 200) {
+            assert!(Instant::now() < deadline, "engine did not become ready");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Engine { child, port, _dir: dir }
+        e
+    }
+
+    /// WebSocket connections the engine holds, by its own count (`shardchat_connections`).
+    fn connections(&self) -> u64 {
+        let (_, body) = get(self.http, "/metrics").expect("metrics");
+        body.lines().filter(|l| l.starts_with("shardchat_connections{")).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
     }
 
     fn url(&self) -> String {
@@ -218,17 +228,16 @@ fn echo_measures_round_trips_against_any_echo_server() {
 }
 
 /// Established server-side connections on `port` (from /proc/net/tcp: state 01).
-fn established_on(port: u16) -> usize {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    let local = format!(":{port:04X}");
-    table
-        .lines()
-        .skip(1)
-        .filter(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 3 && f[1].ends_with(&local) && f[3] == "01"
-        })
-        .count()
+/// A plain HTTP/1.1 GET on loopback: the status and the body, or None if nothing answered.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
 }
 
 /// Several `--target`s: connections go round-robin, so each engine process holds its share (how
@@ -261,7 +270,7 @@ fn several_targets_share_the_connections() {
     while seen != (100, 100) {
         assert!(Instant::now() < deadline, "connections not spread round-robin: {seen:?}");
         std::thread::sleep(Duration::from_millis(50));
-        seen = (established_on(a.port), established_on(b.port));
+        seen = (a.connections(), b.connections());
         assert!(seen.0 <= 100 && seen.1 <= 100, "round-robin: {seen:?}");
     }
     assert!(child.wait().unwrap().success());

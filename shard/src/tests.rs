@@ -131,8 +131,8 @@ fn strangers_cannot_send_or_read_and_unknown_conversations_are_not_found() {
     sim.send(a, &send("bob", "c", "secret"));
     sim.send(eve, r#"{"t":"send","cmid":"x","conv":"d:alice:bob","body":"hi"}"#);
     sim.send(eve, r#"{"t":"history","conv":"d:alice:bob","ref":1}"#);
-    sim.send(eve, r#"{"t":"history","conv":"g:none","ref":2}"#);
-    sim.send(eve, r#"{"t":"send","cmid":"y","conv":"g:none","body":"hi"}"#);
+    sim.send(eve, r#"{"t":"history","conv":"g:424242","ref":2}"#);
+    sim.send(eve, r#"{"t":"send","cmid":"y","conv":"g:424242","body":"hi"}"#);
     let f = sim.take(eve);
     assert_eq!(err_code(&f), vec![ErrorCode::Forbidden, ErrorCode::Forbidden, ErrorCode::NotFound, ErrorCode::NotFound]);
     assert!(matches!(&f[1], ServerFrame::Error { r#ref: Some(Ref::Num(1)), .. }));
@@ -957,7 +957,7 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 96, ..Default::default() })]
     /// Whatever devices do and in whatever interleaving: seqs are dense from 1, each (sender,
     /// cmid) is stored once and a retry gets the first ack again, and watermarks never go back
     /// and never pass the conversation's last seq.
@@ -999,6 +999,9 @@ proptest::proptest! {
             // Runs some of the time only, so frames pile up and interleave across shards.
             if sim.rng.below(3) == 0 {
                 sim.run();
+                // Watermarks are read while the run goes on, not only at its end: each reading
+                // must be at least the one before.
+                watermarks_never_go_back(&*store, &mut marks)?;
             }
             for (i, d) in devs.iter().enumerate() {
                 for f in sim.take(*d) {
@@ -1043,13 +1046,34 @@ proptest::proptest! {
                     for kind in [ReceiptKind::Delivered, ReceiptKind::Read] {
                         let w = store.watermark(&conv, user, kind).unwrap();
                         proptest::prop_assert!(w <= msgs.len() as u64, "watermark past the last seq");
-                        let key = (conv.clone(), user.to_string(), kind == ReceiptKind::Read);
-                        proptest::prop_assert!(w >= marks.get(&key).copied().unwrap_or(0), "watermark went back");
-                        marks.insert(key, w);
                     }
                 }
             }
         }
+        watermarks_never_go_back(&*store, &mut marks)?;
         proptest::prop_assert_eq!(stored, first_ack.len(), "every ack names a stored message");
     }
+}
+
+/// Reads every watermark of the users' direct conversations and checks none is below the last
+/// reading in `marks` (which it then updates).
+fn watermarks_never_go_back(
+    store: &dyn MessageStore,
+    marks: &mut HashMap<(String, String, bool), u64>,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    for (i, a) in USERS.iter().enumerate() {
+        for b in &USERS[i + 1..] {
+            let conv = format!("d:{a}:{b}");
+            for user in [a, b] {
+                for kind in [ReceiptKind::Delivered, ReceiptKind::Read] {
+                    let w = store.watermark(&conv, user, kind).unwrap();
+                    let key = (conv.clone(), user.to_string(), kind == ReceiptKind::Read);
+                    let before = marks.get(&key).copied().unwrap_or(0);
+                    proptest::prop_assert!(w >= before, "watermark of {} in {} went back from {} to {}", user, conv, before, w);
+                    marks.insert(key, w);
+                }
+            }
+        }
+    }
+    Ok(())
 }

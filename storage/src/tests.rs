@@ -156,7 +156,10 @@ fn committed_batches_survive_reopening() {
 #[test]
 fn commits_from_many_threads_share_fsyncs() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Arc::new(open(dir.path()));
+    // A 2 ms commit interval: each fsync's leader waits that long, so the other threads' next
+    // batches land in its window (on any but a machine that stalls every thread for 2 ms, 50
+    // times over).
+    let s = Arc::new(FjallStore::open(&StoreConfig { dir: dir.path().to_path_buf(), commit_interval: Duration::from_millis(2) }).unwrap());
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let s = s.clone();
@@ -176,7 +179,8 @@ fn commits_from_many_threads_share_fsyncs() {
     }
     let st = &s.group.stats;
     assert_eq!(st.commits.load(std::sync::atomic::Ordering::Relaxed), 200);
-    assert!(st.fsyncs.load(std::sync::atomic::Ordering::Relaxed) <= 200);
+    let fsyncs = st.fsyncs.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(fsyncs > 0 && fsyncs < 200, "{fsyncs} fsyncs for 200 commits from 4 threads: none was shared");
 }
 
 // ---- The ScyllaDB backend ------------------------------------------------------------------
@@ -196,14 +200,14 @@ fn scylla_store_passes_the_conformance_suite_through_the_cql_double() {
     assert!(double.row_count("shardchat.messages") >= 6);
 }
 
-/// The same suite against a real cluster when `SHARDCHAT_SCYLLA_URI` names one, in a keyspace
-/// of its own (replication factor 1).
+/// The same suite against a real cluster named by `SHARDCHAT_SCYLLA_URI`, in a keyspace of its
+/// own (replication factor 1). Ignored unless asked for (no ScyllaDB can run where CI does);
+/// asked for without the variable, it fails rather than pass having run nothing.
 #[test]
+#[ignore = "needs a real ScyllaDB: SHARDCHAT_SCYLLA_URI=scylla://HOST:9042 cargo test -p shardchat-storage -- --ignored real_cluster"]
 fn scylla_store_passes_the_conformance_suite_on_a_real_cluster() {
-    let Ok(uri) = std::env::var("SHARDCHAT_SCYLLA_URI") else {
-        eprintln!("skipped: set SHARDCHAT_SCYLLA_URI=scylla://HOST:9042 to run the ScyllaDB backend against a real cluster");
-        return;
-    };
+    let uri =
+        std::env::var("SHARDCHAT_SCYLLA_URI").expect("set SHARDCHAT_SCYLLA_URI=scylla://HOST:9042 to run this against a real cluster");
     let mut cfg = ScyllaConfig::from_uri(&uri).unwrap();
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     cfg.keyspace = format!("shardchat_test_{}_{nanos}", std::process::id());

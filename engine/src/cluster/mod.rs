@@ -36,6 +36,7 @@
 //! at once (never dropped silently); frames for users on other nodes are stored messages that
 //! those users get when they sync.
 
+use crate::health::Health;
 use crate::runtime::bridge::Bridge;
 use shardchat_shard::{Class, ConnRef, NodeId, PeerMsg, RemoteMsg};
 use shardchat_storage::MessageStore;
@@ -237,7 +238,7 @@ impl Cluster {
     /// Starts the link thread. Redis being unreachable is not an error: the node serves its own
     /// clients and the link keeps trying.
     /// What other nodes send arrives through `bridge`.
-    pub fn start(cfg: ClusterConfig, bridge: Bridge, store: Arc<dyn MessageStore>) -> Result<Cluster, String> {
+    pub fn start(cfg: ClusterConfig, bridge: Bridge, store: Arc<dyn MessageStore>, health: Arc<Health>) -> Result<Cluster, String> {
         let client = redis::Client::open(cfg.redis.as_str()).map_err(|e| format!("cluster: {}: {e}", cfg.redis))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(ClusterState::default());
@@ -259,6 +260,8 @@ impl Cluster {
             state: state.clone(),
             base: format!("{{\"listen\":\"{}\",\"shards\":{},\"pid\":{}", cfg.listen, cfg.shards, std::process::id()),
             down_logged: false,
+            health,
+            stalled_logged: Vec::new(),
             cfg,
         };
         let thread = std::thread::Builder::new()
@@ -350,6 +353,10 @@ struct Link {
     /// given the same node id.
     base: String,
     down_logged: bool,
+    /// Whether this process's shards serve: the liveness key is written only while they all do.
+    health: Arc<Health>,
+    /// The stalled shards last logged (so a stall is logged once, not every refresh).
+    stalled_logged: Vec<usize>,
 }
 
 impl Link {
@@ -474,8 +481,33 @@ impl Link {
         }
     }
 
+    /// Whether this node may announce itself now: only while every shard accepts and runs. A
+    /// node whose shards never started, or stopped, must not be routed to: its key then expires
+    /// and the other nodes fence it and take its conversations, and once its shards run again
+    /// it rejoins as a new incarnation.
+    fn may_announce(&mut self) -> bool {
+        let stalled = self.health.stalled();
+        if stalled != self.stalled_logged {
+            match stalled.is_empty() {
+                true => tracing::info!(node = self.cfg.node, "cluster: every shard serves; announcing this node"),
+                false if self.registered => {
+                    tracing::error!(node = self.cfg.node, ?stalled, "cluster: shards stopped serving; no longer announcing this node")
+                }
+                false => {
+                    tracing::info!(node = self.cfg.node, ?stalled, "cluster: waiting for every shard to serve before announcing this node")
+                }
+            }
+            self.stalled_logged = stalled.clone();
+        }
+        stalled.is_empty()
+    }
+
     /// Writes pending directory changes (or the whole, when due) with a liveness refresh.
     async fn write_directory(&mut self) -> Vec<(String, bool)> {
+        if !self.may_announce() {
+            // Kept for when the shards serve again (a rewrite then covers them).
+            return Vec::new();
+        }
         if self.rewrite {
             self.rewrite_directory().await;
             return Vec::new();
@@ -588,6 +620,9 @@ impl Link {
 
     /// Makes this node's part of the directory exactly `here`.
     async fn rewrite_directory(&mut self) {
+        if !self.may_announce() {
+            return;
+        }
         let Some(mut con) = self.connection().await else { return };
         let node = self.cfg.node;
         let listed: Vec<String> = match timeout(redis::cmd("SMEMBERS").arg(node_users_key(node)).query_async(&mut con)).await {
@@ -632,6 +667,9 @@ impl Link {
             Ok(f) if f >= self.incarnation => self.rejoin(f),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cluster: reading this node's fence failed"),
+        }
+        if !self.may_announce() {
+            return;
         }
         if self.rewrite || !self.pending.is_empty() {
             self.write_directory().await;

@@ -38,6 +38,8 @@ pub struct Ctx {
     pub sessions: Arc<std::sync::Mutex<std::collections::HashMap<u64, poll::PollSession>>>,
     pub next_session: Arc<std::sync::atomic::AtomicU64>,
     pub search: Arc<crate::search::SearchIndex>,
+    /// Whether every shard serves (`/readyz`).
+    pub health: Arc<crate::health::Health>,
 }
 
 /// An error of the contract's table as an HTTP response: the status says the class, the JSON body
@@ -141,6 +143,7 @@ impl ControlPlane {
         metrics: Vec<Arc<crate::metrics::ShardMetrics>>,
         cluster: Option<Arc<crate::cluster::ClusterState>>,
         search: Arc<crate::search::SearchIndex>,
+        health: Arc<crate::health::Health>,
     ) -> Result<ControlPlane, String> {
         let addr = cfg.http.ok_or("no --http address")?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -175,7 +178,9 @@ impl ControlPlane {
             sessions: Default::default(),
             next_session: Default::default(),
             search,
+            health,
         };
+        let http_connections_max = ctx.cfg.http_connections_max;
         let reaper = ctx.clone();
         let pusher = ctx.cfg.push_webhook.clone().map(|url| (ctx.clone(), url));
         let app = rest::router(ctx);
@@ -194,6 +199,7 @@ impl ControlPlane {
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                     };
+                    let listener = Bounded::new(listener, http_connections_max);
                     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
                         tracing::error!(error = %e, "control plane failed");
                     }
@@ -205,5 +211,69 @@ impl ControlPlane {
 
     pub fn join(self) {
         let _ = self.thread.join();
+    }
+}
+
+/// The control plane's listener, holding at most `max` connections: at the bound it stops
+/// accepting, so further clients wait in the kernel's backlog (holding no descriptor of ours)
+/// until one closes, and REST or long-poll clients can never take the descriptors the shards'
+/// store needs.
+struct Bounded {
+    inner: tokio::net::TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Bounded {
+    fn new(inner: tokio::net::TcpListener, max: usize) -> Bounded {
+        Bounded { inner, slots: Arc::new(tokio::sync::Semaphore::new(max)) }
+    }
+}
+
+impl axum::serve::Listener for Bounded {
+    type Io = BoundedIo;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (BoundedIo, std::net::SocketAddr) {
+        let permit = self.slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        (BoundedIo { io, _permit: permit }, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A control plane connection and its place under the bound, given back when it closes.
+struct BoundedIo {
+    io: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for BoundedIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for BoundedIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

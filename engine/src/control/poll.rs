@@ -105,8 +105,27 @@ async fn start(ctx: &Ctx, user: String, device: String) -> ApiResult<Value> {
         return Err(FrameError::bad_request("invalid device id").into());
     }
     let sid = SESSION_CONN_BASE + ctx.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let buf = Arc::new(SessionBuf::default());
-    ctx.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(sid, PollSession { user: user.clone(), buf: buf.clone() });
+    let buf = Arc::new(SessionBuf::new(ctx.cfg.outbound_queue_bytes_max));
+    let evicted = {
+        let mut sessions = ctx.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        // At the user's bound, their oldest session ends (the lowest id: ids only grow), so a
+        // client that lost its cursors can always start again, and no user holds more than
+        // `poll_sessions_per_user_max` buffers.
+        let mut mine: Vec<u64> = sessions.iter().filter(|(_, s)| s.user == user).map(|(id, _)| *id).collect();
+        mine.sort_unstable();
+        let excess = (mine.len() + 1).saturating_sub(ctx.cfg.poll_sessions_per_user_max);
+        let evicted: Vec<u64> = mine.into_iter().take(excess).collect();
+        for id in &evicted {
+            if let Some(old) = sessions.remove(id) {
+                old.buf.end("replaced: this user started more poll sessions than allowed; start a new one and sync");
+            }
+        }
+        sessions.insert(sid, PollSession { user: user.clone(), buf: buf.clone() });
+        evicted
+    };
+    for id in evicted {
+        ctx.submit_quiet(&user, BridgeOp::Detach { conn: id });
+    }
     ctx.ask(&user, BridgeOp::Attach { conn: sid, device, buf }).await?;
     Ok(json!({ "cursor": format!("{sid}.0"), "events": [] }))
 }

@@ -5,7 +5,7 @@ use super::{ApiError, ApiResult, Caller, Ctx};
 use crate::runtime::bridge::BridgeOp;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -65,7 +65,49 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .route("/v1/poll", get(super::poll::get_poll).post(super::poll::post_poll))
         .layer(DefaultBodyLimit::max(body_max))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(ctx)
+}
+
+/// Every error answer is the contract's JSON `{code, msg}`: the framework's own refusals (an
+/// unparsable query or body, a missing content type, a wrong or missing field, a body over the
+/// limit, an unknown path or method) come as plain text, and are rewritten here with their text
+/// as `msg`. Answers that are JSON already, and successes, pass untouched.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return resp;
+    }
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+        StatusCode::CONFLICT => "group_full",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_server_error() => "internal",
+        // 400, 405, 411, 415, 422: the request is not one this API takes.
+        _ => "bad_request",
+    };
+    let (parts, body) = resp.into_parts();
+    // Framework refusals are a line of text; anything longer is cut rather than buffered whole.
+    let text = axum::body::to_bytes(body, 4096).await.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
+    let msg = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    let mut out = (status, Json(json!({ "code": code, "msg": msg }))).into_response();
+    for (k, v) in parts.headers.iter() {
+        if k != axum::http::header::CONTENT_TYPE && k != axum::http::header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// What the browser client needs to find the WebSocket: its port (the host is the page's).
@@ -73,13 +115,16 @@ async fn client_config(State(ctx): State<Ctx>) -> Json<Value> {
     Json(json!({ "ws_port": ctx.cfg.listen.port(), "ws_path": "/ws" }))
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "the control plane reaches the shards"), (status = 503, description = "starting")))]
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "every shard accepts connections and runs, and the control plane reaches them"), (status = 503, description = "starting, or a shard has stalled")))]
 async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
-    if ctx.bridge.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    let stalled = ctx.health.stalled();
+    if !stalled.is_empty() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("shards not serving: {stalled:?}\n"));
     }
+    if !ctx.bridge.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting: the control plane does not reach the shards yet\n".into());
+    }
+    (StatusCode::OK, "ready\n".to_string())
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]

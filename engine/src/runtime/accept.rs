@@ -14,6 +14,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Source addresses whose connection rate this shard tracks, at most; beyond it the idle ones
@@ -47,25 +49,110 @@ impl PerIp {
     }
 }
 
-pub async fn accept_loop(d: Rc<Driver>, listener: TcpListener) {
+/// The engine's WebSocket connections, handshakes included, against `connections_max`: shared
+/// by every shard (SO_REUSEPORT spreads accepts, and a connection moves to its home shard), so
+/// the bound holds for the process whichever shard accepts. Touched once per accept and once
+/// per close, never per frame.
+pub struct Slots {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl Slots {
+    pub fn new(max: usize) -> Slots {
+        Slots { used: AtomicUsize::new(0), max }
+    }
+
+    /// A slot for one more connection, or None at the bound.
+    fn take(self: &Arc<Self>) -> Option<Slot> {
+        self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1)).ok().map(|_| Slot(self.clone()))
+    }
+}
+
+/// One connection's place under the bound; it travels with the socket to the home shard and is
+/// given back when the connection ends, however it ends.
+pub struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let before = self.0.used.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "a connection slot was given back twice");
+    }
+}
+
+/// What a client refused at the bound gets, written without waiting (if its socket cannot take
+/// even this, it gets the close alone).
+const FULL_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 34\r\nRetry-After: 5\r\nConnection: close\r\n\r\nserver full: too many connections\n";
+
+/// A warning repeated at most once per this interval, with how many were not logged between.
+const WARN_EVERY_MS: u64 = 10_000;
+
+/// A log line that a flood cannot turn into a flood of lines.
+struct Quiet {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Quiet {
+    fn new() -> Quiet {
+        Quiet { last: None, suppressed: 0 }
+    }
+
+    /// Whether to log now; if so, also how many were suppressed since the last line.
+    fn due(&mut self) -> Option<u64> {
+        if self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(WARN_EVERY_MS)) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+pub async fn accept_loop(d: Rc<Driver>, listener: TcpListener, slots: Arc<Slots>) {
     let mut per_ip = PerIp::new(d.cfg.connect_rate_per_ip_per_s, d.cfg.shards);
+    let (mut full_log, mut error_log) = (Quiet::new(), Quiet::new());
     loop {
         match listener.accept().await {
-            Ok(mut stream) => {
+            Ok(stream) => {
+                let Some(slot) = slots.take() else {
+                    // At the bound: refuse before reading anything, without a task or a timer,
+                    // so a flood costs an accept and a close each and never a descriptor held.
+                    // SAFETY: a send on a socket we own; MSG_DONTWAIT never blocks the shard.
+                    unsafe {
+                        libc::send(
+                            stream.as_raw_fd(),
+                            FULL_RESPONSE.as_ptr().cast(),
+                            FULL_RESPONSE.len(),
+                            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                        )
+                    };
+                    drop(stream);
+                    ShardMetrics::add(&d.metrics.connections_refused_full, 1);
+                    if let Some(suppressed) = full_log.due() {
+                        tracing::warn!(connections_max = slots.max, suppressed, "connection bound reached: refusing new connections");
+                    }
+                    continue;
+                };
+                let mut stream = stream;
                 let ip = stream.peer_addr().map(|a| a.ip());
                 if ip.is_ok_and(|ip| !per_ip.allow(ip)) {
                     ShardMetrics::add(&d.metrics.connections_refused_rate, 1);
                     glommio::spawn_local(async move {
+                        let _slot = slot;
                         let _ = stream.write_all(&response(429, "Too Many Requests", "too many new connections from this address")).await;
                     })
                     .detach();
                     continue;
                 }
-                glommio::spawn_local(handshake(d.clone(), stream)).detach();
+                glommio::spawn_local(handshake(d.clone(), stream, slot)).detach();
             }
             Err(e) => {
-                // Out of descriptors or memory: back off instead of spinning on the error.
-                tracing::warn!(error = %e, "accept failed");
+                // Out of descriptors or memory (the bound keeps this rare: something else took
+                // them): back off instead of spinning on the error, and do not flood the log.
+                if let Some(suppressed) = error_log.due() {
+                    tracing::warn!(error = %e, suppressed, "accept failed");
+                }
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -85,15 +172,17 @@ async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, Vec<u8>), Opt
         match RequestHead::parse(&buf) {
             Ok(Some(head)) => return Ok((head, buf)),
             Ok(None) => {}
-            Err(why) => return Err(Some(response(400, "Bad Request", why))),
+            Err(e) => {
+                let (status, reason, body) = e.answer();
+                return Err(Some(response(status, reason, body)));
+            }
         }
-        if buf.len() > HEAD_BYTES_MAX {
-            return Err(Some(response(431, "Request Header Fields Too Large", "request head too large")));
-        }
+        // `parse` refuses a head past HEAD_BYTES_MAX, so the buffer never grows beyond it.
+        debug_assert!(buf.len() <= HEAD_BYTES_MAX + chunk.len());
     }
 }
 
-async fn handshake(d: Rc<Driver>, mut stream: TcpStream) {
+async fn handshake(d: Rc<Driver>, mut stream: TcpStream, slot: Slot) {
     let timeout = glommio::timer::sleep(Duration::from_millis(d.cfg.handshake_timeout_ms));
     let (outcome, timed_out) = match select(Box::pin(read_head(&mut stream)), Box::pin(timeout)).await {
         Either::Left((r, _)) => (r, false),
@@ -136,7 +225,7 @@ async fn handshake(d: Rc<Driver>, mut stream: TcpStream) {
             return;
         }
     };
-    let upgrade = Upgrade { answer, early: bytes[head.len..].to_vec() };
+    let upgrade = Upgrade { answer, early: bytes[head.len..].to_vec(), slot };
     let home = home_shard(&identity.user, d.cfg.shards);
     if home == d.id {
         super::conn::start(&d, stream, upgrade, identity);

@@ -65,44 +65,61 @@ pub enum BridgeOp {
 
 /// Session connection ids start here; request ids count up from 1 below them.
 pub const SESSION_CONN_BASE: u64 = 1 << 62;
-/// Events a long-poll session holds for its client; beyond it the session ends (like a
-/// WebSocket slow consumer) and the client starts a new one and syncs.
+/// Events a long-poll session holds for its client; beyond it (or beyond its bytes bound) the
+/// session ends (like a WebSocket slow consumer) and the client starts a new one and syncs.
 pub const SESSION_EVENTS_MAX: usize = 10_000;
 
 /// The events of one long-poll session, shared by the bridge (which appends) and the control
 /// plane (which hands them to polls). Events are numbered from 1; a poll's cursor says up to which
 /// number the client has them.
-#[derive(Default)]
 pub struct SessionBuf {
     state: std::sync::Mutex<SessionState>,
     pub notify: tokio::sync::Notify,
+    /// Bytes of unconfirmed events (their JSON encoding) the session may hold: the WebSocket
+    /// connection's outbound bound, so a poll session pins no more memory than a socket.
+    bytes_max: usize,
 }
 
 #[derive(Default)]
 struct SessionState {
     /// Number of the last event appended.
     last: u64,
-    events: std::collections::VecDeque<(u64, ServerFrame)>,
+    /// Each event with its number and its size in bytes (JSON).
+    events: std::collections::VecDeque<(u64, ServerFrame, usize)>,
+    /// Sum of the sizes in `events`.
+    bytes: usize,
     /// Some once the session is over, with why.
     ended: Option<&'static str>,
 }
 
 impl SessionBuf {
-    pub(crate) fn push(&self, frame: ServerFrame) {
+    pub fn new(bytes_max: usize) -> SessionBuf {
+        SessionBuf { state: Default::default(), notify: tokio::sync::Notify::new(), bytes_max }
+    }
+
+    /// Appends an event of `bytes` bytes (its JSON encoding, as the poll will send it).
+    pub(crate) fn push(&self, frame: ServerFrame, bytes: usize) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.ended.is_some() {
             return;
         }
-        if st.events.len() >= SESSION_EVENTS_MAX {
+        if st.events.len() >= SESSION_EVENTS_MAX || st.bytes + bytes > self.bytes_max {
             st.events.clear();
+            st.bytes = 0;
             st.ended = Some("the session fell too far behind: start a new one and sync");
         } else {
             st.last += 1;
+            st.bytes += bytes;
             let n = st.last;
-            st.events.push_back((n, frame));
+            st.events.push_back((n, frame, bytes));
         }
         drop(st);
         self.notify.notify_waiters();
+    }
+
+    /// Bytes of the events held (tests, and the bound's check).
+    pub fn held_bytes(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).bytes
     }
 
     pub fn end(&self, why: &'static str) {
@@ -117,12 +134,13 @@ impl SessionBuf {
         if let Some(why) = st.ended {
             return Err(why);
         }
-        while st.events.front().is_some_and(|(n, _)| *n <= upto) {
-            st.events.pop_front();
+        while st.events.front().is_some_and(|(n, _, _)| *n <= upto) {
+            let (_, _, bytes) = st.events.pop_front().expect("checked");
+            st.bytes -= bytes;
         }
-        let batch: Vec<&(u64, ServerFrame)> = st.events.iter().take(max).collect();
-        let cursor = batch.last().map(|(n, _)| *n).unwrap_or(upto);
-        Ok((cursor, batch.into_iter().map(|(_, f)| f.clone()).collect()))
+        let batch: Vec<&(u64, ServerFrame, usize)> = st.events.iter().take(max).collect();
+        let cursor = batch.last().map(|(n, _, _)| *n).unwrap_or(upto);
+        Ok((cursor, batch.into_iter().map(|(_, f, _)| f.clone()).collect()))
     }
 }
 
@@ -232,10 +250,10 @@ impl State {
     /// A message from a shard (or, through the cluster link, from another node) for the bridge.
     fn incoming(&mut self, m: PeerMsg) {
         match m {
-            PeerMsg::Reply { conn, payload } => self.complete(conn, payload.frame().clone()),
+            PeerMsg::Reply { conn, payload } => self.complete(conn, &payload),
             PeerMsg::Deliver { conns, payload, .. } => {
                 for c in conns {
-                    self.complete(c, payload.frame().clone());
+                    self.complete(c, &payload);
                 }
             }
             PeerMsg::Detach { remote } => {
@@ -247,9 +265,11 @@ impl State {
         }
     }
 
-    fn complete(&mut self, conn: u64, frame: ServerFrame) {
+    fn complete(&mut self, conn: u64, payload: &shardchat_shard::Payload) {
+        let frame = payload.frame().clone();
         if let Some((_, buf)) = self.sessions.get(&conn) {
-            buf.push(frame);
+            // Sized by its JSON encoding, made once per payload whatever the recipients.
+            buf.push(frame, payload.text().len());
             return;
         }
         let Some(req) = self.conns.remove(&conn) else { return };

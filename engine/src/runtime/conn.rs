@@ -87,6 +87,10 @@ impl ConnHandle {
         self.finished.get()
     }
 
+    pub fn is_closing(&self) -> bool {
+        self.closing.get().is_some()
+    }
+
     fn wake(&self) {
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
@@ -175,6 +179,8 @@ pub fn adopt(d: &Rc<Driver>, fd: RawFd, upgrade: Upgrade, identity: Identity) {
 pub struct Upgrade {
     pub answer: Vec<u8>,
     pub early: Vec<u8>,
+    /// The connection's place under `connections_max`, held until it ends.
+    pub slot: super::accept::Slot,
 }
 
 /// Runs a connection on this (its home) shard.
@@ -188,16 +194,28 @@ pub fn start(d: &Rc<Driver>, stream: TcpStream, upgrade: Upgrade, identity: Iden
     let setup = Box::new((stream, upgrade, identity));
     glommio::spawn_local(async move {
         // (A block, so that the box is freed here rather than when the task ends.)
-        let (stream, Upgrade { answer, mut early }, identity) = {
+        let (stream, Upgrade { answer, mut early, slot }, identity) = {
             let setup = setup;
             *setup
         };
+        // Given back when this task ends, however it ends.
+        let _slot = slot;
         let Some(stream) = Box::pin(answer_upgrade(stream, answer)).await else { return };
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let id = d.next_conn_id();
         let handle = Rc::new(ConnHandle::new(fd));
         d.register(id, handle.clone(), identity);
-        let mut conn = Conn { d: d.clone(), id, h: handle.clone(), stream, reader: FrameReader::default(), unsent: Vec::new(), nap: None };
+        let mut conn = Conn {
+            d: d.clone(),
+            id,
+            h: handle.clone(),
+            stream,
+            reader: FrameReader::default(),
+            unsent: Vec::new(),
+            unsent_head: 0,
+            held: 0,
+            nap: None,
+        };
         let first = conn.on_bytes(&mut early);
         drop(early);
         let exit = match first {
@@ -245,8 +263,20 @@ struct Conn {
     /// Encoded bytes the socket did not take yet (a client slower than we write); empty, and
     /// unallocated, for nearly every connection.
     unsent: Vec<u8>,
+    /// How many bytes at the start of `unsent` finish the frame the socket took part of: what
+    /// must still go out before any other frame (a close) can. 0 at a frame boundary.
+    unsent_head: usize,
+    /// Bytes `reader` held after the last read, as counted in the shard's partial-message total.
+    held: usize,
     /// While the shard is congested: the timer after which reading resumes.
     nap: Option<glommio::timer::Timer>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Whatever half-sent message the client left is freed with the reader.
+        self.d.partial_held(self.id, &self.h, self.held, 0);
+    }
 }
 
 impl Conn {
@@ -278,12 +308,24 @@ impl Conn {
                 }
             } else {
                 self.nap = None;
+                // Whether the socket said "nothing more now" (and so will wake us when more
+                // comes). If every read of the turn returned data, nothing is registered to wake
+                // this task for the rest: it must ask to be polled again itself.
+                let mut read_parked = false;
                 for _ in 0..READS_PER_TURN {
                     match self.poll_read_once(cx) {
                         Poll::Ready(Some(exit)) => return Poll::Ready(exit),
                         Poll::Ready(None) => {}
-                        Poll::Pending => break,
+                        Poll::Pending => {
+                            read_parked = true;
+                            break;
+                        }
                     }
+                }
+                if !read_parked {
+                    // Yield (other connections run first), then read on: a client sending
+                    // frames that need no answer must not stall until something is pushed.
+                    cx.waker().wake_by_ref();
                 }
             }
             // Wake for outbound frames and close requests too. Go round again only if frames
@@ -319,6 +361,15 @@ impl Conn {
             }
             inbound(d, id, h, msg)
         });
+        let held = self.reader.held_bytes();
+        let over = d.partial_held(id, h, self.held, held);
+        self.held = held;
+        if over && outcome == Ok(Fed::More) {
+            // This connection's half-sent message took the shard past its bound for them: it
+            // goes, rather than the memory (or every other connection's partial message).
+            ShardMetrics::add(&d.metrics.closes_incomplete, 1);
+            return Some(Exit::Close(1013, "server busy: too many unfinished messages, retry"));
+        }
         match outcome {
             Ok(Fed::More) => None,
             // Answer a client's close with its own code (RFC 6455 §5.5.1).
@@ -341,6 +392,7 @@ impl Conn {
             if !self.unsent.is_empty() {
                 let n = std::task::ready!(poll_write_some(&mut self.stream, cx, &self.unsent))?;
                 self.unsent.drain(..n);
+                self.unsent_head = self.unsent_head.saturating_sub(n);
                 if self.unsent.is_empty() {
                     // Caught up: give the memory back.
                     self.unsent = Vec::new();
@@ -349,10 +401,13 @@ impl Conn {
             }
             let d = self.d.clone();
             let mut batch = d.write_buf.borrow_mut();
+            let mut ends = d.write_ends.borrow_mut();
             batch.clear();
+            ends.clear();
             while batch.len() < d.cfg.write_batch_bytes {
                 let Some(m) = self.h.pop() else { break };
                 encode_message(&m, &mut batch);
+                ends.push(batch.len());
             }
             if batch.is_empty() {
                 return Poll::Ready(Ok(()));
@@ -364,6 +419,9 @@ impl Conn {
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
                         self.unsent.extend_from_slice(&batch[off..]);
+                        // The first frame not wholly written ends here.
+                        let end = ends.iter().find(|&&e| e > off).copied().unwrap_or(batch.len());
+                        self.unsent_head = if off == 0 || ends.contains(&off) { 0 } else { end - off };
                         return Poll::Pending;
                     }
                 }
@@ -374,14 +432,33 @@ impl Conn {
     /// Sends the close frame (after anything half-sent), half-closes, and waits briefly for the
     /// client to finish so that the frame is not lost to a reset.
     async fn finish(mut self, exit: Exit) {
+        // Nothing more is read into messages: a half-sent one is freed now, not once the
+        // client has taken the close.
+        self.reader = FrameReader::default();
+        self.d.partial_held(self.id, &self.h, self.held, 0);
+        self.held = 0;
         let Exit::Close(code, reason) = exit else { return };
         let mut out = std::mem::take(&mut self.unsent);
+        if code == 1013 {
+            // A slow consumer: its backlog is dropped (it resyncs), so the close frame waits
+            // only behind the rest of the frame the socket took part of.
+            out.truncate(self.unsent_head);
+        } else {
+            // Answers queued before the close (to frames that came in the same read as the
+            // client's close or a violation) go out first, as RFC 6455 allows.
+            while let Some(m) = self.h.pop() {
+                encode_message(&m, &mut out);
+            }
+        }
         ws::encode_close(code, reason, &mut out);
-        let grace = Duration::from_millis(CLOSE_DRAIN_MS);
+        // Up to the grace a close request gives (`ConnHandle::close`): a client that reads
+        // slowly still gets its close frame.
+        let grace = Duration::from_millis(CLOSE_GRACE_MS);
         let sent = glommio::timer::timeout(grace, async { Ok(self.stream.write_all(&out).await) }).await;
         if !matches!(sent, Ok(Ok(()))) {
             return;
         }
+        let grace = Duration::from_millis(CLOSE_DRAIN_MS);
         let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
         let d = self.d.clone();
         let drain = std::future::poll_fn(|cx| loop {

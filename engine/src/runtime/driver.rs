@@ -73,6 +73,14 @@ pub struct Driver {
     pub read_buf: RefCell<Vec<u8>>,
     /// Where queued frames are encoded before one write; borrowed like `read_buf`.
     pub write_buf: RefCell<Vec<u8>>,
+    /// Where each frame in `write_buf` ends (so a half-written batch knows its frame bounds).
+    pub write_ends: RefCell<Vec<usize>>,
+    /// Connections holding part of a message (a frame split across reads, or a fragmented
+    /// message): since when (ms on this shard's clock), to close those that take too long.
+    partials: RefCell<HashMap<u64, (u64, Rc<ConnHandle>)>>,
+    /// Bytes the connections' readers hold for partial messages, all together; bounded by
+    /// `partial_bytes_per_shard_max`.
+    partial_bytes: Cell<usize>,
     shard: RefCell<Shard>,
     conns: RefCell<HashMap<u64, Rc<ConnHandle>>>,
     next_conn: Cell<u64>,
@@ -128,6 +136,9 @@ impl Driver {
             limits: Limits { body_bytes_max: cfg.body_bytes_max },
             read_buf: RefCell::new(vec![0; cfg.shard_read_buffer_bytes]),
             write_buf: RefCell::new(Vec::with_capacity(cfg.write_batch_bytes)),
+            write_ends: RefCell::new(Vec::new()),
+            partials: RefCell::new(HashMap::new()),
+            partial_bytes: Cell::new(0),
             shard: RefCell::new(Shard::new(sc, now(started))),
             conns: RefCell::new(HashMap::new()),
             next_conn: Cell::new(1),
@@ -219,7 +230,44 @@ impl Driver {
     }
 
     pub fn tick(self: &Rc<Self>) {
+        self.close_overdue_partials();
         self.dispatch(Event::Tick);
+    }
+
+    /// A connection's reader went from holding `before` bytes of partial messages to `after`.
+    /// Returns whether the shard now holds more than its bound (the caller closes the connection).
+    pub fn partial_held(&self, conn: u64, handle: &Rc<ConnHandle>, before: usize, after: usize) -> bool {
+        if before == after {
+            return false;
+        }
+        let total = self.partial_bytes.get() + after - before;
+        debug_assert!(self.partial_bytes.get() >= before, "a connection released bytes it never held");
+        self.partial_bytes.set(total);
+        self.metrics.partial_bytes.store(total as u64, std::sync::atomic::Ordering::Relaxed);
+        match (before, after) {
+            (0, _) => {
+                // The message's clock starts with its first byte; pings and later bytes do not
+                // reset it.
+                self.partials.borrow_mut().insert(conn, (self.started.elapsed().as_millis() as u64, handle.clone()));
+            }
+            (_, 0) => {
+                self.partials.borrow_mut().remove(&conn);
+            }
+            _ => {}
+        }
+        after > before && total > self.cfg.partial_bytes_per_shard_max
+    }
+
+    /// Closes connections whose partial message is older than `message_complete_timeout_ms`.
+    fn close_overdue_partials(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        let limit = self.cfg.message_complete_timeout_ms;
+        for (since, handle) in self.partials.borrow().values() {
+            if now.saturating_sub(*since) > limit && !handle.is_closing() {
+                ShardMetrics::add(&self.metrics.closes_incomplete, 1);
+                handle.close(1008, "message not completed in time");
+            }
+        }
     }
 
     pub fn close_all(&self, code: u16, reason: &'static str) {

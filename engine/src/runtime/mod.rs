@@ -12,6 +12,7 @@ mod park_tests;
 
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::Config;
+use crate::health::Health;
 use crate::metrics::ShardMetrics;
 use driver::{Driver, Wire};
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -28,6 +29,8 @@ use std::time::Duration;
 const MESH_CHANNEL_BATCHES_MAX: usize = 1024;
 /// How often a shard's coarse timer runs (heartbeat wheel, shutdown check).
 const TICK_MS: u64 = 250;
+// A shard counts as stalled only after missing several ticks in a row.
+const _: () = assert!(TICK_MS * 4 <= crate::health::SHARD_STALL_MS);
 /// How long shutdown waits for connections to take their close frames.
 const SHUTDOWN_GRACE_MS: u64 = 3_000;
 
@@ -56,14 +59,22 @@ pub fn serve(cfg: Config) -> Result<(), String> {
         tracing::warn!("?user=<id>. Never expose this server to a network you do not own.");
         tracing::warn!("================================================================");
     }
-    raise_open_files_limit();
+    let open_files_max = raise_open_files_limit();
+    let connections_max = cfg.connections_bound(open_files_max)?;
+    tracing::info!(
+        connections_max,
+        reserved = open_files_max - connections_max,
+        "connection bound (beyond it new connections are closed at once; the rest of the descriptors stay for the store, index, Redis and HTTP)"
+    );
+    let slots = Arc::new(accept::Slots::new(connections_max));
     probe_listen_address(&cfg)?;
     let store = open_store(&cfg)?;
+    let health = Arc::new(Health::new(cfg.shards));
     let (bridge, bridge_end) = bridge::pair().map_err(|e| format!("bridge: {e}"))?;
     let cluster = match &cfg.cluster {
         Some(url) => {
             let cc = ClusterConfig { redis: url.clone(), node: cfg.node_id, shards: cfg.shards, listen: cfg.listen };
-            Some(Arc::new(Cluster::start(cc, bridge.clone(), store.clone())?))
+            Some(Arc::new(Cluster::start(cc, bridge.clone(), store.clone(), health.clone())?))
         }
         None => None,
     };
@@ -82,13 +93,13 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     let mut handles = Vec::new();
     for id in 0..cfg.shards {
         let (cfg, mesh, store, shutdown, cluster) = (cfg.clone(), mesh.clone(), store.clone(), shutdown.clone(), cluster.clone());
-        let metrics = metrics[id].clone();
+        let (metrics, health, slots) = (metrics[id].clone(), health.clone(), slots.clone());
         let cpu = cpus[id % cpus.len().max(1)];
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{id}"))
             .spin_before_park(Duration::from_micros(cfg.spin_before_park_us))
             .blocking_thread_pool_placement(PoolPlacement::Unbound(cfg.storage_threads_per_shard.max(1)))
-            .spawn(move || async move { shard_main(id, cfg, mesh, store, cluster, shutdown, metrics).await })
+            .spawn(move || async move { shard_main(id, Shared { cfg, mesh, store, cluster, shutdown, metrics, health, slots }).await })
             .map_err(|e| format!("starting shard {id}: {e}"))?;
         handles.push(h);
     }
@@ -108,7 +119,16 @@ pub fn serve(cfg: Config) -> Result<(), String> {
                 .spawn(move || idx.run_indexer(st, stop))
                 .map_err(|e| format!("search indexer thread: {e}"))?;
             let cluster_state = cluster.as_ref().map(|c| c.state.clone());
-            Some(crate::control::ControlPlane::start(cfg.clone(), store.clone(), bridge, shutdown.clone(), metrics, cluster_state, search)?)
+            Some(crate::control::ControlPlane::start(
+                cfg.clone(),
+                store.clone(),
+                bridge,
+                shutdown.clone(),
+                metrics,
+                cluster_state,
+                search,
+                health.clone(),
+            )?)
         }
         None => {
             drop(bridge);
@@ -170,17 +190,20 @@ fn open_store(cfg: &Config) -> Result<Arc<dyn MessageStore>, String> {
 }
 
 /// Every connection is a descriptor: take the hard limit as the soft one, and say what it is
-/// (raising the hard limit is `tuning/`'s job).
-fn raise_open_files_limit() {
+/// (raising the hard limit is `tuning/`'s job). Returns the limit now in force.
+fn raise_open_files_limit() -> usize {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: plain syscalls on a local struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
         }
     }
     tracing::info!(open_files_max = lim.rlim_cur, "descriptor limit (each connection takes one; see tuning/)");
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
 }
 
 /// Every shard binds with SO_REUSEPORT, which would also let a second shardchat (same user) bind
@@ -224,15 +247,20 @@ fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<glommio::net::Tc
     Ok(unsafe { glommio::net::TcpListener::from_raw_fd(sk.into_raw_fd()) })
 }
 
-async fn shard_main(
-    id: usize,
+/// What every shard is started with.
+struct Shared {
     cfg: Arc<Config>,
     mesh: MeshBuilder<Wire, glommio::channels::channel_mesh::Full>,
     store: Arc<dyn MessageStore>,
     cluster: Option<Arc<Cluster>>,
     shutdown: Arc<AtomicBool>,
     metrics: Arc<ShardMetrics>,
-) -> Result<(), String> {
+    health: Arc<Health>,
+    slots: Arc<accept::Slots>,
+}
+
+async fn shard_main(id: usize, sh: Shared) -> Result<(), String> {
+    let Shared { cfg, mesh, store, cluster, shutdown, metrics, health, slots } = sh;
     let (senders, receivers) = mesh.join().await.map_err(|_| "joining the shard mesh".to_string())?;
     if senders.peer_id() != id {
         return Err(format!("shard {id} joined the mesh as peer {}", senders.peer_id()));
@@ -240,12 +268,15 @@ async fn shard_main(
     let listener = bind_listener(cfg.listen).map_err(|e| format!("binding {}: {e}", cfg.listen))?;
     let d = Rc::new(Driver::new(id, cfg.clone(), store, cluster, senders, metrics));
     d.start_mesh(receivers);
-    let acceptor = glommio::spawn_local(accept::accept_loop(d.clone(), listener));
-    if id == 0 {
-        tracing::info!(listen = %cfg.listen, "listening");
-    }
+    let acceptor = glommio::spawn_local(accept::accept_loop(d.clone(), listener, slots));
+    // The shard serves from here: its listener accepts (the kernel queues connections before
+    // the accept loop first runs) and its loop runs. Readiness and, in cluster mode, this node's
+    // liveness follow these beats, so a shard that never got here, or stops, is seen.
+    health.beat(id);
+    tracing::info!(shard = id, listen = %cfg.listen, "listening");
     while !shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
+        health.beat(id);
         d.tick();
     }
     drop(acceptor.cancel());

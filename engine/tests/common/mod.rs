@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
 pub mod webhook;
 
 use futures::{SinkExt, StreamExt};
@@ -17,6 +18,16 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long a test waits for one expected frame before failing.
 pub const FRAME_WAIT: Duration = Duration::from_secs(10);
 
+/// A test that cannot run here because a tool is missing: it fails under CI (where `.ci/run`
+/// installs every tool), and elsewhere says so in the normal test output. The harness captures
+/// `eprintln!`, shown only with `--nocapture`, so the line goes to the process's stderr directly.
+pub fn skip(tool_missing: &str) {
+    assert!(std::env::var_os("CI").is_none(), "CI is set but this test cannot run: {tool_missing}");
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {tool_missing}");
+}
+
 pub struct Server {
     pub port: u16,
     /// The control plane's port (REST).
@@ -29,6 +40,8 @@ pub struct Server {
     log: Option<(PathBuf, String)>,
     /// Extra environment of the server process (kept across restarts).
     env: Vec<(String, String)>,
+    /// Some: the server process's descriptor limit (RLIMIT_NOFILE, soft and hard).
+    pub nofile: Option<u64>,
 }
 
 /// A port no other server of this test process got: the kernel's bind(0) may hand a port that
@@ -73,12 +86,22 @@ impl Server {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: None,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            nofile: None,
         };
         s.spawn();
         s
     }
 
+    /// Like `start`, with the process held to `nofile` descriptors.
+    pub fn start_limited(nofile: u64, extra: &[&str], filter: &str) -> Server {
+        Server::start_inner_with(extra, Some(filter), Some(nofile))
+    }
+
     fn start_inner(extra: &[&str], filter: Option<&str>) -> Server {
+        Server::start_inner_with(extra, filter, None)
+    }
+
+    fn start_inner_with(extra: &[&str], filter: Option<&str>, nofile: Option<u64>) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
         let log = filter.map(|f| (tmp.path().join("server.log"), f.to_string()));
@@ -91,6 +114,7 @@ impl Server {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log,
             env: Vec::new(),
+            nofile,
         };
         s.spawn();
         s
@@ -127,7 +151,21 @@ impl Server {
                 Err(_) => ("warn".into(), Stdio::null()),
             },
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shardchat"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardchat"));
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit only, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(&args)
             .env("RUST_LOG", filter)
             .env("NO_COLOR", "1")
@@ -136,15 +174,20 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start shardchat");
+        // Held by the server before anything can fail, so that a failed start (the panics
+        // below) still kills it when the test unwinds, rather than leaving it running.
+        self.child = Some(child);
+        // Ready means every shard accepts and runs (a process can listen on the port, since the
+        // kernel queues connections for any shard's listener, while a shard never started).
         let deadline = Instant::now() + Duration::from_secs(20);
-        while StdTcp::connect(("127.0.0.1", self.port)).is_err() || StdTcp::connect(("127.0.0.1", self.http)).is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
+        while !ready(self.http) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
                 panic!("shardchat exited at start: {status}");
             }
-            assert!(Instant::now() < deadline, "server did not start listening");
+            assert!(Instant::now() < deadline, "server did not become ready (/readyz) within 20 s");
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.child = Some(child);
     }
 
     pub fn url(&self, user: &str, device: &str) -> String {
@@ -234,6 +277,18 @@ impl Drop for Server {
             let _ = c.wait();
         }
     }
+}
+
+/// Whether the control plane on `http` answers `/readyz` with 200 (a blocking probe).
+pub fn ready(http: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = StdTcp::connect(("127.0.0.1", http)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
 }
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;

@@ -16,15 +16,35 @@ pub struct RequestHead {
     headers: Vec<(String, String)>,
 }
 
+/// Why a request head is refused, with the HTTP answer each gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// Not HTTP/1.1 as RFC 9112 writes it: 400.
+    Malformed,
+    /// Over [`HEAD_BYTES_MAX`] bytes, or more than [`HEADERS_MAX`] header fields: 431.
+    TooLarge,
+}
+
+impl HeadError {
+    /// The status, its reason phrase and a body line.
+    pub fn answer(self) -> (u16, &'static str, &'static str) {
+        match self {
+            HeadError::Malformed => (400, "Bad Request", "malformed request head"),
+            HeadError::TooLarge => (431, "Request Header Fields Too Large", "request head over 8 KiB or 32 header fields"),
+        }
+    }
+}
+
 impl RequestHead {
     /// Parses `buf`: `Ok(None)` when the head is not complete yet ("not enough bytes" is not an
     /// error), `Err` when it is malformed or too large.
-    pub fn parse(buf: &[u8]) -> Result<Option<RequestHead>, &'static str> {
+    pub fn parse(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
         let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(buf) {
-            Ok(httparse::Status::Partial) if buf.len() >= HEAD_BYTES_MAX => Err("request head too large"),
+            Ok(httparse::Status::Partial) if buf.len() >= HEAD_BYTES_MAX => Err(HeadError::TooLarge),
             Ok(httparse::Status::Partial) => Ok(None),
+            Ok(httparse::Status::Complete(len)) if len > HEAD_BYTES_MAX => Err(HeadError::TooLarge),
             Ok(httparse::Status::Complete(len)) => {
                 let target = req.path.unwrap_or("/");
                 let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -40,7 +60,8 @@ impl RequestHead {
                         .collect(),
                 }))
             }
-            Err(_) => Err("malformed request head"),
+            Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+            Err(_) => Err(HeadError::Malformed),
         }
     }
 
@@ -109,9 +130,20 @@ mod tests {
 
     #[test]
     fn garbage_and_oversized_heads_are_errors() {
-        assert!(RequestHead::parse(b"\x00\x01\x02 nonsense\r\n\r\n").is_err());
+        assert_eq!(RequestHead::parse(b"\x00\x01\x02 nonsense\r\n\r\n").unwrap_err(), HeadError::Malformed);
+        // Over 8 KiB, unfinished or complete: 431.
         let mut big = b"GET /ws HTTP/1.1\r\nX: ".to_vec();
         big.resize(HEAD_BYTES_MAX + 10, b'a');
-        assert!(RequestHead::parse(&big).is_err());
+        assert_eq!(RequestHead::parse(&big).unwrap_err(), HeadError::TooLarge);
+        big.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(RequestHead::parse(&big).unwrap_err(), HeadError::TooLarge);
+        // Within 8 KiB but more header fields than taken: 431 as well.
+        let mut many = b"GET /ws HTTP/1.1\r\n".to_vec();
+        for i in 0..HEADERS_MAX + 1 {
+            many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(RequestHead::parse(&many).unwrap_err(), HeadError::TooLarge);
+        assert_eq!(HeadError::TooLarge.answer().0, 431);
     }
 }

@@ -64,14 +64,40 @@ pub struct FrameReader {
 struct Partial {
     /// The start of a frame whose rest has not arrived yet.
     pending: Vec<u8>,
-    /// A fragmented message being put together: whether binary, and its payload so far.
-    message: Option<(bool, Vec<u8>)>,
+    /// A fragmented message being put together.
+    message: Option<Fragmented>,
+}
+
+struct Fragmented {
+    binary: bool,
+    body: Vec<u8>,
+    /// For text: how much of `body` is known to be valid UTF-8 so far (a character may be cut
+    /// between fragments). Each fragment is checked as it arrives, so invalid text is refused
+    /// (1007) on the fragment that breaks it rather than once the message completes.
+    checked: usize,
+}
+
+impl Fragmented {
+    /// Appends a fragment; for text, fails as soon as the bytes cannot be UTF-8.
+    fn extend(&mut self, payload: &[u8]) -> Result<(), WsError> {
+        self.body.extend_from_slice(payload);
+        if self.binary {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.body[self.checked..]) {
+            Ok(_) => self.checked = self.body.len(),
+            // Invalid, not merely cut short at the end.
+            Err(e) if e.error_len().is_some() => return Err(NOT_UTF8),
+            Err(e) => self.checked += e.valid_up_to(),
+        }
+        Ok(())
+    }
 }
 
 impl FrameReader {
     /// Bytes this reader holds between reads (0 for a connection between frames).
     pub fn held_bytes(&self) -> usize {
-        self.partial.as_ref().map_or(0, |p| p.pending.capacity() + p.message.as_ref().map_or(0, |m| m.1.capacity()))
+        self.partial.as_ref().map_or(0, |p| p.pending.capacity() + p.message.as_ref().map_or(0, |m| m.body.capacity()))
     }
 
     /// Parses `input` (just read from the socket; unmasked in place), calling `on` for every
@@ -105,7 +131,7 @@ impl FrameReader {
 /// Parses the complete frames at the start of `buf`; returns how many bytes they took.
 fn parse(
     buf: &mut [u8],
-    message: &mut Option<(bool, Vec<u8>)>,
+    message: &mut Option<Fragmented>,
     message_bytes_max: usize,
     on: &mut impl FnMut(Msg<'_>),
 ) -> (Result<Fed, WsError>, usize) {
@@ -157,16 +183,18 @@ fn parse(
                 }
             }
             OpCode::Data(Data::Continue) => {
-                let Some((_, body)) = message.as_mut() else {
+                let Some(m) = message.as_mut() else {
                     return (Err(protocol("continuation frame without a message to continue")), pos);
                 };
-                if body.len() + len > message_bytes_max {
+                if m.body.len() + len > message_bytes_max {
                     return (Err(TOO_BIG), pos);
                 }
-                body.extend_from_slice(payload);
+                if let Err(e) = m.extend(payload) {
+                    return (Err(e), pos);
+                }
                 if header.is_final {
-                    let (binary, body) = message.take().expect("checked above");
-                    if let Err(e) = deliver(binary, &body, on) {
+                    let m = message.take().expect("checked above");
+                    if let Err(e) = deliver(m.binary, &m.body, on) {
                         return (Err(e), pos);
                     }
                 }
@@ -181,7 +209,11 @@ fn parse(
                         return (Err(e), pos);
                     }
                 } else {
-                    *message = Some((binary, payload.to_vec()));
+                    let mut m = Fragmented { binary, body: Vec::new(), checked: 0 };
+                    if let Err(e) = m.extend(payload) {
+                        return (Err(e), pos);
+                    }
+                    *message = Some(m);
                 }
             }
             OpCode::Data(Data::Reserved(_)) => return (Err(protocol("unknown data opcode")), pos),
@@ -320,6 +352,29 @@ mod tests {
         let mut rsv = client_frame(true, TEXT, b"x", M);
         rsv[0] |= 0x40;
         assert_eq!(run(&rsv, &[], 1024).1.map_err(|e| e.code), Err(1002), "reserved bit");
+    }
+
+    #[test]
+    fn invalid_text_is_refused_on_the_fragment_that_breaks_it() {
+        // A valid character cut between fragments is fine...
+        let e_acute = "é".as_bytes();
+        let mut s = client_frame(false, TEXT, &[b'a', e_acute[0]], M);
+        s.extend(client_frame(false, CONT, &[e_acute[1], b'b'], M));
+        let (got, out, r) = run(&s, &[], 1024);
+        assert_eq!((got, out), (vec![], Ok(Fed::More)), "a character split across fragments is not an error");
+        assert!(r.held_bytes() > 0, "the message is still open");
+        // ...bytes that can never be UTF-8 are refused at once, before the message ends.
+        for bad in [&[0xff][..], &[0xc3, 0x28], &[0xed, 0xa0, 0x80]] {
+            let mut s = client_frame(false, TEXT, b"ok", M);
+            s.extend(client_frame(false, CONT, bad, M));
+            let (_, out, _) = run(&s, &[], 1024);
+            assert_eq!(out.map_err(|e| e.code), Err(1007), "{bad:?} in a middle fragment");
+            let (_, out, _) = run(&client_frame(false, TEXT, bad, M), &[], 1024);
+            assert_eq!(out.map_err(|e| e.code), Err(1007), "{bad:?} in the first fragment");
+        }
+        // Binary fragments are not text.
+        let (_, out, _) = run(&client_frame(false, BIN, &[0xff], M), &[], 1024);
+        assert_eq!(out, Ok(Fed::More));
     }
 
     #[test]

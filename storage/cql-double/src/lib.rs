@@ -59,7 +59,12 @@ struct Shared {
 impl CqlDouble {
     /// Starts a double on a free loopback port, on a thread of its own.
     pub fn start() -> std::io::Result<CqlDouble> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        CqlDouble::start_on("127.0.0.1:0".parse().expect("valid literal"))
+    }
+
+    /// Starts a double on `addr` (port 0: a free one), on a thread of its own.
+    pub fn start_on(addr: SocketAddr) -> std::io::Result<CqlDouble> {
+        let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Shared { db: Mutex::new(Db::default()), unavailable: AtomicBool::new(false), requests: AtomicU64::new(0) });
