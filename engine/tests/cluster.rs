@@ -85,8 +85,28 @@ impl Drop for Redis {
     }
 }
 
-fn node(redis: &Redis, id: usize) -> Server {
-    Server::start(&["--cluster", &redis.url(), "--node-id", &id.to_string(), "--shards", "2"])
+/// The store every node of a test's cluster shares: the CQL test double, through the real
+/// scylla driver (cluster mode refuses a node's own embedded store), migrated.
+struct SharedStore {
+    _double: shardchat_cql_double::CqlDouble,
+    uri: String,
+}
+
+impl SharedStore {
+    fn start() -> SharedStore {
+        let double = shardchat_cql_double::CqlDouble::start().unwrap();
+        let uri = format!("scylla://{}/chat?schema_metadata=off", double.addr());
+        let out = Command::new(env!("CARGO_BIN_EXE_shardchat"))
+            .args(["migrate", "--scylla", &uri, "--replication-factor", "1"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        SharedStore { _double: double, uri }
+    }
+}
+
+fn node(redis: &Redis, store: &SharedStore, id: usize) -> Server {
+    Server::start(&["--cluster", &redis.url(), "--node-id", &id.to_string(), "--shards", "2", "--store", &store.uri])
 }
 
 async fn metric(s: &Server, name: &str) -> u64 {
@@ -98,9 +118,10 @@ async fn metric(s: &Server, name: &str) -> u64 {
 #[tokio::test]
 async fn three_nodes_keep_the_directory_exact_and_repair_it_when_a_node_dies() {
     let Some(redis) = Redis::start() else { return };
-    let n0 = node(&redis, 0);
-    let mut n1 = node(&redis, 1);
-    let mut n2 = node(&redis, 2);
+    let store = SharedStore::start();
+    let n0 = node(&redis, &store, 0);
+    let mut n1 = node(&redis, &store, 1);
+    let mut n2 = node(&redis, &store, 2);
     redis.wait_for("shardchat:nodes", &["0", "1", "2"]).await;
 
     let a0 = Client::connect(&n0, "alice", "phone").await;
@@ -146,8 +167,9 @@ async fn three_nodes_keep_the_directory_exact_and_repair_it_when_a_node_dies() {
 #[tokio::test]
 async fn with_redis_down_a_node_serves_its_clients_and_rebuilds_the_directory_when_redis_returns() {
     let Some(mut redis) = Redis::start() else { return };
-    let n0 = node(&redis, 0);
-    let n1 = node(&redis, 1);
+    let store = SharedStore::start();
+    let n0 = node(&redis, &store, 0);
+    let n1 = node(&redis, &store, 1);
     let mut a = Client::connect(&n0, "alice", "phone").await;
     // A peer whose conversation with alice node 0 sequences (rendezvous over nodes 0 and 1):
     // traffic of one node.
@@ -198,8 +220,9 @@ async fn with_redis_down_a_node_serves_its_clients_and_rebuilds_the_directory_wh
 #[tokio::test]
 async fn two_processes_given_the_same_node_id_are_reported() {
     let Some(redis) = Redis::start() else { return };
-    let first = node(&redis, 4);
-    let second = node(&redis, 4);
+    let store = SharedStore::start();
+    let first = node(&redis, &store, 4);
+    let second = node(&redis, &store, 4);
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric(&first, "shardchat_cluster_node_id_conflicts_total").await
         + metric(&second, "shardchat_cluster_node_id_conflicts_total").await
@@ -209,7 +232,7 @@ async fn two_processes_given_the_same_node_id_are_reported() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A node alone with its id never reports one, restarts included.
-    let mut other = node(&redis, 5);
+    let mut other = node(&redis, &store, 5);
     other.kill();
     other.restart();
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -222,7 +245,7 @@ async fn two_processes_given_the_same_node_id_are_reported() {
 
 struct Cluster {
     redis: Redis,
-    _double: shardchat_cql_double::CqlDouble,
+    store: SharedStore,
     nodes: Vec<Server>,
 }
 
@@ -234,22 +257,16 @@ impl Cluster {
     /// Like `start`, with extra flags for every node.
     fn start_with(n: usize, extra: &[&str]) -> Option<Cluster> {
         let redis = Redis::start()?;
-        let double = shardchat_cql_double::CqlDouble::start().unwrap();
-        let uri = format!("scylla://{}/chat?schema_metadata=off", double.addr());
-        let out = Command::new(env!("CARGO_BIN_EXE_shardchat"))
-            .args(["migrate", "--scylla", &uri, "--replication-factor", "1"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let store = SharedStore::start();
         let nodes = (0..n)
             .map(|i| {
                 let (id, redis_url) = (i.to_string(), redis.url());
-                let mut args = vec!["--cluster", &redis_url, "--node-id", &id, "--shards", "2", "--store", &uri];
+                let mut args = vec!["--cluster", &redis_url, "--node-id", &id, "--shards", "2", "--store", &store.uri];
                 args.extend_from_slice(extra);
                 Server::start(&args)
             })
             .collect();
-        Some(Cluster { redis, _double: double, nodes })
+        Some(Cluster { redis, store, nodes })
     }
 
     /// Until every node sees `n` live nodes.
@@ -551,6 +568,56 @@ async fn a_paused_node_taken_for_dead_is_fenced_and_no_seq_is_ever_assigned_twic
     );
     assert_eq!(metric(&cl.nodes[2], "shardchat_cluster_rejoins_total").await, 1, "the paused node came back as a new incarnation");
     cl.settle(3).await;
+}
+
+#[tokio::test]
+async fn a_node_whose_shard_stops_running_is_taken_for_dead_and_its_conversations_move() {
+    let Some(mut cl) = Cluster::start(2) else { return };
+    // Node 2's shard 1 stops running 6 s after it starts serving, as a hung executor would; the
+    // node's other threads (its Redis link among them) go on.
+    let dir = tempfile::tempdir().unwrap();
+    let redis_url = cl.redis.url();
+    let args = ["--cluster", &redis_url, "--node-id", "2", "--shards", "2", "--store", &cl.store.uri];
+    cl.nodes.push(Server::start_in_env(&dir.path().join("data"), &args, &[("SHARDCHAT_FAULT_STALL_SHARD", "1@6000")]));
+    cl.settle(3).await;
+    // Conversations node 2 sequences on exactly that shard.
+    let pairs: Vec<(String, String)> = (0..400)
+        .map(|i| (format!("s{i}"), format!("r{i}")))
+        .filter(|(a, b)| {
+            let conv = direct(a, b);
+            shardchat_shard::owner_node(&conv, &[0, 1, 2]) == Some(2) && shardchat_shard::owner_shard(&conv, 2) == 1
+        })
+        .take(2)
+        .collect();
+    assert_eq!(pairs.len(), 2);
+    let (stop, tasks, _receivers) = traffic(&cl, &pairs, 0, 1).await;
+    // The shard stops: the node is not ready, and it stops announcing itself.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ready(cl.nodes[2].http) {
+        assert!(Instant::now() < deadline, "node 2 stays ready with a shard that stopped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut before = Vec::new();
+    for (s, r) in &pairs {
+        before.push(stored(&cl.nodes[0], r, &direct(s, r)).await.len());
+    }
+    // The others take it for dead (its key expires), fence it and sequence its conversations.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(&cl.nodes[0], "shardchat_cluster_live_nodes").await != 2 {
+        assert!(Instant::now() < deadline, "a node whose shard stopped is still taken for live");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let counts = check_traffic(&cl.nodes[0], &pairs, stop, tasks, 5).await;
+    for ((pair, b), after) in pairs.iter().zip(before).zip(counts) {
+        assert!(
+            after as usize > b + 5,
+            "{pair:?}: {b} stored when the owner stopped, {after} after: its sends were never answered elsewhere"
+        );
+    }
+    assert!(
+        metric(&cl.nodes[0], "shardchat_cluster_fences_total").await + metric(&cl.nodes[1], "shardchat_cluster_fences_total").await >= 1
+    );
 }
 
 #[tokio::test]

@@ -17,13 +17,13 @@ pub fn stable_hash(id: &str) -> u64 {
 /// The shard holding `user`'s connections, presence and outbound queues.
 pub fn home_shard(user: &str, shards: usize) -> ShardId {
     debug_assert!(shards > 0);
-    (stable_hash(user) % shards as u64) as ShardId
+    (mix(stable_hash(user)) % shards as u64) as ShardId
 }
 
 /// The shard that sequences, persists and fans out `conv`.
 pub fn owner_shard(conv: &str, shards: usize) -> ShardId {
     debug_assert!(shards > 0);
-    (stable_hash(conv) % shards as u64) as ShardId
+    (mix(stable_hash(conv)) % shards as u64) as ShardId
 }
 
 /// A node of a cluster (`--node-id`); 0 when the engine runs alone.
@@ -37,7 +37,9 @@ pub fn owner_node(conv: &str, live: &[NodeId]) -> Option<NodeId> {
     live.iter().copied().max_by_key(|&n| (mix(h ^ u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15)), n))
 }
 
-/// splitmix64's finalizer: FNV alone mixes the low bits of `h ^ node` poorly.
+/// splitmix64's finalizer. FNV-1a alone mixes its low bits poorly: multiplying by an odd prime
+/// keeps the lowest bit, so FNV's parity is the parity of the ids' odd bytes, and `d:s7:r7`,
+/// `d:s8:r8`, … (each digit twice) all had one parity, one owner shard of two.
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -83,5 +85,13 @@ mod tests {
             counts[home_shard(&format!("user{i}"), 4)] += 1;
         }
         assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+        // Ids that differ only in digits repeated twice (FNV alone gave all of them one parity,
+        // so one shard of two).
+        let mut counts = [0usize; 2];
+        for i in 0..2000 {
+            counts[owner_shard(&format!("d:s{i}:r{i}"), 2)] += 1;
+            counts[home_shard(&format!("u{i}u{i}"), 2)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 1800), "{counts:?}");
     }
 }

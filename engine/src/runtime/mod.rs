@@ -229,6 +229,16 @@ fn probe_listen_address(cfg: &Config) -> Result<(), String> {
     }
 }
 
+/// Fault injection for tests: `SHARDCHAT_FAULT_STALL_SHARD=ID@MS` makes shard ID stop running
+/// MS ms after it starts serving, as an executor that hangs would (its thread blocks for good),
+/// so that tests can check what the rest of the node and the cluster do about it. Unset in
+/// production; read once per shard at start.
+fn fault_stall(shard: usize) -> Option<Duration> {
+    let spec = std::env::var("SHARDCHAT_FAULT_STALL_SHARD").ok()?;
+    let (id, ms) = spec.split_once('@')?;
+    (id.parse::<usize>().ok()? == shard).then_some(Duration::from_millis(ms.parse().ok()?))
+}
+
 /// Backlog of each shard's listener: a reconnect storm arrives all at once.
 const LISTEN_BACKLOG: i32 = 4096;
 
@@ -274,8 +284,16 @@ async fn shard_main(id: usize, sh: Shared) -> Result<(), String> {
     // liveness follow these beats, so a shard that never got here, or stops, is seen.
     health.beat(id);
     tracing::info!(shard = id, listen = %cfg.listen, "listening");
+    let stall_at = fault_stall(id).map(|after| std::time::Instant::now() + after);
     while !shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
+        if stall_at.is_some_and(|t| std::time::Instant::now() >= t) {
+            tracing::error!(shard = id, "fault injection (SHARDCHAT_FAULT_STALL_SHARD): this shard stops running");
+            // Blocks the shard's thread as a hung executor would (nothing of it runs again).
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
         health.beat(id);
         d.tick();
     }
