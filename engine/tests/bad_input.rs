@@ -144,6 +144,31 @@ async fn upgrades_without_valid_identity_get_401() {
     assert!(tokio_tungstenite::connect_async(req).await.is_ok());
 }
 
+#[test]
+fn a_request_head_over_8_kib_gets_431_and_a_malformed_one_400() {
+    let s = Server::start(&[]);
+    let answer = |head: Vec<u8>| {
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // The server answers as soon as it has seen enough; the rest may not be read.
+        let _ = sock.write_all(&head);
+        let mut resp = Vec::new();
+        let _ = sock.read_to_end(&mut resp);
+        String::from_utf8_lossy(&resp).into_owned()
+    };
+    let mut big = b"GET /ws?user=a HTTP/1.1\r\nHost: x\r\nX-Pad: ".to_vec();
+    big.resize(9 * 1024, b'a');
+    big.extend_from_slice(b"\r\n\r\n");
+    assert!(answer(big).starts_with("HTTP/1.1 431"));
+    let mut many = b"GET /ws?user=a HTTP/1.1\r\n".to_vec();
+    for i in 0..40 {
+        many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    assert!(answer(many).starts_with("HTTP/1.1 431"), "more header fields than taken");
+    assert!(answer(b"\x00\x01 nonsense\r\n\r\n".to_vec()).starts_with("HTTP/1.1 400"));
+}
+
 #[tokio::test]
 async fn a_silent_handshake_is_cut_off() {
     let s = Server::start(&["--handshake-timeout-ms", "300"]);
@@ -176,42 +201,55 @@ async fn silent_connections_are_closed_after_the_heartbeat_timeout() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_loose_without_stalling_others_and_loses_nothing() {
-    let s = Server::start(&["--outbound-queue-bytes-max", "1048576"]);
-    let mut slow = Client::connect(&s, "slow", "d").await;
+    let s = Server::start(&["--outbound-queue-bytes-max", "1048576", "--send-rate-per-s", "0", "--user-send-rate-per-s", "0"]);
+    // The slow client's receive buffer is small, as a phone's on a bad network: the sockets
+    // hold little, and what the server had not written yet stands between it and its close.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(format!("127.0.0.1:{}", s.port).parse().unwrap()).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(s.url("slow", "d"), tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.unwrap();
+    let mut slow = Client { ws, user: "slow".into() };
     let mut a = Client::connect(&s, "alice", "d").await;
     let mut c = Client::connect(&s, "carol", "d").await;
     // The slow client never reads; alice floods it. Loopback socket buffers absorb a few MiB,
     // then the server's queue for it fills and it is closed.
-    let body = "y".repeat(60_000);
-    let total = 400;
-    for i in 0..total {
+    let body = "y".repeat(4_000);
+    let mut total = 0;
+    for i in 0..4000 {
         a.send(json!({"t":"send","cmid":format!("f{i}"),"to":"slow","body":body})).await;
+        total += 1;
         if i % 50 == 0 {
             // Others are not stalled meanwhile.
             assert_eq!(c.dm("alice", &format!("c{i}"), "still fast").await["t"], "ack");
         }
-    }
-    let mut acks = 0;
-    while acks < total {
-        let v = a.recv().await;
-        if v["t"] == "ack" && v["cmid"].as_str().unwrap().starts_with('f') {
-            acks += 1;
+        if i % 10 == 9 && metric_sum(&s, "shardchat_closes_slow_consumer_total", "").await > 0.0 {
+            break;
         }
     }
-    // Now the slow client reads: whatever it got, then the connection ends.
+    assert!(total < 4000, "the slow client was never cut off");
+    // The slow client reads again 3 s after it was cut off: what was already in the sockets,
+    // then its close frame, 1013 (its backlog was dropped so that the close could go out, and
+    // the server waits that long for it to be taken).
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let mut seen = 0u64;
-    loop {
+    let code = loop {
         match tokio::time::timeout(Duration::from_secs(10), slow.ws.next()).await.unwrap() {
             Some(Ok(Message::Text(t))) => {
                 let v: serde_json::Value = serde_json::from_str(&t).unwrap();
                 seen = seq(&v);
             }
-            Some(Ok(Message::Close(f))) => {
-                assert_eq!(f.map(|f| u16::from(f.code)), Some(1013));
-                break;
-            }
+            Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
             Some(Ok(_)) => {}
-            Some(Err(_)) | None => break,
+            Some(Err(e)) => panic!("the connection ended without its close frame: {e}"),
+            None => panic!("the connection ended without its close frame"),
+        }
+    };
+    assert_eq!(code, Some(1013));
+    let mut acks = 0;
+    while acks < total {
+        let v = a.recv().await;
+        if v["t"] == "ack" && v["cmid"].as_str().unwrap().starts_with('f') {
+            acks += 1;
         }
     }
     assert!(seen < total as u64, "the slow client should have been cut off, saw {seen}");
@@ -304,8 +342,8 @@ async fn a_flood_of_sends_is_refused_beyond_the_connections_rate_and_counted() {
 
 #[tokio::test]
 async fn new_connections_beyond_an_addresss_rate_get_429_and_other_addresses_do_not_notice() {
-    // Four a second: the harness's readiness probe was the first.
-    let s = Server::start(&["--shards", "1", "--connect-rate-per-ip-per-s", "4"]);
+    // Three a second (the harness probes readiness on the control plane, not this port).
+    let s = Server::start(&["--shards", "1", "--connect-rate-per-ip-per-s", "3"]);
     let mut open = Vec::new();
     for i in 0..3 {
         open.push(tokio_tungstenite::connect_async(s.url("alice", &format!("d{i}"))).await.expect("within the rate"));
@@ -320,8 +358,8 @@ async fn new_connections_beyond_an_addresss_rate_get_429_and_other_addresses_do_
     let stream = sock.connect(format!("127.0.0.1:{}", s.port).parse().unwrap()).await.unwrap();
     tokio_tungstenite::client_async(s.url("bob", "d"), stream).await.expect("another address is not limited");
     // And the first one's budget comes back.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    tokio_tungstenite::connect_async(s.url("alice", "d4")).await.expect("one more after a quarter of a second");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio_tungstenite::connect_async(s.url("alice", "d4")).await.expect("one more after a third of a second");
     let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", s.http)).await.unwrap().text().await.unwrap();
     assert!(text.contains("shardchat_connections_refused_rate_total{shard=\"0\"} 1\n"), "{text}");
 }

@@ -110,3 +110,32 @@ async fn sessions_belong_to_their_user_and_expire_when_not_polled() {
     let (status, v) = poll(&s, "bob", Some(&cursor), 1).await;
     assert_eq!(status, 410, "{v}");
 }
+
+#[tokio::test]
+async fn a_session_holds_a_bounded_number_of_bytes_and_a_user_a_bounded_number_of_sessions() {
+    // Bodies up to 1,000 bytes, and a session holds at most 30,000 bytes of unconfirmed events.
+    let s = Server::start(&["--body-bytes-max", "1000", "--outbound-queue-bytes-max", "30000", "--poll-sessions-per-user-max", "2"]);
+    let (_, start) = poll(&s, "bob", None, 1).await;
+    let cursor = start["cursor"].as_str().unwrap().to_string();
+    // 40 messages of 900 bytes (36 KB with their fields) and no poll: the session ends, as a
+    // WebSocket slow consumer is closed, whatever the event count (far below 10,000).
+    let mut alice = Client::connect(&s, "alice", "d").await;
+    for i in 0..40 {
+        alice.dm("bob", &format!("a{i}"), &"x".repeat(900)).await;
+    }
+    let (status, v) = poll(&s, "bob", Some(&cursor), 1).await;
+    assert_eq!((status, v["code"].as_str()), (410, Some("not_found")), "{v}");
+    // Sessions per user: starting a third of two ends the oldest; the others go on.
+    let mut cursors = Vec::new();
+    for _ in 0..3 {
+        let (status, v) = poll(&s, "carol", None, 1).await;
+        assert_eq!(status, 200, "{v}");
+        cursors.push(v["cursor"].as_str().unwrap().to_string());
+    }
+    let (status, v) = poll(&s, "carol", Some(&cursors[0]), 1).await;
+    assert_eq!(status, 410, "the oldest session ended: {v}");
+    assert!(v["msg"].as_str().unwrap().contains("more poll sessions than allowed"), "{v}");
+    for c in &cursors[1..] {
+        assert_eq!(poll(&s, "carol", Some(c), 1).await.0, 200);
+    }
+}

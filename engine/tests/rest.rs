@@ -173,7 +173,7 @@ async fn authorization_and_errors() {
     }
     let (status, _) = post(&s.rest("/v1/conversations/d:alice:bob/messages", "eve"), json!({"cmid":"x","body":"hi"})).await;
     assert_eq!(status, 403);
-    let (status, e) = get(&s.rest("/v1/conversations/g:nope/messages", "eve")).await;
+    let (status, e) = get(&s.rest("/v1/conversations/g:424242/messages", "eve")).await;
     assert_eq!((status, e["code"].as_str()), (404, Some("not_found")));
     let (status, e) = get(&s.rest("/v1/conversations/bogus/messages", "eve")).await;
     assert_eq!((status, e["code"].as_str()), (400, Some("bad_request")));
@@ -240,4 +240,31 @@ async fn the_openapi_document_lists_every_endpoint() {
     }
     assert!(paths["/v1/conversations/{conv}/messages"].get("post").is_some());
     assert!(doc["components"]["schemas"]["NewMessage"].is_object());
+}
+
+#[tokio::test]
+async fn every_refusal_is_the_contracts_json_whoever_makes_it() {
+    // --body-bytes-max 1000: request bodies are limited to 10,096 bytes.
+    let s = Server::start(&["--body-bytes-max", "1000"]);
+    let http = reqwest::Client::new();
+    let conv = "/v1/conversations/d:alice:bob/messages";
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        ("unparsable query", http.get(s.rest(&format!("{conv}?limit=abc"), "alice")), 400, "bad_request"),
+        ("unparsable body", http.post(s.rest(conv, "alice")).header("content-type", "application/json").body("{nope"), 400, "bad_request"),
+        ("no content type", http.post(s.rest(conv, "alice")).body(r#"{"cmid":"c","body":"x"}"#), 415, "bad_request"),
+        ("missing field", http.post(s.rest(conv, "alice")).json(&json!({"body": "x"})), 422, "bad_request"),
+        ("wrong field type", http.post(s.rest(conv, "alice")).json(&json!({"cmid": 5, "body": "x"})), 422, "bad_request"),
+        ("body over the limit", http.post(s.rest(conv, "alice")).json(&json!({"cmid": "c", "body": "x".repeat(20_000)})), 413, "too_large"),
+        ("unknown path", http.get(s.rest("/v1/nothing-here", "alice")), 404, "not_found"),
+        ("unknown method", http.delete(s.rest("/v1/groups", "alice")), 405, "bad_request"),
+        ("malformed conversation id", http.get(s.rest("/v1/conversations/g:abc/messages", "alice")), 400, "bad_request"),
+    ];
+    for (what, req, status, code) in cases {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{what}");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"), "{what}: not JSON");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["code"], code, "{what}: {v}");
+        assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {v}");
+    }
 }

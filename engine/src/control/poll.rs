@@ -111,14 +111,14 @@ async fn start(ctx: &Ctx, user: String, device: String) -> ApiResult<Value> {
         // At the user's bound, their oldest session ends (the lowest id: ids only grow), so a
         // client that lost its cursors can always start again, and no user holds more than
         // `poll_sessions_per_user_max` buffers.
-        let mut mine: Vec<u64> = sessions.iter().filter(|(_, s)| s.user == user).map(|(id, _)| *id).collect();
+        let mut mine: Vec<u64> = sessions.iter().filter(|(_, s)| s.user == user && !s.buf.is_ended()).map(|(id, _)| *id).collect();
         mine.sort_unstable();
         let excess = (mine.len() + 1).saturating_sub(ctx.cfg.poll_sessions_per_user_max);
         let evicted: Vec<u64> = mine.into_iter().take(excess).collect();
         for id in &evicted {
-            if let Some(old) = sessions.remove(id) {
-                old.buf.end("replaced: this user started more poll sessions than allowed; start a new one and sync");
-            }
+            // Ended, its events dropped; the entry stays until the reaper takes it, so that a
+            // poll in between learns why.
+            sessions[id].buf.end("replaced: this user started more poll sessions than allowed; start a new one and sync");
         }
         sessions.insert(sid, PollSession { user: user.clone(), buf: buf.clone() });
         evicted

@@ -117,13 +117,23 @@ impl SessionBuf {
         self.notify.notify_waiters();
     }
 
+    /// Whether the session is over (its next poll answers 410 with why).
+    pub fn is_ended(&self) -> bool {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).ended.is_some()
+    }
+
     /// Bytes of the events held (tests, and the bound's check).
     pub fn held_bytes(&self) -> usize {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).bytes
     }
 
+    /// Ends the session (the first reason given stays) and frees its events.
     pub fn end(&self, why: &'static str) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).ended.get_or_insert(why);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.ended.get_or_insert(why);
+        st.events.clear();
+        st.bytes = 0;
+        drop(st);
         self.notify.notify_waiters();
     }
 

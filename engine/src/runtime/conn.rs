@@ -33,6 +33,15 @@ const EPHEMERAL_QUEUE_FRACTION: usize = 4;
 /// How long a connection told to close may take to do so before its socket is shut down under
 /// it (a client that stopped reading cannot take a close frame).
 const CLOSE_GRACE_MS: u64 = 2_000;
+/// The same for a slow consumer (1013): its backlog is dropped, so what holds its close frame
+/// back is only what the sockets already carry, and a client that reads again within this long
+/// learns why it was cut off (and that it must sync) instead of seeing a reset.
+const SLOW_CONSUMER_CLOSE_GRACE_MS: u64 = 10_000;
+
+/// How long a close with `code` may wait for the client to take its close frame.
+fn close_grace(code: u16) -> Duration {
+    Duration::from_millis(if code == 1013 { SLOW_CONSUMER_CLOSE_GRACE_MS } else { CLOSE_GRACE_MS })
+}
 
 /// What became of a frame handed to [`ConnHandle::push`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,7 +160,7 @@ impl ConnHandle {
         self.wake();
         let me = self.clone();
         glommio::spawn_local(async move {
-            glommio::timer::sleep(Duration::from_millis(CLOSE_GRACE_MS)).await;
+            glommio::timer::sleep(close_grace(code)).await;
             if !me.finished.get() {
                 // SAFETY: not finished, so the socket still owns `fd`.
                 unsafe { libc::shutdown(me.fd, libc::SHUT_RDWR) };
@@ -453,7 +462,7 @@ impl Conn {
         ws::encode_close(code, reason, &mut out);
         // Up to the grace a close request gives (`ConnHandle::close`): a client that reads
         // slowly still gets its close frame.
-        let grace = Duration::from_millis(CLOSE_GRACE_MS);
+        let grace = close_grace(code);
         let sent = glommio::timer::timeout(grace, async { Ok(self.stream.write_all(&out).await) }).await;
         if !matches!(sent, Ok(Ok(()))) {
             return;
