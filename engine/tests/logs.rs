@@ -53,7 +53,12 @@ async fn the_info_log_holds_no_user_data() {
     drop(c);
     a.dm("zqbob", "zq-cmid-5", "zq body five").await;
     drop(a);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Until the server has seen every connection go (their departures are logged too).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric_sum(&s, "shardchat_connections", "").await > 0.0 {
+        assert!(std::time::Instant::now() < deadline, "the server never saw the clients go");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     s.stop();
 
     let log = s.log();
