@@ -133,18 +133,22 @@ pub struct ControlPlane {
     thread: std::thread::JoinHandle<()>,
 }
 
+/// What the control plane is started with: the engine's shared parts it reads or hands requests to.
+pub struct Parts {
+    pub cfg: Arc<Config>,
+    pub store: Arc<dyn MessageStore>,
+    pub bridge: Bridge,
+    pub shutdown: Arc<AtomicBool>,
+    pub metrics: Vec<Arc<crate::metrics::ShardMetrics>>,
+    pub cluster: Option<Arc<crate::cluster::ClusterState>>,
+    pub search: Arc<crate::search::SearchIndex>,
+    pub health: Arc<crate::health::Health>,
+}
+
 impl ControlPlane {
     /// Binds `--http` and serves until `shutdown` is set.
-    pub fn start(
-        cfg: Arc<Config>,
-        store: Arc<dyn MessageStore>,
-        bridge: Bridge,
-        shutdown: Arc<AtomicBool>,
-        metrics: Vec<Arc<crate::metrics::ShardMetrics>>,
-        cluster: Option<Arc<crate::cluster::ClusterState>>,
-        search: Arc<crate::search::SearchIndex>,
-        health: Arc<crate::health::Health>,
-    ) -> Result<ControlPlane, String> {
+    pub fn start(parts: Parts) -> Result<ControlPlane, String> {
+        let Parts { cfg, store, bridge, shutdown, metrics, cluster, search, health } = parts;
         let addr = cfg.http.ok_or("no --http address")?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(CONTROL_THREADS)

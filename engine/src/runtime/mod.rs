@@ -119,16 +119,16 @@ pub fn serve(cfg: Config) -> Result<(), String> {
                 .spawn(move || idx.run_indexer(st, stop))
                 .map_err(|e| format!("search indexer thread: {e}"))?;
             let cluster_state = cluster.as_ref().map(|c| c.state.clone());
-            Some(crate::control::ControlPlane::start(
-                cfg.clone(),
-                store.clone(),
+            Some(crate::control::ControlPlane::start(crate::control::Parts {
+                cfg: cfg.clone(),
+                store: store.clone(),
                 bridge,
-                shutdown.clone(),
+                shutdown: shutdown.clone(),
                 metrics,
-                cluster_state,
+                cluster: cluster_state,
                 search,
-                health.clone(),
-            )?)
+                health: health.clone(),
+            })?)
         }
         None => {
             drop(bridge);
