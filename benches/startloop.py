@@ -30,10 +30,19 @@ import time
 import urllib.request
 
 
+_given = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port no engine of this run got before: the kernel may hand a port just released to
+    the next bind, and an engine given the same port twice (WebSocket and HTTP) cannot start."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _given:
+            _given.add(port)
+            return port
 
 
 def ready(http_port):
@@ -101,7 +110,6 @@ class Engine:
         return None
 
     def tail(self, n=15):
-        self.log.flush()
         with open(self.log_path) as f:
             return "".join(f.readlines()[-n:])
 

@@ -240,8 +240,8 @@ impl Driver {
         if before == after {
             return false;
         }
-        let total = self.partial_bytes.get() + after - before;
         debug_assert!(self.partial_bytes.get() >= before, "a connection released bytes it never held");
+        let total = self.partial_bytes.get() + after - before;
         self.partial_bytes.set(total);
         self.metrics.partial_bytes.store(total as u64, std::sync::atomic::Ordering::Relaxed);
         match (before, after) {

@@ -152,18 +152,25 @@ impl Server {
             },
         };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardchat"));
-        if let Some(n) = self.nofile {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: setrlimit only, between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
+        let nofile = self.nofile;
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl and setrlimit only, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Killed with the test's thread if the test process dies without unwinding (a
+                // harness timeout, a kill): no engine outlives its test. Servers are started and
+                // dropped on their test's thread, which is the thread this follows.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(n) = nofile {
                     let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    Ok(())
-                });
-            }
+                }
+                Ok(())
+            });
         }
         let child = cmd
             .args(&args)
