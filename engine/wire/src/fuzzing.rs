@@ -1,6 +1,6 @@
 //! What the engine's fuzz targets check (`fuzz/fuzz_targets/`), as plain functions so that the
 //! committed corpora also run as ordinary tests on the stable toolchain
-//! (`engine/tests/fuzz_corpus.rs`). Each panics exactly when an invariant breaks.
+//! (`engine/wire/tests/fuzz_corpus.rs`). Each panics exactly when an invariant breaks.
 
 use crate::http::RequestHead;
 use crate::ws::{Fed, FrameReader, Msg, WsError};

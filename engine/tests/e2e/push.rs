@@ -1,10 +1,8 @@
 //! Push notifications to a local webhook receiver: one per user per burst, retried, durable
 //! across a restart.
 
-mod common;
-
-use common::webhook::{receiver, wait_for};
-use common::*;
+use crate::common::webhook::{receiver, wait_for};
+use crate::common::*;
 use std::time::Duration;
 
 #[tokio::test]

@@ -1,9 +1,7 @@
 //! Full-text search: ranked, paged, limited to the caller's conversations, and caught up after a
 //! crash.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::time::Duration;
 

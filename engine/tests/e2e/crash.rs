@@ -6,9 +6,7 @@
 //!
 //! The kill points come from a seed printed at the start; `SHARDCHAT_CRASH_SEED=N` replays one.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -94,7 +92,7 @@ async fn acknowledged_messages_survive_kill_9_at_random_points_under_traffic() {
         .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
     eprintln!("crash test seed: SHARDCHAT_CRASH_SEED={seed}");
     // The receivers never connect: every message to them is owed a push, through the outbox.
-    let hook = common::webhook::receiver(0, 0).await;
+    let hook = crate::common::webhook::receiver(0, 0).await;
     let mut s = Server::start(&["--push-webhook", &format!("http://127.0.0.1:{}/hook", hook.port)]);
     let rec = Arc::new(Mutex::new(Records::default()));
     let mut next = 0;

@@ -1,8 +1,6 @@
 //! The REST API over real HTTP, beside real WebSocket clients.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 async fn get(url: &str) -> (u16, Value) {

@@ -3,9 +3,7 @@
 //! against what docs/protocol.md promises. One table, so a rule changed in one place and not
 //! another shows up here.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// What came of a request: `ok:<frame type>`, `error:<code>`, or `quiet` (no answer: marks and

@@ -16,9 +16,7 @@
 //! The full disk needs `mount` (root with CAP_SYS_ADMIN, as where CI runs), the slow disk a C
 //! compiler (`cc`); elsewhere each is skipped with a message, and under CI neither may be.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -134,7 +132,7 @@ async fn a_full_disk_refuses_sends_loses_nothing_acknowledged_and_recovers_when_
 /// Builds the slow-fsync shim into `dir` with the system C compiler.
 fn slow_fsync_shim(dir: &Path) -> Option<PathBuf> {
     let out = dir.join("slow_fsync.so");
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/slow_fsync.c");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/common/slow_fsync.c");
     let ok = Command::new("cc").args(["-shared", "-fPIC", "-O2", "-o"]).arg(&out).arg(src).arg("-ldl").status().is_ok_and(|s| s.success());
     if !ok {
         skip("no C compiler (`cc`) to build the slow-fsync shim");

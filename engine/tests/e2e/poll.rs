@@ -1,9 +1,7 @@
 //! The long-polling fallback end to end: a client that only polls misses nothing and sees the
 //! WebSocket's order.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 

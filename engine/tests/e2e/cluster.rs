@@ -5,9 +5,7 @@
 //! `.ci/run` installs redis-server and sets SHARDCHAT_REQUIRE_REDIS=1, so there these tests
 //! cannot be skipped; elsewhere they are skipped with a message when redis-server is missing.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -658,7 +656,7 @@ async fn redis_restarted_under_cross_node_traffic_loses_nothing_acknowledged() {
 #[tokio::test]
 async fn across_nodes_a_user_connected_nowhere_is_pushed_once_and_a_user_online_elsewhere_not_at_all() {
     // Slow to answer: a sender's post is in flight across other nodes' scans of the outbox.
-    let hook = common::webhook::receiver_slow(0, 0, Duration::from_millis(800)).await;
+    let hook = crate::common::webhook::receiver_slow(0, 0, Duration::from_millis(800)).await;
     let url = format!("http://127.0.0.1:{}/hook", hook.port);
     // Every node runs a push sender; the owner node wrote an entry for bob and dave.
     let Some(cl) = Cluster::start_with(3, &["--push-webhook", &url]) else { return };

@@ -2,9 +2,7 @@
 //! names, client message ids and what malformed frames carried never appear, whatever clients do
 //! (ordinary traffic, bad frames, bad upgrades, REST calls, abrupt disconnects, shutdown).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test]

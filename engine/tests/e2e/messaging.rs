@@ -1,9 +1,7 @@
 //! End to end over real WebSockets: direct messages, devices, ordering, sync, history,
 //! receipts, restart and crash.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;

@@ -2,10 +2,8 @@
 //! reaches the store: bursts that need no answer, answers around a close, half-sent messages,
 //! floods of connections that never speak, and more of them than the process has descriptors.
 
-mod common;
-
-use common::raw::{self, RawWs};
-use common::*;
+use crate::common::raw::{self, RawWs};
+use crate::common::*;
 use std::io::Read;
 use std::time::{Duration, Instant};
 

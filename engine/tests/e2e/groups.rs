@@ -1,8 +1,6 @@
 //! Groups, group receipts, presence and typing over real WebSockets.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::time::Duration;

@@ -2,9 +2,7 @@
 //! sessions as two users exchange a message and see the receipt. `.ci/run` installs Debian's
 //! `chromium` and `chromium-driver`; without them the test is skipped locally and fails in CI.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

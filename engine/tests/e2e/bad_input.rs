@@ -1,9 +1,7 @@
 //! Every error of the contract's table over the wire, protocol violations, auth refusals,
 //! heartbeat timeouts, slowloris handshakes, binary frames and slow consumers.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use shardchat_codec::{decode_server_binary, encode_client_binary, ClientFrame, MsgKind, ServerFrame};

@@ -3,9 +3,7 @@
 //! `shardchat migrate` applies the schema, `serve --store scylla://…` keeps every message there:
 //! a second engine with an empty data directory sees the first one's history and resumes seq.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use shardchat_cql_double::CqlDouble;
 use std::process::Command;

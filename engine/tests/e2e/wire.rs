@@ -1,9 +1,7 @@
 //! The WebSocket layer at the byte level, against the real server: frames a client library would
 //! rarely produce (pipelined right after the upgrade, fragmented, split across writes, unmasked).
 
-mod common;
-
-use common::Server;
+use crate::common::Server;
 use std::io::Cursor;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
