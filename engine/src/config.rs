@@ -79,6 +79,11 @@ pub struct Config {
     /// descriptor limit, leaving [`Config::fd_reserve`] descriptors for the store, the search
     /// index, Redis and the control plane). More are closed at once, before reading anything.
     pub connections_max: usize,
+    /// Of `connections_max`, those still in their handshake (no request head read and
+    /// authenticated yet) at once (0: a quarter of `connections_max`); a shard holding its share
+    /// closes its oldest handshake to make room, so connections that never speak cannot crowd out
+    /// clients that do.
+    pub handshakes_max: usize,
     /// Connections the control plane (REST, long-poll, metrics) holds at once.
     pub http_connections_max: usize,
     /// Bytes one shard holds for partial messages (frames split across reads, fragmented
@@ -132,6 +137,7 @@ impl Default for Config {
             user_presence_rate_per_s: 40,
             user_presence_burst: 200,
             connections_max: 0,
+            handshakes_max: 0,
             http_connections_max: 1024,
             partial_bytes_per_shard_max: 64 * 1024 * 1024,
             message_complete_timeout_ms: 10_000,
@@ -253,6 +259,9 @@ pub struct ServeArgs {
     /// WebSocket connections held at once, handshakes included; more are closed at once (0: the descriptor limit less a reserve for the store, index, Redis and HTTP). [default: 0]
     #[arg(long)]
     pub connections_max: Option<usize>,
+    /// Connections still in their handshake held at once (0: a quarter of the connection bound); beyond it the oldest handshake is closed. [default: 0]
+    #[arg(long)]
+    pub handshakes_max: Option<usize>,
     /// Control plane (REST, long-poll, metrics) connections held at once. [default: 1024]
     #[arg(long)]
     pub http_connections_max: Option<usize>,
@@ -309,6 +318,7 @@ impl Config {
             user_presence_rate_per_s,
             user_presence_burst,
             connections_max,
+            handshakes_max,
             http_connections_max,
             partial_bytes_per_shard_max,
             message_complete_timeout_ms,
@@ -434,6 +444,16 @@ impl Config {
         match open_files_max.checked_sub(reserve) {
             Some(n) if n >= CONNECTIONS_MIN => Ok(n),
             _ => Err(format!("the descriptor limit {open_files_max} is too low: raise it (ulimit -n; see tuning/)")),
+        }
+    }
+}
+
+impl Config {
+    /// Connections in their handshake held at once, under `connections_max` connections.
+    pub fn handshakes_bound(&self, connections_max: usize) -> usize {
+        match self.handshakes_max {
+            0 => (connections_max / 4).max(1),
+            n => n.min(connections_max),
         }
     }
 }

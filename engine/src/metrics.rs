@@ -71,6 +71,9 @@ pub struct ShardMetrics {
     pub partial_bytes: AtomicU64,
     /// New connections closed at once because the engine holds `connections_max` already.
     pub connections_refused_full: AtomicU64,
+    /// Handshakes closed to make room for a newer one (this shard held its share of
+    /// `handshakes_max`): the oldest goes.
+    pub handshakes_evicted: AtomicU64,
     /// Upgrade requests refused before a connection existed (400, 401, 404, 431).
     pub handshakes_refused: AtomicU64,
     /// Upgrade requests not finished within `handshake_timeout_ms` (408: slowloris).
@@ -100,7 +103,7 @@ type HistogramSpec = (&'static str, &'static str, fn(&ShardMetrics) -> &Histogra
 /// The Prometheus text exposition of every shard's metrics.
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
     let mut out = String::new();
-    let counters: [CounterSpec; 19] = [
+    let counters: [CounterSpec; 20] = [
         ("shardchat_connections", "gauge", "Open WebSocket connections.", |m| &m.connections),
         ("shardchat_connections_total", "counter", "WebSocket connections accepted.", |m| &m.connections_total),
         ("shardchat_frames_in_total", "counter", "Frames received from clients.", |m| &m.frames_in),
@@ -143,6 +146,12 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
             "counter",
             "New connections closed at once: the engine holds connections_max already.",
             |m| &m.connections_refused_full,
+        ),
+        (
+            "shardchat_handshakes_evicted_total",
+            "counter",
+            "Handshakes closed to make room for newer ones: the shard held its share of handshakes_max.",
+            |m| &m.handshakes_evicted,
         ),
         ("shardchat_rate_limited_total", "counter", "Requests refused with rate_limited.", |m| &m.rate_limited),
         ("shardchat_connections_refused_rate_total", "counter", "New connections refused (429) by the per-address rate.", |m| {

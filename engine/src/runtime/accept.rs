@@ -3,6 +3,7 @@
 
 use super::conn::Upgrade;
 use super::driver::{Driver, Wire};
+use crate::auth::Identity;
 use crate::http::{response, RequestHead, HEAD_BYTES_MAX};
 use crate::metrics::ShardMetrics;
 use futures::future::{select, Either};
@@ -10,9 +11,12 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use shardchat_shard::home_shard;
 use shardchat_shard::rate::{Gcra, Rate};
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -80,6 +84,64 @@ impl Drop for Slot {
     }
 }
 
+/// A connection of this shard in its handshake (no request head read and authenticated yet).
+struct Pending {
+    fd: RawFd,
+    /// Its slot, until it upgrades (then the slot travels with it) or ends; None once taken.
+    slot: RefCell<Option<Slot>>,
+}
+
+/// This shard's handshakes in progress, oldest first, at most `max`. At the bound the oldest is
+/// evicted to make room: a client that upgrades does so in milliseconds, so under a flood of
+/// connections that never speak the ones evicted are the flood's, and clients that do speak
+/// still get in (instead of a refusal for as long as the flood lasts).
+struct Handshakes {
+    queue: VecDeque<Rc<Pending>>,
+    /// Entries of `queue` still holding their slot.
+    live: usize,
+    max: usize,
+}
+
+impl Handshakes {
+    /// Registers a new handshake, evicting the oldest if this shard holds `max`; returns it and
+    /// whether one was evicted.
+    fn admit(&mut self, fd: RawFd, slot: Slot) -> (Rc<Pending>, bool) {
+        // Entries that finished are dropped from the front as they come up.
+        while self.queue.front().is_some_and(|p| p.slot.borrow().is_none()) {
+            self.queue.pop_front();
+        }
+        let mut evicted = false;
+        if self.live >= self.max {
+            while let Some(old) = self.queue.pop_front() {
+                if let Some(slot) = old.slot.borrow_mut().take() {
+                    drop(slot);
+                    self.live -= 1;
+                    // Its task sees the socket end (a read of 0) and returns.
+                    // SAFETY: the slot was still held, so the handshake has not ended and its
+                    // stream still owns `fd`.
+                    unsafe { libc::shutdown(old.fd, libc::SHUT_RDWR) };
+                    evicted = true;
+                    break;
+                }
+            }
+        }
+        let p = Rc::new(Pending { fd, slot: RefCell::new(Some(slot)) });
+        self.queue.push_back(p.clone());
+        self.live += 1;
+        debug_assert!(self.live <= self.max, "handshakes over their bound");
+        (p, evicted)
+    }
+
+    /// The handshake ended (upgraded or refused): its slot, unless it was evicted.
+    fn finish(&mut self, p: &Pending) -> Option<Slot> {
+        let slot = p.slot.borrow_mut().take();
+        if slot.is_some() {
+            self.live -= 1;
+        }
+        slot
+    }
+}
+
 /// What a client refused at the bound gets, written without waiting (if its socket cannot take
 /// even this, it gets the close alone).
 const FULL_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 34\r\nRetry-After: 5\r\nConnection: close\r\n\r\nserver full: too many connections\n";
@@ -109,9 +171,10 @@ impl Quiet {
     }
 }
 
-pub async fn accept_loop(d: Rc<Driver>, listener: TcpListener, slots: Arc<Slots>) {
+pub async fn accept_loop(d: Rc<Driver>, listener: TcpListener, slots: Arc<Slots>, handshakes_max: usize) {
     let mut per_ip = PerIp::new(d.cfg.connect_rate_per_ip_per_s, d.cfg.shards);
     let (mut full_log, mut error_log) = (Quiet::new(), Quiet::new());
+    let handshakes = Rc::new(RefCell::new(Handshakes { queue: VecDeque::new(), live: 0, max: handshakes_max.max(1) }));
     loop {
         match listener.accept().await {
             Ok(stream) => {
@@ -145,7 +208,20 @@ pub async fn accept_loop(d: Rc<Driver>, listener: TcpListener, slots: Arc<Slots>
                     .detach();
                     continue;
                 }
-                glommio::spawn_local(handshake(d.clone(), stream, slot)).detach();
+                let (pending, evicted) = handshakes.borrow_mut().admit(stream.as_raw_fd(), slot);
+                if evicted {
+                    ShardMetrics::add(&d.metrics.handshakes_evicted, 1);
+                }
+                let (d, handshakes) = (d.clone(), handshakes.clone());
+                glommio::spawn_local(async move {
+                    let upgraded = handshake(&d, stream).await;
+                    let slot = handshakes.borrow_mut().finish(&pending);
+                    // Evicted meanwhile: the slot is gone with the socket; nothing goes on.
+                    if let (Some(h), Some(slot)) = (upgraded, slot) {
+                        hand_over(&d, h, slot).await;
+                    }
+                })
+                .detach();
             }
             Err(e) => {
                 // Out of descriptors or memory (the bound keeps this rare: something else took
@@ -182,7 +258,9 @@ async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, Vec<u8>), Opt
     }
 }
 
-async fn handshake(d: Rc<Driver>, mut stream: TcpStream, slot: Slot) {
+/// Reads and checks the upgrade request; the socket, its upgrade and the client's identity when
+/// it is a valid, authenticated WebSocket upgrade (anything else was answered and is done).
+async fn handshake(d: &Rc<Driver>, mut stream: TcpStream) -> Option<Handshaken> {
     let timeout = glommio::timer::sleep(Duration::from_millis(d.cfg.handshake_timeout_ms));
     let (outcome, timed_out) = match select(Box::pin(read_head(&mut stream)), Box::pin(timeout)).await {
         Either::Left((r, _)) => (r, false),
@@ -200,20 +278,20 @@ async fn handshake(d: Rc<Driver>, mut stream: TcpStream, slot: Slot) {
                 }
                 let _ = stream.write_all(&resp).await;
             }
-            return;
+            return None;
         }
     };
     if head.path != "/ws" {
         refused();
         let _ = stream.write_all(&response(404, "Not Found", "the WebSocket endpoint is /ws")).await;
-        return;
+        return None;
     }
     let identity = match d.auth.authenticate(&head) {
         Ok(id) => id,
         Err(why) => {
             refused();
             let _ = stream.write_all(&response(401, "Unauthorized", why)).await;
-            return;
+            return None;
         }
     };
     let answer = match head.upgrade_response() {
@@ -222,13 +300,28 @@ async fn handshake(d: Rc<Driver>, mut stream: TcpStream, slot: Slot) {
             tracing::debug!(%why, "not a WebSocket upgrade");
             refused();
             let _ = stream.write_all(&response(400, "Bad Request", &why)).await;
-            return;
+            return None;
         }
     };
-    let upgrade = Upgrade { answer, early: bytes[head.len..].to_vec(), slot };
+    Some(Handshaken { stream, answer, early: bytes[head.len..].to_vec(), identity })
+}
+
+/// What a handshake that succeeded leaves: the socket, the `101` to send, the bytes that came
+/// after the request head, and who the client is.
+struct Handshaken {
+    stream: TcpStream,
+    answer: Vec<u8>,
+    early: Vec<u8>,
+    identity: Identity,
+}
+
+/// Runs the connection on its home shard: here, or handed over to the shard that is.
+async fn hand_over(d: &Rc<Driver>, h: Handshaken, slot: Slot) {
+    let Handshaken { stream, answer, early, identity } = h;
+    let upgrade = Upgrade { answer, early, slot };
     let home = home_shard(&identity.user, d.cfg.shards);
     if home == d.id {
-        super::conn::start(&d, stream, upgrade, identity);
+        super::conn::start(d, stream, upgrade, identity);
         return;
     }
     // Hand the socket over: a duplicate descriptor travels, this one closes with the stream.

@@ -61,8 +61,11 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     }
     let open_files_max = raise_open_files_limit();
     let connections_max = cfg.connections_bound(open_files_max)?;
+    // Each shard holds its share of the handshakes (SO_REUSEPORT spreads the accepts evenly).
+    let handshakes_max = cfg.handshakes_bound(connections_max).div_ceil(cfg.shards);
     tracing::info!(
         connections_max,
+        handshakes_max_per_shard = handshakes_max,
         reserved = open_files_max - connections_max,
         "connection bound (beyond it new connections are closed at once; the rest of the descriptors stay for the store, index, Redis and HTTP)"
     );
@@ -99,7 +102,9 @@ pub fn serve(cfg: Config) -> Result<(), String> {
             .name(&format!("shard-{id}"))
             .spin_before_park(Duration::from_micros(cfg.spin_before_park_us))
             .blocking_thread_pool_placement(PoolPlacement::Unbound(cfg.storage_threads_per_shard.max(1)))
-            .spawn(move || async move { shard_main(id, Shared { cfg, mesh, store, cluster, shutdown, metrics, health, slots }).await })
+            .spawn(move || async move {
+                shard_main(id, Shared { cfg, mesh, store, cluster, shutdown, metrics, health, slots, handshakes_max }).await
+            })
             .map_err(|e| format!("starting shard {id}: {e}"))?;
         handles.push(h);
     }
@@ -267,10 +272,12 @@ struct Shared {
     metrics: Arc<ShardMetrics>,
     health: Arc<Health>,
     slots: Arc<accept::Slots>,
+    /// This shard's share of `handshakes_max`.
+    handshakes_max: usize,
 }
 
 async fn shard_main(id: usize, sh: Shared) -> Result<(), String> {
-    let Shared { cfg, mesh, store, cluster, shutdown, metrics, health, slots } = sh;
+    let Shared { cfg, mesh, store, cluster, shutdown, metrics, health, slots, handshakes_max } = sh;
     let (senders, receivers) = mesh.join().await.map_err(|_| "joining the shard mesh".to_string())?;
     if senders.peer_id() != id {
         return Err(format!("shard {id} joined the mesh as peer {}", senders.peer_id()));
@@ -278,7 +285,7 @@ async fn shard_main(id: usize, sh: Shared) -> Result<(), String> {
     let listener = bind_listener(cfg.listen).map_err(|e| format!("binding {}: {e}", cfg.listen))?;
     let d = Rc::new(Driver::new(id, cfg.clone(), store, cluster, senders, metrics));
     d.start_mesh(receivers);
-    let acceptor = glommio::spawn_local(accept::accept_loop(d.clone(), listener, slots));
+    let acceptor = glommio::spawn_local(accept::accept_loop(d.clone(), listener, slots, handshakes_max));
     // The shard serves from here: its listener accepts (the kernel queues connections before
     // the accept loop first runs) and its loop runs. Readiness and, in cluster mode, this node's
     // liveness follow these beats, so a shard that never got here, or stops, is seen.

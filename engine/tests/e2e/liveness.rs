@@ -172,7 +172,8 @@ async fn half_sent_messages_are_bounded_per_shard() {
 
 #[tokio::test]
 async fn connections_beyond_the_bound_are_refused_at_once_and_their_slots_come_back() {
-    let s = Server::start(&["--connections-max", "20"]);
+    // One shard, which may hold all 20 as handshakes: no eviction, only the bound.
+    let s = Server::start(&["--shards", "1", "--connections-max", "20", "--handshakes-max", "20"]);
     // Twenty connections that never speak take every slot (until their handshake times out).
     let silent: Vec<std::net::TcpStream> = (0..20).map(|_| std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap()).collect();
     // Which of them the shards accept first is the kernel's choice, so a later connection may
@@ -207,12 +208,60 @@ async fn connections_beyond_the_bound_are_refused_at_once_and_their_slots_come_b
 }
 
 #[tokio::test]
+async fn connections_that_never_speak_cannot_crowd_out_clients_that_do() {
+    // 100 connections, of which 12 at most in their handshake (4 a shard), and a flood of 300.
+    let s = Server::start(&["--connections-max", "100", "--handshakes-max", "12"]);
+    // A flood that never speaks: each shard keeps its 4 newest and closes the older ones.
+    let silent: Vec<std::net::TcpStream> = (0..300).map(|_| std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap()).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric_sum(&s, "shardchat_handshakes_evicted_total", "").await < 280.0 {
+        assert!(Instant::now() < deadline, "older handshakes were not closed to make room");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // (Kept open on this side: the flood goes on holding what the engine lets it hold.)
+    let closed = silent
+        .iter()
+        .filter(|c| {
+            let mut c: &std::net::TcpStream = c;
+            c.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+            matches!(c.read(&mut [0u8; 16]), Ok(0))
+        })
+        .count();
+    assert!(closed >= 280, "{closed} of the flood's 300 closed by the engine");
+    // While the flood's newest hold every handshake slot, clients that upgrade still get in.
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let mut c = Client::connect(&s, &format!("u{i}"), "d").await;
+        c.send(serde_json::json!({"t":"ping","ref":i})).await;
+        assert_eq!(c.recv().await["t"], "pong");
+        clients.push(c);
+    }
+    assert_eq!(metric_sum(&s, "shardchat_connections_refused_full_total", "").await, 0.0, "nobody was refused outright");
+    drop(silent);
+}
+
+#[tokio::test]
 async fn more_connections_than_descriptors_never_reach_the_store() {
     // 2,600 descriptors: the engine keeps 2,048 back (store, index, control plane) and takes 552
     // connections. 3,000 connections that never speak arrive; the store keeps working.
     let mut s = Server::start_limited(2_600, &["--shards", "2"], "warn");
     let mut a = Client::connect(&s, "alice", "d").await;
-    let flood: Vec<std::net::TcpStream> = (0..3_000).filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", s.port)).ok()).collect();
+    // Clients that authenticate and upgrade (a flood that never speaks is shed by evicting old
+    // handshakes, see above; these take connection slots for good), and 1,000 that never speak.
+    let flood: Vec<std::net::TcpStream> = (0..3_000)
+        .filter_map(|i| {
+            use std::io::Write;
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).ok()?;
+            if i % 3 != 2 {
+                let _ = write!(
+                    c,
+                    "GET /ws?user=f{i} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                );
+            }
+            Some(c)
+        })
+        .collect();
     assert!(flood.len() > 2_000, "the flood did not connect: {}", flood.len());
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric_sum(&s, "shardchat_connections_refused_full_total", "").await < 1.0 {
