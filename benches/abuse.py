@@ -98,7 +98,10 @@ def read_until(s, needle, rest=b"", wait=10):
     s.settimeout(wait)
     end = time.time() + wait
     while needle not in rest and time.time() < end:
-        c = s.recv(65536)
+        try:
+            c = s.recv(65536)
+        except (socket.timeout, OSError):
+            break
         if not c:
             break
         rest += c
