@@ -106,9 +106,13 @@ impl Handshakes {
     /// Registers a new handshake, evicting the oldest if this shard holds `max`; returns it and
     /// whether one was evicted.
     fn admit(&mut self, fd: RawFd, slot: Slot) -> (Rc<Pending>, bool) {
-        // Entries that finished are dropped from the front as they come up.
+        // Entries that finished are dropped from the front as they come up, and all at once when
+        // finished ones pile up behind a slow one (so the queue stays within twice the bound).
         while self.queue.front().is_some_and(|p| p.slot.borrow().is_none()) {
             self.queue.pop_front();
+        }
+        if self.queue.len() > 2 * self.max + 16 {
+            self.queue.retain(|p| p.slot.borrow().is_some());
         }
         let mut evicted = false;
         if self.live >= self.max {
@@ -335,5 +339,46 @@ async fn hand_over(d: &Rc<Driver>, h: Handshaken, slot: Slot) {
         // The home shard is gone (shutting down): the descriptor was not taken over.
         // SAFETY: `fd` is our dup; nobody else closes it.
         unsafe { libc::close(fd) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_the_handshake_bound_the_oldest_handshake_makes_room_and_slots_come_back() {
+        let slots = Arc::new(Slots::new(10));
+        let mut hs = Handshakes { queue: VecDeque::new(), live: 0, max: 2 };
+        // (fd -1: the eviction's shutdown has no socket to end here.)
+        let (a, evicted) = hs.admit(-1, slots.take().unwrap());
+        assert!(!evicted);
+        let (b, _) = hs.admit(-1, slots.take().unwrap());
+        let (c, evicted) = hs.admit(-1, slots.take().unwrap());
+        assert!(evicted, "a third handshake on a shard that holds two evicts one");
+        assert_eq!((hs.live, slots.used.load(Ordering::Acquire)), (2, 2), "the evicted one's slot came back");
+        assert!(hs.finish(&a).is_none(), "the oldest was the one evicted: nothing goes on");
+        let slot = hs.finish(&b).expect("b still had its slot");
+        assert_eq!(hs.live, 1);
+        drop(slot);
+        drop(hs.finish(&c));
+        assert_eq!((hs.live, slots.used.load(Ordering::Acquire)), (0, 0));
+        // Finished entries behind a slow one do not pile up.
+        let _slow = hs.admit(-1, slots.take().unwrap());
+        for _ in 0..100 {
+            let (p, _) = hs.admit(-1, slots.take().unwrap());
+            drop(hs.finish(&p));
+        }
+        assert!(hs.queue.len() <= 2 * hs.max + 17, "{} entries kept", hs.queue.len());
+    }
+
+    #[test]
+    fn the_connection_bound_holds_across_takes() {
+        let slots = Arc::new(Slots::new(2));
+        let (a, b) = (slots.take().unwrap(), slots.take().unwrap());
+        assert!(slots.take().is_none());
+        drop(a);
+        assert!(slots.take().is_some());
+        drop(b);
     }
 }
