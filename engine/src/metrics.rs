@@ -69,7 +69,8 @@ pub struct ShardMetrics {
     pub closes_incomplete: AtomicU64,
     /// Bytes held for partial messages (frames split across reads, fragmented messages).
     pub partial_bytes: AtomicU64,
-    /// New connections closed at once because the engine holds `connections_max` already.
+    /// New connections closed at once: the engine holds `connections_max` already, or the shard
+    /// its share of `handshakes_max` with none old enough to give way.
     pub connections_refused_full: AtomicU64,
     /// Handshakes closed to make room for a newer one (this shard held its share of
     /// `handshakes_max`): the oldest goes.
@@ -144,7 +145,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
         (
             "shardchat_connections_refused_full_total",
             "counter",
-            "New connections closed at once: the engine holds connections_max already.",
+            "New connections closed at once: at connections_max, or at the shard's share of handshakes_max.",
             |m| &m.connections_refused_full,
         ),
         (

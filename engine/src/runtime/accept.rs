@@ -84,17 +84,25 @@ impl Drop for Slot {
     }
 }
 
+/// A handshake younger than this is never closed to make room: it may not have had a turn to
+/// read its request yet (a burst of accepts runs ahead of the handshake tasks), and a client
+/// that speaks sends its request head at once. At the bound with none older, the new connection
+/// is refused instead.
+const HANDSHAKE_EVICTABLE_AFTER_MS: u64 = 1_000;
+
 /// A connection of this shard in its handshake (no request head read and authenticated yet).
 struct Pending {
     fd: RawFd,
+    since: Instant,
     /// Its slot, until it upgrades (then the slot travels with it) or ends; None once taken.
     slot: RefCell<Option<Slot>>,
 }
 
 /// This shard's handshakes in progress, oldest first, at most `max`. At the bound the oldest is
-/// evicted to make room: a client that upgrades does so in milliseconds, so under a flood of
-/// connections that never speak the ones evicted are the flood's, and clients that do speak
-/// still get in (instead of a refusal for as long as the flood lasts).
+/// evicted to make room, if it has had [`HANDSHAKE_EVICTABLE_AFTER_MS`]: a client that upgrades
+/// does so in milliseconds, so under a flood of connections that never speak the ones evicted are
+/// the flood's, and clients that do speak still get in (instead of a refusal for as long as the
+/// flood lasts).
 struct Handshakes {
     queue: VecDeque<Rc<Pending>>,
     /// Entries of `queue` still holding their slot.
@@ -104,8 +112,9 @@ struct Handshakes {
 
 impl Handshakes {
     /// Registers a new handshake, evicting the oldest if this shard holds `max`; returns it and
-    /// whether one was evicted.
-    fn admit(&mut self, fd: RawFd, slot: Slot) -> (Rc<Pending>, bool) {
+    /// whether one was evicted, or None (the slot given back) when this shard holds `max` and
+    /// none is old enough to give way.
+    fn admit(&mut self, fd: RawFd, slot: Slot, now: Instant) -> Option<(Rc<Pending>, bool)> {
         // Entries that finished are dropped from the front as they come up, and all at once when
         // finished ones pile up behind a slow one (so the queue stays within twice the bound).
         while self.queue.front().is_some_and(|p| p.slot.borrow().is_none()) {
@@ -116,24 +125,25 @@ impl Handshakes {
         }
         let mut evicted = false;
         if self.live >= self.max {
-            while let Some(old) = self.queue.pop_front() {
-                if let Some(slot) = old.slot.borrow_mut().take() {
-                    drop(slot);
-                    self.live -= 1;
-                    // Its task sees the socket end (a read of 0) and returns.
-                    // SAFETY: the slot was still held, so the handshake has not ended and its
-                    // stream still owns `fd`.
-                    unsafe { libc::shutdown(old.fd, libc::SHUT_RDWR) };
-                    evicted = true;
-                    break;
-                }
+            // The front is the oldest live one (finished ones were dropped from the front).
+            let oldest = self.queue.front().expect("live handshakes are queued");
+            if now.duration_since(oldest.since) < Duration::from_millis(HANDSHAKE_EVICTABLE_AFTER_MS) {
+                return None;
             }
+            let old = self.queue.pop_front().expect("checked");
+            drop(old.slot.borrow_mut().take());
+            self.live -= 1;
+            // Its task sees the socket end (a read of 0) and returns.
+            // SAFETY: the slot was still held, so the handshake has not ended and its stream
+            // still owns `fd`.
+            unsafe { libc::shutdown(old.fd, libc::SHUT_RDWR) };
+            evicted = true;
         }
-        let p = Rc::new(Pending { fd, slot: RefCell::new(Some(slot)) });
+        let p = Rc::new(Pending { fd, since: now, slot: RefCell::new(Some(slot)) });
         self.queue.push_back(p.clone());
         self.live += 1;
         debug_assert!(self.live <= self.max, "handshakes over their bound");
-        (p, evicted)
+        Some((p, evicted))
     }
 
     /// The handshake ended (upgraded or refused): its slot, unless it was evicted.
@@ -177,25 +187,13 @@ impl Quiet {
 
 pub async fn accept_loop(d: Rc<Driver>, listener: TcpListener, slots: Arc<Slots>, handshakes_max: usize) {
     let mut per_ip = PerIp::new(d.cfg.connect_rate_per_ip_per_s, d.cfg.shards);
-    let (mut full_log, mut error_log) = (Quiet::new(), Quiet::new());
+    let (mut full_log, mut handshakes_log, mut error_log) = (Quiet::new(), Quiet::new(), Quiet::new());
     let handshakes = Rc::new(RefCell::new(Handshakes { queue: VecDeque::new(), live: 0, max: handshakes_max.max(1) }));
     loop {
         match listener.accept().await {
             Ok(stream) => {
                 let Some(slot) = slots.take() else {
-                    // At the bound: refuse before reading anything, without a task or a timer,
-                    // so a flood costs an accept and a close each and never a descriptor held.
-                    // SAFETY: a send on a socket we own; MSG_DONTWAIT never blocks the shard.
-                    unsafe {
-                        libc::send(
-                            stream.as_raw_fd(),
-                            FULL_RESPONSE.as_ptr().cast(),
-                            FULL_RESPONSE.len(),
-                            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                        )
-                    };
-                    drop(stream);
-                    ShardMetrics::add(&d.metrics.connections_refused_full, 1);
+                    refuse_full(&d, stream);
                     if let Some(suppressed) = full_log.due() {
                         tracing::warn!(connections_max = slots.max, suppressed, "connection bound reached: refusing new connections");
                     }
@@ -212,7 +210,18 @@ pub async fn accept_loop(d: Rc<Driver>, listener: TcpListener, slots: Arc<Slots>
                     .detach();
                     continue;
                 }
-                let (pending, evicted) = handshakes.borrow_mut().admit(stream.as_raw_fd(), slot);
+                let admitted = handshakes.borrow_mut().admit(stream.as_raw_fd(), slot, Instant::now());
+                let Some((pending, evicted)) = admitted else {
+                    refuse_full(&d, stream);
+                    if let Some(suppressed) = handshakes_log.due() {
+                        tracing::warn!(
+                            handshakes_max = handshakes.borrow().max,
+                            suppressed,
+                            "handshake bound reached: refusing new connections"
+                        );
+                    }
+                    continue;
+                };
                 if evicted {
                     ShardMetrics::add(&d.metrics.handshakes_evicted, 1);
                 }
@@ -237,6 +246,15 @@ pub async fn accept_loop(d: Rc<Driver>, listener: TcpListener, slots: Arc<Slots>
             }
         }
     }
+}
+
+/// Refuses a connection at a bound, before reading anything and without a task or a timer, so a
+/// flood costs an accept and a close each and never a descriptor held.
+fn refuse_full(d: &Driver, stream: TcpStream) {
+    // SAFETY: a send on a socket we own; MSG_DONTWAIT never blocks the shard.
+    unsafe { libc::send(stream.as_raw_fd(), FULL_RESPONSE.as_ptr().cast(), FULL_RESPONSE.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    drop(stream);
+    ShardMetrics::add(&d.metrics.connections_refused_full, 1);
 }
 
 /// Reads until the request head is complete. `Err` carries the response to send.
@@ -350,12 +368,17 @@ mod tests {
     fn at_the_handshake_bound_the_oldest_handshake_makes_room_and_slots_come_back() {
         let slots = Arc::new(Slots::new(10));
         let mut hs = Handshakes { queue: VecDeque::new(), live: 0, max: 2 };
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_millis(HANDSHAKE_EVICTABLE_AFTER_MS);
         // (fd -1: the eviction's shutdown has no socket to end here.)
-        let (a, evicted) = hs.admit(-1, slots.take().unwrap());
+        let (a, evicted) = hs.admit(-1, slots.take().unwrap(), t0).unwrap();
         assert!(!evicted);
-        let (b, _) = hs.admit(-1, slots.take().unwrap());
-        let (c, evicted) = hs.admit(-1, slots.take().unwrap());
-        assert!(evicted, "a third handshake on a shard that holds two evicts one");
+        let (b, _) = hs.admit(-1, slots.take().unwrap(), t0).unwrap();
+        // At the bound, with none old enough to give way: refused, its slot given back.
+        assert!(hs.admit(-1, slots.take().unwrap(), t0).is_none());
+        assert_eq!(slots.used.load(Ordering::Acquire), 2);
+        let (c, evicted) = hs.admit(-1, slots.take().unwrap(), later).unwrap();
+        assert!(evicted, "a third handshake on a shard that holds two evicts the oldest once it had its time");
         assert_eq!((hs.live, slots.used.load(Ordering::Acquire)), (2, 2), "the evicted one's slot came back");
         assert!(hs.finish(&a).is_none(), "the oldest was the one evicted: nothing goes on");
         let slot = hs.finish(&b).expect("b still had its slot");
@@ -364,9 +387,9 @@ mod tests {
         drop(hs.finish(&c));
         assert_eq!((hs.live, slots.used.load(Ordering::Acquire)), (0, 0));
         // Finished entries behind a slow one do not pile up.
-        let _slow = hs.admit(-1, slots.take().unwrap());
+        let _slow = hs.admit(-1, slots.take().unwrap(), later);
         for _ in 0..100 {
-            let (p, _) = hs.admit(-1, slots.take().unwrap());
+            let (p, _) = hs.admit(-1, slots.take().unwrap(), later).unwrap();
             drop(hs.finish(&p));
         }
         assert!(hs.queue.len() <= 2 * hs.max + 17, "{} entries kept", hs.queue.len());

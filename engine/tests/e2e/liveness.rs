@@ -211,11 +211,16 @@ async fn connections_beyond_the_bound_are_refused_at_once_and_their_slots_come_b
 async fn connections_that_never_speak_cannot_crowd_out_clients_that_do() {
     // 100 connections, of which 12 at most in their handshake (4 a shard), and a flood of 300.
     let s = Server::start(&["--connections-max", "100", "--handshakes-max", "12"]);
-    // A flood that never speaks: each shard keeps its 4 newest and closes the older ones.
     let silent: Vec<std::net::TcpStream> = (0..300).map(|_| std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap()).collect();
+    // Each shard keeps 4 of the flood; the rest is refused (none of the kept ones is a second
+    // old yet, so none gives way).
+    let shed = || async {
+        metric_sum(&s, "shardchat_handshakes_evicted_total", "").await
+            + metric_sum(&s, "shardchat_connections_refused_full_total", "").await
+    };
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric_sum(&s, "shardchat_handshakes_evicted_total", "").await < 280.0 {
-        assert!(Instant::now() < deadline, "older handshakes were not closed to make room");
+    while shed().await < 280.0 {
+        assert!(Instant::now() < deadline, "the flood was not shed at the handshake bound");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // (Kept open on this side: the flood goes on holding what the engine lets it hold.)
@@ -224,11 +229,12 @@ async fn connections_that_never_speak_cannot_crowd_out_clients_that_do() {
         .filter(|c| {
             let mut c: &std::net::TcpStream = c;
             c.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
-            matches!(c.read(&mut [0u8; 16]), Ok(0))
+            c.read(&mut [0u8; 16]).is_ok()
         })
         .count();
     assert!(closed >= 280, "{closed} of the flood's 300 closed by the engine");
-    // While the flood's newest hold every handshake slot, clients that upgrade still get in.
+    // Once the flood's handshakes have had their second, clients that speak take their places.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     let mut clients = Vec::new();
     for i in 0..20 {
         let mut c = Client::connect(&s, &format!("u{i}"), "d").await;
@@ -236,7 +242,7 @@ async fn connections_that_never_speak_cannot_crowd_out_clients_that_do() {
         assert_eq!(c.recv().await["t"], "pong");
         clients.push(c);
     }
-    assert_eq!(metric_sum(&s, "shardchat_connections_refused_full_total", "").await, 0.0, "nobody was refused outright");
+    assert!(metric_sum(&s, "shardchat_handshakes_evicted_total", "").await >= 1.0, "the clients took the flood's places");
     drop(silent);
 }
 
@@ -246,28 +252,31 @@ async fn more_connections_than_descriptors_never_reach_the_store() {
     // connections. 3,000 connections that never speak arrive; the store keeps working.
     let mut s = Server::start_limited(2_600, &["--shards", "2"], "warn");
     let mut a = Client::connect(&s, "alice", "d").await;
-    // Clients that authenticate and upgrade (a flood that never speaks is shed by evicting old
-    // handshakes, see above; these take connection slots for good), and 1,000 that never speak.
-    let flood: Vec<std::net::TcpStream> = (0..3_000)
-        .filter_map(|i| {
-            use std::io::Write;
-            let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).ok()?;
-            if i % 3 != 2 {
-                let _ = write!(
-                    c,
-                    "GET /ws?user=f{i} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-                );
-            }
-            Some(c)
-        })
-        .collect();
-    assert!(flood.len() > 2_000, "the flood did not connect: {}", flood.len());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric_sum(&s, "shardchat_connections_refused_full_total", "").await < 1.0 {
-        assert!(Instant::now() < deadline, "the bound never refused anyone");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // 1,000 connections that never speak (shed at the handshake bound: 69 a shard), then clients
+    // that authenticate and upgrade, one after the other: once the silent ones have had their
+    // second they give way, and the clients take connection slots for good until the bound;
+    // the rest are refused.
+    let mut flood: Vec<std::net::TcpStream> = (0..1_000).filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", s.port)).ok()).collect();
+    let mut upgraded = 0;
+    for i in 0..3_000 {
+        use std::io::Write;
+        let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", s.port)) else { continue };
+        let _ = write!(
+            c,
+            "GET /ws?user=f{i} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut head = [0u8; 12];
+        if c.read_exact(&mut head).is_ok() && head.ends_with(b" 101") {
+            upgraded += 1;
+            flood.push(c);
+        } else {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
+    // The bound less alice and the silent ones still held (at most 138).
+    assert!((552 - 1 - 138..=551).contains(&upgraded), "{upgraded} upgraded under a bound of 552");
     // Commits need descriptors (the journal, new tables on flush); they still have them.
     for i in 0..50 {
         let ack = a.dm("bob", &format!("c{i}"), "the store has its descriptors").await;
@@ -276,8 +285,8 @@ async fn more_connections_than_descriptors_never_reach_the_store() {
     assert!(s.is_running());
     drop(flood);
     s.stop();
-    // The bound's warning is logged once per interval, not once per refused connection.
-    let warnings = s.log().lines().filter(|l| l.contains("connection bound reached")).count();
-    assert!((1..=2).contains(&warnings), "{warnings} warnings about the bound");
+    // The bounds' warnings are logged once per interval, not once per refused connection.
+    let warnings = s.log().lines().filter(|l| l.contains("bound reached")).count();
+    assert!(s.log().contains("connection bound reached") && warnings <= 4, "{warnings} warnings about the bounds");
     assert!(!s.log().contains("accept failed"), "accept never ran out of descriptors");
 }
