@@ -10,7 +10,8 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shardchat_codec::{MsgKind, MsgRecord};
-use shardchat_storage::{FjallStore, MessageStore, StoreConfig, WriteBatch};
+use shardchat_storage::{MessageStore, WriteBatch};
+use shardchat_storage_fjall::{FjallStore, StoreConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

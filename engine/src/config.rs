@@ -387,7 +387,7 @@ impl Config {
             }
         }
         if let Some(uri) = &self.store {
-            shardchat_storage::ScyllaConfig::from_uri(uri).map_err(|e| format!("store: {e}"))?;
+            shardchat_storage_scylla::ScyllaConfig::from_uri(uri).map_err(|e| format!("store: {e}"))?;
         }
         if self.http_connections_max == 0 || self.poll_sessions_per_user_max == 0 {
             return Err("http_connections_max and poll_sessions_per_user_max must be at least 1".into());

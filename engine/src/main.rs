@@ -21,7 +21,7 @@ struct Cli {
 enum Cmd {
     /// Run the engine: shards on every core, WebSocket on --listen, embedded storage in --data-dir.
     Serve(Box<ServeArgs>),
-    /// Apply the ScyllaDB schema (storage/schema.cql): creates the keyspace and tables if absent.
+    /// Apply the ScyllaDB schema (storage/scylla/schema.cql): creates the keyspace and tables if absent.
     /// Safe to run again. Run it once before the first `serve --store scylla://…`.
     Migrate(MigrateArgs),
 }
@@ -37,11 +37,12 @@ struct MigrateArgs {
 }
 
 fn migrate(args: MigrateArgs) -> Result<(), String> {
-    let cfg = shardchat_storage::ScyllaConfig::from_uri(&args.scylla)?;
+    let cfg = shardchat_storage_scylla::ScyllaConfig::from_uri(&args.scylla)?;
     if args.replication_factor == 0 {
         return Err("--replication-factor must be at least 1".into());
     }
-    let n = shardchat_storage::ScyllaStore::migrate(&cfg, args.replication_factor).map_err(|e| format!("migrate {}: {e}", args.scylla))?;
+    let n = shardchat_storage_scylla::ScyllaStore::migrate(&cfg, args.replication_factor)
+        .map_err(|e| format!("migrate {}: {e}", args.scylla))?;
     println!("schema applied to keyspace {} ({n} statements, replication factor {})", cfg.keyspace, args.replication_factor);
     Ok(())
 }

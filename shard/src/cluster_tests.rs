@@ -7,7 +7,8 @@ use crate::jobs::{run_commit, run_read};
 use crate::machine::owner::HANDOVER_MS;
 use crate::*;
 use shardchat_codec::*;
-use shardchat_storage::{FjallStore, MessageStore, StoreConfig};
+use shardchat_storage::MessageStore;
+use shardchat_storage_mem::MemStore;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -229,8 +230,8 @@ impl Cluster {
     }
 }
 
-fn store(dir: &std::path::Path) -> Arc<FjallStore> {
-    Arc::new(FjallStore::open(&StoreConfig { dir: dir.into(), commit_interval: std::time::Duration::ZERO }).unwrap())
+fn store() -> Arc<MemStore> {
+    Arc::new(MemStore::new())
 }
 
 fn dm(to: &str, cmid: &str) -> String {
@@ -258,8 +259,7 @@ fn unavailable(frames: &[ServerFrame]) -> Vec<String> {
 #[test]
 fn direct_and_group_messages_and_receipts_cross_nodes_in_order() {
     for seed in 1..12 {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = Cluster::new(3, seed, store(dir.path()), false);
+        let mut c = Cluster::new(3, seed, store(), false);
         let a = c.connect(0, "alice");
         let a2 = c.connect(2, "alice");
         let b = c.connect(1, "bob");
@@ -323,8 +323,7 @@ fn direct_and_group_messages_and_receipts_cross_nodes_in_order() {
 #[test]
 fn when_a_node_dies_its_conversations_move_and_seq_resumes_from_the_store() {
     for seed in 1..8 {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = Cluster::new(3, seed, store(dir.path()), false);
+        let mut c = Cluster::new(3, seed, store(), false);
         // Conversations of every owner: alice talks to many users, from node 0.
         let a = c.connect(0, "alice");
         let peers: Vec<String> = (0..12).map(|i| format!("u{i}")).collect();
@@ -373,8 +372,7 @@ fn when_a_node_dies_its_conversations_move_and_seq_resumes_from_the_store() {
 
 #[test]
 fn an_op_bounced_between_nodes_that_disagree_is_refused_not_forwarded_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::new(2, 5, store(dir.path()), false);
+    let mut c = Cluster::new(2, 5, store(), false);
     let a = c.connect(0, "alice");
     // Find a conversation node 1 owns, then let node 1 believe it is alone with node 0 gone and
     // node 0 believe node 1 owns it: node 0 forwards, node 1 (owner by its own view? no: by
@@ -393,8 +391,7 @@ fn an_op_bounced_between_nodes_that_disagree_is_refused_not_forwarded_again() {
 
 #[test]
 fn a_user_connected_nowhere_is_owed_one_push_and_a_user_on_another_node_none() {
-    let dir = tempfile::tempdir().unwrap();
-    let st = store(dir.path());
+    let st = store();
     let mut c = Cluster::new(3, 9, st.clone(), true);
     let a = c.connect(0, "alice");
     c.connect(2, "bob");
@@ -409,8 +406,7 @@ fn a_user_connected_nowhere_is_owed_one_push_and_a_user_on_another_node_none() {
 #[test]
 fn a_node_taken_for_dead_while_still_running_is_fenced_and_never_reuses_a_seq() {
     for seed in 1..13 {
-        let dir = tempfile::tempdir().unwrap();
-        let st = store(dir.path());
+        let st = store();
         let mut c = Cluster::new(2, seed, st.clone(), false);
         // alice (node 0) and bob (node 1) share a conversation node 1 sequences.
         let peer = (0..200).map(|i| format!("b{i}")).find(|p| owner_node(&direct_conv_id("alice", p), &[0, 1]) == Some(1)).unwrap();
@@ -482,8 +478,7 @@ fn presence(frames: &[ServerFrame], who: &str) -> Vec<String> {
 #[test]
 fn presence_crosses_nodes_and_only_watching_nodes_hear_of_changes() {
     for seed in 1..8 {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = Cluster::new(3, seed, store(dir.path()), false);
+        let mut c = Cluster::new(3, seed, store(), false);
         let b = c.connect(1, "bob");
         let k = c.connect(2, "carol");
         c.send(k, r#"{"t":"presence_sub","users":["bob"]}"#);

@@ -128,13 +128,7 @@ pub fn events(data: &[u8]) -> Reached {
     let shards = 1 + input.below(3);
     let seed = u64::from_le_bytes(std::array::from_fn(|_| input.byte()));
     let settings = input.byte();
-    let dir = match std::path::Path::new("/dev/shm").is_dir() {
-        // tmpfs: fsync is free, so an input costs what the machine computes.
-        true => tempfile::tempdir_in("/dev/shm"),
-        false => tempfile::tempdir(),
-    }
-    .expect("a temporary directory");
-    let store = store(dir.path());
+    let store = store();
     let mut sim = Sim::with(shards, seed, store.clone(), |c| {
         if settings & 1 != 0 {
             c.owner_pending_ops_max = 3;

@@ -1,11 +1,13 @@
 //! Shards driven without sockets or threads: several shards and clients in one thread, the
-//! interleaving chosen from a seed, storage real (fjall in a temporary directory) and run inline.
+//! interleaving chosen from a seed, the store in memory (`storage/mem`, the same contract as the
+//! real backends, with faults on demand) and run inline.
 //! The unit tests and the state-machine fuzzer (`fuzzing`) both drive shards through this.
 
 use crate::jobs::{run_commit, run_read};
 use crate::*;
 use shardchat_codec::*;
-use shardchat_storage::{FjallStore, MessageStore, StoreConfig};
+use shardchat_storage::MessageStore;
+use shardchat_storage_mem::MemStore;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -160,7 +162,7 @@ impl Sim {
     }
 }
 
-/// The embedded store in `dir`, group commit without extra wait.
-pub fn store(dir: &std::path::Path) -> Arc<FjallStore> {
-    Arc::new(FjallStore::open(&StoreConfig { dir: dir.into(), commit_interval: std::time::Duration::ZERO }).unwrap())
+/// A fresh store in memory.
+pub fn store() -> Arc<MemStore> {
+    Arc::new(MemStore::new())
 }

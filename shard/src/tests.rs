@@ -1,12 +1,11 @@
 //! Shard behaviour, driven through [`crate::sim`]: several shards and clients in one thread, the
-//! interleaving chosen from a seed, storage real and run inline.
+//! interleaving chosen from a seed, the store in memory and run inline.
 
 use crate::sim::*;
 use crate::*;
 use shardchat_codec::*;
-use shardchat_storage::{FjallStore, MessageStore, StoreConfig};
+use shardchat_storage::MessageStore;
 use std::collections::HashMap;
-use std::sync::Arc;
 fn send(to: &str, cmid: &str, body: &str) -> String {
     format!(r#"{{"t":"send","cmid":"{cmid}","to":"{to}","body":"{body}"}}"#)
 }
@@ -18,8 +17,7 @@ fn err_code(frames: &[ServerFrame]) -> Vec<ErrorCode> {
 #[test]
 fn a_direct_message_reaches_every_device_of_both_users_but_the_sending_one() {
     for seed in 1..20 {
-        let dir = tempfile::tempdir().unwrap();
-        let mut sim = Sim::new(3, seed, store(dir.path()));
+        let mut sim = Sim::new(3, seed, store());
         let (a1, a2, b1, b2) = (sim.connect("alice"), sim.connect("alice"), sim.connect("bob"), sim.connect("bob"));
         sim.send(a1, &send("bob", "c1", "hi"));
         let acks = sim.frames(a1);
@@ -38,8 +36,7 @@ fn a_direct_message_reaches_every_device_of_both_users_but_the_sending_one() {
 #[test]
 fn concurrent_senders_get_dense_seqs_and_every_device_sees_them_in_order() {
     for seed in [3, 7, 11] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut sim = Sim::new(4, seed, store(dir.path()));
+        let mut sim = Sim::new(4, seed, store());
         let alice: Vec<Dev> = (0..3).map(|_| sim.connect("alice")).collect();
         let bob: Vec<Dev> = (0..3).map(|_| sim.connect("bob")).collect();
         for i in 0..40 {
@@ -71,8 +68,7 @@ fn concurrent_senders_get_dense_seqs_and_every_device_sees_them_in_order() {
 
 #[test]
 fn a_retried_cmid_gets_the_original_ack_and_is_stored_once_even_after_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let st = store(dir.path());
+    let st = store();
     let mut sim = Sim::new(2, 5, st.clone());
     let (a, b) = (sim.connect("alice"), sim.connect("bob"));
     // Twice in one batch, then again later.
@@ -98,8 +94,7 @@ fn a_retried_cmid_gets_the_original_ack_and_is_stored_once_even_after_restart() 
 
 #[test]
 fn watermarks_are_monotonic_stored_and_forwarded_to_the_other_member() {
-    let dir = tempfile::tempdir().unwrap();
-    let st = store(dir.path());
+    let st = store();
     let mut sim = Sim::new(3, 9, st.clone());
     let (a, b, eve) = (sim.connect("alice"), sim.connect("bob"), sim.connect("eve"));
     for i in 0..5 {
@@ -125,8 +120,7 @@ fn watermarks_are_monotonic_stored_and_forwarded_to_the_other_member() {
 
 #[test]
 fn strangers_cannot_send_or_read_and_unknown_conversations_are_not_found() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::new(2, 4, store(dir.path()));
+    let mut sim = Sim::new(2, 4, store());
     let (a, eve) = (sim.connect("alice"), sim.connect("eve"));
     sim.send(a, &send("bob", "c", "secret"));
     sim.send(eve, r#"{"t":"send","cmid":"x","conv":"d:alice:bob","body":"hi"}"#);
@@ -144,8 +138,7 @@ fn strangers_cannot_send_or_read_and_unknown_conversations_are_not_found() {
 
 #[test]
 fn colliding_direct_ids_do_not_merge_conversations() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::new(2, 4, store(dir.path()));
+    let mut sim = Sim::new(2, 4, store());
     let (ax, a) = (sim.connect("a:x"), sim.connect("a"));
     sim.send(ax, &send("a:y", "c", "private"));
     sim.send(a, &send("x:a:y", "c", "hi"));
@@ -154,8 +147,7 @@ fn colliding_direct_ids_do_not_merge_conversations() {
 
 #[test]
 fn sync_catches_up_an_offline_device_in_batches_and_lists_every_conversation() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::new(3, 13, store(dir.path()));
+    let mut sim = Sim::new(3, 13, store());
     let (a, c) = (sim.connect("alice"), sim.connect("carol"));
     for i in 0..250 {
         sim.send(a, &send("bob", &format!("b{i}"), &format!("{i}")));
@@ -186,8 +178,7 @@ fn sync_catches_up_an_offline_device_in_batches_and_lists_every_conversation() {
 
 #[test]
 fn sync_does_not_replay_what_was_delivered_live() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::new(2, 17, store(dir.path()));
+    let mut sim = Sim::new(2, 17, store());
     let a = sim.connect("alice");
     for i in 0..3 {
         sim.send(a, &send("bob", &format!("{i}"), "x"));
@@ -214,8 +205,7 @@ fn sync_does_not_replay_what_was_delivered_live() {
 
 #[test]
 fn history_pages_backwards_with_refs() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::new(2, 21, store(dir.path()));
+    let mut sim = Sim::new(2, 21, store());
     let (a, b) = (sim.connect("alice"), sim.connect("bob"));
     for i in 0..120 {
         sim.send(a, &send("bob", &format!("{i}"), "x"));
@@ -232,8 +222,7 @@ fn history_pages_backwards_with_refs() {
 
 #[test]
 fn silent_connections_time_out_and_active_ones_stay() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::new(1, 2, store(dir.path()));
+    let mut sim = Sim::new(1, 2, store());
     let (quiet, chatty) = (sim.connect("q"), sim.connect("c"));
     for _ in 0..70 {
         sim.inbox[0].push_back(Event::Activity { conn: chatty.1 });
@@ -248,8 +237,7 @@ fn silent_connections_time_out_and_active_ones_stay() {
 
 #[test]
 fn a_connection_is_closed_when_its_token_expires_however_active() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::new(1, 2, store(dir.path()));
+    let mut sim = Sim::new(1, 2, store());
     let forever = sim.connect("f");
     let conn = sim.next_conn;
     sim.next_conn += 1;
@@ -282,8 +270,7 @@ fn a_connection_is_closed_when_its_token_expires_however_active() {
 
 #[test]
 fn disconnected_devices_get_nothing_and_ping_is_answered() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::new(2, 3, store(dir.path()));
+    let mut sim = Sim::new(2, 3, store());
     let (a, b) = (sim.connect("alice"), sim.connect("bob"));
     sim.disconnect(b);
     sim.send(a, &send("bob", "1", "x"));
@@ -292,94 +279,25 @@ fn disconnected_devices_get_nothing_and_ping_is_answered() {
     assert_eq!(sim.frames(a).last().unwrap(), &ServerFrame::Pong { r#ref: Some(Ref::Str("p".into())) });
 }
 
-/// A store whose writes fail while `down` is set: the disk is gone.
-struct FlakyStore {
-    inner: FjallStore,
-    down: std::sync::atomic::AtomicBool,
-}
-
-impl MessageStore for FlakyStore {
-    fn commit(&self, b: &shardchat_storage::WriteBatch) -> Result<(), shardchat_storage::StoreError> {
-        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(shardchat_storage::StoreError::Io("disk gone".into()));
-        }
-        self.inner.commit(b)
-    }
-    fn last_seq(&self, c: &str) -> Result<u64, shardchat_storage::StoreError> {
-        self.inner.last_seq(c)
-    }
-    fn find_cmid(&self, c: &str, f: &str, m: &str) -> Result<Option<MsgRecord>, shardchat_storage::StoreError> {
-        self.inner.find_cmid(c, f, m)
-    }
-    fn messages_after(&self, c: &str, a: u64, l: usize) -> Result<Vec<MsgRecord>, shardchat_storage::StoreError> {
-        self.inner.messages_after(c, a, l)
-    }
-    fn messages_before(&self, c: &str, b: Option<u64>, l: usize) -> Result<Vec<MsgRecord>, shardchat_storage::StoreError> {
-        self.inner.messages_before(c, b, l)
-    }
-    fn members(&self, c: &str) -> Result<Vec<shardchat_storage::Membership>, shardchat_storage::StoreError> {
-        self.inner.members(c)
-    }
-    fn left_at(&self, c: &str, u: &str) -> Result<Option<u64>, shardchat_storage::StoreError> {
-        self.inner.left_at(c, u)
-    }
-    fn conv_name(&self, c: &str) -> Result<Option<String>, shardchat_storage::StoreError> {
-        self.inner.conv_name(c)
-    }
-    fn watermarks(&self, c: &str) -> Result<Vec<(String, ReceiptKind, u64)>, shardchat_storage::StoreError> {
-        self.inner.watermarks(c)
-    }
-    fn last_seen(&self, u: &str) -> Result<Option<u64>, shardchat_storage::StoreError> {
-        self.inner.last_seen(u)
-    }
-    fn push_pending(&self, limit: usize) -> Result<Vec<shardchat_storage::PushEntry>, shardchat_storage::StoreError> {
-        self.inner.push_pending(limit)
-    }
-    fn push_done(&self, e: &[shardchat_storage::PushEntry]) -> Result<(), shardchat_storage::StoreError> {
-        self.inner.push_done(e)
-    }
-    fn index_pending(&self, limit: usize) -> Result<Vec<MsgRecord>, shardchat_storage::StoreError> {
-        self.inner.index_pending(limit)
-    }
-    fn index_done(&self, ids: &[u64]) -> Result<(), shardchat_storage::StoreError> {
-        self.inner.index_done(ids)
-    }
-    fn user_convs(&self, u: &str) -> Result<Vec<String>, shardchat_storage::StoreError> {
-        self.inner.user_convs(u)
-    }
-    fn watermark(&self, c: &str, u: &str, k: ReceiptKind) -> Result<u64, shardchat_storage::StoreError> {
-        self.inner.watermark(c, u, k)
-    }
-    fn fence_node(&self, n: u16, i: u64) -> Result<(), shardchat_storage::StoreError> {
-        self.inner.fence_node(n, i)
-    }
-    fn node_fence(&self, n: u16) -> Result<u64, shardchat_storage::StoreError> {
-        self.inner.node_fence(n)
-    }
-}
-
 #[test]
 fn a_failed_commit_is_unavailable_nothing_is_delivered_and_seq_has_no_hole() {
-    let dir = tempfile::tempdir().unwrap();
-    let inner = FjallStore::open(&StoreConfig { dir: dir.path().into(), commit_interval: std::time::Duration::ZERO }).unwrap();
-    let st = Arc::new(FlakyStore { inner, down: false.into() });
+    let st = store();
     let mut sim = Sim::new(2, 8, st.clone());
     let (a, b) = (sim.connect("alice"), sim.connect("bob"));
     sim.send(a, &send("bob", "1", "x"));
-    st.down.store(true, std::sync::atomic::Ordering::Relaxed);
+    st.faults.commits_down.store(true, std::sync::atomic::Ordering::Relaxed);
     sim.send(a, &send("bob", "2", "x"));
     let f = sim.take(a);
     assert!(matches!(&f[1], ServerFrame::Error { code: ErrorCode::Unavailable, cmid: Some(c), .. } if c == "2"), "{f:?}");
     assert_eq!(sim.take(b).len(), 1, "only the stored message was delivered");
-    st.down.store(false, std::sync::atomic::Ordering::Relaxed);
+    st.faults.commits_down.store(false, std::sync::atomic::Ordering::Relaxed);
     sim.send(a, &send("bob", "2", "x"));
     assert!(matches!(&sim.take(a)[..], [ServerFrame::Ack { seq: 2, .. }]), "the retry takes the next seq: no hole");
 }
 
 #[test]
 fn a_second_sync_while_one_runs_is_rate_limited() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::new(1, 8, store(dir.path()));
+    let mut sim = Sim::new(1, 8, store());
     let b = sim.connect("bob");
     sim.push(b, r#"{"t":"sync"}"#);
     sim.push(b, r#"{"t":"sync"}"#);
@@ -391,8 +309,7 @@ fn a_second_sync_while_one_runs_is_rate_limited() {
 
 #[test]
 fn large_messages_make_smaller_history_and_sync_frames() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::new(2, 8, store(dir.path()));
+    let mut sim = Sim::new(2, 8, store());
     let a = sim.connect("alice");
     let big = "z".repeat(50_000);
     for i in 0..30 {
@@ -428,8 +345,7 @@ fn create_group(sim: &mut Sim, admin: Dev, members: &[&str]) -> String {
 #[test]
 fn a_group_message_reaches_every_member_once_in_order_with_one_encode() {
     for seed in [1, 2, 3] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut sim = Sim::new(4, seed, store(dir.path()));
+        let mut sim = Sim::new(4, seed, store());
         let users: Vec<String> = (0..40).map(|i| format!("u{i}")).collect();
         let devs: Vec<Dev> = users.iter().map(|u| sim.connect(u)).collect();
         let names: Vec<&str> = users[1..].iter().map(|s| s.as_str()).collect();
@@ -466,8 +382,7 @@ fn a_group_message_reaches_every_member_once_in_order_with_one_encode() {
 
 #[test]
 fn group_membership_rules() {
-    let dir = tempfile::tempdir().unwrap();
-    let st = store(dir.path());
+    let st = store();
     let mut sim = Sim::new(3, 5, st.clone());
     let (a, b, c, d) = (sim.connect("ann"), sim.connect("bob"), sim.connect("cat"), sim.connect("dan"));
     let conv = create_group(&mut sim, a, &["bob", "cat"]);
@@ -511,8 +426,7 @@ fn group_membership_rules() {
 
 #[test]
 fn groups_hold_at_most_500() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::new(2, 5, store(dir.path()));
+    let mut sim = Sim::new(2, 5, store());
     let a = sim.connect("admin");
     let many: Vec<String> = (0..499).map(|i| format!("m{i}")).collect();
     let refs: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
@@ -525,8 +439,7 @@ fn groups_hold_at_most_500() {
 
 #[test]
 fn group_receipts_are_coalesced_counts_for_the_author() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::new(3, 7, store(dir.path()));
+    let mut sim = Sim::new(3, 7, store());
     let a = sim.connect("ann");
     let readers: Vec<Dev> = (0..10).map(|i| sim.connect(&format!("r{i}"))).collect();
     let names: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
@@ -573,8 +486,7 @@ fn group_receipts_are_coalesced_counts_for_the_author() {
 
 #[test]
 fn typing_reaches_the_other_members_is_rate_limited_and_never_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let st = store(dir.path());
+    let st = store();
     let mut sim = Sim::new(3, 9, st.clone());
     let (a, b, c) = (sim.connect("ann"), sim.connect("bob"), sim.connect("cat"));
     let conv = create_group(&mut sim, a, &["bob", "cat"]);
@@ -600,8 +512,7 @@ fn typing_reaches_the_other_members_is_rate_limited_and_never_stored() {
 /// stranger typing there is refused.
 #[test]
 fn typing_in_a_direct_conversation_before_its_first_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::new(2, 5, store(dir.path()));
+    let mut sim = Sim::new(2, 5, store());
     let (a, b, c) = (sim.connect("ann"), sim.connect("bob"), sim.connect("cat"));
     let want = vec![ServerFrame::Typing { conv: "d:ann:bob".into(), user: "ann".into() }];
     sim.send(a, r#"{"t":"typing","conv":"d:ann:bob"}"#);
@@ -619,8 +530,7 @@ fn typing_in_a_direct_conversation_before_its_first_message() {
 /// the budget comes back with time.
 #[test]
 fn presence_subscription_changes_are_rate_limited_per_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::with(2, 3, store(dir.path()), |c| c.presence_rate = crate::rate::Rate { per_sec: 2, burst: 3 });
+    let mut sim = Sim::with(2, 3, store(), |c| c.presence_rate = crate::rate::Rate { per_sec: 2, burst: 3 });
     let (a, b) = (sim.connect("ann"), sim.connect("bob"));
     sim.take(a);
     for t in ["presence_sub", "presence_unsub", "presence_sub", "presence_unsub"] {
@@ -650,8 +560,7 @@ fn presence(frames: &[ServerFrame]) -> Vec<(String, String, Option<u64>)> {
 
 #[test]
 fn presence_by_interest_with_coalescing_and_last_seen_that_survives_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let st = store(dir.path());
+    let st = store();
     let mut sim = Sim::new(3, 11, st.clone());
     let watcher = sim.connect("watcher");
     let bystander = sim.connect("bystander");
@@ -693,8 +602,7 @@ fn presence_by_interest_with_coalescing_and_last_seen_that_survives_restart() {
 
 #[test]
 fn presence_flips_when_heartbeats_stop() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::new(2, 13, store(dir.path()));
+    let mut sim = Sim::new(2, 13, store());
     let w = sim.connect("w");
     let a = sim.connect("alice");
     sim.send(w, r#"{"t":"presence_sub","users":["alice"]}"#);
@@ -727,8 +635,7 @@ fn bridge_frames(sim: &mut Sim, session: u64) -> Vec<ServerFrame> {
 
 #[test]
 fn a_remote_session_is_a_connection_whose_frames_go_to_its_holder() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::new(3, 21, store(dir.path()));
+    let mut sim = Sim::new(3, 21, store());
     let n = sim.shards.len();
     let remote = ConnRef { node: 0, shard: n, conn: 7 };
     let home = home_shard("bob", n);
@@ -756,9 +663,8 @@ fn a_remote_session_is_a_connection_whose_frames_go_to_its_holder() {
 
 #[test]
 fn in_cluster_mode_a_users_first_arrival_and_last_departure_on_the_node_are_reported() {
-    let dir = tempfile::tempdir().unwrap();
     for seed in 1..=8 {
-        let store = store(&dir.path().join(seed.to_string()));
+        let store = store();
         let mut sim = Sim::with(3, seed, store.clone(), |c| {
             c.cluster = true;
             c.heartbeat_timeout_ms = 5_000;
@@ -785,8 +691,7 @@ fn in_cluster_mode_a_users_first_arrival_and_last_departure_on_the_node_are_repo
 
 #[test]
 fn sends_and_history_reads_beyond_a_connections_rate_are_refused_with_their_cmid() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::with(2, 3, store(dir.path()), |c| {
+    let mut sim = Sim::with(2, 3, store(), |c| {
         c.send_rate = crate::rate::Rate { per_sec: 10, burst: 5 };
         c.history_rate = crate::rate::Rate { per_sec: 1, burst: 2 };
     });
@@ -822,8 +727,7 @@ fn sends_and_history_reads_beyond_a_connections_rate_are_refused_with_their_cmid
 
 #[test]
 fn a_users_connections_share_one_send_limit_so_more_connections_do_not_multiply_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::with(2, 5, store(dir.path()), |c| {
+    let mut sim = Sim::with(2, 5, store(), |c| {
         c.send_rate = crate::rate::Rate { per_sec: 10, burst: 5 };
         c.user_send_rate = crate::rate::Rate { per_sec: 10, burst: 8 };
     });
@@ -860,8 +764,7 @@ fn a_users_connections_share_one_send_limit_so_more_connections_do_not_multiply_
 /// user's connections; each device stays within its own.
 #[test]
 fn a_users_connections_share_one_history_and_one_presence_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::with(2, 5, store(dir.path()), |c| {
+    let mut sim = Sim::with(2, 5, store(), |c| {
         c.history_rate = crate::rate::Rate { per_sec: 10, burst: 5 };
         c.user_history_rate = crate::rate::Rate { per_sec: 10, burst: 4 };
         c.presence_rate = crate::rate::Rate { per_sec: 10, burst: 5 };
@@ -897,8 +800,7 @@ fn a_users_connections_share_one_history_and_one_presence_limit() {
 /// so clients retry exactly those; the retries go through once the queue drains.
 #[test]
 fn a_full_commit_queue_refuses_with_the_cmid_or_ref_and_the_retries_go_through() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::with(1, 7, store(dir.path()), |c| c.owner_pending_ops_max = 3);
+    let mut sim = Sim::with(1, 7, store(), |c| c.owner_pending_ops_max = 3);
     let a = sim.connect("ann");
     // m0 starts a commit (the sim finishes it only after everything queued before it); m1..m3
     // wait; the rest find the queue full.
@@ -963,8 +865,7 @@ proptest::proptest! {
     /// and never pass the conversation's last seq.
     #[test]
     fn seq_dedup_and_watermarks_hold_under_any_interleaving(seed in 1u64.., shards in 1usize..4, steps in proptest::collection::vec(step(), 1..60)) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(dir.path());
+        let store = store();
         let mut sim = Sim::new(shards, seed, store.clone());
         // Devices 0..6: two per user.
         let mut devs: Vec<Dev> = (0..6).map(|i| sim.connect(USERS[i / 2])).collect();

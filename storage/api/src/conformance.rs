@@ -1,10 +1,11 @@
-//! The store contract, run against the embedded backend. Later backends run the same suite.
+//! The store contract as a test suite: every backend's tests run [`conformance`] against it
+//! (`storage/fjall`, `storage/scylla` through the CQL double, `storage/mem`), so the in-memory
+//! store the simulator runs on answers exactly as the real ones do.
 
-use super::*;
+use crate::*;
 use shardchat_codec::MsgKind;
-use std::sync::Arc;
-use std::time::Duration;
 
+/// A text message of `conv` at `seq` (id 1000 + seq).
 pub fn rec(conv: &str, seq: u64, from: &str, cmid: &str) -> MsgRecord {
     MsgRecord {
         conv: conv.into(),
@@ -20,10 +21,6 @@ pub fn rec(conv: &str, seq: u64, from: &str, cmid: &str) -> MsgRecord {
 
 fn m(user: &str, role: Role, joined: u64) -> Membership {
     Membership { user: user.into(), role, joined }
-}
-
-fn open(dir: &std::path::Path) -> FjallStore {
-    FjallStore::open(&StoreConfig { dir: dir.into(), commit_interval: Duration::ZERO }).unwrap()
 }
 
 /// The conformance suite every `MessageStore` passes.
@@ -131,130 +128,4 @@ pub fn conformance(store: &dyn MessageStore) {
     assert_eq!(store.node_fence(4).unwrap(), 0);
     store.fence_node(3, 1_700_000_000_900).unwrap();
     assert_eq!(store.node_fence(3).unwrap(), 1_700_000_000_900);
-}
-
-#[test]
-fn fjall_store_passes_the_conformance_suite() {
-    let dir = tempfile::tempdir().unwrap();
-    conformance(&open(dir.path()));
-}
-
-#[test]
-fn committed_batches_survive_reopening() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let s = open(dir.path());
-        for seq in 1..=100 {
-            s.commit(&WriteBatch { messages: vec![rec("d:a:b", seq, "a", &format!("c{seq}"))], ..Default::default() }).unwrap();
-        }
-    }
-    let s = open(dir.path());
-    assert_eq!(s.last_seq("d:a:b").unwrap(), 100);
-    assert_eq!(s.find_cmid("d:a:b", "a", "c77").unwrap().unwrap().seq, 77);
-}
-
-#[test]
-fn commits_from_many_threads_share_fsyncs() {
-    let dir = tempfile::tempdir().unwrap();
-    // A 2 ms commit interval: each fsync's leader waits that long, so the other threads' next
-    // batches land in its window (on any but a machine that stalls every thread for 2 ms, 50
-    // times over).
-    let s = Arc::new(FjallStore::open(&StoreConfig { dir: dir.path().to_path_buf(), commit_interval: Duration::from_millis(2) }).unwrap());
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            let s = s.clone();
-            std::thread::spawn(move || {
-                let conv = format!("d:t{t}:z");
-                for seq in 1..=50 {
-                    s.commit(&WriteBatch { messages: vec![rec(&conv, seq, "z", &format!("{seq}"))], ..Default::default() }).unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    for t in 0..4 {
-        assert_eq!(s.last_seq(&format!("d:t{t}:z")).unwrap(), 50);
-    }
-    let st = &s.group.stats;
-    assert_eq!(st.commits.load(std::sync::atomic::Ordering::Relaxed), 200);
-    let fsyncs = st.fsyncs.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(fsyncs > 0 && fsyncs < 200, "{fsyncs} fsyncs for 200 commits from 4 threads: none was shared");
-}
-
-// ---- The ScyllaDB backend ------------------------------------------------------------------
-
-fn scylla_over_double(double: &shardchat_cql_double::CqlDouble) -> ScyllaStore {
-    let cfg = ScyllaConfig::from_uri(&format!("scylla://{}/shardchat?schema_metadata=off", double.addr())).unwrap();
-    assert_eq!(ScyllaStore::migrate(&cfg, 1).unwrap(), schema_statements("shardchat", 1).len());
-    ScyllaStore::open(&cfg).unwrap()
-}
-
-/// The backend's prepared statements, types, batches and paging, through the real `scylla`
-/// driver, against the CQL test double (no ScyllaDB can be installed where CI runs).
-#[test]
-fn scylla_store_passes_the_conformance_suite_through_the_cql_double() {
-    let double = shardchat_cql_double::CqlDouble::start().unwrap();
-    conformance(&scylla_over_double(&double));
-    assert!(double.row_count("shardchat.messages") >= 6);
-}
-
-/// The same suite against a real cluster named by `SHARDCHAT_SCYLLA_URI`, in a keyspace of its
-/// own (replication factor 1). Ignored unless asked for (no ScyllaDB can run where CI does);
-/// asked for without the variable, it fails rather than pass having run nothing.
-#[test]
-#[ignore = "needs a real ScyllaDB: SHARDCHAT_SCYLLA_URI=scylla://HOST:9042 cargo test -p shardchat-storage -- --ignored real_cluster"]
-fn scylla_store_passes_the_conformance_suite_on_a_real_cluster() {
-    let uri =
-        std::env::var("SHARDCHAT_SCYLLA_URI").expect("set SHARDCHAT_SCYLLA_URI=scylla://HOST:9042 to run this against a real cluster");
-    let mut cfg = ScyllaConfig::from_uri(&uri).unwrap();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    cfg.keyspace = format!("shardchat_test_{}_{nanos}", std::process::id());
-    ScyllaStore::migrate(&cfg, 1).unwrap();
-    conformance(&ScyllaStore::open(&cfg).unwrap());
-}
-
-#[test]
-fn scylla_store_turns_an_unavailable_cluster_into_store_errors_and_recovers() {
-    let double = shardchat_cql_double::CqlDouble::start().unwrap();
-    let store = scylla_over_double(&double);
-    let batch = WriteBatch { messages: vec![rec("d:a:b", 1, "a", "x")], ..Default::default() };
-    double.set_unavailable(true);
-    assert!(matches!(store.commit(&batch), Err(StoreError::Io(m)) if m.contains("scylla")));
-    assert!(store.last_seq("d:a:b").is_err());
-    double.set_unavailable(false);
-    assert_eq!(store.last_seq("d:a:b").unwrap(), 0, "the failed commit left nothing behind");
-    store.commit(&batch).unwrap();
-    assert_eq!(store.last_seq("d:a:b").unwrap(), 1);
-}
-
-#[test]
-fn scylla_store_refuses_to_open_without_the_schema() {
-    let double = shardchat_cql_double::CqlDouble::start().unwrap();
-    let cfg = ScyllaConfig::from_uri(&format!("scylla://{}?schema_metadata=off", double.addr())).unwrap();
-    let err = ScyllaStore::open(&cfg).err().expect("no tables yet");
-    assert!(err.to_string().contains("shardchat migrate"), "{err}");
-}
-
-#[test]
-fn scylla_uris_parse_and_bad_ones_are_refused() {
-    let c = ScyllaConfig::from_uri("scylla://a:1,b/ks?consistency=local_quorum").unwrap();
-    assert_eq!(c.nodes, vec!["a:1".to_string(), "b:9042".to_string()]);
-    assert_eq!(c.keyspace, "ks");
-    assert_eq!(c.consistency, scylla::statement::Consistency::LocalQuorum);
-    assert_eq!(ScyllaConfig::from_uri("scylla://h").unwrap().keyspace, "shardchat");
-    assert!(ScyllaConfig::from_uri("scylla://h").unwrap().fetch_schema);
-    assert!(!ScyllaConfig::from_uri("scylla://h?consistency=one&schema_metadata=off").unwrap().fetch_schema);
-    assert_eq!(ScyllaConfig::from_uri("scylla://h").unwrap().consistency, scylla::statement::Consistency::Quorum);
-    for bad in [
-        "redis://h",
-        "scylla://",
-        "scylla://h/bad-name",
-        "scylla://h?consistency=most",
-        "scylla://h?x=1",
-        "scylla://h?schema_metadata=maybe",
-    ] {
-        assert!(ScyllaConfig::from_uri(bad).is_err(), "{bad}");
-    }
 }

@@ -2,20 +2,19 @@
 //! membership (current and former), group names, each user's conversation list, receipt
 //! watermarks and last-seen times.
 //!
-//! [`MessageStore`] is the contract every backend keeps; [`FjallStore`] is the embedded default,
-//! [`ScyllaStore`] the one several nodes share.
-//! Calls block on disk: the shards never call them on their reactor threads but from their
+//! This crate is the contract alone: [`MessageStore`] and the types it speaks, depending on the
+//! codec and nothing that does I/O, so the shard logic that is written against it cannot reach
+//! a disk, a socket or a runtime. The backends are crates of their own beside it:
+//! `storage/fjall` (the embedded default), `storage/scylla` (the one several nodes share),
+//! `storage/mem` (in memory, with fault injection: the simulator's and the tests'), and
+//! [`conformance`] is the suite each of them passes.
+//!
+//! Calls may block on disk: the shards never call them on their reactor threads but from their
 //! blocking pools (see `engine/src/runtime`). [`MessageStore::commit`] returns only once the
-//! batch is durable, and concurrent commits share fsyncs (group commit, see [`group`]).
+//! batch is durable.
 
-mod fjall_store;
-pub mod group;
-mod keys;
-mod scylla_store;
-mod undurable;
+pub mod conformance;
 
-pub use fjall_store::{FjallStore, StoreConfig};
-pub use scylla_store::{schema_statements, ScyllaConfig, ScyllaStore, SCHEMA_CQL};
 pub use shardchat_codec::{MsgRecord, ReceiptKind, Role};
 
 /// Why the store could not do what was asked. Every variant maps to the contract's
@@ -141,6 +140,3 @@ pub trait MessageStore: Send + Sync + 'static {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests;

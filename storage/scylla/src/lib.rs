@@ -1,7 +1,7 @@
 //! The ScyllaDB backend: the same [`MessageStore`] contract as the embedded store, over the
 //! `scylla` driver, for deployments of several nodes that share one message store.
 //!
-//! - Schema: `storage/schema.cql`, applied by [`ScyllaStore::migrate`] (`shardchat migrate`);
+//! - Schema: `storage/scylla/schema.cql`, applied by [`ScyllaStore::migrate`] (`shardchat migrate`);
 //!   the engine never creates tables itself.
 //! - Every statement is prepared once at start; every read is a single partition.
 //! - [`MessageStore::commit`] is one logged batch, which Scylla applies atomically. Rows written
@@ -12,7 +12,6 @@
 //! - The driver is async (tokio); the store owns a small runtime and blocks on it. Callers are
 //!   the shards' blocking pools and the control plane's `spawn_blocking`, never a reactor.
 
-use crate::{Membership, MessageStore, PushEntry, StoreError, WriteBatch};
 use futures::TryStreamExt;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -22,6 +21,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
 use scylla::value::CqlValue;
 use shardchat_codec::{MsgKind, MsgRecord, ReceiptKind, Role};
+use shardchat_storage::{Membership, MessageStore, PushEntry, StoreError, WriteBatch};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -492,3 +492,6 @@ impl MessageStore for ScyllaStore {
         Ok(self.one::<(i64,)>(&self.st.node_fence, vec![CqlValue::Int(i32::from(node))])?.map_or(0, |r| r.0 as u64))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,11 +2,15 @@
 //! data directory. Batches are written with the journal's automatic persistence turned off and
 //! made durable by one `persist(SyncAll)` per group commit.
 
-use crate::group::GroupCommit;
-use crate::{keys, Membership, MessageStore, PushEntry, StoreError, WriteBatch};
+pub mod group;
+mod keys;
+mod undurable;
+
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use group::GroupCommit;
 use rkyv::rancor;
 use shardchat_codec::{ArchivedMsgRecord, MsgRecord, ReceiptKind, Role};
+use shardchat_storage::{Membership, MessageStore, PushEntry, StoreError, WriteBatch};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,7 +39,7 @@ pub struct FjallStore {
     fences: Keyspace,
     pub group: GroupCommit,
     /// Messages written but not yet fsynced: reads stop short of them (see `undurable`).
-    undurable: crate::undurable::Undurable,
+    undurable: undurable::Undurable,
 }
 
 fn io(e: fjall::Error) -> StoreError {
@@ -371,3 +375,6 @@ impl MessageStore for FjallStore {
         self.persist()
     }
 }
+
+#[cfg(test)]
+mod tests;
