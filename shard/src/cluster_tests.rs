@@ -3,9 +3,9 @@
 //! `RemoteFanout` once to each other node the directory lists for its users, tell every shard the live nodes — done here inline, every cross-node message
 //! through its JSON encoding, interleavings from a seed.
 
-use crate::jobs::{run_commit, run_read};
 use crate::machine::owner::HANDOVER_MS;
 use crate::*;
+use crate::{run_commit, run_read};
 use shardchat_codec::*;
 use shardchat_storage::MessageStore;
 use shardchat_storage_mem::MemStore;
@@ -164,7 +164,8 @@ impl Cluster {
                     Action::Close { .. } => {}
                     Action::Peer { to, msg } => self.nodes[n].inbox[to].push_back(Event::Peer(msg)),
                     Action::Commit(job) => {
-                        let out = run_commit(&*self.store, job);
+                        let mono_ms = self.now.mono_ms;
+                        let out = run_commit(&*self.store, job, &|| mono_ms);
                         self.nodes[n].inbox[s].push_back(Event::CommitDone(out));
                     }
                     Action::Read { conn, job } => {

@@ -9,18 +9,23 @@
 //! event. The runtime (`engine/`) does the I/O the actions ask for and feeds back what happened;
 //! tests drive several shards in one thread from a seed (see `tests.rs`).
 
-pub mod jobs;
+pub mod commit;
+pub mod conv;
 mod machine;
+pub mod ops;
 pub mod payload;
 pub mod rate;
+pub mod read;
 pub mod remote;
 pub mod route;
 pub mod snowflake;
 pub mod wheel;
 
-pub use jobs::{CommitJob, CommitOutcome, ConnRef, ReadJob, ReadOutcome};
+pub use commit::{run_commit, CommitJob, CommitOutcome};
 pub use machine::{Action, Counters, Event, Now, PeerMsg, Shard, ShardConfig};
+pub use ops::{ConnRef, Op, RemoteOp};
 pub use payload::{Class, Payload};
+pub use read::{run_read, ReadJob, ReadOutcome};
 pub use remote::RemoteMsg;
 pub use route::{home_shard, owner_node, owner_shard, NodeId, ShardId};
 

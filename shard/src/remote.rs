@@ -7,8 +7,8 @@
 //! (`engine/src/cluster/`) carries them over Redis pub/sub in batches, one channel per node, so
 //! what one node sends another arrives in the order it was sent.
 
-use crate::jobs::{ConnRef, Op};
 use crate::machine::PeerMsg;
+use crate::ops::{ConnRef, Op, RemoteOp};
 use crate::payload::{Class, Payload};
 use crate::route::{home_shard, owner_shard, ShardId};
 use shardchat_codec::{ErrorCode, FrameError, ServerFrame};
@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum RemoteMsg {
     /// To the conversation's owner node: an op for its owner shard to sequence or answer.
-    Op(Op),
+    Op(RemoteOp),
     /// To the node of `to`: the answer to one connection's request (an ack or an error).
     Reply { to: ConnRef, frame: ServerFrame },
     /// To a node holding connections of some of `users`: a frame for all of them there.
@@ -31,10 +31,11 @@ impl RemoteMsg {
     /// The shards of the receiving node that get it, as the messages they handle.
     pub fn into_local(self, shards: usize) -> Vec<(ShardId, PeerMsg)> {
         match self {
-            RemoteMsg::Op(op) => match op.conv() {
-                Some(conv) => vec![(owner_shard(conv, shards), PeerMsg::Forwarded(op))],
-                None => Vec::new(),
-            },
+            RemoteMsg::Op(op) => {
+                let op = Op::from(op);
+                let owner = owner_shard(op.conv().expect("every remote op is about a conversation"), shards);
+                vec![(owner, PeerMsg::Forwarded(op))]
+            }
             RemoteMsg::Reply { to, frame } => vec![(to.shard, PeerMsg::Reply { conn: to.conn, payload: frame.into() })],
             RemoteMsg::Fanout { users, frame, except, msg, class } => {
                 let payload = Payload::new(frame);
@@ -53,7 +54,7 @@ impl RemoteMsg {
     /// client retries exactly that request. None for what answers no one.
     pub fn unreachable(&self, why: &str) -> Option<(ConnRef, ServerFrame)> {
         match self {
-            RemoteMsg::Op(op) => op.refusal(FrameError::new(ErrorCode::Unavailable, why)),
+            RemoteMsg::Op(op) => Op::from(op.clone()).refusal(FrameError::new(ErrorCode::Unavailable, why)),
             _ => None,
         }
     }
@@ -67,31 +68,14 @@ fn by_home(users: Vec<String>, shards: usize) -> impl Iterator<Item = (ShardId, 
     by.into_iter()
 }
 
-impl Op {
-    /// Where and what to answer when this op is refused as a whole with `err` (its cmid or ref
-    /// attached). Receipts and typing are answered too: a client that marked something read must
-    /// learn the mark was not recorded.
-    pub fn refusal(&self, err: FrameError) -> Option<(ConnRef, ServerFrame)> {
-        let (to, err) = match self {
-            Op::Send(s) => (s.reply_to, err.with_cmid(Some(s.cmid.clone()))),
-            Op::Group(g) => (g.reply_to, err.with_ref(g.r#ref.clone())),
-            Op::ReceiptQuery { reply_to, r#ref, .. } => (*reply_to, err.with_ref(r#ref.clone())),
-            Op::Mark(m) => (m.reply_to, err),
-            Op::Typing { reply_to, .. } => (*reply_to, err),
-            Op::LastSeen { .. } | Op::PushDelivered(_) => return None,
-        };
-        Some((to, ServerFrame::from(err)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::{SendOp, Target};
+    use crate::ops::{SendOp, Target};
     use shardchat_codec::{MsgKind, MsgRecord};
 
-    fn send() -> Op {
-        Op::Send(SendOp {
+    fn send() -> RemoteOp {
+        RemoteOp::Send(SendOp {
             reply_to: ConnRef { node: 2, shard: 1, conn: 9 },
             user: "a".into(),
             cmid: "c1".into(),

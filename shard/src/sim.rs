@@ -3,8 +3,8 @@
 //! real backends, with faults on demand) and run inline.
 //! The unit tests and the state-machine fuzzer (`fuzzing`) both drive shards through this.
 
-use crate::jobs::{run_commit, run_read};
 use crate::*;
+use crate::{run_commit, run_read};
 use shardchat_codec::*;
 use shardchat_storage::MessageStore;
 use shardchat_storage_mem::MemStore;
@@ -129,7 +129,8 @@ impl Sim {
                         }
                     }
                     Action::Commit(job) => {
-                        let out = run_commit(&*self.store, job);
+                        let mono_ms = self.now.mono_ms;
+                        let out = run_commit(&*self.store, job, &|| mono_ms);
                         self.inbox[s].push_back(Event::CommitDone(out));
                     }
                     Action::Read { conn, job } => {

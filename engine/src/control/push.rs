@@ -19,7 +19,7 @@
 
 use super::Ctx;
 use serde_json::{json, Value};
-use shardchat_shard::jobs::unavailable;
+use shardchat_shard::read::unavailable;
 use shardchat_storage::PushEntry;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -14,7 +14,8 @@ use shardchat_codec::{
     valid_conv_id, valid_user_id, ClientFrame, ErrorCode, FrameError, Limits, MsgKind, MsgRecord, ReceiptKind, ServerFrame,
     HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX,
 };
-use shardchat_shard::jobs::{readable_last_seq, readable_upto, unavailable, GroupChange};
+use shardchat_shard::ops::GroupChange;
+use shardchat_shard::read::{readable_last_seq, readable_upto, unavailable};
 use utoipa::OpenApi;
 
 /// The OpenAPI document, generated from the handlers' annotations (served at

@@ -9,7 +9,7 @@
 use super::driver::Wire;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use shardchat_codec::{MsgKind, ServerFrame};
-use shardchat_shard::jobs::{ConnRef, GroupChange, GroupOp, Op, SendOp, Target};
+use shardchat_shard::ops::{ConnRef, GroupChange, GroupOp, Op, SendOp, Target};
 use shardchat_shard::snowflake::Snowflake;
 use shardchat_shard::{home_shard, owner_shard, PeerMsg};
 use std::cell::RefCell;

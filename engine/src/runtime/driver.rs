@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::metrics::ShardMetrics;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use shardchat_codec::Limits;
-use shardchat_shard::jobs::{run_commit, run_read};
+use shardchat_shard::{run_commit, run_read};
 use shardchat_shard::{Action, Event, Now, PeerMsg, Shard, ShardConfig};
 use shardchat_storage::MessageStore;
 use std::cell::{Cell, RefCell};
@@ -368,7 +368,10 @@ impl Driver {
                 glommio::spawn_local(async move {
                     let started = Instant::now();
                     let ops = job.ops.len();
-                    let out = glommio::executor().spawn_blocking(move || run_commit(&*store, job)).await;
+                    // The job's clock: how old its fence read is (the shard's own monotonic ms).
+                    let epoch = d.started;
+                    let mono_ms = move || epoch.elapsed().as_millis() as u64;
+                    let out = glommio::executor().spawn_blocking(move || run_commit(&*store, job, &mono_ms)).await;
                     let took = started.elapsed();
                     d.metrics.commit_latency.observe_us(took.as_micros() as u64);
                     if took > SLOW_COMMIT {

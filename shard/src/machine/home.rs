@@ -226,7 +226,7 @@ impl Shard {
     fn push_delivered(&mut self, user: &str, payload: &Payload) {
         if let ServerFrame::Msg(m) = payload.frame() {
             if m.from != user && m.kind != shardchat_codec::MsgKind::System {
-                self.pending.push(Op::PushDelivered(crate::jobs::push_entry(user, m)));
+                self.pending.push(Op::PushDelivered(crate::commit::sequence::push_entry(user, m)));
             }
         }
     }

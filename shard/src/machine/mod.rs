@@ -9,8 +9,11 @@ mod home;
 pub(crate) mod owner;
 mod presence;
 
-use crate::jobs::*;
+use crate::commit::{CommitJob, CommitOutcome, OpOutcome};
+use crate::conv::ConvState;
+use crate::ops::*;
 use crate::payload::{Class, Payload};
+use crate::read::{ReadJob, ReadOutcome};
 use crate::route::{NodeId, ShardId};
 use crate::snowflake::Snowflake;
 use crate::wheel::TimerWheel;

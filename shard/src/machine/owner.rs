@@ -2,6 +2,7 @@
 //! fanning out what they stored, relaying typing, and coalescing group receipt counts.
 
 use super::*;
+use crate::conv::typing_members;
 use crate::route::home_shard;
 use shardchat_codec::{ErrorCode, Member, SeqCounts};
 use std::collections::BTreeMap;
@@ -30,6 +31,7 @@ impl Shard {
                 _ => return self.accept_op(op),
             },
             Some(Some(owner)) if !forwarded => {
+                let op = op.into_remote().expect("an op about a conversation may cross nodes");
                 self.actions.push(Action::Remote { node: owner, msg: crate::remote::RemoteMsg::Op(op) });
                 return;
             }

@@ -1,0 +1,175 @@
+//! The vocabulary of a shard's work: the ops a home shard hands to a conversation's owner (a
+//! send, a receipt mark, a group change, a typing notice, a receipt query and two writes of the
+//! node's own), who they answer ([`ConnRef`]), and [`RemoteOp`], the part of it that may cross
+//! to another node: the type says what never leaves its node, rather than a serde error.
+
+use crate::route::{NodeId, ShardId};
+use shardchat_codec::{direct_conv_id, FrameError, MsgKind, ReceiptKind, Ref, ServerFrame};
+
+/// A connection anywhere in the cluster: its node, its home shard there and its id there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct ConnRef {
+    pub node: NodeId,
+    pub shard: ShardId,
+    pub conn: u64,
+}
+
+/// Where a `send` goes: a user (the direct conversation with them) or a conversation id.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Target {
+    To(String),
+    Conv(String),
+}
+
+impl Target {
+    /// The conversation this send is for.
+    pub fn conv(&self, sender: &str) -> String {
+        match self {
+            Target::To(u) => direct_conv_id(sender, u),
+            Target::Conv(c) => c.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct SendOp {
+    pub reply_to: ConnRef,
+    pub user: String,
+    pub cmid: String,
+    pub conv: String,
+    pub target: Target,
+    pub body: String,
+    pub kind: MsgKind,
+    /// Assigned when the owner accepted the op, so ids follow acceptance order.
+    pub id: u64,
+    pub ts: u64,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct MarkOp {
+    pub reply_to: ConnRef,
+    pub user: String,
+    pub conv: String,
+    pub kind: ReceiptKind,
+    pub seq: u64,
+}
+
+/// A change to a group's membership.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum GroupChange {
+    Create { name: String, members: Vec<String> },
+    Add { users: Vec<String> },
+    Remove { users: Vec<String> },
+    Leave,
+    Rename { name: String },
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct GroupOp {
+    pub reply_to: ConnRef,
+    pub user: String,
+    pub conv: String,
+    pub change: GroupChange,
+    pub r#ref: Option<Ref>,
+    /// Id and time of the system message that records the change (assigned on acceptance).
+    pub id: u64,
+    pub ts: u64,
+}
+
+/// Everything an owner shard's commit job does: the five ops about a conversation (what a
+/// [`RemoteOp`] carries) and two writes of this node's own, which never leave it.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Send(SendOp),
+    Mark(MarkOp),
+    Group(GroupOp),
+    /// A typing notice for a conversation whose state was not cached: checked and relayed by
+    /// the job (never stored).
+    Typing {
+        reply_to: ConnRef,
+        user: String,
+        conv: String,
+    },
+    /// Who has a message delivered and read.
+    ReceiptQuery {
+        reply_to: ConnRef,
+        user: String,
+        conv: String,
+        seq: u64,
+        r#ref: Option<Ref>,
+    },
+    /// Persist a user's last-seen time (presence, written lazily). Never leaves its node.
+    LastSeen {
+        user: String,
+        ms: u64,
+    },
+    /// Withdraw an owed push: the recipient got the message live. Never leaves its node.
+    PushDelivered(shardchat_storage::PushEntry),
+}
+
+impl Op {
+    /// The conversation whose state the op needs, if any.
+    pub fn conv(&self) -> Option<&str> {
+        match self {
+            Op::Send(s) => Some(&s.conv),
+            Op::Mark(m) => Some(&m.conv),
+            Op::Group(g) => Some(&g.conv),
+            Op::Typing { conv, .. } | Op::ReceiptQuery { conv, .. } => Some(conv),
+            Op::LastSeen { .. } | Op::PushDelivered(_) => None,
+        }
+    }
+}
+
+/// An op about a conversation on its way to the node that owns the conversation: exactly the
+/// [`Op`]s that may cross nodes, so a node's own writes cannot be sent by mistake.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum RemoteOp {
+    Send(SendOp),
+    Mark(MarkOp),
+    Group(GroupOp),
+    Typing { reply_to: ConnRef, user: String, conv: String },
+    ReceiptQuery { reply_to: ConnRef, user: String, conv: String, seq: u64, r#ref: Option<Ref> },
+}
+
+impl From<RemoteOp> for Op {
+    fn from(op: RemoteOp) -> Op {
+        match op {
+            RemoteOp::Send(s) => Op::Send(s),
+            RemoteOp::Mark(m) => Op::Mark(m),
+            RemoteOp::Group(g) => Op::Group(g),
+            RemoteOp::Typing { reply_to, user, conv } => Op::Typing { reply_to, user, conv },
+            RemoteOp::ReceiptQuery { reply_to, user, conv, seq, r#ref } => Op::ReceiptQuery { reply_to, user, conv, seq, r#ref },
+        }
+    }
+}
+
+impl Op {
+    /// The op as it may cross nodes; None for the node's own writes.
+    pub fn into_remote(self) -> Option<RemoteOp> {
+        Some(match self {
+            Op::Send(s) => RemoteOp::Send(s),
+            Op::Mark(m) => RemoteOp::Mark(m),
+            Op::Group(g) => RemoteOp::Group(g),
+            Op::Typing { reply_to, user, conv } => RemoteOp::Typing { reply_to, user, conv },
+            Op::ReceiptQuery { reply_to, user, conv, seq, r#ref } => RemoteOp::ReceiptQuery { reply_to, user, conv, seq, r#ref },
+            Op::LastSeen { .. } | Op::PushDelivered(_) => return None,
+        })
+    }
+}
+
+impl Op {
+    /// Where and what to answer when this op is refused as a whole with `err` (its cmid or ref
+    /// attached). Receipts and typing are answered too: a client that marked something read must
+    /// learn the mark was not recorded.
+    pub fn refusal(&self, err: FrameError) -> Option<(ConnRef, ServerFrame)> {
+        let (to, err) = match self {
+            Op::Send(s) => (s.reply_to, err.with_cmid(Some(s.cmid.clone()))),
+            Op::Group(g) => (g.reply_to, err.with_ref(g.r#ref.clone())),
+            Op::ReceiptQuery { reply_to, r#ref, .. } => (*reply_to, err.with_ref(r#ref.clone())),
+            Op::Mark(m) => (m.reply_to, err),
+            Op::Typing { reply_to, .. } => (*reply_to, err),
+            Op::LastSeen { .. } | Op::PushDelivered(_) => return None,
+        };
+        Some((to, ServerFrame::from(err)))
+    }
+}
