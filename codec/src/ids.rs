@@ -16,6 +16,10 @@ pub const ID_WORKER_BITS: u32 = 10;
 pub const ID_SEQUENCE_BITS: u32 = 12;
 /// Shards per node the worker id can tell apart; the rest of the worker bits name the node.
 pub const ID_SHARD_BITS: u32 = 6;
+/// Bits of milliseconds: what is left of 63 (ids stay positive as signed 64-bit integers, which
+/// the ScyllaDB backend stores them as).
+pub const ID_TIME_BITS: u32 = 63 - ID_WORKER_BITS - ID_SEQUENCE_BITS;
+const _: () = assert!(ID_TIME_BITS == 41 && ID_SHARD_BITS < ID_WORKER_BITS);
 
 /// The node that made message id `id` (the one that sequenced the message).
 pub fn id_node(id: u64) -> u16 {

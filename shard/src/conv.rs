@@ -3,7 +3,7 @@
 
 use shardchat_codec::{direct_members, ErrorCode, FrameError, MsgKind, ReceiptKind};
 use shardchat_storage::{Membership, MessageStore, StoreError};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// Recent messages whose authors get coalesced group receipt counts.
 pub const RECENT_MESSAGES_MAX: usize = 64;
@@ -18,7 +18,7 @@ pub struct ConvState {
     /// The group's name; empty for direct conversations.
     pub name: String,
     /// Every stored watermark: (user, kind) → seq.
-    pub marks: HashMap<(String, ReceiptKind), u64>,
+    pub marks: BTreeMap<(String, ReceiptKind), u64>,
     /// Of the last [`RECENT_MESSAGES_MAX`] messages, those users sent (not system messages):
     /// (seq, from), oldest first. Their authors get receipt counts.
     pub recent: VecDeque<(u64, String)>,

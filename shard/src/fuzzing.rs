@@ -124,6 +124,12 @@ pub struct Reached {
 
 /// Runs one input; panics when an invariant breaks.
 pub fn events(data: &[u8]) -> Reached {
+    run(data, false).0
+}
+
+/// Runs one input, keeping the trace of every action when `trace` is set; returns the store
+/// the run left too.
+pub fn run(data: &[u8], trace: bool) -> (Reached, Option<Vec<String>>, std::sync::Arc<shardchat_storage_mem::MemStore>) {
     let mut input = Input(data);
     let shards = 1 + input.below(3);
     let seed = u64::from_le_bytes(std::array::from_fn(|_| input.byte()));
@@ -138,6 +144,9 @@ pub fn events(data: &[u8]) -> Reached {
         }
         c.presence_subs_per_conn_max = 2;
     });
+    if trace {
+        sim.trace = Some(Vec::new());
+    }
     let mut devs: Vec<Dev> = (0..DEVICES).map(|i| sim.connect(USERS[i / 2])).collect();
     let mut seen = Seen::default();
     let mut mine: Vec<Vec<(String, String)>> = vec![Vec::new(); DEVICES];
@@ -241,7 +250,8 @@ pub fn events(data: &[u8]) -> Reached {
     sim.tick(5_000);
     seen.observe(&mut sim, &devs);
     let stored = check(&*store, &seen);
-    Reached { acks: seen.acks.len(), delivered: seen.delivered.len(), groups: seen.groups.len(), stored }
+    let reached = Reached { acks: seen.acks.len(), delivered: seen.delivered.len(), groups: seen.groups.len(), stored };
+    (reached, sim.trace.take(), store)
 }
 
 /// Checks the store against what the clients saw; returns how many messages are stored.
@@ -299,10 +309,32 @@ mod tests {
     #[test]
     fn shard_machine_corpus_and_mutations_hold_every_invariant() {
         assert!(
-            shardchat_codec::fuzzing::replay_corpus("shard_machine", 200, |d| {
+            shardchat_codec::fuzzing::replay_corpus("shard_machine", 20_000, |d| {
                 events(d);
-            }) > 200
+            }) > 20_000
         );
+    }
+
+    /// A seed replays exactly: the same actions in the same order and the same store, run after
+    /// run (each run's hash maps get other random keys, so an order that leaked from one into
+    /// what the shards do would differ here).
+    #[test]
+    fn every_input_replays_exactly() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/shard_machine");
+        let mut compared = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            let (_, first, store) = run(&data, true);
+            for _ in 0..3 {
+                let (_, again, store_again) = run(&data, true);
+                let (first, again) = (first.as_ref().unwrap(), again.unwrap());
+                let at = first.iter().zip(&again).position(|(a, b)| a != b);
+                assert!(at.is_none() && first.len() == again.len(), "the replay differs at action {at:?}");
+                assert!(store.same_as(&store_again), "the replay left another store");
+                compared += first.len();
+            }
+        }
+        assert!(compared > 1_000, "the corpus drives the shards: {compared} actions compared");
     }
 
     /// The hand-written seeds get past the surface: the checks above look at acks, live

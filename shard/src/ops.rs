@@ -173,3 +173,16 @@ impl Op {
         Some((to, ServerFrame::from(err)))
     }
 }
+
+/// A shard's connection ids, in three spaces that must never meet (a reply addressed to one
+/// kind must not reach another):
+/// - sockets the runtime accepted: from 1, below [`REMOTE_CONN_BASE`];
+/// - connections of users attached from another node (cluster mode): from
+///   [`REMOTE_CONN_BASE`], below [`SESSION_CONN_BASE`];
+/// - long-poll sessions of the REST API: from [`SESSION_CONN_BASE`].
+///
+/// 2^48 sockets per shard is far beyond any run (at 10^6 connections a second, 9 years).
+pub const REMOTE_CONN_BASE: u64 = 1 << 48;
+/// See [`REMOTE_CONN_BASE`].
+pub const SESSION_CONN_BASE: u64 = 1 << 62;
+const _: () = assert!(REMOTE_CONN_BASE < SESSION_CONN_BASE && SESSION_CONN_BASE < u64::MAX / 2);

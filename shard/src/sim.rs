@@ -39,6 +39,9 @@ pub struct Sim {
     pub rng: Rng,
     pub now: Now,
     pub next_conn: u64,
+    /// When Some, every action every shard took, in order (shard, then the action as `Debug`):
+    /// what a replay of the same seed must reproduce exactly.
+    pub trace: Option<Vec<String>>,
 }
 
 impl Sim {
@@ -64,6 +67,7 @@ impl Sim {
             rng: Rng(seed | 1),
             now,
             next_conn: 1,
+            trace: None,
         }
     }
 
@@ -117,6 +121,9 @@ impl Sim {
             let ev = self.inbox[s].pop_front().expect("non-empty");
             self.shards[s].handle(self.now, ev);
             for a in self.shards[s].take_actions() {
+                if let Some(t) = &mut self.trace {
+                    t.push(format!("{s} {a:?}"));
+                }
                 match a {
                     Action::Send { conn, payload, .. } => self.received.entry(Dev(s, conn)).or_default().push(payload),
                     Action::Close { conn, code, reason } => self.closed.push((Dev(s, conn), code, reason)),

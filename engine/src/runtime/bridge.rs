@@ -63,8 +63,9 @@ pub enum BridgeOp {
     },
 }
 
-/// Session connection ids start here; request ids count up from 1 below them.
-pub const SESSION_CONN_BASE: u64 = 1 << 62;
+/// Session connection ids start here (the shard's id spaces are laid out beside
+/// [`shardchat_shard::ops::REMOTE_CONN_BASE`]); request ids count up from 1 below them.
+pub use shardchat_shard::ops::SESSION_CONN_BASE;
 /// Events a long-poll session holds for its client; beyond it (or beyond its bytes bound) the
 /// session ends (like a WebSocket slow consumer) and the client starts a new one and syncs.
 pub const SESSION_EVENTS_MAX: usize = 10_000;
@@ -254,7 +255,13 @@ struct State {
     requests: HashMap<u64, Waiting>,
     /// Long-poll sessions: conn id → (home shard, events).
     sessions: HashMap<u64, (usize, Arc<SessionBuf>)>,
+    /// The size of `requests` at which the next sweep for abandoned ones runs.
+    reclaim_at: usize,
 }
+
+/// Requests waiting for their answers that the table holds before it first sweeps out those
+/// whose caller stopped waiting (see [`State::reclaim`]).
+const REQUESTS_SWEEP_MIN: usize = 64;
 
 impl State {
     /// A message from a shard (or, through the cluster link, from another node) for the bridge.
@@ -273,6 +280,21 @@ impl State {
             }
             _ => {}
         }
+    }
+
+    /// Drops the requests whose caller stopped waiting (the control plane gives up after
+    /// `SHARD_ANSWER_TIMEOUT`, dropping its receiver), with their connection ids. An answer can
+    /// be lost (a shard refusing an op it cannot place, a peer node gone), and without this its
+    /// entries would stay for good. Runs each time the table doubles past its last size, so its
+    /// cost is constant per request and the table holds at most twice what is really waited for.
+    fn reclaim(&mut self) {
+        if self.requests.len() < self.reclaim_at.max(REQUESTS_SWEEP_MIN) {
+            return;
+        }
+        self.requests.retain(|_, w| !w.reply.is_closed());
+        let requests = &self.requests;
+        self.conns.retain(|_, req| requests.contains_key(req));
+        self.reclaim_at = self.requests.len() * 2;
     }
 
     fn complete(&mut self, conn: u64, payload: &shardchat_shard::Payload) {
@@ -410,6 +432,7 @@ pub async fn run(me: usize, shards: usize, node: usize, mesh: MeshBuilder<Wire, 
             }
             st.next_conn += 1;
             st.requests.insert(req_id, Waiting { remaining: msgs.len(), frames: Vec::new(), reply: req.reply });
+            st.reclaim();
             out.extend(msgs);
         }
         let mut by_shard: HashMap<usize, Vec<PeerMsg>> = HashMap::new();
@@ -421,5 +444,31 @@ pub async fn run(me: usize, shards: usize, node: usize, mesh: MeshBuilder<Wire, 
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Requests whose answers never come and whose callers gave up do not stay in the table.
+    #[test]
+    fn abandoned_requests_are_reclaimed_and_waited_ones_kept() {
+        let mut st = State::default();
+        let mut kept = Vec::new();
+        for i in 0..1_000u64 {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            st.next_conn += 1;
+            st.conns.insert(st.next_conn, i);
+            st.requests.insert(i, Waiting { remaining: 1, frames: Vec::new(), reply: tx });
+            // One caller in ten is still waiting; the others timed out.
+            if i % 10 == 0 {
+                kept.push(rx);
+            }
+            st.reclaim();
+        }
+        assert!(st.requests.len() <= 2 * kept.len() + REQUESTS_SWEEP_MIN, "{} requests held for {} waiting", st.requests.len(), kept.len());
+        assert!(st.conns.len() <= st.requests.len() + REQUESTS_SWEEP_MIN);
+        assert!((0..1_000).step_by(10).all(|i| st.requests.contains_key(&i)), "every request still waited for is kept");
     }
 }

@@ -211,6 +211,7 @@ impl Driver {
 
     pub fn next_conn_id(&self) -> u64 {
         let id = self.next_conn.get();
+        assert!(id < shardchat_shard::ops::REMOTE_CONN_BASE, "socket ids stay below the remote connections' space");
         self.next_conn.set(id + 1);
         id
     }

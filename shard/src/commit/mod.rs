@@ -20,13 +20,17 @@ use crate::ops::{ConnRef, Op};
 use sequence::{sequence, Loaded, Sequenced};
 use shardchat_codec::{ErrorCode, FrameError, MsgRecord, ReceiptKind, Ref, ServerFrame};
 use shardchat_storage::{Membership, MessageStore, StoreError};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+
+/// The conversations a commit job works on, ordered: a job, like everything a shard emits,
+/// must look the same on every replay of a seed.
+pub type Convs = BTreeMap<String, ConvState>;
 
 #[derive(Debug)]
 pub struct CommitJob {
     pub ops: Vec<Op>,
     /// Cached state of the conversations the ops touch; missing ones are loaded by the job.
-    pub convs: HashMap<String, ConvState>,
+    pub convs: Convs,
     /// Cluster mode: (this node, its incarnation). The job reads the node's fence first and
     /// sequences nothing if the others have taken this incarnation for dead.
     pub fence: Option<(crate::route::NodeId, u64)>,
@@ -99,7 +103,7 @@ pub struct CommitOutcome {
     pub fenced: bool,
     /// The conversations' state after the job, to cache again; empty after a storage failure
     /// (the shard then reloads from the store).
-    pub convs: HashMap<String, ConvState>,
+    pub convs: Convs,
 }
 
 /// Sequences and stores one batch of ops, in order. Returns after the batch is durable.
@@ -121,12 +125,12 @@ pub fn run_commit(store: &dyn MessageStore, job: CommitJob, mono_ms: &dyn Fn() -
                 .collect();
             let local: Vec<Op> = ops.into_iter().filter(|op| op.conv().is_none()).collect();
             let mut unfenced = Fence { of: None, read_at_ms: None };
-            match commit_inner(store, &local, &mut HashMap::new(), &mut unfenced, false, mono_ms) {
+            match commit_inner(store, &local, &mut Convs::new(), &mut unfenced, false, mono_ms) {
                 Ok(Some(more)) => outcomes.extend(more),
                 Ok(None) => unreachable!("no fence to check"),
                 Err(e) => tracing::error!(error = %e, "commit of a fenced node's own writes failed"),
             }
-            CommitOutcome { outcomes, fenced: true, fatal: None, convs: HashMap::new() }
+            CommitOutcome { outcomes, fenced: true, fatal: None, convs: Convs::new() }
         }
         Err(e) => failed(e, &ops),
     }
@@ -166,14 +170,14 @@ fn failed(e: StoreError, ops: &[Op]) -> CommitOutcome {
         .filter_map(|op| op.refusal(unavailable.clone()))
         .map(|(reply_to, frame)| OpOutcome::Answer { reply_to, frame })
         .collect();
-    CommitOutcome { outcomes, fenced: false, fatal, convs: HashMap::new() }
+    CommitOutcome { outcomes, fenced: false, fatal, convs: Convs::new() }
 }
 
 /// None when the fence says another node sequences this node's conversations now.
 fn commit_inner(
     store: &dyn MessageStore,
     ops: &[Op],
-    convs: &mut HashMap<String, ConvState>,
+    convs: &mut Convs,
     fence: &mut Fence,
     push: bool,
     mono_ms: &dyn Fn() -> u64,
@@ -193,7 +197,7 @@ fn commit_inner(
 /// Reads what [`sequence`] will need and `convs` lacks: every conversation the ops name (into
 /// `convs`), the stored message of each send's (conversation, sender, cmid), and the author of
 /// each queried message. Reads only: the decisions come after, from memory.
-pub fn prefetch(store: &dyn MessageStore, ops: &[Op], convs: &mut HashMap<String, ConvState>) -> Result<Loaded, StoreError> {
+pub fn prefetch(store: &dyn MessageStore, ops: &[Op], convs: &mut Convs) -> Result<Loaded, StoreError> {
     let mut loaded = Loaded::default();
     for op in ops {
         let Some(conv) = op.conv() else { continue };

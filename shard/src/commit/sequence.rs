@@ -7,7 +7,7 @@
 //! most once (a retry inside the batch or of a stored message gets the first record back).
 
 use super::group::group_change;
-use super::OpOutcome;
+use super::{Convs, OpOutcome};
 use crate::conv::{check_member, typing_members, ConvState};
 use crate::ops::{ConnRef, Op, Target};
 use shardchat_codec::{direct_members, ErrorCode, FrameError, MsgKind, MsgRecord, ReceiptKind, Ref, Role, ServerFrame};
@@ -38,7 +38,7 @@ fn reject(reply_to: ConnRef, code: ErrorCode, msg: &str, cmid: Option<&str>) -> 
 
 /// Decides `ops` in order over `convs` (each conversation an op names must be in it) and
 /// `loaded`. `push`: every stored message owes each other member a push notification.
-pub fn sequence(ops: &[Op], convs: &mut HashMap<String, ConvState>, loaded: &Loaded, push: bool) -> Sequenced {
+pub fn sequence(ops: &[Op], convs: &mut Convs, loaded: &Loaded, push: bool) -> Sequenced {
     // Each conversation's last seq before the batch, for the density check at the end.
     let last_before: Vec<(String, u64)> = ops.iter().filter_map(Op::conv).map(|c| (c.to_string(), convs[c].last_seq)).collect();
     let mut batch = WriteBatch::default();
@@ -172,7 +172,7 @@ pub fn sequence(ops: &[Op], convs: &mut HashMap<String, ConvState>, loaded: &Loa
 
 /// Per conversation, the batch's messages carry the seqs after the last one stored, densely and
 /// in order, and the conversation's state ends at the last of them.
-fn assert_dense(messages: &[MsgRecord], last_before: &[(String, u64)], convs: &HashMap<String, ConvState>) {
+fn assert_dense(messages: &[MsgRecord], last_before: &[(String, u64)], convs: &Convs) {
     let mut next: HashMap<&str, u64> = last_before.iter().map(|(c, s)| (c.as_str(), s + 1)).collect();
     for m in messages {
         let n = next.get_mut(m.conv.as_str()).expect("a message only for a conversation an op names");

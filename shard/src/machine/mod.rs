@@ -18,7 +18,7 @@ use crate::route::{NodeId, ShardId};
 use crate::snowflake::Snowflake;
 use crate::wheel::TimerWheel;
 use shardchat_codec::{FrameError, ServerFrame};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// The time, passed in with every event: wall clock for timestamps and ids, a monotonic clock for
 /// timeouts (a wall clock step must not expire every connection at once).
@@ -326,9 +326,6 @@ impl Limits {
     }
 }
 
-/// Connection ids of remote sessions start here, far above the runtime's socket ids.
-const REMOTE_CONN_BASE: u64 = 1 << 48;
-
 struct SyncRun {
     /// Conversations still to send: (conv, after, last, messages left under the limit).
     todo: VecDeque<(String, u64, u64, u64)>,
@@ -379,8 +376,9 @@ pub struct Shard {
     /// (user, conv) → when a typing notice was last relayed.
     typing_last: HashMap<(String, String), u64>,
     presence: HashMap<String, Presence>,
-    /// Users whose presence changed since it was last published.
-    presence_dirty: HashSet<String>,
+    /// Users whose presence changed since it was last published. Ordered (as every collection
+    /// whose order reaches the actions is), so that a seed replays the same run.
+    presence_dirty: BTreeSet<String>,
     /// Last-seen times not yet written (flushed with the next commit).
     last_seen_dirty: Vec<(String, u64)>,
     // Owner role.
@@ -390,8 +388,8 @@ pub struct Shard {
     committing: bool,
     /// What was refused or dropped, for metrics.
     counters: Counters,
-    /// Group conversations whose watermarks moved since their counts were last sent.
-    receipts_dirty: HashSet<String>,
+    /// Group conversations whose watermarks moved since their counts were last sent (ordered).
+    receipts_dirty: BTreeSet<String>,
     /// conv → when its counts were last sent (coalescing).
     receipts_last_ms: HashMap<String, u64>,
     /// conv → seq → (delivered, read) last sent to the author.
@@ -429,13 +427,13 @@ impl Shard {
             wheel,
             typing_last: HashMap::new(),
             presence: HashMap::new(),
-            presence_dirty: HashSet::new(),
+            presence_dirty: BTreeSet::new(),
             last_seen_dirty: Vec::new(),
             convs: HashMap::new(),
             pending: Vec::new(),
             committing: false,
             counters: Counters::default(),
-            receipts_dirty: HashSet::new(),
+            receipts_dirty: BTreeSet::new(),
             receipts_last_ms: HashMap::new(),
             receipts_sent: HashMap::new(),
             view: None,
@@ -571,6 +569,7 @@ impl Shard {
             PeerMsg::Attach { user, device: _, remote } => {
                 self.next_remote += 1;
                 let conn = REMOTE_CONN_BASE + self.next_remote;
+                assert!(conn < SESSION_CONN_BASE, "remote connection ids stay in their space");
                 self.remote_conns.insert(remote, conn);
                 // Each poll is authenticated on its own, so the session itself does not expire.
                 self.connected(conn, user, None);

@@ -13,6 +13,9 @@ use std::collections::BTreeMap;
 /// store: one refresh (1 s) plus a commit's worst case. Refused sends are `unavailable`; clients
 /// retry with the same cmid.
 pub const HANDOVER_MS: u64 = 3_000;
+// A write the fence allowed must land before the new owner's first: the fence is re-read when
+// older than FENCE_FRESH_MS, well inside the handover.
+const _: () = assert!(crate::commit::FENCE_FRESH_MS * 2 <= HANDOVER_MS);
 
 impl Shard {
     /// In cluster mode an op reaches the owner shard of its conversation on the node where it
@@ -130,7 +133,7 @@ impl Shard {
             return;
         }
         let ops = std::mem::take(&mut self.pending);
-        let mut convs = HashMap::new();
+        let mut convs = crate::commit::Convs::new();
         for op in &ops {
             if let Some(conv) = op.conv() {
                 if let Some(st) = self.convs.remove(conv) {
@@ -146,6 +149,8 @@ impl Shard {
     }
 
     pub(super) fn commit_done(&mut self, out: CommitOutcome) {
+        // One commit at a time is what keeps seqs in order across batches.
+        assert!(self.committing, "a commit finished that this shard never started");
         self.committing = false;
         if out.fenced {
             // The others took the job's incarnation for dead: sequence nothing until the link

@@ -203,7 +203,10 @@ impl MessageStore for FjallStore {
             self.undurable.end(&batch.messages);
             return Err(io(e));
         }
-        writer.wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())).map_err(StoreError::Fatal)?;
+        writer.wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())).map_err(|e| {
+            self.undurable.keep_hidden();
+            StoreError::Fatal(e)
+        })?;
         self.undurable.end(&batch.messages);
         Ok(())
     }

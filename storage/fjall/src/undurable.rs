@@ -7,9 +7,9 @@
 //! them and withdraws them once the fsync covered them; reads stop short of what is registered.
 //!
 //! Per conversation there is at most one batch in flight (its owner shard runs one commit at a
-//! time), so a conversation's first undurable seq is the one its batch registered. A commit whose
-//! fsync failed leaves its messages registered: they stay hidden until the process restarts, and
-//! the journal then replays them or not.
+//! time), so a conversation's first undurable seq is the one its batch registered (asserted in
+//! [`Undurable::begin`]). A commit whose fsync failed leaves its messages registered: they stay
+//! hidden until the process restarts, and the journal then replays them or not.
 
 use shardchat_codec::MsgRecord;
 use std::collections::{HashMap, HashSet};
@@ -27,6 +27,8 @@ struct Inner {
     /// Ids of the messages written but not yet durable (push entries and the index queue are
     /// keyed by message id).
     ids: HashSet<u64>,
+    /// A commit's fsync failed and its messages stay registered (see [`Undurable::keep_hidden`]).
+    failed: bool,
 }
 
 impl Undurable {
@@ -36,11 +38,25 @@ impl Undurable {
             return;
         }
         let mut inner = self.inner.lock().expect("never poisoned: no panics while held");
+        // One batch in flight per conversation: a conversation already registered means its
+        // owner started a second commit before the first was durable, and this module's one
+        // number per conversation would then be wrong. Only a failed fsync's leftovers may be
+        // there (they stay hidden; the process is on its way to a restart).
+        assert!(
+            inner.failed || messages.iter().all(|m| !inner.first_seq.contains_key(&m.conv)),
+            "a conversation has two batches in flight"
+        );
         for m in messages {
             let first = inner.first_seq.entry(m.conv.clone()).or_insert(m.seq);
             *first = (*first).min(m.seq);
             inner.ids.insert(m.id);
         }
+    }
+
+    /// The fsync covering `begin`'s messages failed: they stay hidden until the restart, whose
+    /// journal replay decides whether they exist.
+    pub fn keep_hidden(&self) {
+        self.inner.lock().expect("never poisoned: no panics while held").failed = true;
     }
 
     /// Once `messages` are durable (or were never written).
