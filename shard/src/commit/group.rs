@@ -13,7 +13,7 @@ use shardchat_storage::{Membership, WriteBatch};
 pub(crate) fn group_change(st: &mut ConvState, g: &GroupOp, batch: &mut WriteBatch) -> Result<OpOutcome, FrameError> {
     let is_admin = |st: &ConvState, u: &str| st.members.iter().any(|m| m.user == u && m.role == Role::Admin);
     let mut removed: Vec<String> = Vec::new();
-    let (event, users): (&str, Vec<String>) = match &g.change {
+    let (event, users): (GroupEvent, Vec<String>) = match &g.change {
         GroupChange::Create { name, members } => {
             if !st.members.is_empty() || st.last_seq > 0 {
                 return Err(FrameError::bad_request("conversation exists"));
@@ -29,7 +29,7 @@ pub(crate) fn group_change(st: &mut ConvState, g: &GroupOp, batch: &mut WriteBat
             }
             st.name = name.clone();
             batch.names.push((g.conv.clone(), name.clone()));
-            ("create", users)
+            (GroupEvent::Create, users)
         }
         GroupChange::Add { users } => {
             check_group(st, &g.conv, &g.user)?;
@@ -45,7 +45,7 @@ pub(crate) fn group_change(st: &mut ConvState, g: &GroupOp, batch: &mut WriteBat
             if st.members.len() + new.len() > GROUP_MEMBERS_MAX {
                 return Err(FrameError::new(ErrorCode::GroupFull, format!("a group has at most {GROUP_MEMBERS_MAX} members")));
             }
-            ("add", new)
+            (GroupEvent::Add, new)
         }
         GroupChange::Remove { users } => {
             check_group(st, &g.conv, &g.user)?;
@@ -53,11 +53,11 @@ pub(crate) fn group_change(st: &mut ConvState, g: &GroupOp, batch: &mut WriteBat
                 return Err(FrameError::new(ErrorCode::Forbidden, "only admins remove members"));
             }
             let gone: Vec<String> = users.iter().filter(|u| st.is_member(u)).cloned().collect();
-            ("remove", gone)
+            (GroupEvent::Remove, gone)
         }
         GroupChange::Leave => {
             check_group(st, &g.conv, &g.user)?;
-            ("leave", vec![g.user.clone()])
+            (GroupEvent::Leave, vec![g.user.clone()])
         }
         GroupChange::Rename { name } => {
             check_group(st, &g.conv, &g.user)?;
@@ -65,11 +65,11 @@ pub(crate) fn group_change(st: &mut ConvState, g: &GroupOp, batch: &mut WriteBat
                 return Err(FrameError::new(ErrorCode::Forbidden, "only admins rename the group"));
             }
             if *name == st.name {
-                ("rename", Vec::new())
+                (GroupEvent::Rename, Vec::new())
             } else {
                 st.name = name.clone();
                 batch.names.push((g.conv.clone(), name.clone()));
-                ("rename", vec![g.user.clone()])
+                (GroupEvent::Rename, vec![g.user.clone()])
             }
         }
     };
@@ -88,16 +88,16 @@ pub(crate) fn group_change(st: &mut ConvState, g: &GroupOp, batch: &mut WriteBat
     st.last_seq += 1;
     let seq = st.last_seq;
     match event {
-        "rename" => {}
-        "create" | "add" => {
+        GroupEvent::Rename => {}
+        GroupEvent::Create | GroupEvent::Add => {
             for (i, u) in users.iter().enumerate() {
-                let role = if event == "create" && i == 0 { Role::Admin } else { Role::Member };
+                let role = if event == GroupEvent::Create && i == 0 { Role::Admin } else { Role::Member };
                 let m = Membership { user: u.clone(), role, joined: seq };
                 batch.members.push((g.conv.clone(), m.clone()));
                 st.members.push(m);
             }
         }
-        _ => {
+        GroupEvent::Remove | GroupEvent::Leave => {
             st.members.retain(|m| !users.contains(&m.user));
             for u in &users {
                 batch.removed.push((g.conv.clone(), u.clone(), seq));
@@ -146,16 +146,39 @@ fn check_group(st: &ConvState, conv: &str, user: &str) -> Result<(), FrameError>
 
 /// The body of a system message: a JSON object clients can render, e.g.
 /// `{"event":"add","by":"alice","users":["bob"]}` (`admin` names who was handed admin).
-fn serde_json_body(event: &str, by: &str, name: &str, users: &[String], admin: Option<&str>) -> String {
-    let mut o = serde_json::json!({ "event": event, "by": by, "users": users });
-    if event == "create" || event == "rename" {
+fn serde_json_body(event: GroupEvent, by: &str, name: &str, users: &[String], admin: Option<&str>) -> String {
+    let mut o = serde_json::json!({ "event": event.name(), "by": by, "users": users });
+    if matches!(event, GroupEvent::Create | GroupEvent::Rename) {
         o["name"] = name.into();
     }
-    if event == "rename" {
+    if event == GroupEvent::Rename {
         o["users"] = serde_json::json!([]);
     }
     if let Some(a) = admin {
         o["admin"] = a.into();
     }
     o.to_string()
+}
+
+/// What a group's system message records; its `event` field in the message body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GroupEvent {
+    Create,
+    Add,
+    Remove,
+    Leave,
+    Rename,
+}
+
+impl GroupEvent {
+    /// The name clients read in the system message's body (`docs/protocol.md`).
+    fn name(self) -> &'static str {
+        match self {
+            GroupEvent::Create => "create",
+            GroupEvent::Add => "add",
+            GroupEvent::Remove => "remove",
+            GroupEvent::Leave => "leave",
+            GroupEvent::Rename => "rename",
+        }
+    }
 }

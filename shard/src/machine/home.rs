@@ -242,7 +242,7 @@ impl Shard {
                         for sc in plan {
                             run.convs.insert(sc.conv.clone(), sc.last);
                             if sc.cursor < sc.last {
-                                run.todo.push_back((sc.conv, sc.cursor, sc.last, run.limit));
+                                run.todo.push_back(SyncTodo { conv: sc.conv, after: sc.cursor, last: sc.last, left: run.limit });
                             }
                         }
                         self.next_sync_chunk(conn);
@@ -265,7 +265,7 @@ impl Shard {
                         return;
                     }
                 };
-                let (_, _, last, left) = run.todo.pop_front().expect("a chunk answers the head of the plan");
+                let SyncTodo { last, left, .. } = run.todo.pop_front().expect("a chunk answers the head of the plan");
                 // A former member's plan ends where they left: never send past it.
                 let messages: Vec<MsgRecord> = messages.into_iter().filter(|m| m.seq <= last).collect();
                 let fetched = messages.len() as u64;
@@ -279,7 +279,7 @@ impl Shard {
                     None => false,
                 };
                 if let (Some(s), true, true) = (frame_last, more, left > 0) {
-                    run.todo.push_front((conv.clone(), s, last, left));
+                    run.todo.push_front(SyncTodo { conv: conv.clone(), after: s, last, left });
                 }
                 if !replay.is_empty() {
                     self.send(conn, ServerFrame::Sync { conv, messages: replay, more }.into());
@@ -295,9 +295,10 @@ impl Shard {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         let Some(run) = c.sync.as_mut() else { return };
         match run.todo.front() {
-            Some((conv, after, _, left)) => {
-                let limit = (*left as usize).min(SYNC_FRAME_MESSAGES_MAX);
-                let job = ReadJob::SyncChunk { conv: conv.clone(), after: *after, limit, bytes_max: self.cfg.read_frame_bytes_max };
+            Some(todo) => {
+                let limit = (todo.left as usize).min(SYNC_FRAME_MESSAGES_MAX);
+                let job =
+                    ReadJob::SyncChunk { conv: todo.conv.clone(), after: todo.after, limit, bytes_max: self.cfg.read_frame_bytes_max };
                 self.actions.push(Action::Read { conn, job });
             }
             None => {

@@ -327,10 +327,22 @@ impl Limits {
 }
 
 struct SyncRun {
-    /// Conversations still to send: (conv, after, last, messages left under the limit).
-    todo: VecDeque<(String, u64, u64, u64)>,
+    /// Conversations still to send, the next one first.
+    todo: VecDeque<SyncTodo>,
     convs: std::collections::BTreeMap<String, u64>,
     limit: u64,
+}
+
+/// One conversation a running sync still has to send.
+struct SyncTodo {
+    conv: String,
+    /// The seq the device has: the next chunk starts after it.
+    after: u64,
+    /// The last seq to send (where the conversation stood when the plan was made, or where a
+    /// former member left).
+    last: u64,
+    /// Messages the sync may still send of it (the request's limit).
+    left: u64,
 }
 
 /// Presence of one user homed here, kept while someone subscribes to it.
