@@ -22,6 +22,7 @@ pub mod snowflake;
 pub mod wheel;
 
 pub use commit::{run_commit, CommitJob, CommitOutcome};
+pub use machine::owner::HANDOVER_MS;
 pub use machine::{Action, Counters, Event, Now, PeerMsg, Shard, ShardConfig};
 pub use ops::{ConnRef, Op, RemoteOp};
 pub use payload::{Class, Payload};
@@ -29,8 +30,6 @@ pub use read::{run_read, ReadJob, ReadOutcome};
 pub use remote::RemoteMsg;
 pub use route::{home_shard, owner_node, owner_shard, NodeId, ShardId};
 
-#[cfg(test)]
-mod cluster_tests;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 #[cfg(any(test, feature = "fuzzing"))]

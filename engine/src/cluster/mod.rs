@@ -36,13 +36,19 @@
 //! at once (never dropped silently); frames for users on other nodes are stored messages that
 //! those users get when they sync.
 
+mod keys;
+mod state;
+
 use crate::health::Health;
 use crate::runtime::bridge::Bridge;
+use keys::*;
+use shardchat_link::liveness::{self, Liveness, Refreshed};
+use shardchat_link::routing::{self, Outgoing};
 use shardchat_shard::{Class, ConnRef, NodeId, PeerMsg, RemoteMsg};
 use shardchat_storage::MessageStore;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+pub use state::ClusterState;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -54,40 +60,6 @@ pub const NODE_TTL_MS: u64 = 3_000;
 /// Longest wait for one Redis round trip before the link counts Redis as down.
 const REDIS_TIMEOUT_MS: u64 = 2_000;
 
-const PREFIX: &str = "shardchat:";
-
-fn node_key(node: usize) -> String {
-    format!("{PREFIX}node:{node}")
-}
-fn node_users_key(node: usize) -> String {
-    format!("{PREFIX}node:{node}:users")
-}
-fn user_nodes_key(user: &str) -> String {
-    format!("{PREFIX}user:{user}:nodes")
-}
-fn watch_key(user: &str) -> String {
-    format!("{PREFIX}watch:{user}")
-}
-fn inbox_channel(node: usize) -> String {
-    format!("{PREFIX}inbox:{node}")
-}
-
-/// Wait before resubscribing after the subscription broke.
-const RESUBSCRIBE_MS: u64 = 200;
-const NODES_KEY: &str = "shardchat:nodes";
-
-/// Removes a dead node from the directory, only while its liveness key is absent.
-const REPAIR_LUA: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-local users = redis.call('SMEMBERS', KEYS[2])
-for _, u in ipairs(users) do
-  redis.call('SREM', ARGV[2] .. u .. ARGV[3], ARGV[1])
-end
-redis.call('DEL', KEYS[2])
-redis.call('SREM', KEYS[3], ARGV[1])
-return #users
-";
-
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
     pub redis: String,
@@ -97,128 +69,13 @@ pub struct ClusterConfig {
     pub listen: std::net::SocketAddr,
 }
 
-/// What the rest of the node may read about the cluster: metrics, health.
-#[derive(Default)]
-pub struct ClusterState {
-    redis_up: AtomicBool,
-    live: Mutex<Vec<usize>>,
-    directory_writes: AtomicU64,
-    rewrites: AtomicU64,
-    repairs: AtomicU64,
-    node_id_conflicts: AtomicU64,
-    rejoins: AtomicU64,
-    fences: AtomicU64,
-    remote_sent: AtomicU64,
-    remote_received: AtomicU64,
-    remote_unreachable: AtomicU64,
-    publishes: AtomicU64,
-}
-
-impl ClusterState {
-    pub fn redis_up(&self) -> bool {
-        self.redis_up.load(Ordering::Relaxed)
-    }
-
-    /// Live nodes as last read from Redis (this one included while Redis answers).
-    pub fn live(&self) -> Vec<usize> {
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Prometheus text for the cluster link.
-    pub fn render(&self, out: &mut String) {
-        let gauges = [
-            (
-                "shardchat_cluster_redis_up",
-                "gauge",
-                "Whether the last Redis round trip succeeded (1) or not (0).",
-                u64::from(self.redis_up()),
-            ),
-            (
-                "shardchat_cluster_live_nodes",
-                "gauge",
-                "Nodes whose liveness key was present at the last refresh.",
-                self.live().len() as u64,
-            ),
-            (
-                "shardchat_cluster_directory_writes_total",
-                "counter",
-                "Batches of directory changes written.",
-                self.directory_writes.load(Ordering::Relaxed),
-            ),
-            (
-                "shardchat_cluster_directory_rewrites_total",
-                "counter",
-                "Times this node rewrote its part of the directory whole.",
-                self.rewrites.load(Ordering::Relaxed),
-            ),
-            (
-                "shardchat_cluster_repairs_total",
-                "counter",
-                "Dead nodes this node removed from the directory.",
-                self.repairs.load(Ordering::Relaxed),
-            ),
-            (
-                "shardchat_cluster_node_id_conflicts_total",
-                "counter",
-                "Times another process was found writing this node's liveness key (a duplicated --node-id).",
-                self.node_id_conflicts.load(Ordering::Relaxed),
-            ),
-            (
-                "shardchat_cluster_rejoins_total",
-                "counter",
-                "Times this node found itself taken for dead and rejoined as a new incarnation.",
-                self.rejoins.load(Ordering::Relaxed),
-            ),
-            (
-                "shardchat_cluster_fences_total",
-                "counter",
-                "Dead nodes' incarnations this node fenced in the store before taking their conversations.",
-                self.fences.load(Ordering::Relaxed),
-            ),
-            (
-                "shardchat_cluster_remote_sent_total",
-                "counter",
-                "Messages sent to other nodes (ops, answers, fan-outs).",
-                self.remote_sent.load(Ordering::Relaxed),
-            ),
-            (
-                "shardchat_cluster_remote_received_total",
-                "counter",
-                "Messages received from other nodes.",
-                self.remote_received.load(Ordering::Relaxed),
-            ),
-            (
-                "shardchat_cluster_remote_unreachable_total",
-                "counter",
-                "Messages for another node that could not be sent (Redis down, or the node not listening); ops among them were answered unavailable.",
-                self.remote_unreachable.load(Ordering::Relaxed),
-            ),
-            (
-                "shardchat_cluster_publishes_total",
-                "counter",
-                "PUBLISH commands sent (one per destination node per batch).",
-                self.publishes.load(Ordering::Relaxed),
-            ),
-        ];
-        for (name, kind, help, v) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        }
-    }
-}
-
 /// What the shards hand the link, in their order.
 enum LinkMsg {
     Directory(String, bool),
     /// A home shard here watches (or stops watching) a user's presence.
     Watch(String, bool),
-    Remote(NodeId, RemoteMsg),
-    Fanout {
-        users: Vec<String>,
-        frame: shardchat_codec::ServerFrame,
-        except: Option<ConnRef>,
-        msg: Option<(String, u64)>,
-        class: Class,
-    },
+    /// For other nodes (boxed: a frame is large, the other variants small).
+    Out(Box<Outgoing>),
     Stop,
 }
 
@@ -245,12 +102,9 @@ impl Cluster {
         let bridge = Arc::new(Mutex::new(Some(bridge)));
         let link = Link {
             bridge: bridge.clone(),
-            view: None,
             store,
-            incarnation: 0,
-            registered: false,
-            incs: HashMap::new(),
-            fenced: HashSet::new(),
+            // Made again from this node's fence before the link joins (see `run`).
+            liveness: Liveness::new(cfg.node, 0, 0),
             client,
             con: None,
             here: HashSet::new(),
@@ -287,7 +141,7 @@ impl Cluster {
 
     /// From a shard: `msg` for node `node`.
     pub fn remote(&self, node: NodeId, msg: RemoteMsg) {
-        let _ = self.changes.send(LinkMsg::Remote(node, msg));
+        let _ = self.changes.send(LinkMsg::Out(Box::new(Outgoing::Remote(node, msg))));
     }
 
     /// From an owner shard: a frame for `users` wherever else they are connected.
@@ -300,7 +154,7 @@ impl Cluster {
         class: Class,
     ) {
         let frame = payload.frame().clone();
-        let _ = self.changes.send(LinkMsg::Fanout { users, frame, except, msg, class });
+        let _ = self.changes.send(LinkMsg::Out(Box::new(Outgoing::Fanout { users, frame, except, msg, class })));
     }
 
     /// Stops handing what arrives to the bridge, so the bridge can stop (it runs until every
@@ -325,18 +179,10 @@ struct Link {
     cfg: ClusterConfig,
     /// Where messages from other nodes and the live nodes go (None once the node is stopping).
     bridge: Arc<Mutex<Option<Bridge>>>,
-    /// The live nodes last told to the shards.
-    view: Option<Vec<usize>>,
     /// Where fences are kept (the message store every node shares).
     store: Arc<dyn MessageStore>,
-    /// This node's incarnation: above every fence of this node id, new after each rejoin.
-    incarnation: u64,
-    /// Whether the liveness key was written once: a missing key after that means it expired.
-    registered: bool,
-    /// Other nodes' incarnations, as their liveness keys last said.
-    incs: HashMap<usize, u64>,
-    /// Fences this link wrote (or found written): (node, incarnation).
-    fenced: HashSet<(usize, u64)>,
+    /// The decisions: incarnation, live and dead nodes, fences owed, the view, the repairer.
+    liveness: Liveness,
     client: redis::Client,
     con: Option<redis::aio::MultiplexedConnection>,
     /// Users with a connection on this node: the truth the directory is made to match.
@@ -366,7 +212,7 @@ impl Link {
         loop {
             match store_call(&self.store, move |s| s.node_fence(me16(self.cfg.node))).await {
                 Ok(f) => {
-                    self.incarnation = unix_ms().max(f + 1);
+                    self.liveness = Liveness::new(self.cfg.node, f, unix_ms());
                     break;
                 }
                 Err(e) => {
@@ -391,7 +237,7 @@ impl Link {
                             Some(LinkMsg::Directory(user, here)) => self.note((user, here)),
                             Some(LinkMsg::Watch(user, on)) => watches.push((user, on)),
                             Some(LinkMsg::Stop) | None => break true,
-                            Some(m) => out.push(m),
+                            Some(LinkMsg::Out(m)) => out.push(*m),
                         }
                         match rx.try_recv() {
                             Ok(m) => msg = Some(m),
@@ -442,7 +288,7 @@ impl Link {
     /// Every write of the liveness key reads back the one before. Another value there means
     /// another process wrote it since our last write: two nodes were given the same --node-id.
     fn check_owner(&self, previous: Option<&str>) {
-        if let Some(other) = previous.filter(|v| !v.starts_with(&self.base)) {
+        if let Some(other) = previous.filter(|_| liveness::written_by_another(&self.base, previous)) {
             self.state.node_id_conflicts.fetch_add(1, Ordering::Relaxed);
             tracing::error!(node = self.cfg.node, ours = %self.value(), theirs = %other, "cluster: another process runs with this node id; give every node its own --node-id");
         }
@@ -450,21 +296,19 @@ impl Link {
 
     /// The liveness key's value: where clients connect, and the incarnation.
     fn value(&self) -> String {
-        format!("{},\"inc\":{}}}", self.base, self.incarnation)
+        liveness::value(&self.base, self.liveness.incarnation())
     }
 
-    /// This node was taken for dead (its key expired, or a fence names its incarnation): it
-    /// comes back as a new incarnation, so its shards drop what they cached and take their
+    /// This node was taken for dead (its key expired, or a fence names its incarnation) and came
+    /// back as a new incarnation, so its shards drop what they cached and take their
     /// conversations over afresh.
-    fn rejoin(&mut self, fence: u64) {
-        let old = self.incarnation;
-        self.incarnation = unix_ms().max(fence + 1).max(old + 1);
+    fn rejoined(&mut self, old: u64) {
         self.rewrite = true;
         self.state.rejoins.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             node = self.cfg.node,
             old,
-            new = self.incarnation,
+            new = self.liveness.incarnation(),
             "cluster: this node was taken for dead; rejoining as a new incarnation"
         );
     }
@@ -490,7 +334,7 @@ impl Link {
         if stalled != self.stalled_logged {
             match stalled.is_empty() {
                 true => tracing::info!(node = self.cfg.node, "cluster: every shard serves; announcing this node"),
-                false if self.registered => {
+                false if self.liveness.registered() => {
                     tracing::error!(node = self.cfg.node, ?stalled, "cluster: shards stopped serving; no longer announcing this node")
                 }
                 false => {
@@ -548,7 +392,7 @@ impl Link {
     /// The presence changes behind directory changes, for the nodes watching those users (one
     /// read of every watcher set, in one pipeline). Lost when Redis is away: presence is
     /// ephemeral, and watchers ask again when they subscribe again.
-    async fn presence_changes(&mut self, changes: Vec<(String, bool)>) -> Vec<LinkMsg> {
+    async fn presence_changes(&mut self, changes: Vec<(String, bool)>) -> Vec<Outgoing> {
         if changes.is_empty() {
             return Vec::new();
         }
@@ -564,15 +408,7 @@ impl Link {
                 return Vec::new();
             }
         };
-        let (me, at_ms) = (self.cfg.node, unix_ms());
-        let mut out = Vec::new();
-        for ((user, here), nodes) in changes.into_iter().zip(watchers) {
-            for n in nodes.into_iter().filter(|&n| n != me) {
-                let msg = RemoteMsg::Presence { user: user.clone(), node: me16(me), here, at_ms };
-                out.push(LinkMsg::Remote(me16(n), msg));
-            }
-        }
-        out
+        routing::presence(changes, watchers, self.cfg.node, unix_ms())
     }
 
     /// Registers (or drops) this node's watches and answers each new one with the other nodes
@@ -607,7 +443,7 @@ impl Link {
                 Err(e) => self.down(e),
             }
         }
-        let live = self.view.clone().unwrap_or_default();
+        let live = self.liveness.view().map(<[usize]>::to_vec).unwrap_or_default();
         let mut sets = sets.into_iter();
         let mut local = Vec::new();
         for (user, _) in watches.into_iter().filter(|(_, on)| *on) {
@@ -659,13 +495,18 @@ impl Link {
         }
     }
 
-    /// Refreshes the liveness key, reads the live set, repairs after dead nodes.
+    /// Refreshes the liveness key, reads the live set, fences and repairs after dead nodes: the
+    /// I/O of one refresh, the decisions in [`Liveness`].
     async fn refresh(&mut self) {
         // Fenced while Redis said nothing (this process paused, or cut off from Redis alone)?
         let me = me16(self.cfg.node);
         match store_call(&self.store, move |s| s.node_fence(me)).await {
-            Ok(f) if f >= self.incarnation => self.rejoin(f),
-            Ok(_) => {}
+            Ok(f) => {
+                let old = self.liveness.incarnation();
+                if self.liveness.own_fence(f, unix_ms()) {
+                    self.rejoined(old);
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "cluster: reading this node's fence failed"),
         }
         if !self.may_announce() {
@@ -686,83 +527,60 @@ impl Link {
         };
         self.state.redis_up.store(true, Ordering::Relaxed);
         self.check_owner(previous.as_deref());
-        if previous.is_none() {
-            // Expired, or Redis lost its data: others may have taken this node for dead.
-            if self.registered {
-                self.rejoin(0);
-            }
+        let old = self.liveness.incarnation();
+        let written = self.liveness.wrote_key(previous.as_deref(), unix_ms());
+        if written.rejoined {
+            self.rejoined(old);
+        }
+        if written.rewrite {
             // Make our part of the directory whole again (with the key's new value).
             self.rewrite = true;
             self.rewrite_directory().await;
         }
-        self.registered = true;
         let known: Vec<usize> = known.into_iter().collect();
         let keys: Vec<String> = known.iter().map(|&n| node_key(n)).collect();
         let values: Vec<Option<String>> = match timeout(redis::cmd("MGET").arg(&keys).query_async(&mut con)).await {
             Ok(v) => v,
             Err(e) => return self.down(e),
         };
-        let live: Vec<usize> = known.iter().zip(&values).filter(|(_, v)| v.is_some()).map(|(&n, _)| n).collect();
-        let dead: Vec<usize> = known.iter().zip(&values).filter(|(_, v)| v.is_none()).map(|(&n, _)| n).filter(|&n| n != node).collect();
-        let before = std::mem::replace(&mut *self.state.live.lock().unwrap_or_else(|e| e.into_inner()), live.clone());
-        if before != live {
-            tracing::info!(?live, "cluster: live nodes changed");
-        }
-        for (&n, v) in known.iter().zip(&values) {
-            if let Some(inc) = v.as_deref().and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok()).and_then(|v| v["inc"].as_u64())
-            {
-                self.incs.insert(n, inc);
-            }
+        let plan = self.liveness.refreshed(Refreshed { nodes: known.into_iter().zip(values).collect() });
+        let before = std::mem::replace(&mut *self.state.live.lock().unwrap_or_else(|e| e.into_inner()), plan.live.clone());
+        if before != plan.live {
+            tracing::info!(live = ?plan.live, "cluster: live nodes changed");
         }
         // Before any shard here may take a dead node's conversations, its incarnation is fenced
-        // in the store, so if it still runs (paused, or cut off from Redis alone) its next
-        // commit finds the fence instead of reusing a seq.
-        // Dead: every node this link knew an incarnation of that is not live now, whether its key
-        // expired or a repairer already removed it from the set of nodes.
-        let gone: Vec<usize> = self.incs.keys().copied().filter(|n| *n != node && !live.contains(n)).collect();
-        let mut fenced_all = true;
-        for &d in &gone {
-            let Some(&inc) = self.incs.get(&d) else { continue };
-            if self.fenced.contains(&(d, inc)) {
-                continue;
-            }
+        // in the store, so if it still runs its next commit finds the fence.
+        for &(d, inc) in &plan.fence {
             match store_call(&self.store, move |s| s.fence_node(me16(d), inc)).await {
                 Ok(()) => {
-                    self.fenced.insert((d, inc));
+                    self.liveness.fence_written(d, inc);
                     self.state.fences.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(dead = d, incarnation = inc, "cluster: node taken for dead; fenced");
                 }
                 Err(e) => {
                     tracing::error!(error = %e, dead = d, "cluster: fencing a dead node failed; its conversations stay put until it succeeds");
-                    fenced_all = false;
                 }
             }
         }
-        // Every refresh, not only on change: a shard that found itself fenced waits for the next
-        // incarnation, and a lost message must not leave a shard without a view.
-        let view = if fenced_all { Some(live.clone()) } else { self.view.clone() };
-        if let Some(view) = view {
-            let nodes: Vec<NodeId> = view.iter().map(|&n| n as NodeId).collect();
-            let inc = self.incarnation;
+        if let Some(view) = self.liveness.view_after(&plan) {
+            let nodes: Vec<NodeId> = view.iter().map(|&n| me16(n)).collect();
+            let inc = self.liveness.incarnation();
             let msgs = (0..self.cfg.shards).map(|s| (s, PeerMsg::View { live: nodes.clone(), incarnation: inc })).collect();
             if self.inject(msgs) {
-                self.view = Some(view);
+                self.liveness.view_told(view);
             }
         }
-        // One repairer: the lowest live id.
-        if live.first() == Some(&node) {
-            for d in dead {
-                let script = redis::Script::new(REPAIR_LUA);
-                let mut inv = script.prepare_invoke();
-                inv.key(node_key(d)).key(node_users_key(d)).key(NODES_KEY).arg(d).arg(format!("{PREFIX}user:")).arg(":nodes");
-                match timeout(inv.invoke_async::<i64>(&mut con)).await {
-                    Ok(n) if n >= 0 => {
-                        self.state.repairs.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(dead = d, users = n, "cluster: node dead; removed from the directory");
-                    }
-                    Ok(_) => {}
-                    Err(e) => return self.down(e),
+        for d in plan.repair {
+            let script = redis::Script::new(REPAIR_LUA);
+            let mut inv = script.prepare_invoke();
+            inv.key(node_key(d)).key(node_users_key(d)).key(NODES_KEY).arg(d).arg(format!("{PREFIX}user:")).arg(":nodes");
+            match timeout(inv.invoke_async::<i64>(&mut con)).await {
+                Ok(n) if n >= 0 => {
+                    self.state.repairs.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(dead = d, users = n, "cluster: node dead; removed from the directory");
                 }
+                Ok(_) => {}
+                Err(e) => return self.down(e),
             }
         }
     }
@@ -778,20 +596,13 @@ impl Link {
 
     /// Sends one batch of what the shards had for other nodes: the directory read for every
     /// fanned-out user, then one PUBLISH per destination node, all in one pipeline each.
-    async fn route(&mut self, out: Vec<LinkMsg>) {
+    async fn route(&mut self, out: Vec<Outgoing>) {
         if out.is_empty() {
             return;
         }
-        let me = self.cfg.node;
         let con = self.connection().await;
         // Nodes of every fanned-out user (not needed for those only here when Redis is away).
-        let mut wanted: Vec<String> = Vec::new();
-        let mut seen = HashSet::new();
-        for m in &out {
-            if let LinkMsg::Fanout { users, .. } = m {
-                wanted.extend(users.iter().filter(|u| seen.insert(u.as_str())).cloned());
-            }
-        }
+        let wanted = routing::fanout_users(&out);
         let mut nodes_of: HashMap<String, Vec<usize>> = HashMap::new();
         let mut con = match con {
             Some(c) if !wanted.is_empty() => {
@@ -812,28 +623,7 @@ impl Link {
             }
             c => c,
         };
-        let mut per_node: BTreeMap<usize, Vec<RemoteMsg>> = BTreeMap::new();
-        for m in out {
-            match m {
-                LinkMsg::Remote(node, msg) => per_node.entry(usize::from(node)).or_default().push(msg),
-                LinkMsg::Fanout { users, frame, except, msg, class } => {
-                    let mut by_node: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-                    for u in users {
-                        let elsewhere = nodes_of.get(&u).map(Vec::as_slice).unwrap_or_default();
-                        for &n in elsewhere.iter().filter(|&&n| n != me) {
-                            by_node.entry(n).or_default().push(u.clone());
-                        }
-                    }
-                    for (n, users) in by_node {
-                        let m = RemoteMsg::Fanout { users, frame: frame.clone(), except, msg: msg.clone(), class };
-                        per_node.entry(n).or_default().push(m);
-                    }
-                }
-                LinkMsg::Directory(..) | LinkMsg::Watch(..) | LinkMsg::Stop => unreachable!("handled by run"),
-            }
-        }
-        let shards = self.cfg.shards;
-        let mut local: Vec<(usize, PeerMsg)> = Vec::new();
+        let per_node = routing::per_node(out, &nodes_of, self.cfg.node);
         let mut failed: Vec<RemoteMsg> = Vec::new();
         if let Some(c) = con.as_mut().filter(|_| !per_node.is_empty()) {
             let mut p = redis::pipe();
@@ -869,13 +659,8 @@ impl Link {
         }
         if !failed.is_empty() {
             self.state.remote_unreachable.fetch_add(failed.len() as u64, Ordering::Relaxed);
-            for m in &failed {
-                if let Some((to, frame)) = m.unreachable("the node that owns this conversation is unreachable; retry shortly") {
-                    local.extend(RemoteMsg::Reply { to, frame }.into_local(shards));
-                }
-            }
+            self.inject(routing::unreachable(&failed, self.cfg.shards));
         }
-        self.inject(local);
     }
 }
 

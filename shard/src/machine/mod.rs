@@ -6,7 +6,7 @@
 //! - `presence.rs`: a user's presence and who subscribed to it.
 
 mod home;
-pub(crate) mod owner;
+pub mod owner;
 mod presence;
 
 use crate::commit::{CommitJob, CommitOutcome, OpOutcome};

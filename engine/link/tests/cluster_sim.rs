@@ -1,18 +1,25 @@
-//! Several nodes of shards in one thread, joined by a simulated cluster link: what the real link
-//! (`engine/src/cluster/`) does over Redis — forward `Action::Remote` to the named node, send a
-//! `RemoteFanout` once to each other node the directory lists for its users, tell every shard the live nodes — done here inline, every cross-node message
-//! through its JSON encoding, interleavings from a seed.
+//! Several nodes of shards in one thread, joined by the cluster link's own decisions: each node's
+//! [`Liveness`] (incarnations, rejoin, fences before a dead node's conversations move, the view,
+//! the repairer) and [`routing`] (one message list per destination node, `unavailable` for what
+//! cannot reach its node), over an in-memory model of what the link keeps in Redis (liveness
+//! keys with their TTL, the directory, presence watches, who is subscribed) and the in-memory
+//! store. Every cross-node message goes through its JSON encoding; interleavings come from a
+//! seed. What is left to `engine/src/cluster/` is the Redis commands themselves, tested end to
+//! end in `engine/tests/e2e/cluster.rs`.
 
-use crate::machine::owner::HANDOVER_MS;
-use crate::*;
-use crate::{run_commit, run_read};
 use shardchat_codec::*;
+use shardchat_link::liveness::{self, Liveness, Refreshed};
+use shardchat_link::routing::{self, Outgoing};
+use shardchat_shard::*;
 use shardchat_storage::MessageStore;
 use shardchat_storage_mem::MemStore;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 const SHARDS: usize = 2;
+/// As the engine's link: the liveness key's life, and how often it is refreshed.
+const NODE_TTL_MS: u64 = 3_000;
+const NODE_REFRESH_MS: u64 = 1_000;
 
 /// A client device: node, home shard there, connection id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -21,21 +28,31 @@ struct Dev(usize, ShardId, u64);
 struct Node {
     shards: Vec<Shard>,
     inbox: Vec<VecDeque<Event>>,
+    /// Running (its shards handle events, its link refreshes and is subscribed).
     alive: bool,
+    link: Liveness,
 }
 
 struct Cluster {
     nodes: Vec<Node>,
     store: Arc<dyn MessageStore>,
     received: HashMap<Dev, Vec<ServerFrame>>,
-    /// The directory the home shards reported: user → nodes holding a connection.
+    /// Redis, as the link uses it: liveness keys (value, expiry in unix ms) ...
+    keys: BTreeMap<usize, (String, u64)>,
+    /// ... the set of nodes ever seen ...
+    known: BTreeSet<usize>,
+    /// ... the directory: user → nodes holding a connection ...
     directory: HashMap<String, BTreeSet<usize>>,
-    /// Presence watches the link holds: user → nodes watching.
+    /// ... and presence watches: user → nodes watching.
     watchers: HashMap<String, BTreeSet<usize>>,
     seed: u64,
     now: Now,
     next_conn: u64,
     remote_msgs: usize,
+}
+
+fn base(n: usize) -> String {
+    format!("{{\"listen\":\"node{n}\"")
 }
 
 impl Cluster {
@@ -53,11 +70,14 @@ impl Cluster {
                 .collect(),
             inbox: (0..SHARDS).map(|_| VecDeque::new()).collect(),
             alive: true,
+            link: Liveness::new(n, store.node_fence(n as NodeId).unwrap(), now.unix_ms),
         };
         let mut c = Cluster {
             nodes: (0..nodes).map(node).collect(),
             store,
             received: HashMap::new(),
+            keys: BTreeMap::new(),
+            known: BTreeSet::new(),
             directory: HashMap::new(),
             watchers: HashMap::new(),
             seed: seed | 1,
@@ -65,8 +85,10 @@ impl Cluster {
             next_conn: 1,
             remote_msgs: 0,
         };
-        c.view();
-        c.tick(HANDOVER_MS + 1);
+        // Refreshed until the handover after the first view is over (in the first refresh,
+        // nodes that refresh before another has written its key do not see it yet).
+        c.refresh();
+        c.pass(HANDOVER_MS + NODE_REFRESH_MS);
         c
     }
 
@@ -77,24 +99,77 @@ impl Cluster {
         (self.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) % n as u64) as usize
     }
 
-    /// Tells every live node's shards the live nodes (what the link does after each refresh).
-    fn view(&mut self) {
-        let live: Vec<NodeId> = (0..self.nodes.len()).filter(|&n| self.nodes[n].alive).map(|n| n as NodeId).collect();
-        for node in self.nodes.iter_mut().filter(|n| n.alive) {
-            for q in &mut node.inbox {
-                q.push_back(Event::Peer(PeerMsg::View { live: live.clone(), incarnation: 1 }));
+    /// One refresh of every running node's link, in a seeded order, as the engine's link does
+    /// it: the own fence read from the store, the liveness key written (`SET … GET`), every
+    /// known node's key read, then the plan carried out (fences in the store, the view to every
+    /// shard, the repair of the directory).
+    fn refresh(&mut self) {
+        let mut order: Vec<usize> = (0..self.nodes.len()).filter(|&n| self.nodes[n].alive).collect();
+        for i in (1..order.len()).rev() {
+            let j = self.below(i + 1);
+            order.swap(i, j);
+        }
+        let now = self.now.unix_ms;
+        self.keys.retain(|_, (_, expires)| *expires > now);
+        for n in order {
+            let fence = self.store.node_fence(n as NodeId).unwrap();
+            let link = &mut self.nodes[n].link;
+            link.own_fence(fence, now);
+            let value = liveness::value(&base(n), link.incarnation());
+            let previous = self.keys.insert(n, (value, now + NODE_TTL_MS)).map(|(v, _)| v);
+            self.known.insert(n);
+            let written = link.wrote_key(previous.as_deref(), now);
+            if written.rewrite {
+                // The link rewrites its part of the directory: here, the directory the home
+                // shards reported is already whole (it is the model's truth).
+            }
+            let nodes = self.known.iter().map(|&k| (k, self.keys.get(&k).map(|(v, _)| v.clone()))).collect();
+            let plan = link.refreshed(Refreshed { nodes });
+            for &(d, inc) in &plan.fence {
+                // A failed write (the store down) leaves the fence owed: the link tries again
+                // next refresh.
+                if self.store.fence_node(d as NodeId, inc).is_ok() {
+                    self.nodes[n].link.fence_written(d, inc);
+                }
+            }
+            if let Some(view) = self.nodes[n].link.view_after(&plan) {
+                let live: Vec<NodeId> = view.iter().map(|&v| v as NodeId).collect();
+                let incarnation = self.nodes[n].link.incarnation();
+                for q in &mut self.nodes[n].inbox {
+                    q.push_back(Event::Peer(PeerMsg::View { live: live.clone(), incarnation }));
+                }
+                self.nodes[n].link.view_told(view);
+            }
+            for d in plan.repair {
+                // The repair script: only while the dead node's key is still absent.
+                if !self.keys.contains_key(&d) {
+                    for nodes in self.directory.values_mut() {
+                        nodes.remove(&d);
+                    }
+                    self.known.remove(&d);
+                }
             }
         }
         self.run();
     }
 
+    /// Lets `ms` pass, refreshing every running link each `NODE_REFRESH_MS`.
+    fn pass(&mut self, ms: u64) {
+        let mut left = ms;
+        while left > 0 {
+            let step = left.min(NODE_REFRESH_MS);
+            self.tick(step);
+            self.refresh();
+            left -= step;
+        }
+    }
+
+    /// The node stops (a crash): its shards and its link stop; its liveness key lives on until
+    /// its TTL runs out, and its users stay in the directory until a repairer removes them.
     fn kill(&mut self, n: usize) {
         self.nodes[n].alive = false;
         for q in &mut self.nodes[n].inbox {
             q.clear();
-        }
-        for nodes in self.directory.values_mut() {
-            nodes.remove(&n);
         }
         self.received.retain(|d, _| d.0 != n);
     }
@@ -130,19 +205,32 @@ impl Cluster {
         self.run();
     }
 
-    /// Hands a message to its node as the link would: through its wire encoding, or, when the
-    /// node is gone, answers the requester `unavailable`.
-    fn remote(&mut self, from: usize, node: usize, msg: RemoteMsg) {
-        self.remote_msgs += 1;
-        let msg: RemoteMsg = serde_json::from_slice(&serde_json::to_vec(&msg).unwrap()).unwrap();
-        if !self.nodes[node].alive {
-            if let Some((to, frame)) = msg.unreachable("no route") {
-                self.remote(from, from, RemoteMsg::Reply { to, frame });
+    /// What a node's link does with what its shards send elsewhere: one list per destination
+    /// node ([`routing::per_node`], the directory telling where fanned-out users are), each
+    /// through its wire encoding to a node that is subscribed (running), and the `unavailable`
+    /// answers ([`routing::unreachable`]) for the lists whose node is not.
+    fn route(&mut self, from: usize, out: Outgoing) {
+        let nodes_of: HashMap<String, Vec<usize>> = routing::fanout_users(std::slice::from_ref(&out))
+            .into_iter()
+            .map(|u| {
+                let nodes = self.directory.get(&u).into_iter().flatten().copied().collect();
+                (u, nodes)
+            })
+            .collect();
+        for (node, msgs) in routing::per_node(vec![out], &nodes_of, from) {
+            let msgs: Vec<RemoteMsg> = serde_json::from_slice(&serde_json::to_vec(&msgs).unwrap()).unwrap();
+            if node >= self.nodes.len() || !self.nodes[node].alive {
+                for (shard, m) in routing::unreachable(&msgs, SHARDS) {
+                    self.nodes[from].inbox[shard].push_back(Event::Peer(m));
+                }
+                continue;
             }
-            return;
-        }
-        for (shard, m) in msg.into_local(SHARDS) {
-            self.nodes[node].inbox[shard].push_back(Event::Peer(m));
+            self.remote_msgs += msgs.len();
+            for msg in msgs {
+                for (shard, m) in msg.into_local(SHARDS) {
+                    self.nodes[node].inbox[shard].push_back(Event::Peer(m));
+                }
+            }
         }
     }
 
@@ -150,7 +238,7 @@ impl Cluster {
         loop {
             let ready: Vec<(usize, usize)> = (0..self.nodes.len())
                 .flat_map(|n| (0..SHARDS).map(move |s| (n, s)))
-                .filter(|&(n, s)| !self.nodes[n].inbox[s].is_empty())
+                .filter(|&(n, s)| self.nodes[n].alive && !self.nodes[n].inbox[s].is_empty())
                 .collect();
             if ready.is_empty() {
                 return;
@@ -184,42 +272,34 @@ impl Cluster {
                             assert!(nodes.remove(&n), "departure of a user not here");
                         }
                         // Published to the nodes watching the user, only.
-                        let watching: Vec<usize> = self.watchers.get(&user).into_iter().flatten().copied().filter(|&w| w != n).collect();
-                        for w in watching {
-                            let at_ms = self.now.unix_ms;
-                            self.remote(n, w, RemoteMsg::Presence { user: user.clone(), node: n as NodeId, here, at_ms });
+                        let watching: Vec<usize> = self.watchers.get(&user).into_iter().flatten().copied().collect();
+                        for out in routing::presence(vec![(user, here)], vec![watching], n, self.now.unix_ms) {
+                            self.route(n, out);
                         }
                     }
                     Action::PresenceWatch { user, watch } => {
                         let w = self.watchers.entry(user.clone()).or_default();
                         if watch {
                             assert!(w.insert(n), "watched twice from one node");
-                            let nodes: Vec<NodeId> =
-                                self.directory.get(&user).into_iter().flatten().filter(|&&o| o != n).map(|&o| o as NodeId).collect();
+                            let live = self.nodes[n].link.view().map(<[usize]>::to_vec).unwrap_or_default();
+                            let nodes: Vec<NodeId> = self
+                                .directory
+                                .get(&user)
+                                .into_iter()
+                                .flatten()
+                                .filter(|&&o| o != n && live.contains(&o))
+                                .map(|&o| o as NodeId)
+                                .collect();
                             let home = home_shard(&user, SHARDS);
                             self.nodes[n].inbox[home].push_back(Event::Peer(PeerMsg::PresenceNodes { user, nodes }));
                         } else {
                             assert!(w.remove(&n), "unwatched without a watch");
                         }
                     }
-                    Action::Remote { node, msg } => {
-                        assert_ne!(node as usize, n, "a node never sends itself a remote message");
-                        self.remote(n, node as usize, msg);
-                    }
+                    Action::Remote { node, msg } => self.route(n, Outgoing::Remote(node, msg)),
                     Action::RemoteFanout { users, payload, except, msg, class } => {
-                        let mut by_node: HashMap<usize, Vec<String>> = HashMap::new();
-                        for u in users {
-                            let nodes = self.directory.get(&u).cloned().unwrap_or_default();
-                            for other in nodes.into_iter().filter(|&o| o != n) {
-                                by_node.entry(other).or_default().push(u.clone());
-                            }
-                        }
-                        let mut dests: Vec<_> = by_node.into_iter().collect();
-                        dests.sort();
-                        for (node, users) in dests {
-                            let frame = payload.frame().clone();
-                            self.remote(n, node, RemoteMsg::Fanout { users, frame, except, msg: msg.clone(), class });
-                        }
+                        let frame = payload.frame().clone();
+                        self.route(n, Outgoing::Fanout { users, frame, except, msg, class });
                     }
                 }
             }
@@ -337,7 +417,8 @@ fn when_a_node_dies_its_conversations_move_and_seq_resumes_from_the_store() {
         assert_eq!(owners.len(), 3, "the test needs conversations owned by every node");
         assert_eq!(acks(&c.take(a)).len(), 12);
 
-        // Node 2 dies. Until the link says so, its conversations cannot be sequenced.
+        // Node 2 dies. Until the links see its key expire, its conversations cannot be
+        // sequenced: what is sent for them finds no one subscribed.
         c.kill(2);
         for (i, p) in peers.iter().enumerate() {
             c.push(a, &dm(p, &format!("y{i}")));
@@ -347,8 +428,11 @@ fn when_a_node_dies_its_conversations_move_and_seq_resumes_from_the_store() {
         let on2: Vec<&String> = peers.iter().filter(|p| owner_node(&direct_conv_id("alice", p), &[0, 1, 2]) == Some(2)).collect();
         assert_eq!(lost.len(), on2.len(), "seed {seed}: every send to the dead owner is answered unavailable");
 
-        // The view changes: they move; during the handover they are refused, then accepted.
-        c.view();
+        // Its key expires: the links fence its incarnation, then tell the shards; its
+        // conversations move, refused during the handover, then accepted.
+        // (Its key was last written at the end of the last refresh: it expires one TTL later.)
+        c.pass(NODE_TTL_MS);
+        assert!(c.store.node_fence(2).unwrap() > 0, "seed {seed}: fenced before its conversations moved");
         for (i, p) in on2.iter().enumerate() {
             c.push(a, &dm(p, &format!("z{i}")));
         }
@@ -368,6 +452,45 @@ fn when_a_node_dies_its_conversations_move_and_seq_resumes_from_the_store() {
             let stored: Vec<u64> = c.store.messages_after(&conv, 0, 100).unwrap().iter().map(|m| m.seq).collect();
             assert_eq!(stored, (1..=stored.len() as u64).collect::<Vec<_>>(), "seed {seed} {conv}");
         }
+    }
+}
+
+/// The order that keeps seqs unique: no shard takes a dead node's conversations before that
+/// node's incarnation is fenced in the store. While the fence cannot be written, they stay with
+/// the dead node (sends are answered `unavailable`); once it is, they move.
+#[test]
+fn a_dead_nodes_conversations_stay_put_until_its_fence_is_written() {
+    for seed in 1..6 {
+        let st = store();
+        let mut c = Cluster::new(3, seed, st.clone(), false);
+        let peer = (0..200).map(|i| format!("p{i}")).find(|p| owner_node(&direct_conv_id("alice", p), &[0, 1, 2]) == Some(2)).unwrap();
+        let a = c.connect(0, "alice");
+        c.connect(1, &peer);
+        c.send(a, &dm(&peer, "m0"));
+        assert_eq!(acks(&c.take(a)), vec![("m0".to_string(), 1)], "seed {seed}");
+        c.kill(2);
+        st.faults.commits_down.store(true, std::sync::atomic::Ordering::Relaxed);
+        c.pass(NODE_TTL_MS + HANDOVER_MS + NODE_REFRESH_MS);
+        assert_eq!(st.node_fence(2).unwrap(), 0, "seed {seed}: the store took no fence");
+        c.send(a, &dm(&peer, "m1"));
+        let why: Vec<String> = c
+            .take(a)
+            .into_iter()
+            .filter_map(|f| match f {
+                ServerFrame::Error { code: ErrorCode::Unavailable, msg, .. } => Some(msg),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            matches!(&why[..], [m] if m.contains("unreachable")),
+            "seed {seed}: still the dead node's, so unreachable (not refused by a new owner): {why:?}"
+        );
+        st.faults.commits_down.store(false, std::sync::atomic::Ordering::Relaxed);
+        c.pass(NODE_REFRESH_MS);
+        assert!(st.node_fence(2).unwrap() > 0, "seed {seed}: fenced at the next refresh");
+        c.pass(HANDOVER_MS + NODE_REFRESH_MS);
+        c.send(a, &dm(&peer, "m1"));
+        assert_eq!(acks(&c.take(a)), vec![("m1".to_string(), 2)], "seed {seed}: moved, seq resumed from the store");
     }
 }
 
@@ -418,9 +541,10 @@ fn a_node_taken_for_dead_while_still_running_is_fenced_and_never_reuses_a_seq() 
 
         // Node 1 stops answering Redis but keeps running on its old view. Node 0 fences its
         // incarnation, then takes the conversation over after the handover.
-        st.fence_node(1, 1).unwrap();
+        let (inc0, inc1) = (c.nodes[0].link.incarnation(), c.nodes[1].link.incarnation());
+        st.fence_node(1, inc1).unwrap();
         for q in &mut c.nodes[0].inbox {
-            q.push_back(Event::Peer(PeerMsg::View { live: vec![0], incarnation: 1 }));
+            q.push_back(Event::Peer(PeerMsg::View { live: vec![0], incarnation: inc0 }));
         }
         c.run();
         c.tick(HANDOVER_MS + 1);
@@ -432,7 +556,7 @@ fn a_node_taken_for_dead_while_still_running_is_fenced_and_never_reuses_a_seq() 
         // out: the job's fence applies to its own incarnation only.
         if seed % 2 == 0 {
             for q in &mut c.nodes[1].inbox {
-                q.push_back(Event::Peer(PeerMsg::View { live: vec![0, 1], incarnation: 2 }));
+                q.push_back(Event::Peer(PeerMsg::View { live: vec![0, 1], incarnation: inc1 + 1 }));
             }
         }
         c.run();
@@ -442,14 +566,15 @@ fn a_node_taken_for_dead_while_still_running_is_fenced_and_never_reuses_a_seq() 
         assert_eq!(unavailable(&from_b).len(), 5, "seed {seed}: refused, to be retried");
         // Its link, too late, repeats the old incarnation: ignored. Then it rejoins with a new one.
         for q in &mut c.nodes[1].inbox {
-            q.push_back(Event::Peer(PeerMsg::View { live: vec![0, 1], incarnation: 1 }));
+            q.push_back(Event::Peer(PeerMsg::View { live: vec![0, 1], incarnation: inc1 }));
         }
         c.run();
         c.send(b, &dm("alice", "b1"));
         assert_eq!(unavailable(&c.take(b)), vec!["b1".to_string()], "seed {seed}");
-        for node in &mut c.nodes {
+        for (n, node) in c.nodes.iter_mut().enumerate() {
+            let incarnation = if n == 0 { inc0 } else { inc1 + 1 };
             for q in &mut node.inbox {
-                q.push_back(Event::Peer(PeerMsg::View { live: vec![0, 1], incarnation: 2 }));
+                q.push_back(Event::Peer(PeerMsg::View { live: vec![0, 1], incarnation }));
             }
         }
         c.run();
@@ -498,7 +623,7 @@ fn presence_crosses_nodes_and_only_watching_nodes_hear_of_changes() {
         assert_eq!(presence(&c.take(k), "bob"), vec!["online"], "seed {seed}");
         // Node 0 dies with bob on it: once the view drops it, bob is offline.
         c.kill(0);
-        c.view();
+        c.pass(NODE_TTL_MS);
         c.tick(1_100);
         assert_eq!(presence(&c.take(k), "bob"), vec!["offline"], "seed {seed}");
         // Carol unsubscribes: node 2 stops watching.

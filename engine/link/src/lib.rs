@@ -1,0 +1,14 @@
+//! The decisions of a cluster node's link to the others, as pure code: what Redis and the store
+//! answered goes in, what to write, fence, repair and tell the shards comes out. The I/O around
+//! it (Redis commands, store calls, the clock) is `engine/src/cluster/`; the simulator in this
+//! crate's tests runs several nodes of shards with these same decisions over an in-memory model
+//! of Redis and the in-memory store.
+//!
+//! - [`liveness`]: this node's incarnation, rejoining when it was taken for dead, the live and
+//!   dead nodes of each refresh, the fences owed before a dead node's conversations move, the
+//!   view the shards get, and the one repairer (the lowest live id).
+//! - [`routing`]: what the shards send to other nodes, grouped into one message list per
+//!   destination node; the `unavailable` answers owed when a node cannot be reached.
+
+pub mod liveness;
+pub mod routing;
