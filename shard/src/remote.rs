@@ -4,7 +4,7 @@
 //! ([`RemoteMsg::Op`]); that node's owner shard answers the connection on the first node
 //! ([`RemoteMsg::Reply`]) and fans out what it stored to every node that holds a recipient
 //! ([`RemoteMsg::Fanout`], one per destination node, whatever the member count). The cluster link
-//! (`engine/src/cluster/`) carries them over Redis pub/sub in batches, one channel per node, so
+//! (`engine/cluster/`) carries them over Redis pub/sub in batches, one channel per node, so
 //! what one node sends another arrives in the order it was sent.
 
 use crate::machine::PeerMsg;

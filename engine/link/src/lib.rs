@@ -1,6 +1,6 @@
 //! The decisions of a cluster node's link to the others, as pure code: what Redis and the store
 //! answered goes in, what to write, fence, repair and tell the shards comes out. The I/O around
-//! it (Redis commands, store calls, the clock) is `engine/src/cluster/`; the simulator in this
+//! it (Redis commands, store calls, the clock) is `engine/cluster/`; the simulator in this
 //! crate's tests runs several nodes of shards with these same decisions over an in-memory model
 //! of Redis and the in-memory store.
 //!

@@ -4,7 +4,7 @@
 //! cannot reach its node), over an in-memory model of what the link keeps in Redis (liveness
 //! keys with their TTL, the directory, presence watches, who is subscribed) and the in-memory
 //! store. Every cross-node message goes through its JSON encoding; interleavings come from a
-//! seed. What is left to `engine/src/cluster/` is the Redis commands themselves, tested end to
+//! seed. What is left to `engine/cluster/` is the Redis commands themselves, tested end to
 //! end in `engine/tests/e2e/cluster.rs`.
 
 use shardchat_codec::*;

@@ -9,10 +9,10 @@ mod rest;
 
 use crate::auth::{Authenticator, Identity};
 use crate::config::Config;
-use crate::runtime::bridge::{Bridge, BridgeOp, BridgeRequest};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use shardchat_bridge::{Bridge, BridgeOp, BridgeRequest};
 use shardchat_codec::{ErrorCode, FrameError, ServerFrame};
 use shardchat_storage::MessageStore;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -9,13 +9,13 @@
 //! exactly as a WebSocket client does after a disconnect, so nothing is missed.
 
 use super::{ApiError, ApiResult, Caller, Ctx};
-use crate::runtime::bridge::{BridgeOp, SessionBuf, SESSION_CONN_BASE};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use shardchat_bridge::{BridgeOp, SessionBuf, SESSION_CONN_BASE};
 use shardchat_codec::{decode_text, ErrorCode, FrameError, Limits};
 use std::sync::Arc;
 use std::time::Duration;

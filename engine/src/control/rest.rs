@@ -2,7 +2,6 @@
 //! conversations the caller belongs to (or belonged to, up to where they left).
 
 use super::{ApiError, ApiResult, Caller, Ctx};
-use crate::runtime::bridge::BridgeOp;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -10,6 +9,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use shardchat_bridge::BridgeOp;
 use shardchat_codec::{
     valid_conv_id, valid_user_id, ClientFrame, ErrorCode, FrameError, Limits, MsgKind, MsgRecord, ReceiptKind, ServerFrame,
     HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX,

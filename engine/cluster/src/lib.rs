@@ -39,9 +39,9 @@
 mod keys;
 mod state;
 
-use crate::health::Health;
-use crate::runtime::bridge::Bridge;
 use keys::*;
+use shardchat_bridge::health::Health;
+use shardchat_bridge::Bridge;
 use shardchat_link::liveness::{self, Liveness, Refreshed};
 use shardchat_link::routing::{self, Outgoing};
 use shardchat_shard::{Class, ConnRef, NodeId, PeerMsg, RemoteMsg};
