@@ -7,9 +7,9 @@
 //! (`engine/cluster/`) carries them over Redis pub/sub in batches, one channel per node, so
 //! what one node sends another arrives in the order it was sent.
 
-use crate::machine::PeerMsg;
 use crate::ops::{ConnRef, Op, RemoteOp};
 use crate::payload::{Class, Payload};
+use crate::peer::PeerMsg;
 use crate::route::{home_shard, owner_shard, ShardId};
 use shardchat_codec::{ErrorCode, FrameError, ServerFrame};
 use std::collections::BTreeMap;

@@ -1,0 +1,121 @@
+//! Scale: the scenario on one glommio executor per core (`--threads`), and across worker
+//! processes (`--procs`), whose reports the parent merges.
+
+use crate::*;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+/// Narrows `args` to share `k` of `n` (a worker process's or a thread's): its part of the
+/// connections, rate and ramp, under user names of its own.
+pub(crate) fn share(args: &mut Args, k: usize, n: usize, tag: &str) {
+    args.connections = args.connections / n + usize::from(k < args.connections % n);
+    args.rate = (args.rate / n as u64).max(1);
+    if args.ramp > 0 {
+        args.ramp = (args.ramp / n as u64).max(1);
+    }
+    args.prefix = format!("{}{tag}{k}-", args.prefix);
+}
+
+/// Connections made by this process's threads, and where they meet once all connected (the
+/// idle scenario weighs the server then).
+pub(crate) static CONNECTED_HERE: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) static ALL_CONNECTED: std::sync::OnceLock<std::sync::Barrier> = std::sync::OnceLock::new();
+
+/// Runs the scenario on `--threads` glommio executors, one pinned to each core, each with its
+/// share of the work, and merges their reports into `report`.
+pub(crate) fn run_threads(args: &Args, report: &mut Report) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = if args.threads > 0 { args.threads } else { (cores / args.procs).max(1) };
+    let _ = ALL_CONNECTED.set(std::sync::Barrier::new(threads));
+    let first_core = worker_index(args) * threads;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let mut a = args.clone();
+            share(&mut a, t, threads, "t");
+            a.thread = t;
+            a.threads = threads;
+            let mut r =
+                Report { scenario: report.scenario.clone(), server_rss_before_bytes: report.server_rss_before_bytes, ..Default::default() };
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed((first_core + t) % cores))
+                .name(&format!("loadgen-{t}"))
+                .spawn(move || async move {
+                    run_scenario(&a, &mut r).await;
+                    r
+                })
+                .expect("start a glommio executor (io_uring and locked memory, see tuning/)")
+        })
+        .collect();
+    for h in handles {
+        let r = h.join().expect("a load generator thread failed");
+        merge(report, r);
+    }
+}
+
+/// `K` of `--worker K/P` (0 outside workers).
+pub(crate) fn worker_index(args: &Args) -> usize {
+    args.worker.as_deref().and_then(|w| w.split_once('/')).and_then(|(k, _)| k.parse().ok()).unwrap_or(0)
+}
+
+/// Prefix of the lines a worker prints for its parent on stdout.
+pub(crate) const WORKER_CONNECTED: &str = "worker-connected ";
+
+pub(crate) const WORKER_REPORT: &str = "worker-report ";
+
+/// `--procs P`: runs P copies of this program as workers, each with 1/P of the connections and
+/// of the rate, and merges what they report.
+pub(crate) async fn parent(args: &Args, report: &mut Report) {
+    use tokio::io::AsyncBufReadExt;
+    let exe = std::env::current_exe().expect("own executable");
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let mut children = Vec::new();
+    for k in 0..args.procs {
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.args(&raw).arg("--worker").arg(format!("{k}/{}", args.procs));
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).kill_on_drop(true);
+        children.push(cmd.spawn().expect("start a worker"));
+    }
+    let pb = progress(args.procs as u64, "workers");
+    pb.set_message("connecting");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
+    for (k, child) in children.iter_mut().enumerate() {
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_line().await {
+                let _ = tx.send((k, l));
+            }
+        });
+    }
+    drop(tx);
+    let (mut connected, mut reported) = (0, 0);
+    while let Some((k, line)) = rx.recv().await {
+        if let Some(n) = line.strip_prefix(WORKER_CONNECTED) {
+            connected += 1;
+            pb.set_message(format!("{connected} of {} connected ({n} in worker {k})", args.procs));
+            if connected == args.procs && args.scenario == Scenario::Idle {
+                // Everyone holds their connections now: the moment to weigh the server.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                report.server_rss_after_bytes = args.server_pid.and_then(rss_bytes);
+            }
+        } else if let Some(json) = line.strip_prefix(WORKER_REPORT) {
+            match serde_json::from_str::<Report>(json) {
+                Ok(w) => merge(report, w),
+                Err(e) => eprintln!("worker {k}: unreadable report: {e}"),
+            }
+            reported += 1;
+            pb.inc(1);
+        }
+    }
+    pb.finish_with_message(format!("{reported} of {} reported", args.procs));
+    if reported < args.procs {
+        report.errors += (args.procs - reported) as u64;
+        eprintln!("{} worker(s) exited without a report", args.procs - reported);
+    }
+    if let (Some(a), Some(b)) = (report.server_rss_after_bytes, report.server_rss_before_bytes) {
+        report.server_bytes_per_connection = Some((a as f64 - b as f64) / report.connected.max(1) as f64);
+    }
+    if let Some(pid) = args.server_pid {
+        report.server_peak_rss_bytes = peak_rss_bytes(pid);
+    }
+}

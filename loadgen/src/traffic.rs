@@ -1,0 +1,306 @@
+//! The message scenarios (`direct`, `group:SIZE`): senders on an open-loop schedule, receivers
+//! checking seq contiguity, and the latency histograms they share.
+
+use crate::rt::Ws;
+use crate::*;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use shardchat_codec::{ClientFrame, MsgKind};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tungstenite::Message;
+
+/// Where a sender's messages go.
+pub(crate) enum Dest {
+    To(String),
+    Conv(String),
+}
+
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub(crate) sent: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) lost: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) latency: Mutex<Option<Histogram<u64>>>,
+    pub(crate) ack_latency: Mutex<Option<Histogram<u64>>>,
+    /// Deliveries in each second of the run.
+    pub(crate) series: Mutex<Vec<u64>>,
+    pub(crate) typing: AtomicU64,
+    pub(crate) receipts: AtomicU64,
+    pub(crate) presence: AtomicU64,
+    pub(crate) binary_frames: AtomicU64,
+}
+
+pub(crate) fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()
+}
+
+pub(crate) async fn direct(args: &Args, report: &mut Report) {
+    fanout(args, report, 2).await
+}
+
+/// Groups of `size` users (`size` 2: direct pairs); member 0 of each sends, the others receive.
+pub(crate) async fn fanout(args: &Args, report: &mut Report, size: usize) {
+    let groups = (args.connections / size).max(1);
+    let mut users = Vec::new();
+    for g in 0..groups {
+        for m in 0..size {
+            users.push(format!("{}g{g}m{m}", args.prefix));
+        }
+    }
+    let conns = connect_all(args, users, report).await;
+    let shared = Arc::new(Shared::with_histograms());
+    let per_sender_rate = (args.rate as f64 / groups as f64).max(0.001);
+    let interval = Duration::from_secs_f64(1.0 / per_sender_rate);
+    let total_per_sender = (per_sender_rate * args.duration as f64).round() as u64;
+    let body_pad = "x".repeat(args.payload.saturating_sub(24));
+    let mut conns = conns.into_iter();
+    let mut tasks = Vec::new();
+    let pb = progress(groups as u64, "groups");
+    let mut plans = Vec::new();
+    for g in 0..groups {
+        let members: Vec<Option<Ws>> = (0..size).map(|_| conns.next().flatten()).collect();
+        if members.iter().any(Option::is_none) {
+            continue;
+        }
+        let mut members: Vec<Ws> = members.into_iter().flatten().collect();
+        // Direct pairs use `to`; groups are created first and addressed by `conv`.
+        let (dest, first_seq) = if size == 2 {
+            (Dest::To(format!("{}g{g}m1", args.prefix)), 1)
+        } else {
+            let names: Vec<String> = (1..size).map(|m| format!("{}g{g}m{m}", args.prefix)).collect();
+            match create_group(&mut members[0], &names).await {
+                Some(conv) => (Dest::Conv(conv), 2),
+                None => {
+                    report.errors += 1;
+                    continue;
+                }
+            }
+        };
+        pb.inc(1);
+        plans.push((members, dest, first_seq));
+    }
+    pb.finish();
+    let start = Instant::now() + Duration::from_millis(200);
+    let receivers_per_group = (size - 1) as u64;
+    let n_plans = plans.len();
+    for (i, (mut members, dest, first_seq)) in plans.into_iter().enumerate() {
+        let sender_ws = members.remove(0);
+        let (sh, pad) = (shared.clone(), body_pad.clone());
+        // Spread the senders' phases over one interval so the aggregate rate is smooth.
+        let phase = interval.mul_f64(i as f64 / n_plans.max(1) as f64);
+        let schedule = Schedule { start: start + phase, interval, total: total_per_sender };
+        tasks.push(crate::rt::spawn(sender(sender_ws, dest, sh.clone(), pad, schedule, args.binary)));
+        for ws in members {
+            tasks.push(crate::rt::spawn(receiver(
+                ws,
+                sh.clone(),
+                total_per_sender,
+                first_seq,
+                start + Duration::from_secs(args.duration + 10),
+                args.binary,
+            )));
+        }
+    }
+    let pb = progress(total_per_sender * n_plans as u64 * receivers_per_group, "deliver");
+    let ticker = {
+        let sh = shared.clone();
+        let pb = pb.clone();
+        crate::rt::spawn(async move {
+            let (mut tick, mut last) = (0u64, 0u64);
+            loop {
+                glommio::timer::sleep(Duration::from_millis(200)).await;
+                let now = sh.delivered.load(Relaxed);
+                pb.set_position(now);
+                tick += 1;
+                if tick % 5 == 0 {
+                    sh.series.lock().unwrap().push(now - last);
+                    last = now;
+                }
+            }
+        })
+    };
+    for t in tasks {
+        t.await;
+    }
+    drop(ticker); // cancels it
+    pb.finish();
+    shared.finish(args, report, start);
+}
+
+impl Shared {
+    pub(crate) fn with_histograms() -> Self {
+        Shared { latency: Mutex::new(Some(hist())), ack_latency: Mutex::new(Some(hist())), ..Default::default() }
+    }
+
+    /// Moves the counters and histograms into the report once a run is over.
+    pub(crate) fn finish(&self, args: &Args, report: &mut Report, start: Instant) {
+        report.sent = self.sent.load(Relaxed);
+        report.acked = self.acked.load(Relaxed);
+        report.delivered = self.delivered.load(Relaxed);
+        report.duplicates = self.duplicates.load(Relaxed);
+        report.lost = self.lost.load(Relaxed);
+        report.errors += self.errors.load(Relaxed);
+        report.send_seconds = start.elapsed().as_secs_f64();
+        report.delivered_per_second = report.delivered as f64 / args.duration.max(1) as f64;
+        let lat = self.latency.lock().unwrap().take().unwrap_or_else(hist);
+        let ack = self.ack_latency.lock().unwrap().take().unwrap_or_else(hist);
+        report.hists = Some((lat, ack));
+        report.delivered_series = std::mem::take(&mut *self.series.lock().unwrap());
+        report.binary_frames_received = self.binary_frames.load(Relaxed);
+    }
+}
+
+/// Creates a group with `members` (the creator is added as admin) and returns its id.
+pub(crate) async fn create_group(ws: &mut Ws, members: &[String]) -> Option<String> {
+    let frame = serde_json::json!({"t":"group_create","name":"load","members":members,"ref":"lg"});
+    ws.send(Message::Text(frame.to_string().into())).await.ok()?;
+    loop {
+        let m = crate::rt::timeout(Duration::from_secs(30), ws.next()).await.ok()??.ok()?;
+        if let Message::Text(t) = m {
+            let v: serde_json::Value = serde_json::from_str(&t).ok()?;
+            if v["t"] == "group" && v["ref"] == "lg" {
+                return v["conv"].as_str().map(str::to_string);
+            }
+            if v["t"] == "error" {
+                eprintln!("group_create failed: {v}");
+                return None;
+            }
+        }
+    }
+}
+
+/// Sends `total` messages on a fixed schedule; the body carries the scheduled send time, so
+/// latency includes any time the schedule slipped (coordinated omission corrected).
+/// When a sender sends: `total` messages, one every `interval` from `start`.
+#[derive(Clone, Copy)]
+pub(crate) struct Schedule {
+    pub(crate) start: Instant,
+    pub(crate) interval: Duration,
+    pub(crate) total: u64,
+}
+
+impl Schedule {
+    /// When the last send is due.
+    pub(crate) fn end(&self) -> Instant {
+        self.start + self.interval.mul_f64(self.total as f64)
+    }
+
+    /// Walks the schedule open loop: see [`Ticks::next`].
+    pub(crate) fn ticks(self) -> Ticks {
+        Ticks { s: self, k: 0, wall0: None }
+    }
+}
+
+pub(crate) struct Ticks {
+    pub(crate) s: Schedule,
+    pub(crate) k: u64,
+    /// The wall clock at `start`, read once so stamps follow the schedule, not the clock's steps.
+    pub(crate) wall0: Option<u64>,
+}
+
+impl Ticks {
+    /// Waits until send `k` is due and gives `k` and its stamp: the wall-clock time it was due,
+    /// not when it happened, so a stalled sender or server shows up as latency (coordinated
+    /// omission corrected). `None` once all are sent.
+    pub(crate) async fn next(&mut self) -> Option<(u64, u64)> {
+        let k = self.k;
+        if k >= self.s.total {
+            return None;
+        }
+        let due = self.s.start + self.s.interval.mul_f64(k as f64);
+        crate::rt::sleep_until(due).await;
+        let wall0 = *self.wall0.get_or_insert_with(now_us);
+        self.k += 1;
+        Some((k, wall0 + due.saturating_duration_since(self.s.start).as_micros() as u64))
+    }
+}
+
+pub(crate) async fn sender(ws: Ws, dest: Dest, sh: Arc<Shared>, pad: String, schedule: Schedule, binary: bool) {
+    let total = schedule.total;
+    let (mut tx, mut rx) = ws.split();
+    let sh2 = sh.clone();
+    let acks = crate::rt::spawn(async move {
+        let mut local = hist();
+        let mut n = 0;
+        while n < total {
+            match crate::rt::timeout(Duration::from_secs(30), rx.next()).await {
+                Ok(Some(Ok(m))) => {
+                    let Some(v) = frame_json(&m) else { continue };
+                    if v["t"] == "ack" {
+                        n += 1;
+                        sh2.acked.fetch_add(1, Relaxed);
+                        if let Some(sent) = v["cmid"].as_str().and_then(|c| c.split(':').nth(1)).and_then(|s| s.parse::<u64>().ok()) {
+                            let _ = local.record(now_us().saturating_sub(sent).max(1));
+                        }
+                    } else if v["t"] == "error" {
+                        sh2.errors.fetch_add(1, Relaxed);
+                        n += 1;
+                    }
+                }
+                _ => break,
+            }
+        }
+        sh2.ack_latency.lock().unwrap().as_mut().unwrap().add(&local).unwrap();
+    });
+    let mut ticks = schedule.ticks();
+    while let Some((i, stamp)) = ticks.next().await {
+        let (to, conv) = match &dest {
+            Dest::To(u) => (Some(u.clone()), None),
+            Dest::Conv(c) => (None, Some(c.clone())),
+        };
+        let frame = ClientFrame::Send { cmid: format!("{i}:{stamp}"), to, conv, body: format!("{stamp}|{pad}"), kind: MsgKind::Text };
+        if tx.send(client_msg(&frame, binary)).await.is_err() {
+            sh.errors.fetch_add(1, Relaxed);
+            break;
+        }
+        sh.sent.fetch_add(1, Relaxed);
+    }
+    let _ = acks.await;
+}
+
+/// Receives until `total` messages arrived or the deadline; checks seq contiguity from
+/// `first_seq` (system messages, like a group's creation, are not counted).
+pub(crate) async fn receiver(ws: Ws, sh: Arc<Shared>, total: u64, first_seq: u64, deadline: Instant, binary: bool) {
+    let (mut tx, mut rx) = ws.split();
+    if binary {
+        // The server answers in the encoding a connection last spoke: speak rkyv once.
+        let _ = tx.send(client_msg(&ClientFrame::Ping { r#ref: None }, true)).await;
+    }
+    let mut local = hist();
+    let mut next_seq = first_seq;
+    let mut got = 0u64;
+    while got < total {
+        let m = match crate::rt::timeout_at(deadline, rx.next()).await {
+            Ok(Some(Ok(m))) => m,
+            _ => break,
+        };
+        if m.is_binary() {
+            sh.binary_frames.fetch_add(1, Relaxed);
+        }
+        // The hot path of every scenario: read just the fields it needs, not a whole JSON tree
+        // (that made the load generator spend more CPU than the server it measured).
+        let Some((seq, sent)) = delivered_msg(&m) else { continue };
+        if seq < next_seq {
+            sh.duplicates.fetch_add(1, Relaxed);
+            continue;
+        }
+        if seq > next_seq {
+            sh.lost.fetch_add(seq - next_seq, Relaxed);
+        }
+        next_seq = seq + 1;
+        got += 1;
+        sh.delivered.fetch_add(1, Relaxed);
+        if let Some(sent) = sent {
+            let _ = local.record(now_us().saturating_sub(sent).max(1));
+        }
+    }
+    if got < total {
+        sh.lost.fetch_add(total - got, Relaxed);
+    }
+    sh.latency.lock().unwrap().as_mut().unwrap().add(&local).unwrap();
+}
