@@ -6,274 +6,217 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// Settings of `shardchat serve`, as the engine uses them.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    pub listen: SocketAddr,
-    /// The control plane (REST, health, metrics); None turns it off.
-    pub http: Option<SocketAddr>,
-    pub data_dir: PathBuf,
-    /// Cluster mode: the Redis that holds node liveness and the user directory (`redis://…`).
-    pub cluster: Option<String>,
-    /// Where messages live: None for the embedded store in `data_dir`, or a `scylla://` URI.
-    pub store: Option<String>,
-    /// Shards (executor threads); 0 means one per available core.
-    pub shards: usize,
-    pub node_id: usize,
-    pub dev_auth: bool,
-    pub jwt_secret: Option<String>,
+/// Every plain setting of `shardchat serve`, once: its doc (also its `--help`), its type and its
+/// default. From this table come the [`Config`] field, its default, the `--flag` (an override
+/// of the file's value when given) and the TOML key (the field's name); `--help` shows the
+/// default ([`ServeArgs::show_defaults`]). The settings that are not plain (`http` with
+/// `--no-http`, the URLs that default to none, the secret read from the environment, the
+/// development flag) are written out beside the table.
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr; )*) => {
+        /// Settings of `shardchat serve`, as the engine uses them.
+        #[derive(Clone, Debug, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Config {
+            /// The control plane (REST, health, metrics); None turns it off.
+            pub http: Option<SocketAddr>,
+            /// Cluster mode: the Redis that holds node liveness and the user directory (`redis://…`).
+            pub cluster: Option<String>,
+            /// Where messages live: None for the embedded store in `data_dir`, or a `scylla://` URI.
+            pub store: Option<String>,
+            pub dev_auth: bool,
+            pub jwt_secret: Option<String>,
+            /// Webhook (http://) that receives push notifications for offline users.
+            pub push_webhook: Option<String>,
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config {
+                    http: Some("127.0.0.1:7701".parse().expect("valid literal")),
+                    cluster: None,
+                    store: None,
+                    dev_auth: false,
+                    jwt_secret: None,
+                    push_webhook: None,
+                    $( $name: $default, )*
+                }
+            }
+        }
+
+        /// Flags of `shardchat serve`. Each overrides the config file's value when given.
+        #[derive(Args, Debug, Default)]
+        pub struct ServeArgs {
+            /// TOML file with any of the settings below (snake_case keys).
+            #[arg(long, value_name = "FILE")]
+            pub config: Option<PathBuf>,
+            /// Address of the control plane: REST API, /healthz, /readyz, /metrics. [default: 127.0.0.1:7701]
+            #[arg(long)]
+            pub http: Option<SocketAddr>,
+            /// Run without the control plane.
+            #[arg(long, conflicts_with = "http")]
+            pub no_http: bool,
+            /// Cluster mode: Redis (`redis://HOST:PORT[/DB]`) for node liveness and the user → nodes
+            /// directory. Each node needs its own --node-id.
+            #[arg(long, value_name = "URL")]
+            pub cluster: Option<String>,
+            /// Message store: `scylla://HOST[:PORT][,HOST…]/KEYSPACE[?consistency=quorum]` for ScyllaDB
+            /// (apply the schema first with `shardchat migrate`); without it, the embedded store in --data-dir.
+            #[arg(long, value_name = "URI")]
+            pub store: Option<String>,
+            /// DEVELOPMENT ONLY: accept `?user=&device=` without a token.
+            #[arg(long)]
+            pub dev_auth: bool,
+            /// HS256 secret that client JWTs are signed with.
+            #[arg(long, env = "SHARDCHAT_JWT_SECRET", hide_env_values = true)]
+            pub jwt_secret: Option<String>,
+            /// Push notifications for offline users are POSTed here (http://; batched, retried, durable).
+            #[arg(long, value_name = "URL")]
+            pub push_webhook: Option<String>,
+            $( $(#[doc = $doc])* #[arg(long)] pub $name: Option<$ty>, )*
+        }
+
+        impl ServeArgs {
+            /// `serve`'s command with every plain setting's default appended to its help, from
+            /// [`Config::default`] (so the help cannot disagree with the defaults).
+            pub fn show_defaults(cmd: clap::Command) -> clap::Command {
+                let d = Config::default();
+                let mut cmd = cmd;
+                $(
+                    let shown = show(&d.$name);
+                    cmd = cmd.mut_arg(stringify!($name), |a| {
+                        let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                        a.help(format!("{help} [default: {shown}]"))
+                    });
+                )*
+                cmd
+            }
+        }
+
+        impl Config {
+            /// The flags given in `args` over `self`.
+            fn overlay(&mut self, args: &ServeArgs) {
+                $( if let Some(v) = &args.$name { self.$name = v.clone(); } )*
+                if args.http.is_some() {
+                    self.http = args.http;
+                }
+                if args.no_http {
+                    self.http = None;
+                }
+                if args.push_webhook.is_some() {
+                    self.push_webhook = args.push_webhook.clone();
+                }
+                if args.cluster.is_some() {
+                    self.cluster = args.cluster.clone();
+                }
+                if args.store.is_some() {
+                    self.store = args.store.clone();
+                }
+                if args.jwt_secret.is_some() {
+                    self.jwt_secret = args.jwt_secret.clone();
+                }
+                self.dev_auth |= args.dev_auth;
+            }
+        }
+    };
+}
+
+/// A default as `--help` shows it: paths and addresses without their quotes.
+fn show(v: &dyn std::fmt::Debug) -> String {
+    format!("{v:?}").trim_matches('"').to_string()
+}
+
+settings! {
+    /// Address the WebSocket listener binds (every shard binds it with SO_REUSEPORT).
+    listen: SocketAddr = "127.0.0.1:7700".parse().expect("valid literal");
+    /// Directory of the embedded store (and of the search index, whatever the store).
+    data_dir: PathBuf = PathBuf::from("./data");
+    /// Number of shards (one thread each, pinned); 0: one per core.
+    shards: usize = 0;
+    /// This node's id (0..16): part of every message id.
+    node_id: usize = 0;
     /// Clock skew tolerated on token times (`exp`, `nbf`), in seconds; a connection is closed
     /// (1008) when its token's `exp` plus this has passed.
-    pub jwt_leeway_s: u64,
-    pub heartbeat_timeout_ms: u64,
-    pub handshake_timeout_ms: u64,
-    /// How long a group-commit leader waits for more writers before its fsync.
-    pub commit_interval_us: u64,
-    pub body_bytes_max: usize,
-    /// A connection whose unsent frames exceed this is closed (1013) and resyncs on reconnect.
-    pub outbound_queue_bytes_max: usize,
-    /// The read buffer of each shard (connections own none): the most one read takes.
-    pub shard_read_buffer_bytes: usize,
+    jwt_leeway_s: u64 = crate::auth::JWT_LEEWAY_S_DEFAULT;
+    /// Close connections silent for longer than this many ms.
+    heartbeat_timeout_ms: u64 = 60_000;
+    /// Close connections that have not finished the upgrade within this many ms.
+    handshake_timeout_ms: u64 = 10_000;
+    /// Group commit: how long a leader waits for more writers before each fsync, in µs.
+    commit_interval_us: u64 = 0;
+    /// Largest message body in bytes.
+    body_bytes_max: usize = shardchat_codec::BODY_BYTES_MAX_DEFAULT;
+    /// A connection whose unsent frames exceed this many bytes is closed (1013) and resyncs on
+    /// reconnect.
+    outbound_queue_bytes_max: usize = 4 * 1024 * 1024;
+    /// The read buffer of each shard in bytes (connections own none): the most one read takes.
+    shard_read_buffer_bytes: usize = 64 * 1024;
     /// Queued frames are encoded into one write of about this many bytes.
-    pub write_batch_bytes: usize,
-    /// How long an idle executor spins before parking: trades CPU for cross-shard wake-up latency.
-    pub spin_before_park_us: u64,
+    write_batch_bytes: usize = 64 * 1024;
+    /// How long an idle executor spins before parking, in µs: trades CPU for cross-shard
+    /// wake-up latency.
+    spin_before_park_us: u64 = 50;
     /// Blocking threads per shard for storage jobs (commits and reads).
-    pub storage_threads_per_shard: usize,
+    storage_threads_per_shard: usize = 2;
     /// Ops waiting on one owner shard for its next commit (a commit runs at a time): when the
     /// disk lags, sends beyond this get `unavailable` instead of queueing without bound.
-    pub owner_pending_ops_max: usize,
-    /// New connections a second from one source address, for the whole host (0: unlimited).
-    /// Off by default: clients behind one NAT or proxy share an address.
-    pub connect_rate_per_ip_per_s: u32,
-    /// Per connection: sustained `send`s and group changes a second (0: unlimited), and the burst.
-    pub send_rate_per_s: u32,
-    pub send_burst: u32,
-    /// Per connection: sustained `history` reads a second (0: unlimited), and the burst.
-    pub history_rate_per_s: u32,
-    pub history_burst: u32,
-    /// Per connection: sustained `presence_sub`/`presence_unsub` frames a second (0: unlimited),
-    /// and the burst.
-    pub presence_rate_per_s: u32,
-    pub presence_burst: u32,
-    /// Presence subscriptions one connection may hold at once.
-    pub presence_subs_per_conn_max: usize,
-    /// One `typing` per user and conversation per this interval is relayed, the rest dropped.
-    pub typing_interval_ms: u64,
-    /// Per user, all of their connections on a node together: sustained `send`s and group
-    /// changes a second (0: unlimited), and the burst.
-    pub user_send_rate_per_s: u32,
-    pub user_send_burst: u32,
-    /// Per user, all of their connections on a node together: sustained `history` reads a
-    /// second (0: unlimited), and the burst.
-    pub user_history_rate_per_s: u32,
-    pub user_history_burst: u32,
-    /// Per user, all of their connections on a node together: sustained presence subscription
-    /// changes a second (0: unlimited), and the burst.
-    pub user_presence_rate_per_s: u32,
-    pub user_presence_burst: u32,
-    /// Webhook (http://) that receives push notifications for offline users.
-    pub push_webhook: Option<String>,
-    /// WebSocket connections the engine holds at once, handshakes included (0: derived from the
-    /// descriptor limit, leaving [`Config::fd_reserve`] descriptors for the store, the search
-    /// index, Redis and the control plane). More are closed at once, before reading anything.
-    pub connections_max: usize,
-    /// Of `connections_max`, those still in their handshake (no request head read and
-    /// authenticated yet) at once (0: a quarter of `connections_max`); a shard holding its share
-    /// closes its oldest handshake to make room, so connections that never speak cannot crowd out
-    /// clients that do.
-    pub handshakes_max: usize,
+    owner_pending_ops_max: usize = 100_000;
+    /// New connections a second from one source address, for the whole host (0: unlimited); more
+    /// get 429. Off by default: clients behind one NAT or proxy share an address.
+    connect_rate_per_ip_per_s: u32 = 0;
+    /// Per connection: sends and group changes a second, sustained (0: unlimited); more get
+    /// `rate_limited`.
+    send_rate_per_s: u32 = 200;
+    /// Per connection: sends allowed at once above the sustained rate.
+    send_burst: u32 = 1000;
+    /// Per connection: history reads a second, sustained (0: unlimited).
+    history_rate_per_s: u32 = 50;
+    /// Per connection: history reads allowed at once.
+    history_burst: u32 = 100;
+    /// Per connection: presence_sub/presence_unsub frames a second, sustained (0: unlimited);
+    /// more get `rate_limited`.
+    presence_rate_per_s: u32 = 20;
+    /// Per connection: presence subscription changes allowed at once.
+    presence_burst: u32 = 100;
+    /// Presence subscriptions one connection may hold at once; more get `rate_limited`.
+    presence_subs_per_conn_max: usize = 1024;
+    /// One `typing` per user and conversation per this many ms is relayed, the rest dropped.
+    typing_interval_ms: u64 = 2_000;
+    /// Per user, all of their connections on a node together: sends and group changes a second,
+    /// sustained (0: unlimited).
+    user_send_rate_per_s: u32 = 400;
+    /// Per user: sends allowed at once above the sustained rate.
+    user_send_burst: u32 = 2000;
+    /// Per user, all of their connections on a node together: history reads a second, sustained
+    /// (0: unlimited).
+    user_history_rate_per_s: u32 = 100;
+    /// Per user: history reads allowed at once.
+    user_history_burst: u32 = 200;
+    /// Per user, all of their connections on a node together: presence subscription changes a
+    /// second, sustained (0: unlimited).
+    user_presence_rate_per_s: u32 = 40;
+    /// Per user: presence subscription changes allowed at once.
+    user_presence_burst: u32 = 200;
+    /// WebSocket connections the engine holds at once, handshakes included (0: the descriptor
+    /// limit less a reserve for the store, the search index, Redis and the control plane). More
+    /// are closed at once, before reading anything.
+    connections_max: usize = 0;
+    /// Of `connections_max`, those still in their handshake at once (0: a quarter of the
+    /// connection bound); a shard holding its share closes its oldest handshake to make room, so
+    /// connections that never speak cannot crowd out clients that do.
+    handshakes_max: usize = 0;
     /// Connections the control plane (REST, long-poll, metrics) holds at once.
-    pub http_connections_max: usize,
+    http_connections_max: usize = 1024;
     /// Bytes one shard holds for partial messages (frames split across reads, fragmented
     /// messages) of all its connections together; the connection that goes past it is closed
     /// (1013).
-    pub partial_bytes_per_shard_max: usize,
+    partial_bytes_per_shard_max: usize = 64 * 1024 * 1024;
     /// A message must complete within this many ms of its first byte, whatever else (pings) the
     /// client sends meanwhile; else its connection is closed (1008).
-    pub message_complete_timeout_ms: u64,
+    message_complete_timeout_ms: u64 = 10_000;
     /// Long-poll sessions one user may hold at once; a new one beyond it ends their oldest.
-    pub poll_sessions_per_user_max: usize,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: "127.0.0.1:7700".parse().expect("valid literal"),
-            http: Some("127.0.0.1:7701".parse().expect("valid literal")),
-            data_dir: PathBuf::from("./data"),
-            store: None,
-            cluster: None,
-            shards: 0,
-            node_id: 0,
-            dev_auth: false,
-            jwt_secret: None,
-            jwt_leeway_s: crate::auth::JWT_LEEWAY_S_DEFAULT,
-            heartbeat_timeout_ms: 60_000,
-            handshake_timeout_ms: 10_000,
-            commit_interval_us: 0,
-            body_bytes_max: shardchat_codec::BODY_BYTES_MAX_DEFAULT,
-            outbound_queue_bytes_max: 4 * 1024 * 1024,
-            shard_read_buffer_bytes: 64 * 1024,
-            write_batch_bytes: 64 * 1024,
-            spin_before_park_us: 50,
-            storage_threads_per_shard: 2,
-            owner_pending_ops_max: 100_000,
-            push_webhook: None,
-            connect_rate_per_ip_per_s: 0,
-            send_rate_per_s: 200,
-            send_burst: 1000,
-            history_rate_per_s: 50,
-            history_burst: 100,
-            presence_rate_per_s: 20,
-            presence_burst: 100,
-            presence_subs_per_conn_max: 1024,
-            typing_interval_ms: 2_000,
-            user_send_rate_per_s: 400,
-            user_send_burst: 2000,
-            user_history_rate_per_s: 100,
-            user_history_burst: 200,
-            user_presence_rate_per_s: 40,
-            user_presence_burst: 200,
-            connections_max: 0,
-            handshakes_max: 0,
-            http_connections_max: 1024,
-            partial_bytes_per_shard_max: 64 * 1024 * 1024,
-            message_complete_timeout_ms: 10_000,
-            poll_sessions_per_user_max: 8,
-        }
-    }
-}
-
-/// Flags of `shardchat serve`. Each overrides the config file's value when given.
-#[derive(Args, Debug, Default)]
-pub struct ServeArgs {
-    /// TOML file with any of the settings below (snake_case keys).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address the WebSocket listener binds (every shard binds it with SO_REUSEPORT). [default: 127.0.0.1:7700]
-    #[arg(long)]
-    pub listen: Option<SocketAddr>,
-    /// Address of the control plane: REST API, /healthz, /readyz, /metrics. [default: 127.0.0.1:7701]
-    #[arg(long)]
-    pub http: Option<SocketAddr>,
-    /// Run without the control plane.
-    #[arg(long, conflicts_with = "http")]
-    pub no_http: bool,
-    /// Directory of the embedded store. [default: ./data]
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// Cluster mode: Redis (`redis://HOST:PORT[/DB]`) for node liveness and the user → nodes
-    /// directory. Each node needs its own --node-id.
-    #[arg(long, value_name = "URL")]
-    pub cluster: Option<String>,
-    /// Message store: `scylla://HOST[:PORT][,HOST…]/KEYSPACE[?consistency=quorum]` for ScyllaDB
-    /// (apply the schema first with `shardchat migrate`); without it, the embedded store in --data-dir.
-    #[arg(long, value_name = "URI")]
-    pub store: Option<String>,
-    /// Number of shards (one thread each, pinned); default one per core.
-    #[arg(long)]
-    pub shards: Option<usize>,
-    /// This node's id (0..16): part of every message id.
-    #[arg(long)]
-    pub node_id: Option<usize>,
-    /// DEVELOPMENT ONLY: accept `?user=&device=` without a token.
-    #[arg(long)]
-    pub dev_auth: bool,
-    /// HS256 secret that client JWTs are signed with.
-    #[arg(long, env = "SHARDCHAT_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
-    /// Clock skew tolerated on token times, in seconds; connections close when exp + this passes. [default: 30]
-    #[arg(long)]
-    pub jwt_leeway_s: Option<u64>,
-    /// Close connections silent for longer than this. [default: 60000]
-    #[arg(long)]
-    pub heartbeat_timeout_ms: Option<u64>,
-    /// Close connections that have not finished the upgrade within this. [default: 10000]
-    #[arg(long)]
-    pub handshake_timeout_ms: Option<u64>,
-    /// Group commit: wait this long for more writers before each fsync. [default: 0]
-    #[arg(long)]
-    pub commit_interval_us: Option<u64>,
-    /// Largest message body in bytes. [default: 65536]
-    #[arg(long)]
-    pub body_bytes_max: Option<usize>,
-    /// Per-connection outbound queue bound in bytes. [default: 4194304]
-    #[arg(long)]
-    pub outbound_queue_bytes_max: Option<usize>,
-    /// Push notifications for offline users are POSTed here (http://; batched, retried, durable).
-    #[arg(long, value_name = "URL")]
-    pub push_webhook: Option<String>,
-    /// New connections a second from one source address (0: unlimited); more get 429. [default: 0]
-    #[arg(long)]
-    pub connect_rate_per_ip_per_s: Option<u32>,
-    /// Per connection: sends and group changes a second, sustained (0: unlimited); more get `rate_limited`. [default: 200]
-    #[arg(long)]
-    pub send_rate_per_s: Option<u32>,
-    /// Per connection: sends allowed at once above the sustained rate. [default: 1000]
-    #[arg(long)]
-    pub send_burst: Option<u32>,
-    /// Per connection: history reads a second, sustained (0: unlimited). [default: 50]
-    #[arg(long)]
-    pub history_rate_per_s: Option<u32>,
-    /// Per connection: history reads allowed at once. [default: 100]
-    #[arg(long)]
-    pub history_burst: Option<u32>,
-    /// Per connection: presence_sub/presence_unsub frames a second, sustained (0: unlimited); more get `rate_limited`. [default: 20]
-    #[arg(long)]
-    pub presence_rate_per_s: Option<u32>,
-    /// Per connection: presence subscription changes allowed at once. [default: 100]
-    #[arg(long)]
-    pub presence_burst: Option<u32>,
-    /// Presence subscriptions one connection may hold; more get `rate_limited`. [default: 1024]
-    #[arg(long)]
-    pub presence_subs_per_conn_max: Option<usize>,
-    /// One typing notice per user and conversation per this interval is relayed, the rest dropped. [default: 2000]
-    #[arg(long)]
-    pub typing_interval_ms: Option<u64>,
-    /// Per user (all of their connections together): sends and group changes a second, sustained (0: unlimited). [default: 400]
-    #[arg(long)]
-    pub user_send_rate_per_s: Option<u32>,
-    /// Per user: sends allowed at once above the sustained rate. [default: 2000]
-    #[arg(long)]
-    pub user_send_burst: Option<u32>,
-    /// Ops queued on one owner shard while its commit runs (a slow disk backs them up); more get `unavailable`. [default: 100000]
-    #[arg(long)]
-    pub owner_pending_ops_max: Option<usize>,
-    /// Per user (all of their connections together): history reads a second, sustained (0: unlimited). [default: 100]
-    #[arg(long)]
-    pub user_history_rate_per_s: Option<u32>,
-    /// Per user: history reads allowed at once. [default: 200]
-    #[arg(long)]
-    pub user_history_burst: Option<u32>,
-    /// Per user (all of their connections together): presence subscription changes a second, sustained (0: unlimited). [default: 40]
-    #[arg(long)]
-    pub user_presence_rate_per_s: Option<u32>,
-    /// Per user: presence subscription changes allowed at once. [default: 200]
-    #[arg(long)]
-    pub user_presence_burst: Option<u32>,
-    /// Idle executors spin this long before parking. [default: 50]
-    #[arg(long)]
-    pub spin_before_park_us: Option<u64>,
-    /// WebSocket connections held at once, handshakes included; more are closed at once (0: the descriptor limit less a reserve for the store, index, Redis and HTTP). [default: 0]
-    #[arg(long)]
-    pub connections_max: Option<usize>,
-    /// Connections still in their handshake held at once (0: a quarter of the connection bound); beyond it the oldest handshake is closed. [default: 0]
-    #[arg(long)]
-    pub handshakes_max: Option<usize>,
-    /// Control plane (REST, long-poll, metrics) connections held at once. [default: 1024]
-    #[arg(long)]
-    pub http_connections_max: Option<usize>,
-    /// Bytes one shard holds for unfinished messages of all its connections; the connection going past it is closed (1013). [default: 67108864]
-    #[arg(long)]
-    pub partial_bytes_per_shard_max: Option<usize>,
-    /// A message must complete within this many ms of its first byte (pings do not extend it); else 1008. [default: 10000]
-    #[arg(long)]
-    pub message_complete_timeout_ms: Option<u64>,
-    /// Long-poll sessions per user; a new one beyond it ends the user's oldest. [default: 8]
-    #[arg(long)]
-    pub poll_sessions_per_user_max: Option<usize>,
+    poll_sessions_per_user_max: usize = 8;
 }
 
 impl Config {
@@ -286,63 +229,7 @@ impl Config {
             }
             None => Config::default(),
         };
-        macro_rules! over {
-            ($($f:ident),*) => {$( if let Some(v) = &args.$f { c.$f = v.clone(); } )*};
-        }
-        over!(
-            listen,
-            data_dir,
-            shards,
-            node_id,
-            jwt_leeway_s,
-            heartbeat_timeout_ms,
-            handshake_timeout_ms,
-            commit_interval_us,
-            body_bytes_max,
-            outbound_queue_bytes_max,
-            spin_before_park_us,
-            connect_rate_per_ip_per_s,
-            send_rate_per_s,
-            send_burst,
-            history_rate_per_s,
-            history_burst,
-            user_send_rate_per_s,
-            user_send_burst,
-            owner_pending_ops_max,
-            presence_rate_per_s,
-            presence_burst,
-            presence_subs_per_conn_max,
-            typing_interval_ms,
-            user_history_rate_per_s,
-            user_history_burst,
-            user_presence_rate_per_s,
-            user_presence_burst,
-            connections_max,
-            handshakes_max,
-            http_connections_max,
-            partial_bytes_per_shard_max,
-            message_complete_timeout_ms,
-            poll_sessions_per_user_max
-        );
-        if args.http.is_some() {
-            c.http = args.http;
-        }
-        if args.no_http {
-            c.http = None;
-        }
-        if args.push_webhook.is_some() {
-            c.push_webhook = args.push_webhook.clone();
-        }
-        if args.cluster.is_some() {
-            c.cluster = args.cluster.clone();
-        }
-        if args.store.is_some() {
-            c.store = args.store.clone();
-        }
-        if args.jwt_secret.is_some() {
-            c.jwt_secret = args.jwt_secret.clone();
-        }
-        c.dev_auth |= args.dev_auth;
+        c.overlay(args);
         if c.shards == 0 {
             c.shards = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         }
@@ -478,6 +365,20 @@ mod tests {
         assert_eq!((c.listen.port(), c.shards, c.body_bytes_max, c.dev_auth), (9000, 2, 1000, true));
         std::fs::write(&path, "nonsense = 1\n").unwrap();
         assert!(Config::load(&args).unwrap_err().contains("unknown field"));
+    }
+
+    #[test]
+    fn every_plain_setting_is_a_flag_whose_help_shows_the_default() {
+        use clap::Args as _;
+        let cmd = ServeArgs::show_defaults(ServeArgs::augment_args(clap::Command::new("serve")));
+        let help = |id: &str| cmd.get_arguments().find(|a| a.get_id() == id).and_then(|a| a.get_help()).map(|h| h.to_string());
+        assert!(help("heartbeat_timeout_ms").unwrap().ends_with("[default: 60000]"));
+        assert!(help("data_dir").unwrap().ends_with("[default: ./data]"));
+        assert!(help("partial_bytes_per_shard_max").unwrap().ends_with(&format!("[default: {}]", 64 << 20)));
+        // A flag given overrides the default; one not given leaves it.
+        let args = ServeArgs { storage_threads_per_shard: Some(5), dev_auth: true, ..Default::default() };
+        let c = Config::load(&args).unwrap();
+        assert_eq!((c.storage_threads_per_shard, c.write_batch_bytes), (5, Config::default().write_batch_bytes));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `shardchat`: the command line.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use shardchat::config::{Config, ServeArgs};
 
 /// jemalloc, for density: at 15,000 idle connections (about 1.55 KiB of live heap each) RSS grew
@@ -52,7 +52,9 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()))
         .with_target(false)
         .init();
-    let cli = Cli::parse();
+    // `serve --help` shows each setting's default, taken from the defaults themselves.
+    let matches = Cli::command().mut_subcommand("serve", ServeArgs::show_defaults).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.cmd {
         Cmd::Serve(args) => Config::load(&args).and_then(shardchat::runtime::serve),
         Cmd::Migrate(args) => migrate(args),
