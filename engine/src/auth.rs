@@ -122,7 +122,7 @@ mod tests {
     }
 
     fn now() -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+        shardchat_bridge::clock::unix_ms() / 1000
     }
 
     #[test]

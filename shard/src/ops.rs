@@ -45,6 +45,18 @@ pub struct SendOp {
     pub ts: u64,
 }
 
+/// The id and time of an op no owner has accepted yet: the owner assigns both on acceptance,
+/// so ids follow acceptance order.
+pub const UNASSIGNED: u64 = 0;
+
+impl SendOp {
+    /// A send as a home shard (or the bridge) hands it to the owner: id and time unassigned.
+    pub fn new(reply_to: ConnRef, user: String, cmid: String, target: Target, body: String, kind: MsgKind) -> SendOp {
+        let conv = target.conv(&user);
+        SendOp { reply_to, user, cmid, conv, target, body, kind, id: UNASSIGNED, ts: UNASSIGNED }
+    }
+}
+
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MarkOp {
     pub reply_to: ConnRef,
@@ -74,6 +86,14 @@ pub struct GroupOp {
     /// Id and time of the system message that records the change (assigned on acceptance).
     pub id: u64,
     pub ts: u64,
+}
+
+impl GroupOp {
+    /// A group change as a home shard (or the bridge) hands it to the owner: the id and time of
+    /// the system message that will record it unassigned.
+    pub fn new(reply_to: ConnRef, user: String, conv: String, change: GroupChange, r#ref: Option<Ref>) -> GroupOp {
+        GroupOp { reply_to, user, conv, change, r#ref, id: UNASSIGNED, ts: UNASSIGNED }
+    }
 }
 
 /// Everything an owner shard's commit job does: the five ops about a conversation (what a

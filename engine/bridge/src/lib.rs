@@ -9,6 +9,7 @@
 //! `engine/src/runtime/bridge.rs`: it takes what arrives here to the shards and their answers
 //! back.
 
+pub mod clock;
 pub mod health;
 
 use shardchat_codec::{MsgKind, ServerFrame};

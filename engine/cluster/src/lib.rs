@@ -40,6 +40,7 @@ mod keys;
 mod state;
 
 use keys::*;
+use shardchat_bridge::clock::unix_ms;
 use shardchat_bridge::health::Health;
 use shardchat_bridge::Bridge;
 use shardchat_link::liveness::{self, Liveness, Refreshed};
@@ -705,10 +706,6 @@ async fn subscribe(client: redis::Client, cfg: ClusterConfig, bridge: Arc<Mutex<
 
 fn me16(node: usize) -> NodeId {
     node as NodeId
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// A store call off the link's thread (store calls block; the ScyllaDB backend runs its own

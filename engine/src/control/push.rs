@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use shardchat_shard::read::unavailable;
 use shardchat_storage::PushEntry;
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How often the outbox is scanned.
 const PUSH_SCAN_MS: u64 = 250;
@@ -38,9 +38,7 @@ const PUSH_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const PUSH_BACKOFF_MIN_MS: u64 = 250;
 const PUSH_BACKOFF_MAX_MS: u64 = 60_000;
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use shardchat_bridge::clock::unix_ms as now_ms;
 
 /// One user's notification from their outbox entries.
 fn notification(user: &str, entries: &[PushEntry], names: &BTreeMap<String, String>) -> Value {

@@ -19,7 +19,6 @@ use std::os::fd::FromRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 struct Waiting {
     remaining: usize,
@@ -154,19 +153,18 @@ pub async fn run(me: usize, shards: usize, node: usize, mesh: MeshBuilder<Wire, 
                 st.conns.insert(c, req_id);
                 ConnRef { node, shard: me, conn: c }
             };
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+            let now = shardchat_bridge::clock::unix_ms();
             let user = req.user;
             let msgs: Vec<(usize, PeerMsg)> = match req.op {
                 BridgeOp::Send { conv, cmid, body, kind } => {
                     let reply_to = conn();
-                    let op =
-                        SendOp { reply_to, user, cmid, target: Target::Conv(conv.clone()), conv: conv.clone(), body, kind, id: 0, ts: 0 };
+                    let op = SendOp::new(reply_to, user, cmid, Target::Conv(conv.clone()), body, kind);
                     vec![(owner_shard(&conv, shards), PeerMsg::Op(Op::Send(op)))]
                 }
                 BridgeOp::Group { conv, change } => {
                     let conv = conv.unwrap_or_else(|| format!("g:{}", ids.next(now)));
                     let reply_to = conn();
-                    let op = GroupOp { reply_to, user, conv: conv.clone(), change, r#ref: None, id: 0, ts: 0 };
+                    let op = GroupOp::new(reply_to, user, conv.clone(), change, None);
                     vec![(owner_shard(&conv, shards), PeerMsg::Op(Op::Group(op)))]
                 }
                 BridgeOp::ReceiptQuery { conv, seq } => {

@@ -18,7 +18,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Messages waiting in one shard's outboxes beyond which its connections stop reading client
 /// frames until the flusher catches up: backpressure reaches the clients through TCP instead of
@@ -100,7 +100,7 @@ pub struct Driver {
 }
 
 fn now(started: Instant) -> Now {
-    let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let unix_ms = shardchat_bridge::clock::unix_ms();
     Now { unix_ms, mono_ms: started.elapsed().as_millis() as u64 }
 }
 

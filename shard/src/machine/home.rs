@@ -125,9 +125,7 @@ impl Shard {
                     (None, Some(conv)) => Target::Conv(conv),
                     (None, None) => unreachable!("validated by the codec"),
                 };
-                let conv = target.conv(&user);
-                // id and ts are assigned by the owner when it accepts the op.
-                Op::Send(SendOp { reply_to: me, user, cmid, conv, target, body, kind, id: 0, ts: 0 })
+                Op::Send(SendOp::new(me, user, cmid, target, body, kind))
             }
             ClientFrame::Delivered { conv, seq } => Op::Mark(MarkOp { reply_to: me, user, conv, kind: ReceiptKind::Delivered, seq }),
             ClientFrame::Read { conv, seq } => Op::Mark(MarkOp { reply_to: me, user, conv, kind: ReceiptKind::Read, seq }),
@@ -186,7 +184,7 @@ impl Shard {
     }
 
     fn group_op(&mut self, reply_to: ConnRef, user: String, conv: String, change: GroupChange, r#ref: Option<shardchat_codec::Ref>) -> Op {
-        Op::Group(GroupOp { reply_to, user, conv, change, r#ref, id: 0, ts: 0 })
+        Op::Group(GroupOp::new(reply_to, user, conv, change, r#ref))
     }
 
     /// Delivers a frame to every local connection of `users` (but `except`).

@@ -116,10 +116,12 @@ impl Shard {
         }
         match &mut op {
             Op::Send(s) => {
+                debug_assert_eq!(s.id, UNASSIGNED, "an op is accepted once");
                 s.id = self.ids.next(self.now.unix_ms);
                 s.ts = self.now.unix_ms;
             }
             Op::Group(g) => {
+                debug_assert_eq!(g.id, UNASSIGNED, "an op is accepted once");
                 g.id = self.ids.next(self.now.unix_ms);
                 g.ts = self.now.unix_ms;
             }
