@@ -35,6 +35,15 @@ impl Payload {
         &self.0.frame
     }
 
+    /// When the message was stored (unix ms), when this is a message: what delivery latency is
+    /// measured from.
+    pub fn message_ts(&self) -> Option<u64> {
+        match &self.0.frame {
+            ServerFrame::Msg(m) => Some(m.ts),
+            _ => None,
+        }
+    }
+
     /// The JSON encoding: bytes that are valid UTF-8, encoded on first use.
     pub fn text(&self) -> Bytes {
         self.0.text.get_or_init(|| Bytes::from(encode_text(&self.0.frame))).clone()

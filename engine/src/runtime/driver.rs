@@ -294,6 +294,7 @@ impl Driver {
             let counters = shard.counters();
             self.metrics.overloaded.store(counters.overloaded, std::sync::atomic::Ordering::Relaxed);
             self.metrics.typing_dropped.store(counters.typing_dropped, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.rate_limited.store(counters.rate_limited, std::sync::atomic::Ordering::Relaxed);
             shard.take_actions()
         };
         for a in actions {
@@ -325,16 +326,13 @@ impl Driver {
             }
             Action::Send { conn, payload, class } => {
                 let m = &self.metrics;
-                if let shardchat_codec::ServerFrame::Error { code: shardchat_codec::ErrorCode::RateLimited, .. } = payload.frame() {
-                    ShardMetrics::add(&m.rate_limited, 1);
-                }
                 let Some(c) = self.conns.borrow().get(&conn).cloned() else { return };
                 match c.push(&payload, class, self.cfg.outbound_queue_bytes_max) {
                     Pushed::Queued => {
                         ShardMetrics::add(&m.frames_out, 1);
-                        if let shardchat_codec::ServerFrame::Msg(rec) = payload.frame() {
+                        if let Some(ts) = payload.message_ts() {
                             ShardMetrics::add(&m.deliveries, 1);
-                            m.delivery_latency.observe_us(now(self.started).unix_ms.saturating_sub(rec.ts) * 1000);
+                            m.delivery_latency.observe_us(now(self.started).unix_ms.saturating_sub(ts) * 1000);
                         }
                     }
                     Pushed::Dropped => ShardMetrics::add(&m.drops_ephemeral, 1),

@@ -282,14 +282,17 @@ struct Presence {
     last_publish_ms: u64,
 }
 
-/// Counts of what a shard refused or dropped without an error of its own kind (rate-limited
-/// requests are counted from their `rate_limited` answers instead).
+/// Counts of what a shard refused or dropped, for metrics: the runtime copies them, it does not
+/// read the frames it sends to count them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Ops refused with `unavailable` because the owner's commit queue was full.
     pub overloaded: u64,
     /// `typing` frames dropped: more than one per user and conversation per `typing_interval_ms`.
     pub typing_dropped: u64,
+    /// Requests refused with `rate_limited` (a connection's or a user's rate, a second sync, the
+    /// presence subscription bound).
+    pub rate_limited: u64,
 }
 
 pub struct Shard {
@@ -465,6 +468,9 @@ impl Shard {
     }
 
     fn error(&mut self, conn: u64, err: FrameError) {
+        if err.code == shardchat_codec::ErrorCode::RateLimited {
+            self.counters.rate_limited += 1;
+        }
         self.send(conn, ServerFrame::from(err).into());
     }
 
