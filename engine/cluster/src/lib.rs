@@ -43,12 +43,13 @@ use keys::*;
 use shardchat_bridge::clock::unix_ms;
 use shardchat_bridge::health::Health;
 use shardchat_bridge::Bridge;
+use shardchat_link::directory::Directory;
 use shardchat_link::liveness::{self, Liveness, Refreshed};
 use shardchat_link::routing::{self, Outgoing};
 use shardchat_shard::{Class, ConnRef, NodeId, PeerMsg, RemoteMsg};
 use shardchat_storage::MessageStore;
 pub use state::ClusterState;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -108,10 +109,7 @@ impl Cluster {
             liveness: Liveness::new(cfg.node, 0, 0),
             client,
             con: None,
-            here: HashSet::new(),
-            pending: Vec::new(),
-            watching: HashSet::new(),
-            rewrite: true,
+            directory: Directory::default(),
             state: state.clone(),
             base: format!("{{\"listen\":\"{}\",\"shards\":{},\"pid\":{}", cfg.listen, cfg.shards, std::process::id()),
             down_logged: false,
@@ -186,15 +184,9 @@ struct Link {
     liveness: Liveness,
     client: redis::Client,
     con: Option<redis::aio::MultiplexedConnection>,
-    /// Users with a connection on this node: the truth the directory is made to match.
-    here: HashSet<String>,
-    /// Changes to `here` not yet written.
-    pending: Vec<(String, bool)>,
-    /// Users whose presence someone here watches (registered in `watch:{user}`).
-    watching: HashSet<String>,
-    /// Rewrite this node's part of the directory whole at the next chance (then `pending` is not
-    /// kept: the rewrite covers it, and it cannot grow while Redis is away).
-    rewrite: bool,
+    /// This node's part of the directory: who is here, what is not yet written, whether a
+    /// whole rewrite is owed (and the presence watches held).
+    directory: Directory,
     state: Arc<ClusterState>,
     /// The liveness value without its incarnation: what tells this process from another one
     /// given the same node id.
@@ -262,10 +254,7 @@ impl Link {
     }
 
     fn note(&mut self, (user, here): (String, bool)) {
-        let changed = if here { self.here.insert(user.clone()) } else { self.here.remove(&user) };
-        if changed && !self.rewrite {
-            self.pending.push((user, here));
-        }
+        self.directory.note(user, here);
     }
 
     async fn connection(&mut self) -> Option<redis::aio::MultiplexedConnection> {
@@ -274,7 +263,7 @@ impl Link {
                 Ok(c) => {
                     tracing::info!(node = self.cfg.node, redis = %self.cfg.redis, "cluster: connected to Redis");
                     self.con = Some(c);
-                    self.rewrite = true;
+                    self.directory.lost();
                     self.down_logged = false;
                 }
                 Err(e) => {
@@ -304,7 +293,7 @@ impl Link {
     /// back as a new incarnation, so its shards drop what they cached and take their
     /// conversations over afresh.
     fn rejoined(&mut self, old: u64) {
-        self.rewrite = true;
+        self.directory.lost();
         self.state.rejoins.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             node = self.cfg.node,
@@ -317,8 +306,7 @@ impl Link {
     fn down(&mut self, e: String) {
         self.con = None;
         // Whatever reached Redis or not, the next connection rewrites the whole.
-        self.rewrite = true;
-        self.pending.clear();
+        self.directory.lost();
         self.state.redis_up.store(false, Ordering::Relaxed);
         if !self.down_logged {
             tracing::warn!(error = %e, "cluster: Redis unreachable; this node keeps serving its own clients and retries");
@@ -353,11 +341,11 @@ impl Link {
             // Kept for when the shards serve again (a rewrite then covers them).
             return Vec::new();
         }
-        if self.rewrite {
+        if self.directory.rewrite_owed() {
             self.rewrite_directory().await;
             return Vec::new();
         }
-        if self.pending.is_empty() {
+        if self.directory.pending().is_empty() {
             return Vec::new();
         }
         let Some(mut con) = self.connection().await else { return Vec::new() };
@@ -365,20 +353,20 @@ impl Link {
         let mut p = redis::pipe();
         p.atomic();
         p.cmd("SET").arg(node_key(node)).arg(self.value()).arg("PX").arg(NODE_TTL_MS).arg("GET");
-        for (user, here) in &self.pending {
+        for (user, here) in self.directory.pending() {
             let op = if *here { "SADD" } else { "SREM" };
             p.cmd(op).arg(user_nodes_key(user)).arg(node).ignore();
             p.cmd(op).arg(node_users_key(node)).arg(user).ignore();
         }
         match timeout(p.query_async::<(Option<String>,)>(&mut con)).await {
             Ok((previous,)) => {
-                let written = std::mem::take(&mut self.pending);
+                let written = self.directory.written();
                 self.check_owner(previous.as_deref());
                 self.state.directory_writes.fetch_add(1, Ordering::Relaxed);
                 self.state.redis_up.store(true, Ordering::Relaxed);
                 if previous.is_none() {
                     // Our key had expired: a repairer may have removed us meanwhile.
-                    self.rewrite = true;
+                    self.directory.lost();
                     self.rewrite_directory().await;
                 }
                 written
@@ -421,11 +409,7 @@ impl Link {
         }
         let me = self.cfg.node;
         for (user, on) in &watches {
-            if *on {
-                self.watching.insert(user.clone());
-            } else {
-                self.watching.remove(user);
-            }
+            self.directory.watch(user, *on);
         }
         let con = self.connection().await;
         let mut sets: Vec<Vec<usize>> = Vec::new();
@@ -470,27 +454,27 @@ impl Link {
         p.atomic();
         p.cmd("SET").arg(node_key(node)).arg(self.value()).arg("PX").arg(NODE_TTL_MS).ignore();
         p.cmd("SADD").arg(NODES_KEY).arg(node).ignore();
-        for gone in listed.iter().filter(|u| !self.here.contains(*u)) {
+        let r = self.directory.rewrite(&listed);
+        for gone in &r.gone {
             p.cmd("SREM").arg(user_nodes_key(gone)).arg(node).ignore();
         }
         p.cmd("DEL").arg(node_users_key(node)).ignore();
-        if !self.here.is_empty() {
-            p.cmd("SADD").arg(node_users_key(node)).arg(self.here.iter().collect::<Vec<_>>()).ignore();
+        if !r.here.is_empty() {
+            p.cmd("SADD").arg(node_users_key(node)).arg(&r.here).ignore();
         }
-        for user in &self.here {
+        for user in &r.here {
             p.cmd("SADD").arg(user_nodes_key(user)).arg(node).ignore();
         }
         // Watches too: a Redis that lost its data lost them.
-        for user in &self.watching {
+        for user in &r.watching {
             p.cmd("SADD").arg(watch_key(user)).arg(node).ignore();
         }
         match timeout(p.query_async::<()>(&mut con)).await {
             Ok(()) => {
-                self.pending.clear();
-                self.rewrite = false;
+                self.directory.rewritten();
                 self.state.rewrites.fetch_add(1, Ordering::Relaxed);
                 self.state.redis_up.store(true, Ordering::Relaxed);
-                tracing::info!(node, users = self.here.len(), "cluster: directory rewritten");
+                tracing::info!(node, users = self.directory.users_here(), "cluster: directory rewritten");
             }
             Err(e) => self.down(e),
         }
@@ -513,7 +497,7 @@ impl Link {
         if !self.may_announce() {
             return;
         }
-        if self.rewrite || !self.pending.is_empty() {
+        if self.directory.dirty() {
             self.write_directory().await;
         }
         let Some(mut con) = self.connection().await else { return };
@@ -535,7 +519,7 @@ impl Link {
         }
         if written.rewrite {
             // Make our part of the directory whole again (with the key's new value).
-            self.rewrite = true;
+            self.directory.lost();
             self.rewrite_directory().await;
         }
         let known: Vec<usize> = known.into_iter().collect();

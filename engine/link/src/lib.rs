@@ -7,8 +7,11 @@
 //! - [`liveness`]: this node's incarnation, rejoining when it was taken for dead, the live and
 //!   dead nodes of each refresh, the fences owed before a dead node's conversations move, the
 //!   view the shards get, and the one repairer (the lowest live id).
+//! - [`directory`]: this node's part of the user → nodes directory: who is here, what is not
+//!   yet written, when the whole must be rewritten.
 //! - [`routing`]: what the shards send to other nodes, grouped into one message list per
 //!   destination node; the `unavailable` answers owed when a node cannot be reached.
 
+pub mod directory;
 pub mod liveness;
 pub mod routing;
