@@ -6,7 +6,7 @@ use crate::commit::OpOutcome;
 use crate::conv::{check_member, ConvState};
 use crate::ops::{GroupChange, GroupOp};
 use shardchat_codec::{ErrorCode, FrameError, MsgKind, MsgRecord, Role, GROUP_MEMBERS_MAX};
-use shardchat_storage::{Membership, WriteBatch};
+use shardchat_storage::{Joined, Left, Membership, Named, WriteBatch};
 
 /// Applies a group change to `st` and `batch`: checks roles and limits, records the system
 /// message, hands admin over when the last admin goes.
@@ -28,7 +28,7 @@ pub(crate) fn group_change(st: &mut ConvState, g: &GroupOp, batch: &mut WriteBat
                 return Err(FrameError::new(ErrorCode::GroupFull, format!("a group has at most {GROUP_MEMBERS_MAX} members")));
             }
             st.name = name.clone();
-            batch.names.push((g.conv.clone(), name.clone()));
+            batch.names.push(Named { conv: g.conv.clone(), name: name.clone() });
             (GroupEvent::Create, users)
         }
         GroupChange::Add { users } => {
@@ -68,7 +68,7 @@ pub(crate) fn group_change(st: &mut ConvState, g: &GroupOp, batch: &mut WriteBat
                 (GroupEvent::Rename, Vec::new())
             } else {
                 st.name = name.clone();
-                batch.names.push((g.conv.clone(), name.clone()));
+                batch.names.push(Named { conv: g.conv.clone(), name: name.clone() });
                 (GroupEvent::Rename, vec![g.user.clone()])
             }
         }
@@ -93,14 +93,14 @@ pub(crate) fn group_change(st: &mut ConvState, g: &GroupOp, batch: &mut WriteBat
             for (i, u) in users.iter().enumerate() {
                 let role = if event == GroupEvent::Create && i == 0 { Role::Admin } else { Role::Member };
                 let m = Membership { user: u.clone(), role, joined: seq };
-                batch.members.push((g.conv.clone(), m.clone()));
+                batch.members.push(Joined { conv: g.conv.clone(), member: m.clone() });
                 st.members.push(m);
             }
         }
         GroupEvent::Remove | GroupEvent::Leave => {
             st.members.retain(|m| !users.contains(&m.user));
             for u in &users {
-                batch.removed.push((g.conv.clone(), u.clone(), seq));
+                batch.removed.push(Left { conv: g.conv.clone(), user: u.clone(), seq });
                 st.marks.retain(|(mu, _), _| mu != u);
             }
             removed = users.clone();
@@ -112,7 +112,7 @@ pub(crate) fn group_change(st: &mut ConvState, g: &GroupOp, batch: &mut WriteBat
         let oldest = st.members.iter_mut().min_by(|a, b| (a.joined, &a.user).cmp(&(b.joined, &b.user))).expect("non-empty");
         oldest.role = Role::Admin;
         handed_to = Some(oldest.user.clone());
-        batch.members.push((g.conv.clone(), oldest.clone()));
+        batch.members.push(Joined { conv: g.conv.clone(), member: oldest.clone() });
     }
     let body = serde_json_body(event, &g.user, &st.name, &users, handed_to.as_deref());
     let record = MsgRecord {

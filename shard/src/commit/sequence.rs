@@ -11,7 +11,7 @@ use super::{Convs, OpOutcome};
 use crate::conv::{check_member, typing_members, ConvState};
 use crate::ops::{ConnRef, Op, Target};
 use shardchat_codec::{direct_members, ErrorCode, FrameError, MsgKind, MsgRecord, ReceiptKind, Ref, Role, ServerFrame};
-use shardchat_storage::{Membership, PushEntry, WriteBatch};
+use shardchat_storage::{Joined, LastSeen, Membership, PushEntry, Watermark, WriteBatch};
 use std::collections::HashMap;
 
 const PREFETCHED: &str = "prefetch loads every conversation the ops name";
@@ -68,7 +68,7 @@ pub fn sequence(ops: &[Op], convs: &mut Convs, loaded: &Loaded, push: bool) -> S
                     users.dedup();
                     for u in users {
                         let m = Membership { user: u, role: Role::Member, joined: 0 };
-                        batch.members.push((s.conv.clone(), m.clone()));
+                        batch.members.push(Joined { conv: s.conv.clone(), member: m.clone() });
                         st.members.push(m);
                     }
                 } else {
@@ -127,7 +127,7 @@ pub fn sequence(ops: &[Op], convs: &mut Convs, loaded: &Loaded, push: bool) -> S
                 let changed = m.seq > current;
                 if changed {
                     st.marks.insert((m.user.clone(), m.kind), m.seq);
-                    let row = (m.conv.clone(), m.user.clone(), m.kind, m.seq);
+                    let row = Watermark { conv: m.conv.clone(), user: m.user.clone(), kind: m.kind, seq: m.seq };
                     let key = (m.conv.clone(), m.user.clone(), m.kind);
                     match marks_in_batch.get(&key) {
                         Some(&i) => batch.watermarks[i] = row,
@@ -162,7 +162,7 @@ pub fn sequence(ops: &[Op], convs: &mut Convs, loaded: &Loaded, push: bool) -> S
                     Err(err) => OpOutcome::Rejected { reply_to: *reply_to, err: err.with_ref(r#ref.clone()) },
                 });
             }
-            Op::LastSeen { user, ms } => batch.last_seen.push((user.clone(), *ms)),
+            Op::LastSeen { user, ms } => batch.last_seen.push(LastSeen { user: user.clone(), unix_ms: *ms }),
             Op::PushDelivered(e) => batch.push_done.push(e.clone()),
         }
     }

@@ -23,6 +23,14 @@ fn m(user: &str, role: Role, joined: u64) -> Membership {
     Membership { user: user.into(), role, joined }
 }
 
+fn joined(conv: &str, member: Membership) -> Joined {
+    Joined { conv: conv.into(), member }
+}
+
+fn mark(conv: &str, user: &str, kind: ReceiptKind, seq: u64) -> Watermark {
+    Watermark { conv: conv.into(), user: user.into(), kind, seq }
+}
+
 /// The conformance suite every `MessageStore` passes.
 pub fn conformance(store: &dyn MessageStore) {
     let c = "d:alice:bob";
@@ -30,8 +38,8 @@ pub fn conformance(store: &dyn MessageStore) {
     assert!(store.messages_after(c, 0, 10).unwrap().is_empty());
     let batch = WriteBatch {
         messages: (1..=5).map(|s| rec(c, s, if s % 2 == 0 { "bob" } else { "alice" }, &format!("m{s}"))).collect(),
-        members: vec![(c.into(), m("alice", Role::Member, 0)), (c.into(), m("bob", Role::Member, 0))],
-        watermarks: vec![(c.into(), "bob".into(), ReceiptKind::Read, 3), (c.into(), "bob".into(), ReceiptKind::Delivered, 4)],
+        members: vec![joined(c, m("alice", Role::Member, 0)), joined(c, m("bob", Role::Member, 0))],
+        watermarks: vec![mark(c, "bob", ReceiptKind::Read, 3), mark(c, "bob", ReceiptKind::Delivered, 4)],
         ..Default::default()
     };
     store.commit(&batch).unwrap();
@@ -62,33 +70,33 @@ pub fn conformance(store: &dyn MessageStore) {
     let g = "g:1";
     store
         .commit(&WriteBatch {
-            members: vec![(g.into(), m("alice", Role::Admin, 1)), (g.into(), m("bob", Role::Member, 1))],
-            names: vec![(g.into(), "team".into())],
+            members: vec![joined(g, m("alice", Role::Admin, 1)), joined(g, m("bob", Role::Member, 1))],
+            names: vec![Named { conv: g.into(), name: "team".into() }],
             ..Default::default()
         })
         .unwrap();
     assert_eq!(store.conv_name(g).unwrap().as_deref(), Some("team"));
     assert_eq!(store.conv_name("g:2").unwrap(), None);
-    store.commit(&WriteBatch { removed: vec![(g.into(), "bob".into(), 7)], ..Default::default() }).unwrap();
+    store.commit(&WriteBatch { removed: vec![Left { conv: g.into(), user: "bob".into(), seq: 7 }], ..Default::default() }).unwrap();
     assert_eq!(store.members(g).unwrap(), vec![m("alice", Role::Admin, 1)]);
     assert_eq!(store.left_at(g, "bob").unwrap(), Some(7));
     assert!(store.user_convs("bob").unwrap().contains(&g.to_string()), "a former member keeps the conversation listed");
-    store.commit(&WriteBatch { members: vec![(g.into(), m("bob", Role::Member, 9))], ..Default::default() }).unwrap();
+    store.commit(&WriteBatch { members: vec![joined(g, m("bob", Role::Member, 9))], ..Default::default() }).unwrap();
     assert_eq!(store.left_at(g, "bob").unwrap(), None);
     assert_eq!(store.members(g).unwrap().len(), 2);
     // Added and removed in one batch: the removal wins, as it comes later in the batch (a
     // backend whose writes share a timestamp must not let a tombstone decide instead).
     store
         .commit(&WriteBatch {
-            members: vec![(g.into(), m("dave", Role::Member, 10))],
-            removed: vec![(g.into(), "dave".into(), 11)],
+            members: vec![joined(g, m("dave", Role::Member, 10))],
+            removed: vec![Left { conv: g.into(), user: "dave".into(), seq: 11 }],
             ..Default::default()
         })
         .unwrap();
     assert!(store.members(g).unwrap().iter().all(|x| x.user != "dave"));
     assert_eq!(store.left_at(g, "dave").unwrap(), Some(11));
     assert_eq!(store.last_seen("alice").unwrap(), None);
-    store.commit(&WriteBatch { last_seen: vec![("alice".into(), 1234)], ..Default::default() }).unwrap();
+    store.commit(&WriteBatch { last_seen: vec![LastSeen { user: "alice".into(), unix_ms: 1234 }], ..Default::default() }).unwrap();
     assert_eq!(store.last_seen("alice").unwrap(), Some(1234));
     // The push outbox: oldest first, removed exactly.
     let e = |user: &str, id: u64| PushEntry { user: user.into(), conv: "d:a:b".into(), from: "a".into(), id, ts: 7 };

@@ -47,24 +47,62 @@ pub struct Membership {
 pub struct WriteBatch {
     /// New messages; each also enters the dedup index under (conv, from, cmid).
     pub messages: Vec<MsgRecord>,
-    /// Memberships to record (or update): adds conv to the user's list and clears any former
-    /// membership.
-    pub members: Vec<(String, Membership)>,
-    /// Members who left or were removed: (conv, user, seq of the message that recorded it).
-    /// They keep read access up to that seq; the conversation stays in their list.
-    pub removed: Vec<(String, String, u64)>,
-    /// Group names: (conv, name).
-    pub names: Vec<(String, String)>,
-    /// Watermarks to record: (conv, user, kind, seq). The caller keeps them monotonic.
-    pub watermarks: Vec<(String, String, ReceiptKind, u64)>,
-    /// Last-seen times: (user, unix ms).
-    pub last_seen: Vec<(String, u64)>,
+    /// Memberships to record (or update).
+    pub members: Vec<Joined>,
+    /// Members who left or were removed.
+    pub removed: Vec<Left>,
+    /// Group names.
+    pub names: Vec<Named>,
+    /// Watermarks to record. The caller keeps them monotonic.
+    pub watermarks: Vec<Watermark>,
+    /// Last-seen times.
+    pub last_seen: Vec<LastSeen>,
     /// Push notifications owed (the push outbox). The owner writes one for every recipient of a
     /// message in the batch that stores it, so a crash can never lose one.
     pub push: Vec<PushEntry>,
     /// Outbox entries no longer owed: the recipient got the message live. Removing an entry
     /// that is not there is a no-op.
     pub push_done: Vec<PushEntry>,
+}
+
+/// A membership recorded (or updated): adds `conv` to the user's list and clears any former
+/// membership of theirs in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Joined {
+    pub conv: String,
+    pub member: Membership,
+}
+
+/// A member who left or was removed. They keep read access up to `seq`, the message that
+/// recorded it; the conversation stays in their list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Left {
+    pub conv: String,
+    pub user: String,
+    pub seq: u64,
+}
+
+/// A group's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Named {
+    pub conv: String,
+    pub name: String,
+}
+
+/// How far `user` has `conv` delivered or read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watermark {
+    pub conv: String,
+    pub user: String,
+    pub kind: ReceiptKind,
+    pub seq: u64,
+}
+
+/// When `user` was last seen online (unix ms).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastSeen {
+    pub user: String,
+    pub unix_ms: u64,
 }
 
 /// One message an offline user should hear about. The push sender folds a user's entries into

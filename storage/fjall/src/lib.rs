@@ -10,7 +10,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use group::GroupCommit;
 use rkyv::rancor;
 use shardchat_codec::{ArchivedMsgRecord, MsgRecord, ReceiptKind, Role};
-use shardchat_storage::{Membership, MessageStore, PushEntry, StoreError, WriteBatch};
+use shardchat_storage::{Joined, LastSeen, Left, Membership, MessageStore, Named, PushEntry, StoreError, Watermark, WriteBatch};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -173,19 +173,19 @@ impl MessageStore for FjallStore {
             b.insert(&self.messages, keys::message(&m.conv, m.seq), rec);
             b.insert(&self.dedup, keys::dedup(&m.conv, &m.from, &m.cmid), m.seq.to_be_bytes());
         }
-        for (conv, m) in &batch.members {
+        for Joined { conv, member: m } in &batch.members {
             b.insert(&self.members, keys::pair(conv, &m.user), membership_value(m));
             b.insert(&self.user_convs, keys::pair(&m.user, conv), []);
             b.remove(&self.former, keys::pair(conv, &m.user));
         }
-        for (conv, user, left) in &batch.removed {
+        for Left { conv, user, seq: left } in &batch.removed {
             b.remove(&self.members, keys::pair(conv, user));
             b.insert(&self.former, keys::pair(conv, user), left.to_be_bytes());
         }
-        for (conv, name) in &batch.names {
+        for Named { conv, name } in &batch.names {
             b.insert(&self.names, conv.as_bytes(), name.as_bytes());
         }
-        for (user, ms) in &batch.last_seen {
+        for LastSeen { user, unix_ms: ms } in &batch.last_seen {
             b.insert(&self.presence, user.as_bytes(), ms.to_be_bytes());
         }
         for e in &batch.push {
@@ -194,7 +194,7 @@ impl MessageStore for FjallStore {
         for e in &batch.push_done {
             b.remove(&self.push, push_key(e));
         }
-        for (conv, user, kind, seq) in &batch.watermarks {
+        for Watermark { conv, user, kind, seq } in &batch.watermarks {
             b.insert(&self.watermarks, keys::watermark(conv, user, kind_byte(*kind)), seq.to_be_bytes());
         }
         // Visible from here on, durable only after the fsync: reads must not show it before.

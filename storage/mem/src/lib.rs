@@ -12,7 +12,7 @@
 //! taken at the point the journal would have reached, handed to a fresh engine.
 
 use shardchat_codec::{MsgRecord, ReceiptKind, Role};
-use shardchat_storage::{Membership, MessageStore, PushEntry, StoreError, WriteBatch};
+use shardchat_storage::{Joined, LastSeen, Left, Membership, MessageStore, Named, PushEntry, StoreError, Watermark, WriteBatch};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -132,21 +132,21 @@ impl State {
             self.messages.insert((m.conv.clone(), m.seq), m.clone());
             self.dedup.insert((m.conv.clone(), m.from.clone(), m.cmid.clone()), m.seq);
         }
-        for (conv, m) in &batch.members {
+        for Joined { conv, member: m } in &batch.members {
             self.members.entry(conv.clone()).or_default().insert(m.user.clone(), (m.role, m.joined));
             self.user_convs.entry(m.user.clone()).or_default().insert(conv.clone());
             self.former.remove(&(conv.clone(), m.user.clone()));
         }
-        for (conv, user, left) in &batch.removed {
+        for Left { conv, user, seq: left } in &batch.removed {
             if let Some(ms) = self.members.get_mut(conv) {
                 ms.remove(user);
             }
             self.former.insert((conv.clone(), user.clone()), *left);
         }
-        for (conv, name) in &batch.names {
+        for Named { conv, name } in &batch.names {
             self.names.insert(conv.clone(), name.clone());
         }
-        for (user, ms) in &batch.last_seen {
+        for LastSeen { user, unix_ms: ms } in &batch.last_seen {
             self.last_seen.insert(user.clone(), *ms);
         }
         for e in &batch.push {
@@ -155,7 +155,7 @@ impl State {
         for e in &batch.push_done {
             self.push.remove(&(e.id, e.user.clone()));
         }
-        for (conv, user, kind, seq) in &batch.watermarks {
+        for Watermark { conv, user, kind, seq } in &batch.watermarks {
             self.watermarks.insert((conv.clone(), user.clone(), kind_byte(*kind)), *seq);
         }
     }

@@ -21,7 +21,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
 use scylla::value::CqlValue;
 use shardchat_codec::{MsgKind, MsgRecord, ReceiptKind, Role};
-use shardchat_storage::{Membership, MessageStore, PushEntry, StoreError, WriteBatch};
+use shardchat_storage::{Joined, LastSeen, Left, Membership, MessageStore, Named, PushEntry, StoreError, Watermark, WriteBatch};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -372,20 +372,20 @@ impl MessageStore for ScyllaStore {
             v.extend(msg_values(m));
             w.put(other(), &st.insert_index, v);
         }
-        for (conv, m) in &batch.members {
+        for Joined { conv, member: m } in &batch.members {
             let v = vec![t(conv), t(&m.user), t(role_name(m.role)), big(m.joined)];
             w.put(RowKey::Member(conv.clone(), m.user.clone()), &st.insert_member, v);
             w.put(other(), &st.insert_user_conv, vec![t(&m.user), t(conv)]);
             w.put(RowKey::Former(conv.clone(), m.user.clone()), &st.delete_former, vec![t(conv), t(&m.user)]);
         }
-        for (conv, user, left) in &batch.removed {
+        for Left { conv, user, seq: left } in &batch.removed {
             w.put(RowKey::Member(conv.clone(), user.clone()), &st.delete_member, vec![t(conv), t(user)]);
             w.put(RowKey::Former(conv.clone(), user.clone()), &st.insert_former, vec![t(conv), t(user), big(*left)]);
         }
-        for (conv, name) in &batch.names {
+        for Named { conv, name } in &batch.names {
             w.put(other(), &st.insert_name, vec![t(conv), t(name)]);
         }
-        for (user, ms) in &batch.last_seen {
+        for LastSeen { user, unix_ms: ms } in &batch.last_seen {
             w.put(other(), &st.insert_last_seen, vec![t(user), big(*ms)]);
         }
         for e in &batch.push {
@@ -398,7 +398,7 @@ impl MessageStore for ScyllaStore {
             let owner = CqlValue::Int(i32::from(shardchat_codec::id_node(e.id)));
             w.put(RowKey::Push(e.id, e.user.clone()), &st.delete_push, vec![owner, big(e.id), t(&e.user)]);
         }
-        for (conv, user, kind, seq) in &batch.watermarks {
+        for Watermark { conv, user, kind, seq } in &batch.watermarks {
             w.put(other(), &st.insert_watermark, vec![t(conv), t(user), t(receipt_name(*kind)), big(*seq)]);
         }
         self.batch(w.in_order())
