@@ -6,12 +6,24 @@
 use crate::route::{NodeId, ShardId};
 use shardchat_codec::{direct_conv_id, FrameError, MsgKind, ReceiptKind, Ref, ServerFrame};
 
+/// A connection on one shard: its id there. Ids come in three spaces that never meet (sockets,
+/// connections attached from other nodes, long-poll sessions: see [`REMOTE_CONN_BASE`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A connection anywhere in the cluster: its node, its home shard there and its id there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ConnRef {
     pub node: NodeId,
     pub shard: ShardId,
-    pub conn: u64,
+    pub conn: ConnId,
 }
 
 /// Where a `send` goes: a user (the direct conversation with them) or a conversation id.

@@ -2,7 +2,7 @@
 //! presence between homes, and what the bridge and the cluster link hand the shards. The only
 //! thing that crosses cores; payloads are shared, not copied.
 
-use crate::ops::{ConnRef, Op};
+use crate::ops::{ConnId, ConnRef, Op};
 use crate::payload::{Class, Payload};
 use crate::route::NodeId;
 
@@ -13,7 +13,7 @@ pub enum PeerMsg {
     Op(Op),
     /// Owner → home: the answer to one connection's request (an ack or an error).
     Reply {
-        conn: u64,
+        conn: ConnId,
         payload: Payload,
     },
     /// Owner → home: a frame for every connection of these users (that live on the target shard).
@@ -28,7 +28,7 @@ pub enum PeerMsg {
     },
     /// A frame for these connections of the target shard.
     Deliver {
-        conns: Vec<u64>,
+        conns: Vec<ConnId>,
         payload: Payload,
         class: Class,
     },

@@ -76,7 +76,7 @@ mod tests {
 
     fn send() -> RemoteOp {
         RemoteOp::Send(SendOp {
-            reply_to: ConnRef { node: 2, shard: 1, conn: 9 },
+            reply_to: ConnRef { node: 2, shard: 1, conn: crate::ops::ConnId(9) },
             user: "a".into(),
             cmid: "c1".into(),
             conv: "g:7".into(),
@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn an_unreachable_op_is_answered_unavailable_with_its_cmid() {
         let (to, frame) = RemoteMsg::Op(send()).unreachable("no route").unwrap();
-        assert_eq!(to, ConnRef { node: 2, shard: 1, conn: 9 });
+        assert_eq!(to, ConnRef { node: 2, shard: 1, conn: crate::ops::ConnId(9) });
         let text = shardchat_codec::encode_text(&frame);
         assert!(text.contains("\"unavailable\"") && text.contains("\"c1\""), "{text}");
         let reply = RemoteMsg::Reply { to, frame };

@@ -3,6 +3,7 @@
 //! real backends, with faults on demand) and run inline.
 //! The unit tests and the state-machine fuzzer (`fuzzing`) both drive shards through this.
 
+use crate::ops::ConnId;
 use crate::*;
 use crate::{run_commit, run_read};
 use shardchat_codec::*;
@@ -24,7 +25,7 @@ impl Rng {
 
 /// A client device: which shard holds it, and what it received.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Dev(pub ShardId, pub u64);
+pub struct Dev(pub ShardId, pub ConnId);
 
 pub struct Sim {
     pub shards: Vec<Shard>,
@@ -73,7 +74,7 @@ impl Sim {
 
     pub fn connect(&mut self, user: &str) -> Dev {
         let shard = home_shard(user, self.shards.len());
-        let conn = self.next_conn;
+        let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         self.inbox[shard].push_back(Event::Connected { conn, user: user.into(), device: format!("dev{conn}"), expires_unix_ms: None });
         self.run();

@@ -91,7 +91,7 @@ mod tests {
 
     fn send(node: NodeId) -> RemoteMsg {
         RemoteMsg::Op(RemoteOp::Send(SendOp {
-            reply_to: ConnRef { node, shard: 1, conn: 9 },
+            reply_to: ConnRef { node, shard: 1, conn: shardchat_shard::ops::ConnId(9) },
             user: "a".into(),
             cmid: "c1".into(),
             conv: "g:7".into(),
@@ -135,7 +135,7 @@ mod tests {
         let local = unreachable(&failed, 4);
         assert_eq!(local.len(), 1, "only the op is answered");
         let (shard, PeerMsg::Reply { conn, payload }) = &local[0] else { panic!("{local:?}") };
-        assert_eq!((*shard, *conn), (1, 9));
+        assert_eq!((*shard, *conn), (1, shardchat_shard::ops::ConnId(9)));
         assert!(matches!(payload.frame(), ServerFrame::Error { code: ErrorCode::Unavailable, cmid: Some(c), .. } if c == "c1"));
     }
 

@@ -10,6 +10,7 @@
 use shardchat_codec::*;
 use shardchat_link::liveness::{self, Liveness, Refreshed};
 use shardchat_link::routing::{self, Outgoing};
+use shardchat_shard::ops::ConnId;
 use shardchat_shard::*;
 use shardchat_storage::MessageStore;
 use shardchat_storage_mem::MemStore;
@@ -23,7 +24,7 @@ const NODE_REFRESH_MS: u64 = 1_000;
 
 /// A client device: node, home shard there, connection id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Dev(usize, ShardId, u64);
+struct Dev(usize, ShardId, ConnId);
 
 struct Node {
     shards: Vec<Shard>,
@@ -176,7 +177,7 @@ impl Cluster {
 
     fn connect(&mut self, node: usize, user: &str) -> Dev {
         let shard = home_shard(user, SHARDS);
-        let conn = self.next_conn;
+        let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         let ev = Event::Connected { conn, user: user.into(), device: format!("dev{conn}"), expires_unix_ms: None };
         self.nodes[node].inbox[shard].push_back(ev);

@@ -10,7 +10,7 @@ use super::driver::Wire;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 pub use shardchat_bridge::*;
 use shardchat_codec::ServerFrame;
-use shardchat_shard::ops::{ConnRef, GroupOp, Op, SendOp, Target};
+use shardchat_shard::ops::{ConnId, ConnRef, GroupOp, Op, SendOp, Target};
 use shardchat_shard::snowflake::Snowflake;
 use shardchat_shard::{home_shard, owner_shard, PeerMsg};
 use std::cell::RefCell;
@@ -53,7 +53,7 @@ impl State {
                 }
             }
             PeerMsg::Detach { remote } => {
-                if let Some((_, buf)) = self.sessions.remove(&remote.conn) {
+                if let Some((_, buf)) = self.sessions.remove(&remote.conn.0) {
                     buf.end("session expired: it was not polled within the heartbeat timeout");
                 }
             }
@@ -76,7 +76,7 @@ impl State {
         self.reclaim_at = self.requests.len() * 2;
     }
 
-    fn complete(&mut self, conn: u64, payload: &shardchat_shard::Payload) {
+    fn complete(&mut self, ConnId(conn): ConnId, payload: &shardchat_shard::Payload) {
         let frame = payload.frame().clone();
         if let Some((_, buf)) = self.sessions.get(&conn) {
             // Sized by its JSON encoding, made once per payload whatever the recipients.
@@ -151,7 +151,7 @@ pub async fn run(me: usize, shards: usize, node: usize, mesh: MeshBuilder<Wire, 
                 st.next_conn += 1;
                 let c = st.next_conn;
                 st.conns.insert(c, req_id);
-                ConnRef { node, shard: me, conn: c }
+                ConnRef { node, shard: me, conn: ConnId(c) }
             };
             let now = shardchat_bridge::clock::unix_ms();
             let user = req.user;
@@ -181,25 +181,25 @@ pub async fn run(me: usize, shards: usize, node: usize, mesh: MeshBuilder<Wire, 
                 BridgeOp::Attach { conn, device, buf } => {
                     let home = home_shard(&user, shards);
                     st.sessions.insert(conn, (home, buf));
-                    out.push((home, PeerMsg::Attach { user, device, remote: ConnRef { node, shard: me, conn } }));
+                    out.push((home, PeerMsg::Attach { user, device, remote: ConnRef { node, shard: me, conn: ConnId(conn) } }));
                     Vec::new()
                 }
                 BridgeOp::PollFrame { conn, frame } => {
                     if let Some((home, _)) = st.sessions.get(&conn) {
-                        out.push((*home, PeerMsg::RemoteFrame { remote: ConnRef { node, shard: me, conn }, frame }));
+                        out.push((*home, PeerMsg::RemoteFrame { remote: ConnRef { node, shard: me, conn: ConnId(conn) }, frame }));
                     }
                     Vec::new()
                 }
                 BridgeOp::PollTouch { conn } => {
                     if let Some((home, _)) = st.sessions.get(&conn) {
-                        out.push((*home, PeerMsg::RemoteTouch { remote: ConnRef { node, shard: me, conn } }));
+                        out.push((*home, PeerMsg::RemoteTouch { remote: ConnRef { node, shard: me, conn: ConnId(conn) } }));
                     }
                     Vec::new()
                 }
                 BridgeOp::Detach { conn } => {
                     if let Some((home, buf)) = st.sessions.remove(&conn) {
                         buf.end("session closed");
-                        out.push((home, PeerMsg::Detach { remote: ConnRef { node, shard: me, conn } }));
+                        out.push((home, PeerMsg::Detach { remote: ConnRef { node, shard: me, conn: ConnId(conn) } }));
                     }
                     Vec::new()
                 }

@@ -14,6 +14,7 @@ use futures::io::{AsyncRead, AsyncWrite};
 use futures::AsyncWriteExt;
 use glommio::net::TcpStream;
 use shardchat_codec::{decode_binary, decode_text, ServerFrame};
+use shardchat_shard::ops::ConnId;
 use shardchat_shard::{Class, Event, Payload};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -265,7 +266,7 @@ const CLOSE_DRAIN_MS: u64 = 1_000;
 
 struct Conn {
     d: Rc<Driver>,
-    id: u64,
+    id: ConnId,
     h: Rc<ConnHandle>,
     stream: TcpStream,
     reader: FrameReader,
@@ -500,7 +501,7 @@ fn encode_message(m: &Message, out: &mut Vec<u8>) {
     ws::encode(opcode, bytes, out);
 }
 
-fn inbound(d: &Rc<Driver>, conn: u64, h: &Rc<ConnHandle>, msg: Msg<'_>) {
+fn inbound(d: &Rc<Driver>, conn: ConnId, h: &Rc<ConnHandle>, msg: Msg<'_>) {
     ShardMetrics::add(&d.metrics.frames_in, 1);
     let decoded = match msg {
         Msg::Text(t) => {

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::metrics::ShardMetrics;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use shardchat_codec::Limits;
+use shardchat_shard::ops::ConnId;
 use shardchat_shard::{run_commit, run_read};
 use shardchat_shard::{Action, Event, Now, PeerMsg, Shard, ShardConfig};
 use shardchat_storage::MessageStore;
@@ -77,12 +78,12 @@ pub struct Driver {
     pub write_ends: RefCell<Vec<usize>>,
     /// Connections holding part of a message (a frame split across reads, or a fragmented
     /// message): since when (ms on this shard's clock), to close those that take too long.
-    partials: RefCell<HashMap<u64, (u64, Rc<ConnHandle>)>>,
+    partials: RefCell<HashMap<ConnId, (u64, Rc<ConnHandle>)>>,
     /// Bytes the connections' readers hold for partial messages, all together; bounded by
     /// `partial_bytes_per_shard_max`.
     partial_bytes: Cell<usize>,
     shard: RefCell<Shard>,
-    conns: RefCell<HashMap<u64, Rc<ConnHandle>>>,
+    conns: RefCell<HashMap<ConnId, Rc<ConnHandle>>>,
     next_conn: Cell<u64>,
     store: Arc<dyn MessageStore>,
     /// Cluster mode's link to Redis (the directory of which node holds whom).
@@ -209,21 +210,21 @@ impl Driver {
         self.outbox_len.get() > OUTBOX_MESSAGES_MAX
     }
 
-    pub fn next_conn_id(&self) -> u64 {
+    pub fn next_conn_id(&self) -> ConnId {
         let id = self.next_conn.get();
         assert!(id < shardchat_shard::ops::REMOTE_CONN_BASE, "socket ids stay below the remote connections' space");
         self.next_conn.set(id + 1);
-        id
+        ConnId(id)
     }
 
-    pub fn register(self: &Rc<Self>, conn: u64, handle: Rc<ConnHandle>, identity: Identity) {
+    pub fn register(self: &Rc<Self>, conn: ConnId, handle: Rc<ConnHandle>, identity: Identity) {
         self.conns.borrow_mut().insert(conn, handle);
         ShardMetrics::add(&self.metrics.connections, 1);
         ShardMetrics::add(&self.metrics.connections_total, 1);
         self.dispatch(Event::Connected { conn, user: identity.user, device: identity.device, expires_unix_ms: identity.expires_unix_ms });
     }
 
-    pub fn unregister(self: &Rc<Self>, conn: u64) {
+    pub fn unregister(self: &Rc<Self>, conn: ConnId) {
         if self.conns.borrow_mut().remove(&conn).is_some() {
             self.metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -237,7 +238,7 @@ impl Driver {
 
     /// A connection's reader went from holding `before` bytes of partial messages to `after`.
     /// Returns whether the shard now holds more than its bound (the caller closes the connection).
-    pub fn partial_held(&self, conn: u64, handle: &Rc<ConnHandle>, before: usize, after: usize) -> bool {
+    pub fn partial_held(&self, conn: ConnId, handle: &Rc<ConnHandle>, before: usize, after: usize) -> bool {
         if before == after {
             return false;
         }

@@ -6,7 +6,7 @@ use crate::route::{home_shard, owner_shard};
 use shardchat_codec::{ClientFrame, ErrorCode, MsgRecord, ReceiptKind, SYNC_FRAME_MESSAGES_MAX, SYNC_LIMIT_DEFAULT};
 
 impl Shard {
-    pub(super) fn connected(&mut self, conn: u64, user: String, expires_unix_ms: Option<u64>) {
+    pub(super) fn connected(&mut self, conn: ConnId, user: String, expires_unix_ms: Option<u64>) {
         let first = !self.by_user.contains_key(&user);
         self.by_user.entry(user.clone()).or_default().conns.push(conn);
         if first {
@@ -31,7 +31,7 @@ impl Shard {
         self.wheel.insert(conn, (self.now.mono_ms + self.cfg.heartbeat_timeout_ms).min(expires_mono_ms));
     }
 
-    pub(super) fn disconnected(&mut self, conn: u64) {
+    pub(super) fn disconnected(&mut self, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else { return };
         if let Some(remote) = c.remote {
             self.remote_conns.remove(&remote);
@@ -53,7 +53,7 @@ impl Shard {
         }
     }
 
-    pub(super) fn touch(&mut self, conn: u64) {
+    pub(super) fn touch(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.last_active_ms = self.now.mono_ms;
         }
@@ -82,7 +82,7 @@ impl Shard {
         }
     }
 
-    pub(super) fn frame(&mut self, conn: u64, frame: ClientFrame) {
+    pub(super) fn frame(&mut self, conn: ConnId, frame: ClientFrame) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         // Writes, history reads and presence subscription changes pass their connection's limit,
         // then the user's, shared by all of their connections (more connections do not multiply
@@ -229,7 +229,7 @@ impl Shard {
         }
     }
 
-    pub(super) fn read_done(&mut self, conn: u64, outcome: ReadOutcome) {
+    pub(super) fn read_done(&mut self, conn: ConnId, outcome: ReadOutcome) {
         match outcome {
             ReadOutcome::History(Ok(frame)) => self.send(conn, frame.into()),
             ReadOutcome::History(Err(e)) => self.error(conn, e),
@@ -289,7 +289,7 @@ impl Shard {
     }
 
     /// Asks for the next chunk of the running sync, or ends it with `synced`.
-    fn next_sync_chunk(&mut self, conn: u64) {
+    fn next_sync_chunk(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         let Some(run) = c.sync.as_mut() else { return };
         match run.todo.front() {

@@ -117,7 +117,7 @@ impl ShardConfig {
 pub enum Event {
     /// A connection of `user` now lives here (its home shard).
     Connected {
-        conn: u64,
+        conn: ConnId,
         user: String,
         device: String,
         /// When its credentials expire (Unix ms): the connection is closed (1008) then.
@@ -125,26 +125,26 @@ pub enum Event {
     },
     /// A decoded, validated frame from a connection.
     Frame {
-        conn: u64,
+        conn: ConnId,
         frame: shardchat_codec::ClientFrame,
     },
     /// Bytes arrived on a connection (any frame, WebSocket pings included): it is alive.
     Activity {
-        conn: u64,
+        conn: ConnId,
     },
     Disconnected {
-        conn: u64,
+        conn: ConnId,
     },
     /// Ephemeral frames (presence) were dropped for this connection while it was behind and it
     /// has caught up: send it the current presence of everyone it watches.
     Resubscribe {
-        conn: u64,
+        conn: ConnId,
     },
     /// Messages from another shard (or this one).
     Peer(PeerMsg),
     CommitDone(CommitOutcome),
     ReadDone {
-        conn: u64,
+        conn: ConnId,
         outcome: ReadOutcome,
     },
     /// A shard-level read ([`Action::Lookup`]) finished.
@@ -157,15 +157,15 @@ pub enum Event {
 #[derive(Debug)]
 pub enum Action {
     /// Write a frame to a local connection. Ephemeral frames may be dropped when it is behind.
-    Send { conn: u64, payload: Payload, class: Class },
+    Send { conn: ConnId, payload: Payload, class: Class },
     /// Close a local connection with a WebSocket close code and reason.
-    Close { conn: u64, code: u16, reason: &'static str },
+    Close { conn: ConnId, code: u16, reason: &'static str },
     /// Deliver to another shard (never this one: the shard handles its own messages inline).
     Peer { to: ShardId, msg: PeerMsg },
     /// Run a commit job (blocking) and feed back [`Event::CommitDone`]. At most one in flight.
     Commit(CommitJob),
     /// Run a read job (blocking) for `conn` and feed back [`Event::ReadDone`].
-    Read { conn: u64, job: ReadJob },
+    Read { conn: ConnId, job: ReadJob },
     /// Run a read job for the shard itself and feed back [`Event::LookupDone`].
     Lookup(ReadJob),
     /// Cluster mode only: `user`'s first connection on this node arrived (`here`), or its last
@@ -207,7 +207,7 @@ struct Conn {
 /// A user's connections on this shard (their home), and the limit they share.
 #[derive(Default)]
 struct UserConns {
-    conns: Vec<u64>,
+    conns: Vec<ConnId>,
     /// The limits all of the user's connections share: opening more connections does not
     /// multiply the rates.
     limits: Limits,
@@ -299,12 +299,12 @@ pub struct Shard {
     cfg: ShardConfig,
     ids: Snowflake,
     // Home role.
-    conns: HashMap<u64, Conn>,
+    conns: HashMap<ConnId, Conn>,
     by_user: HashMap<String, UserConns>,
     /// Remote sessions: holder's ref → connection id here.
-    remote_conns: HashMap<ConnRef, u64>,
+    remote_conns: HashMap<ConnRef, ConnId>,
     next_remote: u64,
-    wheel: TimerWheel<u64>,
+    wheel: TimerWheel<ConnId>,
     /// (user, conv) → when a typing notice was last relayed.
     typing_last: HashMap<(String, String), u64>,
     presence: HashMap<String, Presence>,
@@ -453,28 +453,28 @@ impl Shard {
         self.send_to(to.shard, PeerMsg::Reply { conn: to.conn, payload });
     }
 
-    fn send(&mut self, conn: u64, payload: Payload) {
+    fn send(&mut self, conn: ConnId, payload: Payload) {
         self.push(conn, payload, Class::Durable);
     }
 
     /// Every frame for a connection goes through here: a socket of this shard gets it as an
     /// action; a remote connection (a long-poll session held by the bridge) gets it as a
     /// `Deliver` to its holder, in the same order.
-    fn push(&mut self, conn: u64, payload: Payload, class: Class) {
+    fn push(&mut self, conn: ConnId, payload: Payload, class: Class) {
         match self.conns.get(&conn).and_then(|c| c.remote) {
             Some(remote) => self.send_to(remote.shard, PeerMsg::Deliver { conns: vec![remote.conn], payload, class }),
             None => self.actions.push(Action::Send { conn, payload, class }),
         }
     }
 
-    fn error(&mut self, conn: u64, err: FrameError) {
+    fn error(&mut self, conn: ConnId, err: FrameError) {
         if err.code == shardchat_codec::ErrorCode::RateLimited {
             self.counters.rate_limited += 1;
         }
         self.send(conn, ServerFrame::from(err).into());
     }
 
-    fn me(&self, conn: u64) -> ConnRef {
+    fn me(&self, conn: ConnId) -> ConnRef {
         ConnRef { node: self.node(), shard: self.cfg.id, conn }
     }
 
@@ -503,8 +503,8 @@ impl Shard {
             PeerMsg::PresenceQuery { target, reply_to } => self.presence_query(target, reply_to),
             PeerMsg::Attach { user, device: _, remote } => {
                 self.next_remote += 1;
-                let conn = REMOTE_CONN_BASE + self.next_remote;
-                assert!(conn < SESSION_CONN_BASE, "remote connection ids stay in their space");
+                let conn = ConnId(REMOTE_CONN_BASE + self.next_remote);
+                assert!(conn.0 < SESSION_CONN_BASE, "remote connection ids stay in their space");
                 self.remote_conns.insert(remote, conn);
                 // Each poll is authenticated on its own, so the session itself does not expire.
                 self.connected(conn, user, None);

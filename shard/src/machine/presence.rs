@@ -44,7 +44,7 @@ impl Shard {
     }
 
     /// Subscriber side: remember the targets and ask their home shards.
-    pub(super) fn subscribe(&mut self, conn: u64, users: Vec<String>) {
+    pub(super) fn subscribe(&mut self, conn: ConnId, users: Vec<String>) {
         let me = self.me(conn);
         let max = self.cfg.presence_subs_per_conn_max;
         let Some(c) = self.conns.get_mut(&conn) else { return };
@@ -70,7 +70,7 @@ impl Shard {
         }
     }
 
-    pub(super) fn unsubscribe(&mut self, conn: u64, users: Vec<String>) {
+    pub(super) fn unsubscribe(&mut self, conn: ConnId, users: Vec<String>) {
         let me = self.me(conn);
         let Some(c) = self.conns.get_mut(&conn) else { return };
         let gone: Vec<String> = users.into_iter().filter(|u| c.presence_targets.contains(u)).collect();
@@ -83,7 +83,7 @@ impl Shard {
 
     /// After dropped presence frames: ask again for everything this connection watches; the
     /// answers are the current states.
-    pub(super) fn resubscribe(&mut self, conn: u64) {
+    pub(super) fn resubscribe(&mut self, conn: ConnId) {
         let me = self.me(conn);
         let Some(c) = self.conns.get(&conn) else { return };
         for target in c.presence_targets.clone() {
@@ -253,7 +253,7 @@ impl Shard {
 
     /// One `Deliver` per subscriber shard.
     fn deliver_to_subs(&mut self, subs: &[ConnRef], payload: Payload) {
-        let mut by_shard: std::collections::BTreeMap<ShardId, Vec<u64>> = Default::default();
+        let mut by_shard: std::collections::BTreeMap<ShardId, Vec<ConnId>> = Default::default();
         for s in subs {
             by_shard.entry(s.shard).or_default().push(s.conn);
         }

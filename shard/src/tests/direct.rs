@@ -227,7 +227,7 @@ fn silent_connections_time_out_and_active_ones_stay() {
 fn a_connection_is_closed_when_its_token_expires_however_active() {
     let mut sim = Sim::new(1, 2, store());
     let forever = sim.connect("f");
-    let conn = sim.next_conn;
+    let conn = ConnId(sim.next_conn);
     sim.next_conn += 1;
     let expiring = Dev(0, conn);
     let exp = sim.now.unix_ms + 5_000;
@@ -249,7 +249,7 @@ fn a_connection_is_closed_when_its_token_expires_however_active() {
     assert_eq!(sim.closed, vec![(expiring, 1008, "token expired")]);
     assert_eq!(sim.shards[0].connections(), 1);
     // A token that expired before the connection was handled closes it at the next tick.
-    let conn = sim.next_conn;
+    let conn = ConnId(sim.next_conn);
     sim.inbox[0].push_back(Event::Connected { conn, user: "l".into(), device: "d".into(), expires_unix_ms: Some(sim.now.unix_ms - 1) });
     sim.run();
     sim.tick(1_000);

@@ -1,6 +1,7 @@
 //! Shard behaviour, driven through [`crate::sim`]: several shards and clients in one thread, the
 //! interleaving chosen from a seed, the store in memory and run inline.
 
+use crate::ops::ConnId;
 use crate::sim::*;
 use crate::*;
 use shardchat_codec::*;
@@ -46,7 +47,7 @@ pub(super) fn presence(frames: &[ServerFrame]) -> Vec<(String, String, Option<u6
 }
 
 /// Frames the bridge got for one of its sessions, in order.
-pub(super) fn bridge_frames(sim: &mut Sim, session: u64) -> Vec<ServerFrame> {
+pub(super) fn bridge_frames(sim: &mut Sim, session: ConnId) -> Vec<ServerFrame> {
     let mut out = Vec::new();
     for m in std::mem::take(&mut sim.bridge) {
         match m {

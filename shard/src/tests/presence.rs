@@ -89,28 +89,28 @@ fn presence_flips_when_heartbeats_stop() {
 fn a_remote_session_is_a_connection_whose_frames_go_to_its_holder() {
     let mut sim = Sim::new(3, 21, store());
     let n = sim.shards.len();
-    let remote = ConnRef { node: 0, shard: n, conn: 7 };
+    let remote = ConnRef { node: 0, shard: n, conn: ConnId(7) };
     let home = home_shard("bob", n);
     sim.inbox[home].push_back(Event::Peer(PeerMsg::Attach { user: "bob".into(), device: "poll".into(), remote }));
     sim.run();
     let a = sim.connect("alice");
     sim.send(a, &send("bob", "1", "to the poller"));
-    let f = bridge_frames(&mut sim, 7);
+    let f = bridge_frames(&mut sim, ConnId(7));
     assert!(matches!(&f[..], [ServerFrame::Msg(m)] if m.body == "to the poller"), "{f:?}");
     // Frames posted to the session are the session's requests; answers come back to the holder.
     let frame = decode_text(&send("alice", "b1", "from the poller"), &Limits::default()).unwrap();
     sim.inbox[home].push_back(Event::Peer(PeerMsg::RemoteFrame { remote, frame }));
     sim.run();
-    assert!(matches!(&bridge_frames(&mut sim, 7)[..], [ServerFrame::Ack { seq: 2, .. }]));
+    assert!(matches!(&bridge_frames(&mut sim, ConnId(7))[..], [ServerFrame::Ack { seq: 2, .. }]));
     assert_eq!(sim.msgs(a).last().unwrap().body, "from the poller");
     // Not polled for the heartbeat timeout: expired here, and the holder is told.
     for _ in 0..65 {
         sim.inbox[a.0].push_back(Event::Activity { conn: a.1 });
         sim.tick(1_000);
     }
-    assert_eq!(bridge_frames(&mut sim, 7), vec![ServerFrame::Pong { r#ref: Some(Ref::Str("detached".into())) }]);
+    assert_eq!(bridge_frames(&mut sim, ConnId(7)), vec![ServerFrame::Pong { r#ref: Some(Ref::Str("detached".into())) }]);
     sim.send(a, &send("bob", "2", "after expiry"));
-    assert!(bridge_frames(&mut sim, 7).is_empty());
+    assert!(bridge_frames(&mut sim, ConnId(7)).is_empty());
 }
 
 #[test]
