@@ -104,7 +104,7 @@ impl Cluster {
         let bridge = Arc::new(Mutex::new(Some(bridge)));
         let link = Link {
             bridge: bridge.clone(),
-            store,
+            store: StoreLink::new(store, Duration::from_millis(STORE_TIMEOUT_MS)),
             // Made again from this node's fence before the link joins (see `run`).
             liveness: Liveness::new(cfg.node, 0, 0),
             client,
@@ -179,7 +179,7 @@ struct Link {
     /// Where messages from other nodes and the live nodes go (None once the node is stopping).
     bridge: Arc<Mutex<Option<Bridge>>>,
     /// Where fences are kept (the message store every node shares).
-    store: Arc<dyn MessageStore>,
+    store: StoreLink,
     /// The decisions: incarnation, live and dead nodes, fences owed, the view, the repairer.
     liveness: Liveness,
     client: redis::Client,
@@ -203,7 +203,7 @@ impl Link {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<LinkMsg>) {
         // The incarnation comes first: a node that cannot read its fences does not join.
         loop {
-            match store_call(&self.store, move |s| s.node_fence(me16(self.cfg.node))).await {
+            match self.store.call(move |s| s.node_fence(me16(self.cfg.node))).await {
                 Ok(f) => {
                     self.liveness = Liveness::new(self.cfg.node, f, unix_ms());
                     break;
@@ -485,7 +485,7 @@ impl Link {
     async fn refresh(&mut self) {
         // Fenced while Redis said nothing (this process paused, or cut off from Redis alone)?
         let me = me16(self.cfg.node);
-        match store_call(&self.store, move |s| s.node_fence(me)).await {
+        match self.store.call(move |s| s.node_fence(me)).await {
             Ok(f) => {
                 let old = self.liveness.incarnation();
                 if self.liveness.own_fence(f, unix_ms()) {
@@ -536,7 +536,7 @@ impl Link {
         // Before any shard here may take a dead node's conversations, its incarnation is fenced
         // in the store, so if it still runs its next commit finds the fence.
         for &(d, inc) in &plan.fence {
-            match store_call(&self.store, move |s| s.fence_node(me16(d), inc)).await {
+            match self.store.call(move |s| s.fence_node(me16(d), inc)).await {
                 Ok(()) => {
                     self.liveness.fence_written(d, inc);
                     self.state.fences.fetch_add(1, Ordering::Relaxed);
@@ -694,14 +694,50 @@ fn me16(node: usize) -> NodeId {
 
 /// A store call off the link's thread (store calls block; the ScyllaDB backend runs its own
 /// runtime, which must not be entered from this one).
-async fn store_call<T: Send + 'static>(
-    store: &Arc<dyn MessageStore>,
-    f: impl FnOnce(&dyn MessageStore) -> Result<T, shardchat_storage::StoreError> + Send + 'static,
-) -> Result<T, String> {
-    let store = store.clone();
-    match tokio::task::spawn_blocking(move || f(&*store)).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+/// The link's way to the store: a call off its thread, given up after `STORE_TIMEOUT_MS` so a
+/// store that hangs cannot stop the link (its directory writes, routing and refreshes go on;
+/// a fence not written in time is owed again next refresh, and writing it twice is harmless).
+/// While a call given up is still running, the next one fails at once instead of piling up
+/// threads on a store that does not answer.
+#[derive(Clone)]
+struct StoreLink {
+    store: Arc<dyn MessageStore>,
+    busy: Arc<std::sync::atomic::AtomicBool>,
+    timeout: Duration,
+}
+
+/// Longest the link waits for one store call.
+const STORE_TIMEOUT_MS: u64 = 2_000;
+
+impl StoreLink {
+    fn new(store: Arc<dyn MessageStore>, timeout: Duration) -> StoreLink {
+        StoreLink { store, busy: Arc::new(std::sync::atomic::AtomicBool::new(false)), timeout }
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn MessageStore) -> Result<T, shardchat_storage::StoreError> + Send + 'static,
+    ) -> Result<T, String> {
+        if self.busy.swap(true, Ordering::AcqRel) {
+            return Err("the store has not answered an earlier call yet".into());
+        }
+        let (store, busy) = (self.store.clone(), self.busy.clone());
+        let call = tokio::task::spawn_blocking(move || {
+            // Cleared however the call ends (a panic included), so the link is never stuck busy.
+            struct Done(Arc<std::sync::atomic::AtomicBool>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Release);
+                }
+            }
+            let _done = Done(busy);
+            f(&*store)
+        });
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(r)) => r.map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("the store did not answer within {} ms", self.timeout.as_millis())),
+        }
     }
 }
 
@@ -710,5 +746,101 @@ async fn timeout<T>(f: impl std::future::Future<Output = redis::RedisResult<T>>)
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {REDIS_TIMEOUT_MS} ms")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardchat_storage_mem::MemStore;
+    use std::sync::mpsc;
+
+    /// A store whose fence reads wait until the test lets them go.
+    struct Stuck {
+        inner: MemStore,
+        gate: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl MessageStore for Stuck {
+        fn commit(&self, b: &shardchat_storage::WriteBatch) -> Result<(), shardchat_storage::StoreError> {
+            self.inner.commit(b)
+        }
+        fn last_seq(&self, c: &str) -> Result<u64, shardchat_storage::StoreError> {
+            self.inner.last_seq(c)
+        }
+        fn find_cmid(&self, c: &str, f: &str, m: &str) -> Result<Option<shardchat_codec::MsgRecord>, shardchat_storage::StoreError> {
+            self.inner.find_cmid(c, f, m)
+        }
+        fn messages_after(&self, c: &str, a: u64, l: usize) -> Result<Vec<shardchat_codec::MsgRecord>, shardchat_storage::StoreError> {
+            self.inner.messages_after(c, a, l)
+        }
+        fn messages_before(
+            &self,
+            c: &str,
+            b: Option<u64>,
+            l: usize,
+        ) -> Result<Vec<shardchat_codec::MsgRecord>, shardchat_storage::StoreError> {
+            self.inner.messages_before(c, b, l)
+        }
+        fn members(&self, c: &str) -> Result<Vec<shardchat_storage::Membership>, shardchat_storage::StoreError> {
+            self.inner.members(c)
+        }
+        fn left_at(&self, c: &str, u: &str) -> Result<Option<u64>, shardchat_storage::StoreError> {
+            self.inner.left_at(c, u)
+        }
+        fn conv_name(&self, c: &str) -> Result<Option<String>, shardchat_storage::StoreError> {
+            self.inner.conv_name(c)
+        }
+        fn watermarks(&self, c: &str) -> Result<Vec<(String, shardchat_codec::ReceiptKind, u64)>, shardchat_storage::StoreError> {
+            self.inner.watermarks(c)
+        }
+        fn last_seen(&self, u: &str) -> Result<Option<u64>, shardchat_storage::StoreError> {
+            self.inner.last_seen(u)
+        }
+        fn push_pending(&self, l: usize) -> Result<Vec<shardchat_storage::PushEntry>, shardchat_storage::StoreError> {
+            self.inner.push_pending(l)
+        }
+        fn push_done(&self, e: &[shardchat_storage::PushEntry]) -> Result<(), shardchat_storage::StoreError> {
+            self.inner.push_done(e)
+        }
+        fn index_pending(&self, l: usize) -> Result<Vec<shardchat_codec::MsgRecord>, shardchat_storage::StoreError> {
+            self.inner.index_pending(l)
+        }
+        fn index_done(&self, ids: &[u64]) -> Result<(), shardchat_storage::StoreError> {
+            self.inner.index_done(ids)
+        }
+        fn user_convs(&self, u: &str) -> Result<Vec<String>, shardchat_storage::StoreError> {
+            self.inner.user_convs(u)
+        }
+        fn watermark(&self, c: &str, u: &str, k: shardchat_codec::ReceiptKind) -> Result<u64, shardchat_storage::StoreError> {
+            self.inner.watermark(c, u, k)
+        }
+        fn fence_node(&self, n: u16, i: u64) -> Result<(), shardchat_storage::StoreError> {
+            self.inner.fence_node(n, i)
+        }
+        fn node_fence(&self, n: u16) -> Result<u64, shardchat_storage::StoreError> {
+            let _ = self.gate.lock().unwrap().recv();
+            self.inner.node_fence(n)
+        }
+    }
+
+    /// A store that stops answering costs the link one timeout, then fails its calls at once
+    /// until the stuck one returns; then calls go through again.
+    #[tokio::test]
+    async fn a_store_that_hangs_does_not_stop_the_link() {
+        let (open, gate) = mpsc::channel();
+        let store: Arc<dyn MessageStore> = Arc::new(Stuck { inner: MemStore::new(), gate: Mutex::new(gate) });
+        let link = StoreLink::new(store, Duration::from_millis(50));
+        let first = link.call(|s| s.node_fence(1)).await;
+        assert!(first.unwrap_err().contains("did not answer"), "given up on, not waited for");
+        let second = link.call(|s| s.fence_node(1, 5)).await;
+        assert!(second.unwrap_err().contains("earlier call"), "no second thread on a stuck store");
+        open.send(()).unwrap();
+        while link.busy.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        link.call(|s| s.fence_node(1, 5)).await.unwrap();
+        open.send(()).unwrap();
+        assert_eq!(link.call(|s| s.node_fence(1)).await.unwrap(), 5);
     }
 }
