@@ -278,7 +278,7 @@ impl Link {
     /// Every write of the liveness key reads back the one before. Another value there means
     /// another process wrote it since our last write: two nodes were given the same --node-id.
     fn check_owner(&self, previous: Option<&str>) {
-        if let Some(other) = previous.filter(|_| liveness::written_by_another(&self.base, previous)) {
+        if let Some(other) = previous.filter(|v| liveness::written_by_another(&self.base, Some(v))) {
             self.state.node_id_conflicts.fetch_add(1, Ordering::Relaxed);
             tracing::error!(node = self.cfg.node, ours = %self.value(), theirs = %other, "cluster: another process runs with this node id; give every node its own --node-id");
         }

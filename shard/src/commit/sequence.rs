@@ -40,7 +40,7 @@ fn reject(reply_to: ConnRef, code: ErrorCode, msg: &str, cmid: Option<&str>) -> 
 /// `loaded`. `push`: every stored message owes each other member a push notification.
 pub fn sequence(ops: &[Op], convs: &mut Convs, loaded: &Loaded, push: bool) -> Sequenced {
     // Each conversation's last seq before the batch, for the density check at the end.
-    let last_before: Vec<(String, u64)> = ops.iter().filter_map(Op::conv).map(|c| (c.to_string(), convs[c].last_seq)).collect();
+    let last_before: Vec<(&str, u64)> = ops.iter().filter_map(Op::conv).map(|c| (c, convs[c].last_seq)).collect();
     let mut batch = WriteBatch::default();
     let mut outcomes = Vec::with_capacity(ops.len());
     // (conv, from, cmid) → index in batch.messages, for retries inside one batch.
@@ -172,8 +172,8 @@ pub fn sequence(ops: &[Op], convs: &mut Convs, loaded: &Loaded, push: bool) -> S
 
 /// Per conversation, the batch's messages carry the seqs after the last one stored, densely and
 /// in order, and the conversation's state ends at the last of them.
-fn assert_dense(messages: &[MsgRecord], last_before: &[(String, u64)], convs: &Convs) {
-    let mut next: HashMap<&str, u64> = last_before.iter().map(|(c, s)| (c.as_str(), s + 1)).collect();
+fn assert_dense(messages: &[MsgRecord], last_before: &[(&str, u64)], convs: &Convs) {
+    let mut next: HashMap<&str, u64> = last_before.iter().map(|&(c, s)| (c, s + 1)).collect();
     for m in messages {
         let n = next.get_mut(m.conv.as_str()).expect("a message only for a conversation an op names");
         assert_eq!(m.seq, *n, "seqs of {} must be dense: {} follows {}", m.conv, m.seq, *n - 1);
