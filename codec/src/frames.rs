@@ -12,6 +12,16 @@ macro_rules! wire {
     )*};
 }
 
+impl std::fmt::Display for PresenceStatus {
+    /// As on the wire: `online` or `offline`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PresenceStatus::Online => "online",
+            PresenceStatus::Offline => "offline",
+        })
+    }
+}
+
 /// Whether `t` names a client frame type (to tell "unknown type" from "malformed"). Asked of
 /// `ClientFrame`'s own deserializer, so the answer follows the enum: a frame of type `t` with no
 /// fields fails as "unknown variant" only when no variant is named `t`.
@@ -48,6 +58,14 @@ wire! {
     pub enum ReceiptKind {
         Delivered,
         Read,
+    }
+
+    /// Whether a user has a connection open anywhere (`online`), or none (`offline`).
+    #[serde(rename_all = "snake_case")]
+    #[derive(Copy, Eq)]
+    pub enum PresenceStatus {
+        Online,
+        Offline,
     }
 
     /// A member's role in a group.
@@ -190,7 +208,7 @@ wire! {
         },
         Presence {
             user: String,
-            status: String,
+            status: PresenceStatus,
             #[serde(default, skip_serializing_if = "Option::is_none")]
             last_seen: Option<u64>,
         },

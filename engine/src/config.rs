@@ -345,6 +345,35 @@ impl Config {
     }
 }
 
+impl Config {
+    /// What shard `id`'s state machine is told of these settings: the one place an engine
+    /// setting reaches the shard logic (the shard keeps its own names and test defaults in
+    /// `ShardConfig::new`; the engine's defaults are this table's). `cluster` says whether this
+    /// node runs a cluster link.
+    pub fn shard(&self, id: usize, cluster: bool) -> shardchat_shard::ShardConfig {
+        use shardchat_shard::rate::Rate;
+        let mut sc = shardchat_shard::ShardConfig::new(id, self.shards);
+        sc.node = self.node_id;
+        sc.heartbeat_timeout_ms = self.heartbeat_timeout_ms;
+        // Sixteen slots a timeout: a connection is closed within 1/16 of its timeout's end.
+        sc.wheel_slot_ms = (self.heartbeat_timeout_ms / 16).clamp(50, 1000);
+        // A read frame a quarter of the outbound bound, so answering a read never fills it.
+        sc.read_frame_bytes_max = self.outbound_queue_bytes_max / 4;
+        sc.push_enabled = self.push_webhook.is_some();
+        sc.owner_pending_ops_max = self.owner_pending_ops_max;
+        sc.presence_subs_per_conn_max = self.presence_subs_per_conn_max;
+        sc.typing_interval_ms = self.typing_interval_ms;
+        sc.cluster = cluster;
+        sc.send_rate = Rate { per_sec: self.send_rate_per_s, burst: self.send_burst };
+        sc.history_rate = Rate { per_sec: self.history_rate_per_s, burst: self.history_burst };
+        sc.presence_rate = Rate { per_sec: self.presence_rate_per_s, burst: self.presence_burst };
+        sc.user_send_rate = Rate { per_sec: self.user_send_rate_per_s, burst: self.user_send_burst };
+        sc.user_history_rate = Rate { per_sec: self.user_history_rate_per_s, burst: self.user_history_burst };
+        sc.user_presence_rate = Rate { per_sec: self.user_presence_rate_per_s, burst: self.user_presence_burst };
+        sc
+    }
+}
+
 /// At least this many descriptors stay reserved whatever the limit (the rest of the reserve is
 /// a twentieth of the limit plus the control plane's connections).
 pub const FD_RESERVE_MIN: usize = 1024;
@@ -379,6 +408,42 @@ mod tests {
         let args = ServeArgs { storage_threads_per_shard: Some(5), dev_auth: true, ..Default::default() };
         let c = Config::load(&args).unwrap();
         assert_eq!((c.storage_threads_per_shard, c.write_batch_bytes), (5, Config::default().write_batch_bytes));
+    }
+
+    /// Every setting the shard logic uses reaches it: each is given a value unlike any default
+    /// (the engine's and the shard's own), and the shard's config must carry it.
+    #[test]
+    fn every_shard_setting_reaches_the_shard() {
+        let c = Config {
+            shards: 3,
+            node_id: 5,
+            heartbeat_timeout_ms: 8_000,
+            outbound_queue_bytes_max: 4_000,
+            push_webhook: Some("http://127.0.0.1:1/".into()),
+            owner_pending_ops_max: 7,
+            presence_subs_per_conn_max: 9,
+            typing_interval_ms: 11,
+            send_rate_per_s: 13,
+            send_burst: 14,
+            history_rate_per_s: 15,
+            history_burst: 16,
+            presence_rate_per_s: 17,
+            presence_burst: 18,
+            user_send_rate_per_s: 19,
+            user_send_burst: 20,
+            user_history_rate_per_s: 21,
+            user_history_burst: 22,
+            user_presence_rate_per_s: 23,
+            user_presence_burst: 24,
+            ..Config::default()
+        };
+        let sc = c.shard(2, true);
+        let rate = |r: shardchat_shard::rate::Rate| (r.per_sec, r.burst);
+        assert_eq!((sc.id, sc.shards, sc.node, sc.cluster, sc.push_enabled), (2, 3, 5, true, true));
+        assert_eq!((sc.heartbeat_timeout_ms, sc.wheel_slot_ms, sc.read_frame_bytes_max), (8_000, 500, 1_000));
+        assert_eq!((sc.owner_pending_ops_max, sc.presence_subs_per_conn_max, sc.typing_interval_ms), (7, 9, 11));
+        assert_eq!([rate(sc.send_rate), rate(sc.history_rate), rate(sc.presence_rate)], [(13, 14), (15, 16), (17, 18)]);
+        assert_eq!([rate(sc.user_send_rate), rate(sc.user_history_rate), rate(sc.user_presence_rate)], [(19, 20), (21, 22), (23, 24)]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::{connect_all, hist, now_us, progress, Args, Report, Schedule, Shared}
 use futures::StreamExt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tungstenite::Message;
 
 /// How long after the last send echoes are still waited for.
@@ -21,12 +21,13 @@ pub async fn run(args: &Args, report: &mut Report) {
     let interval = Duration::from_secs_f64(1.0 / per_conn);
     let total = (per_conn * args.duration as f64).round() as u64;
     let pad = "x".repeat(args.payload.saturating_sub(20));
-    let start = Instant::now() + Duration::from_millis(200);
+    let epoch = crate::traffic::Epoch::after(Duration::from_millis(200));
+    let start = epoch.at;
     let pb = progress(total * n as u64, "echo");
     let mut tasks = Vec::new();
     for (i, ws) in conns.into_iter().enumerate() {
         let (sh, pad, pb) = (shared.clone(), pad.clone(), pb.clone());
-        let schedule = Schedule { start: start + interval.mul_f64(i as f64 / n as f64), interval, total };
+        let schedule = Schedule { epoch, start: start + interval.mul_f64(i as f64 / n as f64), interval, total };
         tasks.push(crate::rt::spawn(async move {
             let (mut tx, mut rx) = ws.split();
             let sh2 = sh.clone();

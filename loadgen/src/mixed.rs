@@ -10,7 +10,7 @@ use serde_json::json;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tungstenite::Message;
 
 /// A receiver marks every this-many-th message it receives as read.
@@ -46,14 +46,15 @@ pub async fn run(args: &Args, report: &mut Report) {
         pb.inc(1);
     }
     pb.finish();
-    let start = Instant::now() + Duration::from_millis(500);
+    let epoch = crate::traffic::Epoch::after(Duration::from_millis(500));
+    let start = epoch.at;
     let pb = progress(total * n_users as u64, "send");
     let mut tasks = Vec::new();
     for (g, conv, members) in plans {
         for (m, ws) in members.into_iter().enumerate() {
             let i = g * size + m;
             let watch: Vec<String> = (1..=args.subs.min(n_users - 1)).map(|k| users[(i + k) % n_users].clone()).collect();
-            let schedule = Schedule { start: start + interval.mul_f64(i as f64 / n_users as f64), interval, total };
+            let schedule = Schedule { epoch, start: start + interval.mul_f64(i as f64 / n_users as f64), interval, total };
             let expect = total * (size as u64 - 1);
             let (conv, sh, pad, pb) = (conv.clone(), shared.clone(), pad.clone(), pb.clone());
             tasks.push(crate::rt::spawn(member(ws, conv, watch, schedule, expect, sh, pad, pb)));

@@ -85,7 +85,8 @@ pub(crate) async fn fanout(args: &Args, report: &mut Report, size: usize) {
         plans.push((members, dest, first_seq));
     }
     pb.finish();
-    let start = Instant::now() + Duration::from_millis(200);
+    let epoch = Epoch::after(Duration::from_millis(200));
+    let start = epoch.at;
     let receivers_per_group = (size - 1) as u64;
     let n_plans = plans.len();
     for (i, (mut members, dest, first_seq)) in plans.into_iter().enumerate() {
@@ -93,7 +94,7 @@ pub(crate) async fn fanout(args: &Args, report: &mut Report, size: usize) {
         let (sh, pad) = (shared.clone(), body_pad.clone());
         // Spread the senders' phases over one interval so the aggregate rate is smooth.
         let phase = interval.mul_f64(i as f64 / n_plans.max(1) as f64);
-        let schedule = Schedule { start: start + phase, interval, total: total_per_sender };
+        let schedule = Schedule { epoch, start: start + phase, interval, total: total_per_sender };
         tasks.push(crate::rt::spawn(sender(sender_ws, dest, sh.clone(), pad, schedule, args.binary)));
         for ws in members {
             tasks.push(crate::rt::spawn(receiver(
@@ -174,11 +175,38 @@ pub(crate) async fn create_group(ws: &mut Ws, members: &[String]) -> Option<Stri
     }
 }
 
-/// Sends `total` messages on a fixed schedule; the body carries the scheduled send time, so
-/// latency includes any time the schedule slipped (coordinated omission corrected).
-/// When a sender sends: `total` messages, one every `interval` from `start`.
+/// The run's start on both clocks, read once for all senders. Every intended send time is an
+/// offset from it on the monotonic clock, stamped as the same offset from its wall-clock time,
+/// so a sender whose first wake comes late (a busy core, a slow spawn) still stamps each
+/// message with when it was due: the delay shows as latency (true coordinated-omission
+/// correction) instead of shifting that sender's whole schedule.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Epoch {
+    pub(crate) at: Instant,
+    /// Unix µs at `at`.
+    pub(crate) wall_us: u64,
+}
+
+impl Epoch {
+    /// An epoch `delay` from now.
+    pub(crate) fn after(delay: Duration) -> Epoch {
+        let (now, wall) = (Instant::now(), now_us());
+        Epoch { at: now + delay, wall_us: wall + delay.as_micros() as u64 }
+    }
+
+    /// The wall-clock time (Unix µs) of `t`, an instant at or after the epoch.
+    pub(crate) fn wall_of(&self, t: Instant) -> u64 {
+        debug_assert!(t >= self.at, "a schedule never starts before its run");
+        self.wall_us + t.saturating_duration_since(self.at).as_micros() as u64
+    }
+}
+
+/// When a sender sends: `total` messages, one every `interval` from `start` (at or after the
+/// run's `epoch`). The body carries each message's due time, so latency includes any time the
+/// schedule slipped.
 #[derive(Clone, Copy)]
 pub(crate) struct Schedule {
+    pub(crate) epoch: Epoch,
     pub(crate) start: Instant,
     pub(crate) interval: Duration,
     pub(crate) total: u64,
@@ -190,33 +218,35 @@ impl Schedule {
         self.start + self.interval.mul_f64(self.total as f64)
     }
 
+    /// When send `k` is due.
+    pub(crate) fn due(&self, k: u64) -> Instant {
+        self.start + self.interval.mul_f64(k as f64)
+    }
+
     /// Walks the schedule open loop: see [`Ticks::next`].
     pub(crate) fn ticks(self) -> Ticks {
-        Ticks { s: self, k: 0, wall0: None }
+        Ticks { s: self, k: 0 }
     }
 }
 
 pub(crate) struct Ticks {
     pub(crate) s: Schedule,
     pub(crate) k: u64,
-    /// The wall clock at `start`, read once so stamps follow the schedule, not the clock's steps.
-    pub(crate) wall0: Option<u64>,
 }
 
 impl Ticks {
-    /// Waits until send `k` is due and gives `k` and its stamp: the wall-clock time it was due,
-    /// not when it happened, so a stalled sender or server shows up as latency (coordinated
-    /// omission corrected). `None` once all are sent.
+    /// Waits until send `k` is due and gives `k` and its stamp: the wall-clock time it was due
+    /// (from the run's epoch), not when it happened, so a stalled sender or server shows up as
+    /// latency (coordinated omission corrected). `None` once all are sent.
     pub(crate) async fn next(&mut self) -> Option<(u64, u64)> {
         let k = self.k;
         if k >= self.s.total {
             return None;
         }
-        let due = self.s.start + self.s.interval.mul_f64(k as f64);
+        let due = self.s.due(k);
         crate::rt::sleep_until(due).await;
-        let wall0 = *self.wall0.get_or_insert_with(now_us);
         self.k += 1;
-        Some((k, wall0 + due.saturating_duration_since(self.s.start).as_micros() as u64))
+        Some((k, self.s.epoch.wall_of(due)))
     }
 }
 
@@ -303,4 +333,33 @@ pub(crate) async fn receiver(ws: Ws, sh: Arc<Shared>, total: u64, first_seq: u64
         sh.lost.fetch_add(total - got, Relaxed);
     }
     sh.latency.lock().unwrap().as_mut().unwrap().add(&local).unwrap();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sender whose first wake comes 60 ms late still stamps its first messages with when
+    /// they were due: the stall is latency, not a shifted schedule (it was: each sender read
+    /// the wall clock at its first wake, so every later stamp was late by the same delay).
+    #[test]
+    fn a_late_first_wake_shows_as_latency() {
+        let epoch = Epoch::after(Duration::from_millis(5));
+        let s = Schedule { epoch, start: epoch.at + Duration::from_millis(1), interval: Duration::from_millis(2), total: 3 };
+        let stall = Duration::from_millis(60);
+        std::thread::sleep(stall);
+        let stamps = glommio::LocalExecutor::default().run(async move {
+            let mut ticks = s.ticks();
+            let mut out = Vec::new();
+            while let Some((k, stamp)) = ticks.next().await {
+                out.push((k, stamp, now_us()));
+            }
+            out
+        });
+        assert_eq!(stamps.iter().map(|(k, ..)| *k).collect::<Vec<_>>(), vec![0, 1, 2]);
+        for (k, stamp, sent) in &stamps {
+            assert_eq!(*stamp, epoch.wall_us + 1_000 + 2_000 * k, "due times follow the run's epoch");
+            assert!(sent - stamp >= 50_000, "send {k} went {} µs after it was due, and says so", sent - stamp);
+        }
+    }
 }

@@ -197,15 +197,25 @@ impl Bridge {
     }
 
     /// From the cluster link: hands the bridge messages for local peers (shards, or the bridge
-    /// itself for answers to REST requests). Waits while the bridge's queue is full rather than
-    /// drop a message another node sent; false once the bridge has stopped.
-    pub fn inject(&self, msgs: Vec<(usize, PeerMsg)>) -> bool {
+    /// itself for answers to REST requests). Never waits: when the bridge's queue is full, or
+    /// the bridge has stopped, the messages come back (the link retries for a bounded time on
+    /// its own clock, then drops them; see `engine/cluster`).
+    pub fn try_inject(&self, msgs: Vec<(usize, PeerMsg)>) -> Result<(), Injected> {
         if msgs.is_empty() {
-            return true;
+            return Ok(());
         }
-        let ok = self.tx.send(Input::Peers(msgs)).is_ok();
-        self.ring();
-        ok
+        match self.tx.try_send(Input::Peers(msgs)) {
+            Ok(()) => {
+                self.ring();
+                Ok(())
+            }
+            Err(crossbeam_channel::TrySendError::Full(Input::Peers(m))) => {
+                // A full queue has a wake-up pending already; ring anyway in case it was read.
+                self.ring();
+                Err(Injected::Full(m))
+            }
+            Err(_) => Err(Injected::Stopped),
+        }
     }
 
     fn ring(&self) {
@@ -221,6 +231,14 @@ impl Bridge {
     }
 }
 
+/// Why [`Bridge::try_inject`] did not take its messages.
+pub enum Injected {
+    /// The bridge's queue is full: the messages, to try again.
+    Full(Vec<(usize, PeerMsg)>),
+    /// The bridge has stopped (the node is shutting down).
+    Stopped,
+}
+
 /// The bridge's end, moved into its executor.
 pub struct BridgeEnd {
     pub rx: crossbeam_channel::Receiver<Input>,
@@ -233,10 +251,15 @@ pub struct BridgeEnd {
 }
 
 pub fn pair() -> std::io::Result<(Bridge, BridgeEnd)> {
+    pair_holding(BRIDGE_QUEUE_REQUESTS_MAX)
+}
+
+/// A bridge whose queue holds `inputs_max` requests and batches (tests fill a small one).
+pub fn pair_holding(inputs_max: usize) -> std::io::Result<(Bridge, BridgeEnd)> {
     let (a, b) = std::os::unix::net::UnixStream::pair()?;
     a.set_nonblocking(true)?;
     b.set_nonblocking(true)?;
-    let (tx, rx) = crossbeam_channel::bounded(BRIDGE_QUEUE_REQUESTS_MAX);
+    let (tx, rx) = crossbeam_channel::bounded(inputs_max);
     let rung = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
     let bridge = Bridge { tx, rung: rung.clone(), sock: Arc::new(a), ready: ready.clone() };

@@ -19,8 +19,9 @@
 //!
 //! Routing between nodes: every node subscribes to its channel `inbox:{id}`. What the shards
 //! send to other nodes (`Action::Remote`: an op for the conversation's owner node, an answer to
-//! a connection there; `Action::RemoteFanout`: a frame for users elsewhere) queues here with the
-//! directory changes, in the order the shards produced it. Each batch becomes one pipeline: the
+//! a connection there; `Action::RemoteFanout`: a frame for users elsewhere) waits in the link's
+//! inbox with the directory changes (bounded: `shardchat_link::inbox`), in the order the shards
+//! produced it, and each turn of the link takes it all. Each batch becomes one pipeline: the
 //! nodes of every fanned-out user are read from the directory, and every destination node gets
 //! one `PUBLISH` holding all of the batch's messages for it, so a group message costs one
 //! publish per node holding members, whatever the member count. Pushes are not the link's
@@ -38,22 +39,25 @@
 
 mod keys;
 mod state;
+mod store_link;
 
 use keys::*;
 use shardchat_bridge::clock::unix_ms;
 use shardchat_bridge::health::Health;
-use shardchat_bridge::Bridge;
+use shardchat_bridge::{Bridge, Injected};
 use shardchat_link::directory::Directory;
+use shardchat_link::inbox::{Inbox, Turn};
 use shardchat_link::liveness::{self, Liveness, Refreshed};
 use shardchat_link::routing::{self, Outgoing};
 use shardchat_shard::{Class, ConnRef, NodeId, PeerMsg, RemoteMsg};
 use shardchat_storage::MessageStore;
 pub use state::ClusterState;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use store_link::{StoreLink, STORE_TIMEOUT_MS};
+use tokio::sync::Notify;
 
 /// How often the liveness key is refreshed and the live set read.
 pub const NODE_REFRESH_MS: u64 = 1_000;
@@ -61,6 +65,12 @@ pub const NODE_REFRESH_MS: u64 = 1_000;
 pub const NODE_TTL_MS: u64 = 3_000;
 /// Longest wait for one Redis round trip before the link counts Redis as down.
 const REDIS_TIMEOUT_MS: u64 = 2_000;
+/// Longest the link keeps trying to hand the bridge one batch while the bridge's queue is full
+/// (it sleeps between tries, so its other work goes on); then the batch is dropped and counted.
+/// Far below the liveness key's life, so a stuck bridge never stops the refreshes.
+pub const BRIDGE_WAIT_MS: u64 = 200;
+/// How often the link tries the bridge again while its queue is full.
+const BRIDGE_RETRY_MS: u64 = 1;
 
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
@@ -71,23 +81,27 @@ pub struct ClusterConfig {
     pub listen: std::net::SocketAddr,
 }
 
-/// What the shards hand the link, in their order.
-enum LinkMsg {
-    Directory(String, bool),
-    /// A home shard here watches (or stops watching) a user's presence.
-    Watch(String, bool),
-    /// For other nodes (boxed: a frame is large, the other variants small).
-    Out(Box<Outgoing>),
-    Stop,
+/// The shards' side of the link: what they hand it waits in an [`Inbox`] (bounded; see
+/// `shardchat_link::inbox`) until the link's next turn. A mutex shared by the node's shards
+/// guards it; it holds no shard state, and each shard holds it only to add one entry.
+struct Shared {
+    inbox: Mutex<Inbox>,
+    /// Rung on every handover; a permit is kept while the link is busy, so none is lost.
+    bell: Notify,
+    /// Set by [`Cluster::stop`]: the link's next turn is its last.
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The shards' handle: report directory changes and send to other nodes without waiting.
 pub struct Cluster {
-    /// Unbounded but drained continuously: the link takes everything queued at once, whatever
-    /// Redis does, so this holds at most what arrives during one Redis round trip (at most
-    /// `REDIS_TIMEOUT_MS`). Unbounded so a shard never waits and nothing is dropped; order is
-    /// kept, so a user's arrival and departure apply in turn and messages leave in order.
-    changes: mpsc::UnboundedSender<LinkMsg>,
+    shared: Arc<Shared>,
+    shards: usize,
     bridge: Arc<Mutex<Option<Bridge>>>,
     pub state: Arc<ClusterState>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -98,10 +112,21 @@ impl Cluster {
     /// clients and the link keeps trying.
     /// What other nodes send arrives through `bridge`.
     pub fn start(cfg: ClusterConfig, bridge: Bridge, store: Arc<dyn MessageStore>, health: Arc<Health>) -> Result<Cluster, String> {
+        Cluster::start_with(cfg, bridge, store, health, Inbox::default())
+    }
+
+    fn start_with(
+        cfg: ClusterConfig,
+        bridge: Bridge,
+        store: Arc<dyn MessageStore>,
+        health: Arc<Health>,
+        inbox: Inbox,
+    ) -> Result<Cluster, String> {
         let client = redis::Client::open(cfg.redis.as_str()).map_err(|e| format!("cluster: {}: {e}", cfg.redis))?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared { inbox: Mutex::new(inbox), bell: Notify::new(), stopping: AtomicBool::new(false) });
         let state = Arc::new(ClusterState::default());
         let bridge = Arc::new(Mutex::new(Some(bridge)));
+        let shards = cfg.shards;
         let link = Link {
             bridge: bridge.clone(),
             store: StoreLink::new(store, Duration::from_millis(STORE_TIMEOUT_MS)),
@@ -117,33 +142,40 @@ impl Cluster {
             stalled_logged: Vec::new(),
             cfg,
         };
+        let from_shards = shared.clone();
         let thread = std::thread::Builder::new()
             .name("cluster".into())
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("cluster runtime");
-                rt.block_on(link.run(rx));
+                rt.block_on(link.run(from_shards));
             })
             .map_err(|e| format!("cluster thread: {e}"))?;
-        Ok(Cluster { changes: tx, bridge, state, thread: Mutex::new(Some(thread)) })
+        Ok(Cluster { shared, shards, bridge, state, thread: Mutex::new(Some(thread)) })
     }
 
     /// From a home shard: `user`'s first connection here arrived (`here`) or the last one left.
     pub fn directory(&self, user: String, here: bool) {
-        // Fails only once the link has stopped, at shutdown.
-        let _ = self.changes.send(LinkMsg::Directory(user, here));
+        self.shared.inbox().directory(user, here);
+        self.shared.bell.notify_one();
     }
 
     /// From a home shard: someone here watches `user`'s presence (or no longer does).
     pub fn watch(&self, user: String, watch: bool) {
-        let _ = self.changes.send(LinkMsg::Watch(user, watch));
+        self.shared.inbox().watch(user, watch);
+        self.shared.bell.notify_one();
     }
 
-    /// From a shard: `msg` for node `node`.
-    pub fn remote(&self, node: NodeId, msg: RemoteMsg) {
-        let _ = self.changes.send(LinkMsg::Out(Box::new(Outgoing::Remote(node, msg))));
+    /// From a shard: `msg` for node `node`. Returns what this node's shards must be handed at
+    /// once when the link's queue is at its bound: the `unavailable` answer an op is owed (its
+    /// client retries the same cmid); nothing for what answers no one.
+    #[must_use = "an op refused at the link's bound is owed an answer"]
+    pub fn remote(&self, node: NodeId, msg: RemoteMsg) -> Vec<(usize, PeerMsg)> {
+        self.offer(Outgoing::Remote(node, msg))
     }
 
-    /// From an owner shard: a frame for `users` wherever else they are connected.
+    /// From an owner shard: a frame for `users` wherever else they are connected. At the link's
+    /// bound it is dropped (counted): the message is stored, and its receivers elsewhere fill the
+    /// gap from history.
     pub fn fanout(
         &self,
         users: Vec<String>,
@@ -153,7 +185,27 @@ impl Cluster {
         class: Class,
     ) {
         let frame = payload.frame().clone();
-        let _ = self.changes.send(LinkMsg::Out(Box::new(Outgoing::Fanout { users, frame, except, msg, class })));
+        let owed = self.offer(Outgoing::Fanout { users, frame, except, msg, class });
+        debug_assert!(owed.is_empty(), "a fan-out answers no one");
+    }
+
+    fn offer(&self, m: Outgoing) -> Vec<(usize, PeerMsg)> {
+        let refused = self.shared.inbox().offer(m);
+        self.shared.bell.notify_one();
+        match refused {
+            Ok(()) => Vec::new(),
+            Err(m) => {
+                let n = self.state.remote_refused.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    tracing::warn!(refused = n + 1, "cluster: the link's queue is full (Redis slow?); refusing messages for other nodes");
+                }
+                let failed = match m {
+                    Outgoing::Remote(_, msg) => vec![msg],
+                    Outgoing::Fanout { .. } => Vec::new(),
+                };
+                routing::unreachable(&failed, self.shards)
+            }
+        }
     }
 
     /// Stops handing what arrives to the bridge, so the bridge can stop (it runs until every
@@ -162,12 +214,13 @@ impl Cluster {
         self.bridge.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
-    /// Stops the link, after the changes queued before this call. The liveness key is removed
-    /// so the others see this node gone at once (and repair the directory). A handle is enough:
-    /// shutdown must not depend on every shard's copy having been dropped.
+    /// Stops the link, after the changes handed over before this call. The liveness key is
+    /// removed so the others see this node gone at once (and repair the directory). A handle is
+    /// enough: shutdown must not depend on every shard's copy having been dropped.
     pub fn stop(&self) {
         self.detach_bridge();
-        let _ = self.changes.send(LinkMsg::Stop);
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.bell.notify_one();
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
         }
@@ -200,7 +253,7 @@ struct Link {
 
 impl Link {
     /// Runs until [`Cluster::stop`].
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<LinkMsg>) {
+    async fn run(mut self, shared: Arc<Shared>) {
         // The incarnation comes first: a node that cannot read its fences does not join.
         loop {
             match self.store.call(move |s| s.node_fence(me16(self.cfg.node))).await {
@@ -220,27 +273,11 @@ impl Link {
         loop {
             tokio::select! {
                 _ = tick.tick() => self.refresh().await,
-                got = rx.recv() => {
-                    // Everything queued now, in one batch; `Stop` (or every handle gone) ends it.
-                    let mut msg = got;
-                    let mut out = Vec::new();
-                    let mut watches = Vec::new();
-                    let stop = loop {
-                        match msg {
-                            Some(LinkMsg::Directory(user, here)) => self.note((user, here)),
-                            Some(LinkMsg::Watch(user, on)) => watches.push((user, on)),
-                            Some(LinkMsg::Stop) | None => break true,
-                            Some(LinkMsg::Out(m)) => out.push(*m),
-                        }
-                        match rx.try_recv() {
-                            Ok(m) => msg = Some(m),
-                            Err(_) => break false,
-                        }
-                    };
-                    let changes = self.write_directory().await;
-                    out.extend(self.presence_changes(changes).await);
-                    self.route(out).await;
-                    self.watch(watches).await;
+                _ = shared.bell.notified() => {
+                    // Read before the take: everything handed over before `stop` is in this turn.
+                    let stop = shared.stopping.load(Ordering::Acquire);
+                    let turn = shared.inbox().take();
+                    self.turn(turn).await;
                     if stop {
                         break;
                     }
@@ -253,8 +290,18 @@ impl Link {
         }
     }
 
-    fn note(&mut self, (user, here): (String, bool)) {
-        self.directory.note(user, here);
+    /// One turn: everything the shards handed over since the last, applied in one batch each
+    /// (directory, presence, routing, watches).
+    async fn turn(&mut self, turn: Turn) {
+        let Turn { directory, watches, out } = turn;
+        for (user, here) in directory {
+            self.directory.note(user, here);
+        }
+        let changes = self.write_directory().await;
+        let mut out = out;
+        out.extend(self.presence_changes(changes).await);
+        self.route(out).await;
+        self.watch(watches).await;
     }
 
     async fn connection(&mut self) -> Option<redis::aio::MultiplexedConnection> {
@@ -436,7 +483,7 @@ impl Link {
                 sets.next().unwrap_or_default().into_iter().filter(|&n| n != me && live.contains(&n)).map(me16).collect();
             local.push((shardchat_shard::home_shard(&user, self.cfg.shards), PeerMsg::PresenceNodes { user, nodes }));
         }
-        self.inject(local);
+        self.inject(local).await;
     }
 
     /// Makes this node's part of the directory exactly `here`.
@@ -551,7 +598,7 @@ impl Link {
             let nodes: Vec<NodeId> = view.iter().map(|&n| me16(n)).collect();
             let inc = self.liveness.incarnation();
             let msgs = (0..self.cfg.shards).map(|s| (s, PeerMsg::View { live: nodes.clone(), incarnation: inc })).collect();
-            if self.inject(msgs) {
+            if self.inject(msgs).await {
                 self.liveness.view_told(view);
             }
         }
@@ -572,11 +619,8 @@ impl Link {
 }
 
 impl Link {
-    fn inject(&self, msgs: Vec<(usize, PeerMsg)>) -> bool {
-        match &*self.bridge.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(b) => b.inject(msgs),
-            None => false,
-        }
+    async fn inject(&self, msgs: Vec<(usize, PeerMsg)>) -> bool {
+        hand_to_bridge(&self.bridge, msgs, &self.state).await
     }
 
     /// Sends one batch of what the shards had for other nodes: the directory read for every
@@ -644,7 +688,7 @@ impl Link {
         }
         if !failed.is_empty() {
             self.state.remote_unreachable.fetch_add(failed.len() as u64, Ordering::Relaxed);
-            self.inject(routing::unreachable(&failed, self.cfg.shards));
+            self.inject(routing::unreachable(&failed, self.cfg.shards)).await;
         }
     }
 }
@@ -673,14 +717,10 @@ async fn subscribe(client: redis::Client, cfg: ClusterConfig, bridge: Arc<Mutex<
                 };
                 state.remote_received.fetch_add(msgs.len() as u64, Ordering::Relaxed);
                 let local: Vec<(usize, PeerMsg)> = msgs.into_iter().flat_map(|m| m.into_local(cfg.shards)).collect();
-                let b = bridge.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                match b {
-                    Some(b) => {
-                        // Waits (this thread) only while the bridge's deep queue is full.
-                        b.inject(local);
-                    }
-                    None => return,
+                if bridge.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+                    return;
                 }
+                hand_to_bridge(&bridge, local, &state).await;
             }
             tracing::warn!(channel = %channel, "cluster: subscription lost; subscribing again");
         }
@@ -688,57 +728,37 @@ async fn subscribe(client: redis::Client, cfg: ClusterConfig, bridge: Arc<Mutex<
     }
 }
 
+/// Hands `msgs` to this node's peers through the bridge. Never blocks the link's thread: while
+/// the bridge's queue is full it tries again every `BRIDGE_RETRY_MS`, for at most
+/// `BRIDGE_WAIT_MS` (the refreshes, routing and the subscription go on meanwhile), then drops
+/// the batch and counts it. What is lost so is what Redis pub/sub may lose anyway: answers and
+/// ops whose clients retry, fan-outs of stored messages their receivers fill from history, a
+/// view told again at the next refresh. False when the batch was not handed over.
+async fn hand_to_bridge(bridge: &Mutex<Option<Bridge>>, msgs: Vec<(usize, PeerMsg)>, state: &ClusterState) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(BRIDGE_WAIT_MS);
+    let mut msgs = msgs;
+    loop {
+        let Some(b) = bridge.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return false };
+        match b.try_inject(msgs) {
+            Ok(()) => return true,
+            Err(Injected::Stopped) => return false,
+            Err(Injected::Full(back)) if tokio::time::Instant::now() < deadline => {
+                msgs = back;
+                tokio::time::sleep(Duration::from_millis(BRIDGE_RETRY_MS)).await;
+            }
+            Err(Injected::Full(_)) => {
+                let n = state.bridge_dropped.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    tracing::warn!(dropped = n + 1, "cluster: the bridge's queue stayed full; dropped a batch from the link");
+                }
+                return false;
+            }
+        }
+    }
+}
+
 fn me16(node: usize) -> NodeId {
     node as NodeId
-}
-
-/// A store call off the link's thread (store calls block; the ScyllaDB backend runs its own
-/// runtime, which must not be entered from this one).
-/// The link's way to the store: a call off its thread, given up after `STORE_TIMEOUT_MS` so a
-/// store that hangs cannot stop the link (its directory writes, routing and refreshes go on;
-/// a fence not written in time is owed again next refresh, and writing it twice is harmless).
-/// While a call given up is still running, the next one fails at once instead of piling up
-/// threads on a store that does not answer.
-#[derive(Clone)]
-struct StoreLink {
-    store: Arc<dyn MessageStore>,
-    busy: Arc<std::sync::atomic::AtomicBool>,
-    timeout: Duration,
-}
-
-/// Longest the link waits for one store call.
-const STORE_TIMEOUT_MS: u64 = 2_000;
-
-impl StoreLink {
-    fn new(store: Arc<dyn MessageStore>, timeout: Duration) -> StoreLink {
-        StoreLink { store, busy: Arc::new(std::sync::atomic::AtomicBool::new(false)), timeout }
-    }
-
-    async fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn MessageStore) -> Result<T, shardchat_storage::StoreError> + Send + 'static,
-    ) -> Result<T, String> {
-        if self.busy.swap(true, Ordering::AcqRel) {
-            return Err("the store has not answered an earlier call yet".into());
-        }
-        let (store, busy) = (self.store.clone(), self.busy.clone());
-        let call = tokio::task::spawn_blocking(move || {
-            // Cleared however the call ends (a panic included), so the link is never stuck busy.
-            struct Done(Arc<std::sync::atomic::AtomicBool>);
-            impl Drop for Done {
-                fn drop(&mut self) {
-                    self.0.store(false, Ordering::Release);
-                }
-            }
-            let _done = Done(busy);
-            f(&*store)
-        });
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(r)) => r.map_err(|e| e.to_string()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("the store did not answer within {} ms", self.timeout.as_millis())),
-        }
-    }
 }
 
 async fn timeout<T>(f: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
@@ -750,97 +770,4 @@ async fn timeout<T>(f: impl std::future::Future<Output = redis::RedisResult<T>>)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use shardchat_storage_mem::MemStore;
-    use std::sync::mpsc;
-
-    /// A store whose fence reads wait until the test lets them go.
-    struct Stuck {
-        inner: MemStore,
-        gate: Mutex<mpsc::Receiver<()>>,
-    }
-
-    impl MessageStore for Stuck {
-        fn commit(&self, b: &shardchat_storage::WriteBatch) -> Result<(), shardchat_storage::StoreError> {
-            self.inner.commit(b)
-        }
-        fn last_seq(&self, c: &str) -> Result<u64, shardchat_storage::StoreError> {
-            self.inner.last_seq(c)
-        }
-        fn find_cmid(&self, c: &str, f: &str, m: &str) -> Result<Option<shardchat_codec::MsgRecord>, shardchat_storage::StoreError> {
-            self.inner.find_cmid(c, f, m)
-        }
-        fn messages_after(&self, c: &str, a: u64, l: usize) -> Result<Vec<shardchat_codec::MsgRecord>, shardchat_storage::StoreError> {
-            self.inner.messages_after(c, a, l)
-        }
-        fn messages_before(
-            &self,
-            c: &str,
-            b: Option<u64>,
-            l: usize,
-        ) -> Result<Vec<shardchat_codec::MsgRecord>, shardchat_storage::StoreError> {
-            self.inner.messages_before(c, b, l)
-        }
-        fn members(&self, c: &str) -> Result<Vec<shardchat_storage::Membership>, shardchat_storage::StoreError> {
-            self.inner.members(c)
-        }
-        fn left_at(&self, c: &str, u: &str) -> Result<Option<u64>, shardchat_storage::StoreError> {
-            self.inner.left_at(c, u)
-        }
-        fn conv_name(&self, c: &str) -> Result<Option<String>, shardchat_storage::StoreError> {
-            self.inner.conv_name(c)
-        }
-        fn watermarks(&self, c: &str) -> Result<Vec<(String, shardchat_codec::ReceiptKind, u64)>, shardchat_storage::StoreError> {
-            self.inner.watermarks(c)
-        }
-        fn last_seen(&self, u: &str) -> Result<Option<u64>, shardchat_storage::StoreError> {
-            self.inner.last_seen(u)
-        }
-        fn push_pending(&self, l: usize) -> Result<Vec<shardchat_storage::PushEntry>, shardchat_storage::StoreError> {
-            self.inner.push_pending(l)
-        }
-        fn push_done(&self, e: &[shardchat_storage::PushEntry]) -> Result<(), shardchat_storage::StoreError> {
-            self.inner.push_done(e)
-        }
-        fn index_pending(&self, l: usize) -> Result<Vec<shardchat_codec::MsgRecord>, shardchat_storage::StoreError> {
-            self.inner.index_pending(l)
-        }
-        fn index_done(&self, ids: &[u64]) -> Result<(), shardchat_storage::StoreError> {
-            self.inner.index_done(ids)
-        }
-        fn user_convs(&self, u: &str) -> Result<Vec<String>, shardchat_storage::StoreError> {
-            self.inner.user_convs(u)
-        }
-        fn watermark(&self, c: &str, u: &str, k: shardchat_codec::ReceiptKind) -> Result<u64, shardchat_storage::StoreError> {
-            self.inner.watermark(c, u, k)
-        }
-        fn fence_node(&self, n: u16, i: u64) -> Result<(), shardchat_storage::StoreError> {
-            self.inner.fence_node(n, i)
-        }
-        fn node_fence(&self, n: u16) -> Result<u64, shardchat_storage::StoreError> {
-            let _ = self.gate.lock().unwrap().recv();
-            self.inner.node_fence(n)
-        }
-    }
-
-    /// A store that stops answering costs the link one timeout, then fails its calls at once
-    /// until the stuck one returns; then calls go through again.
-    #[tokio::test]
-    async fn a_store_that_hangs_does_not_stop_the_link() {
-        let (open, gate) = mpsc::channel();
-        let store: Arc<dyn MessageStore> = Arc::new(Stuck { inner: MemStore::new(), gate: Mutex::new(gate) });
-        let link = StoreLink::new(store, Duration::from_millis(50));
-        let first = link.call(|s| s.node_fence(1)).await;
-        assert!(first.unwrap_err().contains("did not answer"), "given up on, not waited for");
-        let second = link.call(|s| s.fence_node(1, 5)).await;
-        assert!(second.unwrap_err().contains("earlier call"), "no second thread on a stuck store");
-        open.send(()).unwrap();
-        while link.busy.load(Ordering::Acquire) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        link.call(|s| s.fence_node(1, 5)).await.unwrap();
-        open.send(()).unwrap();
-        assert_eq!(link.call(|s| s.node_fence(1)).await.unwrap(), 5);
-    }
-}
+mod tests;

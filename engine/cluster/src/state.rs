@@ -20,6 +20,8 @@ pub struct ClusterState {
     pub(super) remote_received: AtomicU64,
     pub(super) remote_unreachable: AtomicU64,
     pub(super) publishes: AtomicU64,
+    pub(super) remote_refused: AtomicU64,
+    pub(super) bridge_dropped: AtomicU64,
 }
 
 impl ClusterState {
@@ -100,6 +102,18 @@ impl ClusterState {
                 "counter",
                 "Messages for another node that could not be sent (Redis down, or the node not listening); ops among them were answered unavailable.",
                 self.remote_unreachable.load(Ordering::Relaxed),
+            ),
+            (
+                "shardchat_cluster_remote_refused_total",
+                "counter",
+                "Messages for other nodes refused because the link's queue was at its bound; ops among them were answered unavailable.",
+                self.remote_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "shardchat_cluster_bridge_dropped_total",
+                "counter",
+                "Batches the link dropped because the bridge's queue stayed full (messages from other nodes, views, answers): the link never waits on the bridge for long.",
+                self.bridge_dropped.load(Ordering::Relaxed),
             ),
             (
                 "shardchat_cluster_publishes_total",

@@ -9,9 +9,13 @@
 //!   view the shards get, and the one repairer (the lowest live id).
 //! - [`directory`]: this node's part of the user → nodes directory: who is here, what is not
 //!   yet written, when the whole must be rewritten.
+//! - [`inbox`]: what the shards hand the link until its next turn, within named bounds:
+//!   directory changes and watches coalesced per user, messages for other nodes refused (given
+//!   back to be answered `unavailable`) past a count and a byte bound.
 //! - [`routing`]: what the shards send to other nodes, grouped into one message list per
 //!   destination node; the `unavailable` answers owed when a node cannot be reached.
 
 pub mod directory;
+pub mod inbox;
 pub mod liveness;
 pub mod routing;

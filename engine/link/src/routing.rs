@@ -3,7 +3,7 @@
 //! and the answers owed when a destination cannot be reached.
 
 use shardchat_codec::ServerFrame;
-use shardchat_shard::{Class, ConnRef, NodeId, PeerMsg, RemoteMsg};
+use shardchat_shard::{Class, ConnRef, NodeId, PeerMsg, RemoteMsg, RemoteOp};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// What a shard sends to other nodes.
@@ -13,6 +13,33 @@ pub enum Outgoing {
     Remote(NodeId, RemoteMsg),
     /// For `users` wherever else they are connected (the directory says where).
     Fanout { users: Vec<String>, frame: ServerFrame, except: Option<ConnRef>, msg: Option<(String, u64)>, class: Class },
+}
+
+impl Outgoing {
+    /// Bytes this message holds while it waits for the link, roughly: its body (or the frame's,
+    /// for a fan-out) and its users, plus [`OUTGOING_OVERHEAD_BYTES`] for the rest. What the
+    /// link's inbox bounds ([`crate::inbox::OUT_BYTES_MAX`]).
+    pub fn approx_bytes(&self) -> usize {
+        let body = match self {
+            Outgoing::Remote(_, RemoteMsg::Op(RemoteOp::Send(s))) => s.body.len(),
+            Outgoing::Remote(_, RemoteMsg::Reply { frame, .. }) => frame_body_bytes(frame),
+            Outgoing::Remote(_, RemoteMsg::Fanout { users, frame, .. }) | Outgoing::Fanout { users, frame, .. } => {
+                frame_body_bytes(frame) + users.iter().map(String::len).sum::<usize>()
+            }
+            Outgoing::Remote(..) => 0,
+        };
+        OUTGOING_OVERHEAD_BYTES + body
+    }
+}
+
+/// What [`Outgoing::approx_bytes`] adds to a message's body for its ids, names and envelope.
+pub const OUTGOING_OVERHEAD_BYTES: usize = 256;
+
+fn frame_body_bytes(frame: &ServerFrame) -> usize {
+    match frame {
+        ServerFrame::Msg(r) => r.body.len(),
+        _ => 0,
+    }
 }
 
 /// The users of every fan-out in `out`, each once, in order: whose nodes the directory must
@@ -83,13 +110,28 @@ pub fn presence(changes: Vec<(String, bool)>, watchers: Vec<Vec<usize>>, me: usi
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use shardchat_codec::{ErrorCode, MsgKind, MsgRecord};
     use shardchat_shard::ops::{SendOp, Target};
-    use shardchat_shard::RemoteOp;
 
-    fn send(node: NodeId) -> RemoteMsg {
+    /// A fan-out of a message with `body` to two users.
+    pub(crate) fn fanout(body: String) -> Outgoing {
+        let frame = ServerFrame::Msg(MsgRecord {
+            conv: "g:7".into(),
+            id: 1,
+            seq: 1,
+            from: "a".into(),
+            cmid: "c".into(),
+            body,
+            kind: MsgKind::Text,
+            ts: 0,
+        });
+        Outgoing::Fanout { users: vec!["u1".into(), "u2".into()], frame, except: None, msg: Some(("g:7".into(), 1)), class: Class::Durable }
+    }
+
+    /// A send of "hi" to `g:7`, from connection 9 on shard 1 of `node`.
+    pub(crate) fn send(node: NodeId) -> RemoteMsg {
         RemoteMsg::Op(RemoteOp::Send(SendOp {
             reply_to: ConnRef { node, shard: 1, conn: shardchat_shard::ops::ConnId(9) },
             user: "a".into(),

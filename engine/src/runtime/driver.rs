@@ -10,7 +10,7 @@ use glommio::channels::channel_mesh::{Receivers, Senders};
 use shardchat_codec::Limits;
 use shardchat_shard::ops::ConnId;
 use shardchat_shard::{run_commit, run_read};
-use shardchat_shard::{Action, Event, Now, PeerMsg, Shard, ShardConfig};
+use shardchat_shard::{Action, Event, Now, PeerMsg, Shard};
 use shardchat_storage::MessageStore;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -115,22 +115,7 @@ impl Driver {
         metrics: Arc<ShardMetrics>,
     ) -> Self {
         let started = Instant::now();
-        let mut sc = ShardConfig::new(id, cfg.shards);
-        sc.node = cfg.node_id;
-        sc.heartbeat_timeout_ms = cfg.heartbeat_timeout_ms;
-        sc.wheel_slot_ms = (cfg.heartbeat_timeout_ms / 16).clamp(50, 1000);
-        sc.read_frame_bytes_max = cfg.outbound_queue_bytes_max / 4;
-        sc.push_enabled = cfg.push_webhook.is_some();
-        sc.owner_pending_ops_max = cfg.owner_pending_ops_max;
-        sc.presence_rate = shardchat_shard::rate::Rate { per_sec: cfg.presence_rate_per_s, burst: cfg.presence_burst };
-        sc.presence_subs_per_conn_max = cfg.presence_subs_per_conn_max;
-        sc.user_history_rate = shardchat_shard::rate::Rate { per_sec: cfg.user_history_rate_per_s, burst: cfg.user_history_burst };
-        sc.user_presence_rate = shardchat_shard::rate::Rate { per_sec: cfg.user_presence_rate_per_s, burst: cfg.user_presence_burst };
-        sc.typing_interval_ms = cfg.typing_interval_ms;
-        sc.cluster = cluster.is_some();
-        sc.send_rate = shardchat_shard::rate::Rate { per_sec: cfg.send_rate_per_s, burst: cfg.send_burst };
-        sc.history_rate = shardchat_shard::rate::Rate { per_sec: cfg.history_rate_per_s, burst: cfg.history_burst };
-        sc.user_send_rate = shardchat_shard::rate::Rate { per_sec: cfg.user_send_rate_per_s, burst: cfg.user_send_burst };
+        let sc = cfg.shard(id, cluster.is_some());
         Driver {
             id,
             auth: Authenticator::with_leeway(cfg.jwt_secret.as_deref(), cfg.dev_auth, cfg.jwt_leeway_s),
@@ -303,6 +288,20 @@ impl Driver {
         }
     }
 
+    /// Queues `msg` for peer `to` (another shard, or the bridge); one for this shard itself is
+    /// dispatched in a task of its own, never from inside the dispatch that produced it.
+    fn to_peer(self: &Rc<Self>, to: usize, msg: PeerMsg) {
+        if to == self.id {
+            let d = self.clone();
+            glommio::spawn_local(async move { d.dispatch(Event::Peer(msg)) }).detach();
+            return;
+        }
+        self.outboxes.borrow_mut()[to].push(msg);
+        self.outbox_len.set(self.outbox_len.get() + 1);
+        self.metrics.outbox_depth.store(self.outbox_len.get() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.flush_bell.ring();
+    }
+
     fn act(self: &Rc<Self>, a: Action) {
         match a {
             Action::Directory { user, here } => {
@@ -317,7 +316,10 @@ impl Driver {
             }
             Action::Remote { node, msg } => {
                 if let Some(c) = &self.cluster {
-                    c.remote(node, msg);
+                    // At the link's bound the op is answered `unavailable` here and now.
+                    for (to, msg) in c.remote(node, msg) {
+                        self.to_peer(to, msg);
+                    }
                 }
             }
             Action::RemoteFanout { users, payload, except, msg, class } => {
@@ -357,10 +359,8 @@ impl Driver {
                 }
             }
             Action::Peer { to, msg } => {
-                self.outboxes.borrow_mut()[to].push(msg);
-                self.outbox_len.set(self.outbox_len.get() + 1);
-                self.metrics.outbox_depth.store(self.outbox_len.get() as u64, std::sync::atomic::Ordering::Relaxed);
-                self.flush_bell.ring();
+                assert_ne!(to, self.id, "the shard handles its own messages itself");
+                self.to_peer(to, msg);
             }
             Action::Commit(job) => {
                 let (d, store) = (self.clone(), self.store.clone());

@@ -5,11 +5,11 @@
 
 use super::*;
 use crate::route::home_shard;
-use shardchat_codec::ErrorCode;
+use shardchat_codec::{ErrorCode, PresenceStatus};
 
 fn frame(user: &str, online: bool, last_seen: Option<u64>) -> Payload {
-    let status = if online { "online" } else { "offline" };
-    ServerFrame::Presence { user: user.to_string(), status: status.into(), last_seen: if online { None } else { last_seen } }.into()
+    let status = if online { PresenceStatus::Online } else { PresenceStatus::Offline };
+    ServerFrame::Presence { user: user.to_string(), status, last_seen: if online { None } else { last_seen } }.into()
 }
 
 impl Shard {

@@ -40,7 +40,7 @@ pub(super) fn presence(frames: &[ServerFrame]) -> Vec<(String, String, Option<u6
     frames
         .iter()
         .filter_map(|f| match f {
-            ServerFrame::Presence { user, status, last_seen } => Some((user.clone(), status.clone(), *last_seen)),
+            ServerFrame::Presence { user, status, last_seen } => Some((user.clone(), status.to_string(), *last_seen)),
             _ => None,
         })
         .collect()

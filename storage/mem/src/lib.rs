@@ -30,6 +30,8 @@ pub struct Faults {
     pub fatal_after_apply: AtomicU64,
     /// This many of the next commits fail with [`StoreError::Io`] before changing anything.
     pub fail_next_commits: AtomicU64,
+    /// Reads wait while this is set (a store that stops answering), then go on.
+    pub reads_held: AtomicBool,
 }
 
 impl Faults {
@@ -109,6 +111,9 @@ impl MemStore {
     }
 
     fn read(&self) -> Result<std::sync::MutexGuard<'_, State>, StoreError> {
+        while self.faults.reads_held.load(Ordering::Acquire) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         if self.faults.reads_down.load(Ordering::Acquire) {
             return Err(StoreError::Io("injected: reads fail".into()));
         }
