@@ -75,17 +75,8 @@ mod tests {
     use shardchat_codec::{MsgKind, MsgRecord};
 
     fn send() -> RemoteOp {
-        RemoteOp::Send(SendOp {
-            reply_to: ConnRef { node: 2, shard: 1, conn: crate::ops::ConnId(9) },
-            user: "a".into(),
-            cmid: "c1".into(),
-            conv: "g:7".into(),
-            target: Target::Conv("g:7".into()),
-            body: "hi".into(),
-            kind: MsgKind::Text,
-            id: 0,
-            ts: 0,
-        })
+        let from = ConnRef { node: 2, shard: 1, conn: crate::ops::ConnId(9) };
+        RemoteOp::Send(SendOp::new(from, "a".into(), "c1".into(), Target::Conv("g:7".into()), "hi".into(), MsgKind::Text))
     }
 
     #[test]

@@ -18,17 +18,8 @@ fn handle_without_link(inbox: Inbox, bridge: Bridge) -> Cluster {
 }
 
 fn send(cmid: &str) -> RemoteMsg {
-    RemoteMsg::Op(RemoteOp::Send(SendOp {
-        reply_to: ConnRef { node: 1, shard: 2, conn: ConnId(7) },
-        user: "a".into(),
-        cmid: cmid.into(),
-        conv: "g:7".into(),
-        target: Target::Conv("g:7".into()),
-        body: "hi".into(),
-        kind: MsgKind::Text,
-        id: 0,
-        ts: 0,
-    }))
+    let from = ConnRef { node: 1, shard: 2, conn: ConnId(7) };
+    RemoteMsg::Op(RemoteOp::Send(SendOp::new(from, "a".into(), cmid.into(), Target::Conv("g:7".into()), "hi".into(), MsgKind::Text)))
 }
 
 #[test]

@@ -115,48 +115,35 @@ pub(crate) mod tests {
     use shardchat_codec::{ErrorCode, MsgKind, MsgRecord};
     use shardchat_shard::ops::{SendOp, Target};
 
-    /// A fan-out of a message with `body` to two users.
-    pub(crate) fn fanout(body: String) -> Outgoing {
-        let frame = ServerFrame::Msg(MsgRecord {
+    /// A stored message of `g:7` with `body`, as a fan-out carries it.
+    fn msg_frame(body: &str) -> ServerFrame {
+        ServerFrame::Msg(MsgRecord {
             conv: "g:7".into(),
             id: 1,
             seq: 1,
             from: "a".into(),
             cmid: "c".into(),
-            body,
+            body: body.into(),
             kind: MsgKind::Text,
             ts: 0,
-        });
+        })
+    }
+
+    /// A fan-out of a message with `body` to two users.
+    pub(crate) fn fanout(body: String) -> Outgoing {
+        let frame = msg_frame(&body);
         Outgoing::Fanout { users: vec!["u1".into(), "u2".into()], frame, except: None, msg: Some(("g:7".into(), 1)), class: Class::Durable }
     }
 
     /// A send of "hi" to `g:7`, from connection 9 on shard 1 of `node`.
     pub(crate) fn send(node: NodeId) -> RemoteMsg {
-        RemoteMsg::Op(RemoteOp::Send(SendOp {
-            reply_to: ConnRef { node, shard: 1, conn: shardchat_shard::ops::ConnId(9) },
-            user: "a".into(),
-            cmid: "c1".into(),
-            conv: "g:7".into(),
-            target: Target::Conv("g:7".into()),
-            body: "hi".into(),
-            kind: MsgKind::Text,
-            id: 0,
-            ts: 0,
-        }))
+        let from = ConnRef { node, shard: 1, conn: shardchat_shard::ops::ConnId(9) };
+        RemoteMsg::Op(RemoteOp::Send(SendOp::new(from, "a".into(), "c1".into(), Target::Conv("g:7".into()), "hi".into(), MsgKind::Text)))
     }
 
     #[test]
     fn a_fanout_goes_once_to_each_other_node_holding_its_users_in_order() {
-        let frame = ServerFrame::Msg(MsgRecord {
-            conv: "g:7".into(),
-            id: 1,
-            seq: 1,
-            from: "a".into(),
-            cmid: "c".into(),
-            body: "x".into(),
-            kind: MsgKind::Text,
-            ts: 0,
-        });
+        let frame = msg_frame("x");
         let users: Vec<String> = ["u1", "u2", "u3", "u4"].map(String::from).to_vec();
         let out = vec![
             Outgoing::Remote(3, send(1)),
