@@ -199,7 +199,7 @@ impl Cluster {
                 if n.is_power_of_two() {
                     tracing::warn!(refused = n + 1, "cluster: the link's queue is full (Redis slow?); refusing messages for other nodes");
                 }
-                let failed = match m {
+                let failed = match *m {
                     Outgoing::Remote(_, msg) => vec![msg],
                     Outgoing::Fanout { .. } => Vec::new(),
                 };

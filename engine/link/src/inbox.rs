@@ -75,12 +75,13 @@ impl Inbox {
         self.watches.insert(user, on);
     }
 
-    /// Holds `m` for the link's next turn, or gives it back when the inbox is at a bound.
-    pub fn offer(&mut self, m: Outgoing) -> Result<(), Outgoing> {
+    /// Holds `m` for the link's next turn, or gives it back when the inbox is at a bound (boxed:
+    /// refusals are rare, and a message is large).
+    pub fn offer(&mut self, m: Outgoing) -> Result<(), Box<Outgoing>> {
         let bytes = m.approx_bytes();
         if self.out.len() >= self.msgs_max || self.out_bytes + bytes > self.bytes_max {
             self.refused += 1;
-            return Err(m);
+            return Err(Box::new(m));
         }
         self.out_bytes += bytes;
         self.out.push_back(m);
@@ -135,7 +136,7 @@ mod tests {
             inbox.offer(Outgoing::Remote(n, send(1))).unwrap();
         }
         let back = inbox.offer(Outgoing::Remote(9, send(1))).unwrap_err();
-        assert!(matches!(back, Outgoing::Remote(9, _)), "the refused message comes back to its caller");
+        assert!(matches!(*back, Outgoing::Remote(9, _)), "the refused message comes back to its caller");
         assert_eq!(inbox.refused(), 1);
         let turn = inbox.take();
         let nodes: Vec<_> = turn.out.iter().map(|m| if let Outgoing::Remote(n, _) = m { *n } else { 99 }).collect();
