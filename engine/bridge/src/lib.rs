@@ -11,6 +11,7 @@
 
 pub mod clock;
 pub mod health;
+pub mod metrics;
 
 use shardchat_codec::{MsgKind, ServerFrame};
 use shardchat_shard::ops::GroupChange;

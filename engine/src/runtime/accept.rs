@@ -3,14 +3,14 @@
 
 use super::conn::Upgrade;
 use super::driver::{Driver, Wire};
-use crate::auth::Identity;
-use crate::http::{response, RequestHead, HEAD_BYTES_MAX};
-use crate::metrics::ShardMetrics;
 use futures::future::{select, Either};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
+use shardchat_auth::Identity;
+use shardchat_bridge::metrics::ShardMetrics;
 use shardchat_shard::home_shard;
 use shardchat_shard::rate::{Gcra, Rate};
+use shardchat_wire::http::{response, RequestHead, HEAD_BYTES_MAX};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::VecDeque;

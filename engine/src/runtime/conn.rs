@@ -7,15 +7,15 @@
 //! See `ws.rs` for why tungstenite's `WebSocket` is not used past the handshake.
 
 use super::driver::Driver;
-use crate::auth::Identity;
-use crate::metrics::ShardMetrics;
-use crate::ws::{self, Fed, FrameReader, Msg, WsError};
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::AsyncWriteExt;
 use glommio::net::TcpStream;
+use shardchat_auth::Identity;
+use shardchat_bridge::metrics::ShardMetrics;
 use shardchat_codec::{decode_binary, decode_text, ServerFrame};
 use shardchat_shard::ops::ConnId;
 use shardchat_shard::{Class, Event, Payload};
+use shardchat_wire::ws::{self, Fed, FrameReader, Msg, WsError};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;

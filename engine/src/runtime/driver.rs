@@ -2,12 +2,12 @@
 //! actions it returns: writes to connections, batches to other shards, jobs on the blocking pool.
 
 use super::conn::{ConnHandle, Pushed, Upgrade};
-use crate::auth::{Authenticator, Identity};
-use crate::cluster::Cluster;
-use crate::config::Config;
-use crate::metrics::ShardMetrics;
 use glommio::channels::channel_mesh::{Receivers, Senders};
+use shardchat_auth::{Authenticator, Identity};
+use shardchat_bridge::metrics::ShardMetrics;
+use shardchat_cluster::Cluster;
 use shardchat_codec::Limits;
+use shardchat_config::Config;
 use shardchat_shard::ops::ConnId;
 use shardchat_shard::{run_commit, run_read};
 use shardchat_shard::{Action, Event, Now, PeerMsg, Shard};

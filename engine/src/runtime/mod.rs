@@ -10,13 +10,13 @@ mod driver;
 #[cfg(test)]
 mod park_tests;
 
-use crate::cluster::{Cluster, ClusterConfig};
-use crate::config::Config;
-use crate::health::Health;
-use crate::metrics::ShardMetrics;
 use driver::{Driver, Wire};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{CpuSet, LocalExecutorBuilder, Placement, PoolPlacement};
+use shardchat_bridge::health::Health;
+use shardchat_bridge::metrics::ShardMetrics;
+use shardchat_cluster::{Cluster, ClusterConfig};
+use shardchat_config::Config;
 use shardchat_storage::MessageStore;
 use shardchat_storage_fjall::{FjallStore, StoreConfig};
 use shardchat_storage_scylla::{ScyllaConfig, ScyllaStore};
@@ -32,7 +32,7 @@ const MESH_CHANNEL_BATCHES_MAX: usize = 1024;
 /// How often a shard's coarse timer runs (heartbeat wheel, shutdown check).
 const TICK_MS: u64 = 250;
 // A shard counts as stalled only after missing several ticks in a row.
-const _: () = assert!(TICK_MS * 4 <= crate::health::SHARD_STALL_MS);
+const _: () = assert!(TICK_MS * 4 <= shardchat_bridge::health::SHARD_STALL_MS);
 /// How long shutdown waits for connections to take their close frames.
 const SHUTDOWN_GRACE_MS: u64 = 3_000;
 
@@ -119,14 +119,14 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     };
     let control = match cfg.http {
         Some(_) => {
-            let search = Arc::new(crate::search::SearchIndex::open(&cfg.data_dir.join("search"))?);
+            let search = Arc::new(shardchat_search::SearchIndex::open(&cfg.data_dir.join("search"))?);
             let (idx, st, stop) = (search.clone(), store.clone(), shutdown.clone());
             std::thread::Builder::new()
                 .name("indexer".into())
                 .spawn(move || idx.run_indexer(st, stop))
                 .map_err(|e| format!("search indexer thread: {e}"))?;
             let cluster_state = cluster.as_ref().map(|c| c.state.clone());
-            Some(crate::control::ControlPlane::start(crate::control::Parts {
+            Some(shardchat_control::ControlPlane::start(shardchat_control::Parts {
                 cfg: cfg.clone(),
                 store: store.clone(),
                 bridge,

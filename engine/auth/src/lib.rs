@@ -1,10 +1,10 @@
 //! Who is connecting: an HS256 JWT (`Authorization: Bearer` or `?token=`), or in development
 //! mode `?user=&device=`. Runtime-agnostic: it sees a parsed request head, not a socket.
 
-use crate::http::RequestHead;
 use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use shardchat_codec::valid_user_id;
+use shardchat_wire::http::RequestHead;
 
 /// The user and device a connection speaks for.
 #[derive(Clone, Debug, PartialEq, Eq)]

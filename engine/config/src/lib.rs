@@ -138,7 +138,7 @@ settings! {
     node_id: usize = 0;
     /// Clock skew tolerated on token times (`exp`, `nbf`), in seconds; a connection is closed
     /// (1008) when its token's `exp` plus this has passed.
-    jwt_leeway_s: u64 = crate::auth::JWT_LEEWAY_S_DEFAULT;
+    jwt_leeway_s: u64 = shardchat_auth::JWT_LEEWAY_S_DEFAULT;
     /// Close connections silent for longer than this many ms.
     heartbeat_timeout_ms: u64 = 60_000;
     /// Close connections that have not finished the upgrade within this many ms.

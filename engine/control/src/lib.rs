@@ -7,13 +7,13 @@ mod poll;
 mod push;
 mod rest;
 
-use crate::auth::{Authenticator, Identity};
-use crate::config::Config;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use shardchat_auth::{Authenticator, Identity};
 use shardchat_bridge::{Bridge, BridgeOp, BridgeRequest};
 use shardchat_codec::{ErrorCode, FrameError, ServerFrame};
+use shardchat_config::Config;
 use shardchat_storage::MessageStore;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,15 +31,15 @@ pub struct Ctx {
     pub store: Arc<dyn MessageStore>,
     pub bridge: Bridge,
     pub auth: Arc<Authenticator>,
-    pub metrics: Arc<Vec<Arc<crate::metrics::ShardMetrics>>>,
+    pub metrics: Arc<Vec<Arc<shardchat_bridge::metrics::ShardMetrics>>>,
     /// Cluster mode's link state, for /metrics.
-    pub cluster: Option<Arc<crate::cluster::ClusterState>>,
+    pub cluster: Option<Arc<shardchat_cluster::ClusterState>>,
     /// Long-poll sessions by id (the id is the session's connection id at the bridge).
     pub sessions: Arc<std::sync::Mutex<std::collections::HashMap<u64, poll::PollSession>>>,
     pub next_session: Arc<std::sync::atomic::AtomicU64>,
-    pub search: Arc<crate::search::SearchIndex>,
+    pub search: Arc<shardchat_search::SearchIndex>,
     /// Whether every shard serves (`/readyz`).
-    pub health: Arc<crate::health::Health>,
+    pub health: Arc<shardchat_bridge::health::Health>,
 }
 
 /// An error of the contract's table as an HTTP response: the status says the class, the JSON body
@@ -139,10 +139,10 @@ pub struct Parts {
     pub store: Arc<dyn MessageStore>,
     pub bridge: Bridge,
     pub shutdown: Arc<AtomicBool>,
-    pub metrics: Vec<Arc<crate::metrics::ShardMetrics>>,
-    pub cluster: Option<Arc<crate::cluster::ClusterState>>,
-    pub search: Arc<crate::search::SearchIndex>,
-    pub health: Arc<crate::health::Health>,
+    pub metrics: Vec<Arc<shardchat_bridge::metrics::ShardMetrics>>,
+    pub cluster: Option<Arc<shardchat_cluster::ClusterState>>,
+    pub search: Arc<shardchat_search::SearchIndex>,
+    pub health: Arc<shardchat_bridge::health::Health>,
 }
 
 impl ControlPlane {

@@ -130,7 +130,7 @@ async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
 
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
-    let mut text = crate::metrics::render(&ctx.metrics);
+    let mut text = shardchat_bridge::metrics::render(&ctx.metrics);
     if let Some(c) = &ctx.cluster {
         c.render(&mut text);
     }
