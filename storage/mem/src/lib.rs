@@ -28,7 +28,8 @@ pub struct Faults {
     /// it was applied: the journal holds it and a restart would replay it, but its writer hears
     /// an error. The ambiguous outcome every caller must survive (dedup on retry).
     pub fatal_after_apply: AtomicU64,
-    /// This many of the next commits fail with [`StoreError::Io`] before changing anything.
+    /// This many of the next writes (commits, clearing the index queue) fail with
+    /// [`StoreError::Io`] before changing anything.
     pub fail_next_commits: AtomicU64,
     /// Reads wait while this is set (a store that stops answering), then go on.
     pub reads_held: AtomicBool,
@@ -260,7 +261,8 @@ impl MessageStore for MemStore {
     }
 
     fn index_done(&self, ids: &[u64]) -> Result<(), StoreError> {
-        let mut st = self.lock();
+        // A write like any other: the faults that fail commits fail it too.
+        let mut st = self.write()?;
         for id in ids {
             st.index_queue.remove(id);
         }
