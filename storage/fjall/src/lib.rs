@@ -4,6 +4,7 @@
 
 pub mod group;
 mod keys;
+mod queue_floor;
 mod undurable;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -40,6 +41,9 @@ pub struct FjallStore {
     pub group: GroupCommit,
     /// Messages written but not yet fsynced: reads stop short of them (see `undurable`).
     undurable: undurable::Undurable,
+    /// Where a scan of the index queue starts (see `queue_floor`), and one scan at a time.
+    index_floor: queue_floor::QueueFloor,
+    index_scan: std::sync::Mutex<()>,
 }
 
 fn io(e: fjall::Error) -> StoreError {
@@ -143,6 +147,8 @@ impl FjallStore {
             fences: ks("fences")?,
             group: GroupCommit::new(cfg.commit_interval),
             undurable: Default::default(),
+            index_floor: Default::default(),
+            index_scan: Default::default(),
             db,
         })
     }
@@ -199,6 +205,10 @@ impl MessageStore for FjallStore {
         }
         // Visible from here on, durable only after the fsync: reads must not show it before.
         self.undurable.begin(&batch.messages);
+        // After the registration, before the insert: the order `queue_floor` relies on.
+        if let Some(lowest) = batch.messages.iter().map(|m| m.id).min() {
+            self.index_floor.queued(lowest);
+        }
         if let Err(e) = b.commit() {
             self.undurable.end(&batch.messages);
             return Err(io(e));
@@ -316,13 +326,28 @@ impl MessageStore for FjallStore {
     }
 
     fn index_pending(&self, limit: usize) -> Result<Vec<MsgRecord>, StoreError> {
-        self.index_queue
-            .iter()
-            .map(|g| decode_record(&g.value().map_err(io)?))
+        let _one = self.index_scan.lock().unwrap_or_else(|p| p.into_inner());
+        // From the floor, past the tombstones of what was indexed and cleared (`queue_floor`).
+        let from = self.index_floor.scan_from();
+        let registered = self.undurable.lowest_id().unwrap_or(u64::MAX);
+        let mut first = u64::MAX;
+        let mut out = Vec::new();
+        for g in self.index_queue.range(from.to_be_bytes()..) {
+            let (k, v) = g.into_inner().map_err(io)?;
+            if first == u64::MAX {
+                first = be_u64(&k)?;
+            }
+            let m = decode_record(&v)?;
             // Not searchable until durable.
-            .filter(|m| m.as_ref().map_or(true, |m| !self.undurable.hides(m.id)))
-            .take(limit)
-            .collect()
+            if !self.undurable.hides(m.id) {
+                out.push(m);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        self.index_floor.scanned(first, registered);
+        Ok(out)
     }
 
     fn index_done(&self, ids: &[u64]) -> Result<(), StoreError> {

@@ -58,3 +58,35 @@ fn commits_from_many_threads_share_fsyncs() {
     let fsyncs = st.fsyncs.load(std::sync::atomic::Ordering::Relaxed);
     assert!(fsyncs > 0 && fsyncs < 200, "{fsyncs} fsyncs for 200 commits from 4 threads: none was shared");
 }
+
+/// The index queue's scans start past what was cleared, and a message queued with an id below
+/// everything seen before is still found (ids are not in commit order across shards).
+#[test]
+fn the_index_queue_finds_late_low_ids_after_its_floor_rose() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let msg = |id: u64, seq: u64| MsgRecord { id, ..rec("g:1", seq, "a", &format!("c{seq}")) };
+    let commit = |m: MsgRecord| s.commit(&WriteBatch { messages: vec![m], ..Default::default() }).unwrap();
+    let pending = || s.index_pending(100).unwrap().iter().map(|m| m.id).collect::<Vec<_>>();
+    for (seq, id) in [(1, 5_000), (2, 9_000)] {
+        commit(msg(id, seq));
+    }
+    assert_eq!(pending(), vec![5_000, 9_000]);
+    s.index_done(&[5_000, 9_000]).unwrap();
+    assert!(pending().is_empty());
+    commit(msg(7_000, 3));
+    assert_eq!(pending(), vec![7_000], "below the last scan's first id: found");
+    commit(msg(100, 4));
+    assert_eq!(pending(), vec![100, 7_000]);
+    s.index_done(&[100, 7_000]).unwrap();
+    assert!(pending().is_empty());
+    // Thousands cleared, then one with a lower id than all of them: found.
+    for seq in 5..2_005 {
+        commit(msg(20_000 + seq, seq));
+    }
+    let all = pending();
+    assert_eq!(all.len(), 100);
+    s.index_done(&s.index_pending(10_000).unwrap().iter().map(|m| m.id).collect::<Vec<_>>()).unwrap();
+    commit(msg(50, 2_005));
+    assert_eq!(pending(), vec![50]);
+}

@@ -77,6 +77,12 @@ impl Undurable {
         inner.first_seq.get(conv).copied().unwrap_or(u64::MAX)
     }
 
+    /// The lowest id registered (None: none is).
+    pub fn lowest_id(&self) -> Option<u64> {
+        let inner = self.inner.lock().expect("never poisoned: no panics while held");
+        inner.ids.iter().min().copied()
+    }
+
     /// Whether the message with this id is written but not yet durable.
     pub fn hides(&self, id: u64) -> bool {
         let inner = self.inner.lock().expect("never poisoned: no panics while held");
