@@ -105,6 +105,11 @@ pub(crate) struct Args {
     /// Which of this process's threads these arguments are for (set at run time).
     #[arg(skip)]
     pub(crate) thread: usize,
+    /// Whose CPU time the sending phase weighs: `--server-pid`, also in workers (which leave
+    /// weighing memory to their parent; the parent keeps the largest of their CPU figures, as
+    /// their sending phases overlap).
+    #[arg(skip)]
+    pub(crate) cpu_of: Option<u32>,
     /// Internal: this process is worker K of P (`K/P`), started by `--procs`.
     #[arg(long, hide = true)]
     pub(crate) worker: Option<String>,

@@ -23,6 +23,7 @@ pub async fn run(args: &Args, report: &mut Report) {
     let pad = "x".repeat(args.payload.saturating_sub(20));
     let epoch = crate::traffic::Epoch::after(Duration::from_millis(200));
     let start = epoch.at;
+    let cpu = crate::report::CpuMark::now(args.cpu_of);
     let pb = progress(total * n as u64, "echo");
     let mut tasks = Vec::new();
     for (i, ws) in conns.into_iter().enumerate() {
@@ -67,5 +68,5 @@ pub async fn run(args: &Args, report: &mut Report) {
         let _ = t.await;
     }
     pb.finish();
-    shared.finish(args, report, start);
+    shared.finish(args, report, start, cpu);
 }

@@ -251,6 +251,7 @@ fn main() {
     let procs = args.procs.max(1);
     args.procs = procs;
     let worker = args.worker.is_some();
+    args.cpu_of = args.server_pid;
     if worker {
         // A worker takes its share, under user names of its own.
         let k = worker_index(&args);
@@ -285,6 +286,7 @@ fn main() {
         return;
     }
     percentiles(&mut report);
+    cpu_per_message(&mut report);
     if report.connect_seconds > 0.0 {
         report.connects_per_second = report.connected as f64 / report.connect_seconds;
     }

@@ -48,6 +48,7 @@ pub async fn run(args: &Args, report: &mut Report) {
     pb.finish();
     let epoch = crate::traffic::Epoch::after(Duration::from_millis(500));
     let start = epoch.at;
+    let cpu = crate::report::CpuMark::now(args.cpu_of);
     let pb = progress(total * n_users as u64, "send");
     let mut tasks = Vec::new();
     for (g, conv, members) in plans {
@@ -64,7 +65,7 @@ pub async fn run(args: &Args, report: &mut Report) {
         let _ = t.await;
     }
     pb.finish();
-    shared.finish(args, report, start);
+    shared.finish(args, report, start, cpu);
     report.typing_frames = shared.typing.load(Relaxed);
     report.receipt_frames = shared.receipts.load(Relaxed);
     report.presence_frames = shared.presence.load(Relaxed);

@@ -46,10 +46,18 @@ pub(crate) fn run_threads(args: &Args, report: &mut Report) {
                 .expect("start a glommio executor (io_uring and locked memory, see tuning/)")
         })
         .collect();
+    // Each thread weighed this whole process over its own sending phase, and those overlap: the
+    // process's figure is the largest, not their sum (which `merge` makes across processes).
+    let mut this_process = None::<f64>;
     for h in handles {
         let r = h.join().expect("a load generator thread failed");
+        this_process = match (this_process, r.loadgen_cpu_seconds) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         merge(report, r);
     }
+    report.loadgen_cpu_seconds = this_process;
 }
 
 /// `K` of `--worker K/P` (0 outside workers).

@@ -34,7 +34,15 @@ pub(crate) struct Report {
     pub(crate) ack_p99_ms: f64,
     pub(crate) presence_frames: u64,
     pub(crate) storm_seconds: f64,
+    /// The server's CPU time (user + system) over the measured phase: the storm, or the
+    /// sending phase of the message scenarios (`--server-pid`).
     pub(crate) server_cpu_seconds: Option<f64>,
+    /// This load generator's own CPU time over the sending phase, all worker processes together:
+    /// what it costs to measure, beside what the server costs.
+    pub(crate) loadgen_cpu_seconds: Option<f64>,
+    /// CPU seconds per 1,000 messages sent, of the server and of the load generator.
+    pub(crate) server_cpu_s_per_1000_msgs: Option<f64>,
+    pub(crate) loadgen_cpu_s_per_1000_msgs: Option<f64>,
     pub(crate) server_peak_rss_bytes: Option<u64>,
     /// Worker processes the figures were merged from.
     pub(crate) procs: usize,
@@ -78,6 +86,36 @@ pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// The CPU time of the server (when known) and of this process at the start of a measured phase.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CpuMark {
+    server: Option<f64>,
+    this: Option<f64>,
+}
+
+impl CpuMark {
+    pub(crate) fn now(server_pid: Option<u32>) -> CpuMark {
+        CpuMark { server: server_pid.and_then(cpu_seconds), this: cpu_seconds(std::process::id()) }
+    }
+
+    /// The CPU each spent since the mark, into `report`.
+    pub(crate) fn spent(&self, server_pid: Option<u32>, report: &mut Report) {
+        let since = |now: Option<f64>, then: Option<f64>| now.zip(then).map(|(a, b)| (a - b).max(0.0));
+        report.server_cpu_seconds = since(server_pid.and_then(cpu_seconds), self.server).or(report.server_cpu_seconds);
+        report.loadgen_cpu_seconds = since(cpu_seconds(std::process::id()), self.this);
+    }
+}
+
+/// Fills the per-message CPU figures from the CPU times and the messages sent.
+pub(crate) fn cpu_per_message(report: &mut Report) {
+    if report.sent == 0 {
+        return;
+    }
+    let per_1000 = |cpu: Option<f64>| cpu.map(|c| c / report.sent as f64 * 1000.0);
+    report.server_cpu_s_per_1000_msgs = per_1000(report.server_cpu_seconds);
+    report.loadgen_cpu_s_per_1000_msgs = per_1000(report.loadgen_cpu_seconds);
+}
+
 /// Fills the percentile fields from the histograms.
 pub(crate) fn percentiles(report: &mut Report) {
     let Some((lat, ack)) = &report.hists else { return };
@@ -111,7 +149,15 @@ pub(crate) fn print_table(r: &Report) {
         ("presence frames", format!("{}", r.presence_frames)),
         ("typing / receipt frames", format!("{} / {}", r.typing_frames, r.receipt_frames)),
         ("storm: reconnect to resynced", format!("{:.1} s", r.storm_seconds)),
-        ("server CPU time (storm)", r.server_cpu_seconds.map(|c| format!("{c:.2} s")).unwrap_or("-".into())),
+        ("server CPU time (storm)", r.server_cpu_seconds.filter(|_| r.sent == 0).map(|c| format!("{c:.2} s")).unwrap_or("-".into())),
+        (
+            "CPU s / 1,000 msgs: server",
+            r.server_cpu_s_per_1000_msgs.map(|c| format!("{c:.4} ({:.1} µs a message)", c * 1000.0)).unwrap_or("-".into()),
+        ),
+        (
+            "CPU s / 1,000 msgs: loadgen",
+            r.loadgen_cpu_s_per_1000_msgs.map(|c| format!("{c:.4} ({:.1} µs a message)", c * 1000.0)).unwrap_or("-".into()),
+        ),
         ("server peak RSS", r.server_peak_rss_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)).unwrap_or("-".into())),
     ];
     println!("\n| {:<28} | {:<44} |", "figure", "value");
@@ -173,4 +219,9 @@ pub(crate) fn merge(into: &mut Report, w: Report) {
         (a, b) => a.or(b),
     };
     into.server_peak_rss_bytes = into.server_peak_rss_bytes.max(w.server_peak_rss_bytes);
+    // Each worker measures its own CPU: the load generator's is their sum.
+    into.loadgen_cpu_seconds = match (into.loadgen_cpu_seconds, w.loadgen_cpu_seconds) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    };
 }

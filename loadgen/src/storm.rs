@@ -60,6 +60,7 @@ pub async fn run(args: &Args, report: &mut Report) {
     // Phase 3: all of them come back at once and sync from their cursor.
     report.connected = 0;
     let t0 = Instant::now();
+    let cpu = crate::report::CpuMark::now(args.cpu_of);
     let back = connect_all(args, receivers[..dropped].to_vec(), report).await;
     let mut tasks = Vec::new();
     for (p, ws) in back.into_iter().enumerate() {
@@ -72,7 +73,7 @@ pub async fn run(args: &Args, report: &mut Report) {
     }
     report.storm_seconds = t0.elapsed().as_secs_f64();
     report.connected += kept.len() as u64 + sender_ws.iter().flatten().count() as u64;
-    shared.finish(args, report, t0);
+    shared.finish(args, report, t0, cpu);
 }
 
 fn conv_of(a: &str, b: &str) -> String {

@@ -87,6 +87,7 @@ pub(crate) async fn fanout(args: &Args, report: &mut Report, size: usize) {
     pb.finish();
     let epoch = Epoch::after(Duration::from_millis(200));
     let start = epoch.at;
+    let cpu = CpuMark::now(args.cpu_of);
     let receivers_per_group = (size - 1) as u64;
     let n_plans = plans.len();
     for (i, (mut members, dest, first_seq)) in plans.into_iter().enumerate() {
@@ -130,7 +131,7 @@ pub(crate) async fn fanout(args: &Args, report: &mut Report, size: usize) {
     }
     drop(ticker); // cancels it
     pb.finish();
-    shared.finish(args, report, start);
+    shared.finish(args, report, start, cpu);
 }
 
 impl Shared {
@@ -138,8 +139,10 @@ impl Shared {
         Shared { latency: Mutex::new(Some(hist())), ack_latency: Mutex::new(Some(hist())), ..Default::default() }
     }
 
-    /// Moves the counters and histograms into the report once a run is over.
-    pub(crate) fn finish(&self, args: &Args, report: &mut Report, start: Instant) {
+    /// Moves the counters and histograms into the report once a run is over; `cpu` marks the
+    /// start of the phase measured.
+    pub(crate) fn finish(&self, args: &Args, report: &mut Report, start: Instant, cpu: CpuMark) {
+        cpu.spent(args.cpu_of, report);
         report.sent = self.sent.load(Relaxed);
         report.acked = self.acked.load(Relaxed);
         report.delivered = self.delivered.load(Relaxed);

@@ -96,9 +96,31 @@ fn clean(v: &Value) {
 #[test]
 fn direct_in_binary_over_two_processes_merges_everything() {
     let e = Engine::start();
-    let r =
-        loadgen(&e.url(), &["--scenario", "direct", "--connections", "40", "--rate", "200", "--duration", "2", "--procs", "2", "--binary"]);
+    let pid = e.child.id().to_string();
+    let args = [
+        "--scenario",
+        "direct",
+        "--connections",
+        "40",
+        "--rate",
+        "200",
+        "--duration",
+        "2",
+        "--procs",
+        "2",
+        "--binary",
+        "--server-pid",
+        &pid,
+    ];
+    let r = loadgen(&e.url(), &args);
     clean(&r);
+    // CPU per message, the server's (weighed by the parent) and the load generator's (the
+    // workers' own, summed), beside each other.
+    let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {r}"));
+    assert!(f("server_cpu_s_per_1000_msgs") > 0.0 && f("server_cpu_seconds") > 0.0, "{r}");
+    assert!(f("loadgen_cpu_s_per_1000_msgs") >= 0.0, "{r}");
+    let per_1000 = f("server_cpu_seconds") / 400.0 * 1000.0;
+    assert!((f("server_cpu_s_per_1000_msgs") - per_1000).abs() < 1e-9, "per 1,000 messages sent: {r}");
     assert_eq!(n(&r, "procs"), 2);
     assert_eq!(n(&r, "connected"), 40);
     assert_eq!(n(&r, "sent"), 400);
