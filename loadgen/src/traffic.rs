@@ -257,12 +257,16 @@ pub(crate) async fn sender(ws: Ws, dest: Dest, sh: Arc<Shared>, pad: String, sch
     let total = schedule.total;
     let (mut tx, mut rx) = ws.split();
     let sh2 = sh.clone();
+    // One timer for the whole wait, not a timer (and two allocations) per frame: acks stop
+    // counting 30 s after the last send was due.
+    let ack_deadline = schedule.end() + Duration::from_secs(30);
     let acks = crate::rt::spawn(async move {
         let mut local = hist();
         let mut n = 0;
+        let mut deadline = std::pin::pin!(crate::rt::sleep_until(ack_deadline));
         while n < total {
-            match crate::rt::timeout(Duration::from_secs(30), rx.next()).await {
-                Ok(Some(Ok(m))) => {
+            match futures::future::select(rx.next(), deadline.as_mut()).await {
+                futures::future::Either::Left((Some(Ok(m)), _)) => {
                     let Some(v) = frame_json(&m) else { continue };
                     if v["t"] == "ack" {
                         n += 1;
@@ -307,9 +311,11 @@ pub(crate) async fn receiver(ws: Ws, sh: Arc<Shared>, total: u64, first_seq: u64
     let mut local = hist();
     let mut next_seq = first_seq;
     let mut got = 0u64;
+    // One timer for the whole wait, not one per frame.
+    let mut deadline = std::pin::pin!(crate::rt::sleep_until(deadline));
     while got < total {
-        let m = match crate::rt::timeout_at(deadline, rx.next()).await {
-            Ok(Some(Ok(m))) => m,
+        let m = match futures::future::select(rx.next(), deadline.as_mut()).await {
+            futures::future::Either::Left((Some(Ok(m)), _)) => m,
             _ => break,
         };
         if m.is_binary() {
