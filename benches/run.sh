@@ -29,7 +29,10 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$data"; }
 pids=()
 trap cleanup EXIT
 
-"$bin/shardchat" serve --dev-auth --no-http --listen 127.0.0.1:$port_sc --data-dir "$data/sc" >"$out/shardchat.log" 2>&1 &
+# The per-connection and per-user send limits (200 and 400 a second by default) are off: one
+# sender per group offers up to 400 messages a second here, which a real client would not.
+"$bin/shardchat" serve --dev-auth --no-http --listen 127.0.0.1:$port_sc --data-dir "$data/sc" \
+    --send-rate-per-s 0 --user-send-rate-per-s 0 >"$out/shardchat.log" 2>&1 &
 pids+=($!); sc_pid=$!
 "$bin/tokio-relay" --listen 127.0.0.1:$port_relay >"$out/relay.log" 2>&1 &
 pids+=($!); relay_pid=$!
@@ -72,6 +75,10 @@ for n in runs:
     s, r = load("shardchat-" + n), load("relay-" + n)
     for label, key, unit in [("delivered/s", "delivered_per_second", ""), ("p50", "latency_p50_ms", " ms"), ("p99", "latency_p99_ms", " ms"), ("p99.9", "latency_p999_ms", " ms")]:
         lines.append(f"| {n} | {label} | {cell(s[key], unit)} | {cell(r[key], unit)} | {ratio(s[key], r[key])} |")
+    # CPU per message (µs), the server's and the load generator's over the sending phase.
+    for label, key in [("server CPU per message", "server_cpu_s_per_1000_msgs"), ("loadgen CPU per message", "loadgen_cpu_s_per_1000_msgs")]:
+        a, b = (x.get(key) and x[key] * 1000 for x in (s, r))
+        lines.append(f"| {n} | {label} | {cell(a, ' µs')} | {cell(b, ' µs')} | {ratio(a, b)} |")
     lines.append(f"| {n} | lost / duplicates | {s['lost']} / {s['duplicates']} | {r['lost']} / {r['duplicates']} | |")
 table = "\n".join(lines) + "\n"
 with open(os.path.join(out, "README.md"), "w") as f: f.write(table)
