@@ -262,6 +262,10 @@ impl Link {
                     break;
                 }
                 Err(e) => {
+                    // A node stopping before it ever joined has nothing to take down.
+                    if shared.stopping.load(Ordering::Acquire) {
+                        return;
+                    }
                     tracing::warn!(error = %e, "cluster: cannot read this node's fence from the store; retrying");
                     tokio::time::sleep(Duration::from_millis(NODE_REFRESH_MS)).await;
                 }

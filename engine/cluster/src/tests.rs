@@ -93,3 +93,22 @@ fn the_link_never_blocks_on_a_full_bridge() {
         assert_eq!(state.bridge_dropped.load(Ordering::Relaxed), 1, "and that is no drop to count");
     });
 }
+
+/// A node whose store never answers its fence read cannot join, and must still stop: shutdown
+/// waited on the link for good (its retry loop never looked at the stop).
+#[test]
+fn a_node_that_cannot_read_its_fence_still_stops() {
+    let (bridge, _end) = shardchat_bridge::pair().unwrap();
+    let store = Arc::new(shardchat_storage_mem::MemStore::new());
+    store.faults.reads_down.store(true, Ordering::Release);
+    let cfg = ClusterConfig { redis: "redis://127.0.0.1:1".into(), node: 1, shards: 2, listen: "127.0.0.1:1".parse().unwrap() };
+    let health = Arc::new(Health::new(2));
+    let c = Cluster::start(cfg, bridge, store, health).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        c.stop();
+        let _ = done_tx.send(());
+    });
+    assert!(done.recv_timeout(Duration::from_secs(10)).is_ok(), "stop returned");
+}
