@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The macro benchmark: shardchat and the baseline relay (benches/baselines/tokio-relay) side by
-# side, through the same load generator scenarios, on this machine. Writes every run's JSON and a
-# markdown table with the ratios to benches/results/<date>-<host>/.
+# The macro benchmark: shardchat and two baseline relays in two stacks (benches/baselines:
+# tokio-relay, Rust with tokio-tungstenite; node-relay, Node.js with `ws`) side by side, through
+# the same load generator scenarios, on this machine. Writes every run's JSON and a markdown
+# table with the ratios to benches/results/<date>-<host>/. The Node relay runs when `node` and
+# `npm` are installed (its one package, `ws`, is installed from the registry on first use).
 #
 #   benches/run.sh                 # the default set (about 2 minutes)
 #   IDLE=15000 DURATION=10 benches/run.sh
@@ -23,7 +25,14 @@ cargo build --release -q -p shardchat -p shardchat-loadgen -p tokio-relay
 bin=target/release
 lg() { "$bin/shardchat-loadgen" "$@"; }
 
-port_sc=17700; port_relay=17710
+port_sc=17700; port_relay=17710; port_node=17720
+servers="shardchat relay"
+if command -v node > /dev/null && command -v npm > /dev/null; then
+  (cd benches/baselines/node-relay && [ -d node_modules ] || npm ci --no-audit --no-fund --silent)
+  servers="$servers node"
+else
+  echo "== node-relay skipped: no node/npm on this machine"
+fi
 data=$(mktemp -d)
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$data"; }
 pids=()
@@ -36,16 +45,28 @@ trap cleanup EXIT
 pids+=($!); sc_pid=$!
 "$bin/tokio-relay" --listen 127.0.0.1:$port_relay >"$out/relay.log" 2>&1 &
 pids+=($!); relay_pid=$!
+if [[ $servers == *node* ]]; then
+  node benches/baselines/node-relay/relay.js --listen 127.0.0.1:$port_node >"$out/node.log" 2>&1 &
+  pids+=($!); node_pid=$!
+fi
 sleep 2
 
 run() { # name server-port server-pid loadgen-args...
   local name=$1 port=$2 pid=$3; shift 3
   echo "== $name"
-  lg --target "ws://127.0.0.1:$port/ws" --server-pid "$pid" --json "$out/$name.json" "$@" | tail -n 18
+  # A server that loses messages (one that cannot keep up loses deliveries past the receivers'
+  # deadline) is a result for the table, not the end of the benchmark: the load generator then
+  # exits 2 after writing its report.
+  lg --target "ws://127.0.0.1:$port/ws" --server-pid "$pid" --json "$out/$name.json" "$@" | tail -n 20 \
+    || echo "== $name: the load generator reported loss (see the table)"
 }
 
-for who in shardchat relay; do
-  if [ $who = shardchat ]; then port=$port_sc; pid=$sc_pid; else port=$port_relay; pid=$relay_pid; fi
+for who in $servers; do
+  case $who in
+    shardchat) port=$port_sc; pid=$sc_pid ;;
+    relay) port=$port_relay; pid=$relay_pid ;;
+    node) port=$port_node; pid=$node_pid ;;
+  esac
   run "$who-idle" $port $pid --scenario idle --connections "$IDLE" --duration 3 --prefix "i$who"
   run "$who-direct" $port $pid --scenario direct --connections 1000 --rate "$DIRECT_RATE" --duration "$DURATION" --prefix "d$who"
   for r in $GROUP_RATES; do
@@ -53,33 +74,42 @@ for who in shardchat relay; do
   done
 done
 
-python3 - "$out" "$GROUP_RATES" <<'PY'
+python3 - "$out" "$GROUP_RATES" "$servers" <<'PY'
 import json, sys, os, platform
-out, rates = sys.argv[1], sys.argv[2].split()
-def load(n):
-    with open(os.path.join(out, n + ".json")) as f: return json.load(f)
-rows = [("idle connections: server bytes per connection", "idle", "server_bytes_per_connection", "lower")]
+out, rates, servers = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+names = {"shardchat": "shardchat", "relay": "tokio-relay", "node": "node-relay"}
+def load(who, n):
+    with open(os.path.join(out, f"{who}-{n}.json")) as f: return json.load(f)
 runs = ["direct"] + [f"group100-{r}" for r in rates]
-lines = [f"# shardchat vs tokio-relay baseline ({os.path.basename(out)}, {os.cpu_count()} cores, {platform.machine()})", "",
-         "Same load generator, same scenarios, one run. The relay stores nothing (acks before any fsync);",
-         "shardchat acks after its group-commit fsync. Latency is end to end, send to delivery, open loop.",
-         "The relay runs tokio-tungstenite's default configuration, whose read buffer is 128 KiB a connection.", "",
-         "| scenario | figure | shardchat | tokio-relay | shardchat / relay |", "|---|---|---|---|---|"]
+relays = [w for w in servers if w != "shardchat"]
+head = " | ".join(names[w] for w in servers)
+lines = [f"# shardchat vs baseline relays ({os.path.basename(out)}, {os.cpu_count()} cores, {platform.machine()})", "",
+         "Same load generator, same scenarios, one run. The relays store nothing (they ack before any",
+         "fsync); shardchat acks after its group-commit fsync. Latency is end to end, send to delivery,",
+         "open loop. tokio-relay runs tokio-tungstenite's default configuration, whose read buffer is",
+         "128 KiB a connection; node-relay is one Node.js process with `ws`. CPU per message is per",
+         "message sent, over the sending phase.", "",
+         f"| scenario | figure | {head} | shardchat / best relay |", "|---|---|" + "---|" * len(servers) + "---|"]
 def cell(v, unit=""):
     return "-" if v is None else (f"{v:,.0f}{unit}" if v >= 100 else f"{v:.2f}{unit}")
 def ratio(a, b):
     return "-" if not a or not b else f"{a / b:.2f}x"
-s, r = load("shardchat-idle"), load("relay-idle")
-lines.append(f"| idle ({s['connected']} conns) | RSS bytes per connection | {cell(s['server_bytes_per_connection'])} | {cell(r['server_bytes_per_connection'])} | {ratio(s['server_bytes_per_connection'], r['server_bytes_per_connection'])} |")
+def row(n, label, values, unit, lower_is_better):
+    best = [v for w, v in zip(servers, values) if w != "shardchat" and v]
+    best = (min(best) if lower_is_better else max(best)) if best else None
+    cells = " | ".join(cell(v, unit) for v in values)
+    lines.append(f"| {n} | {label} | {cells} | {ratio(values[0], best)} |")
+idle = [load(w, "idle") for w in servers]
+row(f"idle ({idle[0]['connected']} conns)", "RSS bytes per connection", [r["server_bytes_per_connection"] for r in idle], "", True)
 for n in runs:
-    s, r = load("shardchat-" + n), load("relay-" + n)
-    for label, key, unit in [("delivered/s", "delivered_per_second", ""), ("p50", "latency_p50_ms", " ms"), ("p99", "latency_p99_ms", " ms"), ("p99.9", "latency_p999_ms", " ms")]:
-        lines.append(f"| {n} | {label} | {cell(s[key], unit)} | {cell(r[key], unit)} | {ratio(s[key], r[key])} |")
+    rs = [load(w, n) for w in servers]
+    row(n, "delivered/s", [r["delivered_per_second"] for r in rs], "", False)
+    for label, key in [("p50", "latency_p50_ms"), ("p99", "latency_p99_ms"), ("p99.9", "latency_p999_ms")]:
+        row(n, label, [r[key] for r in rs], " ms", True)
     # CPU per message (µs), the server's and the load generator's over the sending phase.
     for label, key in [("server CPU per message", "server_cpu_s_per_1000_msgs"), ("loadgen CPU per message", "loadgen_cpu_s_per_1000_msgs")]:
-        a, b = (x.get(key) and x[key] * 1000 for x in (s, r))
-        lines.append(f"| {n} | {label} | {cell(a, ' µs')} | {cell(b, ' µs')} | {ratio(a, b)} |")
-    lines.append(f"| {n} | lost / duplicates | {s['lost']} / {s['duplicates']} | {r['lost']} / {r['duplicates']} | |")
+        row(n, label, [r.get(key) and r[key] * 1000 for r in rs], " µs", True)
+    lines.append(f"| {n} | lost / duplicates | " + " | ".join(f"{r['lost']} / {r['duplicates']}" for r in rs) + " | |")
 table = "\n".join(lines) + "\n"
 with open(os.path.join(out, "README.md"), "w") as f: f.write(table)
 print(table)
