@@ -17,6 +17,9 @@ IDLE=${IDLE:-10000}
 DURATION=${DURATION:-6}
 DIRECT_RATE=${DIRECT_RATE:-10000}
 GROUP_RATES=${GROUP_RATES:-"1000 4000"}
+# One-on-one rates tried in turn, for the highest each server sustains with no loss and p99
+# under 50 ms (the first that fails ends the search; empty skips it).
+SUSTAIN_RATES=${SUSTAIN_RATES:-"5000 10000 20000 40000 80000"}
 out="benches/results/$(date +%Y-%m-%d)-$(hostname -s)"
 mkdir -p "$out"
 
@@ -72,6 +75,20 @@ for who in $servers; do
   for r in $GROUP_RATES; do
     run "$who-group100-$r" $port $pid --scenario group:100 --connections 1000 --rate "$r" --duration "$DURATION" --prefix "g$r$who"
   done
+  best=0
+  for r in $SUSTAIN_RATES; do
+    run "$who-sustain-$r" $port $pid --scenario direct --connections 1000 --rate "$r" --duration "$DURATION" --prefix "s$r$who"
+    ok=$(python3 -c "
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+    print(int(r['lost'] == 0 and r['duplicates'] == 0 and r['errors'] == 0 and r['latency_p99_ms'] < 50))
+except Exception:
+    print(0)" "$out/$who-sustain-$r.json")
+    [ "$ok" = 1 ] || break
+    best=$r
+  done
+  echo "{\"rate\": $best}" > "$out/$who-sustained.json"
 done
 
 python3 - "$out" "$GROUP_RATES" "$servers" <<'PY'
@@ -99,6 +116,8 @@ def row(n, label, values, unit, lower_is_better):
     best = (min(best) if lower_is_better else max(best)) if best else None
     cells = " | ".join(cell(v, unit) for v in values)
     lines.append(f"| {n} | {label} | {cells} | {ratio(values[0], best)} |")
+if os.path.exists(os.path.join(out, f"{servers[0]}-sustained.json")):
+    row("direct", "highest msg/s with no loss, p99 < 50 ms", [load(w, "sustained")["rate"] or None for w in servers], "", False)
 idle = [load(w, "idle") for w in servers]
 row(f"idle ({idle[0]['connected']} conns)", "RSS bytes per connection", [r["server_bytes_per_connection"] for r in idle], "", True)
 for n in runs:
