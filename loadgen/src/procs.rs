@@ -51,10 +51,7 @@ pub(crate) fn run_threads(args: &Args, report: &mut Report) {
     let mut this_process = None::<f64>;
     for h in handles {
         let r = h.join().expect("a load generator thread failed");
-        this_process = match (this_process, r.loadgen_cpu_seconds) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
+        this_process = combine(this_process, r.loadgen_cpu_seconds, f64::max);
         merge(report, r);
     }
     report.loadgen_cpu_seconds = this_process;

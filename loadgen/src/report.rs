@@ -214,14 +214,16 @@ pub(crate) fn merge(into: &mut Report, w: Report) {
     // Server figures are taken by one thread of the process that weighs the server.
     into.server_rss_after_bytes = into.server_rss_after_bytes.or(w.server_rss_after_bytes);
     into.server_bytes_per_connection = into.server_bytes_per_connection.or(w.server_bytes_per_connection);
-    into.server_cpu_seconds = match (into.server_cpu_seconds, w.server_cpu_seconds) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    };
+    into.server_cpu_seconds = combine(into.server_cpu_seconds, w.server_cpu_seconds, f64::max);
     into.server_peak_rss_bytes = into.server_peak_rss_bytes.max(w.server_peak_rss_bytes);
     // Each worker measures its own CPU: the load generator's is their sum.
-    into.loadgen_cpu_seconds = match (into.loadgen_cpu_seconds, w.loadgen_cpu_seconds) {
-        (Some(a), Some(b)) => Some(a + b),
+    into.loadgen_cpu_seconds = combine(into.loadgen_cpu_seconds, w.loadgen_cpu_seconds, |a, b| a + b);
+}
+
+/// Two figures either of which may be missing: `f` of both, or the one there is.
+pub(crate) fn combine(a: Option<f64>, b: Option<f64>, f: fn(f64, f64) -> f64) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(f(a, b)),
         (a, b) => a.or(b),
-    };
+    }
 }

@@ -112,18 +112,8 @@ impl Cluster {
     /// clients and the link keeps trying.
     /// What other nodes send arrives through `bridge`.
     pub fn start(cfg: ClusterConfig, bridge: Bridge, store: Arc<dyn MessageStore>, health: Arc<Health>) -> Result<Cluster, String> {
-        Cluster::start_with(cfg, bridge, store, health, Inbox::default())
-    }
-
-    fn start_with(
-        cfg: ClusterConfig,
-        bridge: Bridge,
-        store: Arc<dyn MessageStore>,
-        health: Arc<Health>,
-        inbox: Inbox,
-    ) -> Result<Cluster, String> {
         let client = redis::Client::open(cfg.redis.as_str()).map_err(|e| format!("cluster: {}: {e}", cfg.redis))?;
-        let shared = Arc::new(Shared { inbox: Mutex::new(inbox), bell: Notify::new(), stopping: AtomicBool::new(false) });
+        let shared = Arc::new(Shared { inbox: Mutex::new(Inbox::default()), bell: Notify::new(), stopping: AtomicBool::new(false) });
         let state = Arc::new(ClusterState::default());
         let bridge = Arc::new(Mutex::new(Some(bridge)));
         let shards = cfg.shards;

@@ -41,9 +41,8 @@ pub struct FjallStore {
     pub group: GroupCommit,
     /// Messages written but not yet fsynced: reads stop short of them (see `undurable`).
     undurable: undurable::Undurable,
-    /// Where a scan of the index queue starts (see `queue_floor`), and one scan at a time.
+    /// Where a scan of the index queue starts (see `queue_floor`).
     index_floor: queue_floor::QueueFloor,
-    index_scan: std::sync::Mutex<()>,
 }
 
 fn io(e: fjall::Error) -> StoreError {
@@ -148,7 +147,6 @@ impl FjallStore {
             group: GroupCommit::new(cfg.commit_interval),
             undurable: Default::default(),
             index_floor: Default::default(),
-            index_scan: Default::default(),
             db,
         })
     }
@@ -326,13 +324,12 @@ impl MessageStore for FjallStore {
     }
 
     fn index_pending(&self, limit: usize) -> Result<Vec<MsgRecord>, StoreError> {
-        let _one = self.index_scan.lock().unwrap_or_else(|p| p.into_inner());
         // From the floor, past the tombstones of what was indexed and cleared (`queue_floor`).
-        let from = self.index_floor.scan_from();
+        let scan = self.index_floor.scan();
         let registered = self.undurable.lowest_id().unwrap_or(u64::MAX);
         let mut first = u64::MAX;
         let mut out = Vec::new();
-        for g in self.index_queue.range(from.to_be_bytes()..) {
+        for g in self.index_queue.range(scan.from.to_be_bytes()..) {
             let (k, v) = g.into_inner().map_err(io)?;
             if first == u64::MAX {
                 first = be_u64(&k)?;
@@ -346,7 +343,7 @@ impl MessageStore for FjallStore {
                 }
             }
         }
-        self.index_floor.scanned(first, registered);
+        scan.done(first, registered);
         Ok(out)
     }
 
