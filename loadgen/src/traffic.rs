@@ -266,19 +266,20 @@ pub(crate) async fn sender(ws: Ws, dest: Dest, sh: Arc<Shared>, pad: String, sch
         let mut deadline = std::pin::pin!(crate::rt::sleep_until(ack_deadline));
         while n < total {
             match futures::future::select(rx.next(), deadline.as_mut()).await {
-                futures::future::Either::Left((Some(Ok(m)), _)) => {
-                    let Some(v) = frame_json(&m) else { continue };
-                    if v["t"] == "ack" {
+                futures::future::Either::Left((Some(Ok(m)), _)) => match crate::frames::answer(&m) {
+                    Some(crate::frames::Answer::Ack(sent)) => {
                         n += 1;
                         sh2.acked.fetch_add(1, Relaxed);
-                        if let Some(sent) = v["cmid"].as_str().and_then(|c| c.split(':').nth(1)).and_then(|s| s.parse::<u64>().ok()) {
+                        if let Some(sent) = sent {
                             let _ = local.record(now_us().saturating_sub(sent).max(1));
                         }
-                    } else if v["t"] == "error" {
+                    }
+                    Some(crate::frames::Answer::Error) => {
                         sh2.errors.fetch_add(1, Relaxed);
                         n += 1;
                     }
-                }
+                    None => {}
+                },
                 _ => break,
             }
         }

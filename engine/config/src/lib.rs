@@ -155,8 +155,10 @@ settings! {
     /// Queued frames are encoded into one write of about this many bytes.
     write_batch_bytes: usize = 64 * 1024;
     /// How long an idle executor spins before parking, in µs: trades CPU for cross-shard
-    /// wake-up latency.
-    spin_before_park_us: u64 = 50;
+    /// wake-up latency. Off by default: on a host the shards share with anything else (the load
+    /// generator, other services) the spin takes the CPU the work needs, and at low traffic it is
+    /// most of the engine's CPU. Dedicated hosts chasing latency set 50 (see `tuning/`).
+    spin_before_park_us: u64 = 0;
     /// Blocking threads per shard for storage jobs (commits and reads).
     storage_threads_per_shard: usize = 2;
     /// Ops waiting on one owner shard for its next commit (a commit runs at a time): when the

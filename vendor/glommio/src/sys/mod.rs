@@ -306,11 +306,19 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
-        if self
-            .should_notify
-            .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-            || force
+        // shardchat patch (see vendor/README.md): the producer's half of the sleep handshake.
+        // What the caller published (a queue entry, a waker) is ordered before the read of
+        // `should_notify` by a SeqCst fence, paired with the fence in `prepare_to_sleep`: either
+        // the sleeper's final sweep sees the entry, or this sees `should_notify` and writes the
+        // eventfd. Upstream relied on a `membarrier()` (an IPI to every core running this
+        // process) on every park instead, which dominated the engine's CPU at low rates.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if force
+            || (self.should_notify.load(Ordering::Relaxed)
+                && self
+                    .should_notify
+                    .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok())
         {
             write_eventfd(self.eventfd_fd());
         }
@@ -344,6 +352,9 @@ impl SleepNotifier {
         // for the placeholder (disconnected) case.
         assert_ne!(self.id, usize::MAX);
         self.should_notify.store(true, Ordering::Relaxed);
+        // shardchat patch: the sleeper's half of the handshake (see `notify`); the sweep of the
+        // queues that follows cannot be ordered before this store.
+        std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     pub(super) fn wake_up(&self) {
