@@ -51,6 +51,9 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()))
         .with_target(false)
+        // Colour only for a person at a terminal: escape codes in a file or a log collector are
+        // noise (and NO_COLOR, https://no-color.org, turns them off at a terminal too).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()) && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()))
         .init();
     // `serve --help` shows each setting's default, taken from the defaults themselves.
     let matches = Cli::command().mut_subcommand("serve", ServeArgs::show_defaults).get_matches();

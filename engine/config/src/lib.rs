@@ -239,6 +239,21 @@ impl Config {
         Ok(c)
     }
 
+    /// What is allowed but probably a mistake, one line each: logged at startup.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(secret) = self.jwt_secret.as_deref().filter(|s| !s.is_empty()) {
+            if secret.len() < JWT_SECRET_BYTES_MIN {
+                out.push(format!(
+                    "the JWT secret is {} bytes: HS256 wants at least {JWT_SECRET_BYTES_MIN} random bytes (RFC 7518, 3.2), \
+                     and a short one can be guessed offline from any token; generate one with `openssl rand -base64 48`",
+                    secret.len()
+                ));
+            }
+        }
+        out
+    }
+
     fn validate(&self) -> Result<(), String> {
         use shardchat_shard::snowflake::{NODES_MAX, SHARDS_PER_NODE_MAX};
         // One worker id per node is the control plane's bridge (it names the groups it creates).
@@ -376,6 +391,8 @@ impl Config {
     }
 }
 
+/// Bytes of an HS256 secret below which startup warns: the hash's output size (RFC 7518, 3.2).
+pub const JWT_SECRET_BYTES_MIN: usize = 32;
 /// At least this many descriptors stay reserved whatever the limit (the rest of the reserve is
 /// a twentieth of the limit plus the control plane's connections).
 pub const FD_RESERVE_MIN: usize = 1024;
@@ -476,5 +493,16 @@ mod tests {
         assert!(err.contains("--jwt-secret"), "{err}");
         let args = ServeArgs { jwt_secret: Some("s".into()), ..Default::default() };
         assert!(Config::load(&args).is_ok());
+    }
+
+    /// A short HS256 secret starts (it is the operator's call) but says why it should not.
+    #[test]
+    fn a_short_jwt_secret_is_warned_about() {
+        let with = |secret: &str| Config::load(&ServeArgs { jwt_secret: Some(secret.into()), ..Default::default() }).unwrap();
+        let w = with("nineteen-byte-secrt").warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("19 bytes") && w[0].contains("at least 32"), "{w:?}");
+        assert!(with(&"k".repeat(JWT_SECRET_BYTES_MIN)).warnings().is_empty());
+        assert!(Config::load(&ServeArgs { dev_auth: true, ..Default::default() }).unwrap().warnings().is_empty());
     }
 }

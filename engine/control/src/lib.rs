@@ -189,6 +189,7 @@ impl ControlPlane {
         let pusher = ctx.cfg.push_webhook.clone().map(|url| (ctx.clone(), url));
         let app = rest::router(ctx);
         tracing::info!(http = %addr, "control plane listening");
+        tracing::info!("web client: http://{addr}/  (REST: http://{addr}/v1/openapi.json)");
         let thread = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {

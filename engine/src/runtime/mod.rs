@@ -55,6 +55,9 @@ pub fn fatal(why: String) {
 
 /// Runs the engine until SIGINT or SIGTERM (or a fatal storage failure: then `Err`).
 pub fn serve(cfg: Config) -> Result<(), String> {
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
+    }
     if cfg.dev_auth {
         tracing::warn!("================================================================");
         tracing::warn!("DEVELOPMENT MODE: --dev-auth lets anyone connect as any user with");

@@ -63,4 +63,8 @@ async fn the_info_log_holds_no_user_data() {
     assert!(log.contains("listening"), "the log must hold the server's info lines:\n{log}");
     let leaks: Vec<&str> = log.lines().filter(|l| l.contains("zq")).collect();
     assert!(leaks.is_empty(), "user data in the info log:\n{}", leaks.join("\n"));
+    // Written to a file, not a terminal: no colour escape codes.
+    assert!(!log.contains('\u{1b}'), "ANSI escape codes in a redirected log:\n{log}");
+    // A newcomer finds the page from the log.
+    assert!(log.contains(&format!("web client: http://127.0.0.1:{}/", s.http)), "no page URL in the log:\n{log}");
 }
