@@ -65,7 +65,7 @@ impl FrameError {
         let mut err = FrameError::bad_request(format!("malformed frame: {e}"));
         if let Ok(serde_json::Value::Object(obj)) = serde_json::from_str::<serde_json::Value>(text) {
             if let Some(serde_json::Value::String(c)) = obj.get("cmid") {
-                if c.len() <= crate::CMID_BYTES_MAX {
+                if c.chars().count() <= crate::CMID_CHARS_MAX {
                     err.cmid = Some(c.clone());
                 }
             }

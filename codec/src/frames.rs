@@ -318,8 +318,9 @@ impl ClientFrame {
             }
         }
         fn name_ok(name: &str) -> Result<(), FrameError> {
-            if name.is_empty() || name.len() > GROUP_NAME_BYTES_MAX {
-                return Err(FrameError::bad_request("group name must be 1 to 128 bytes"));
+            // Characters, as the contract and the OpenAPI document count (at most 512 bytes).
+            if name.is_empty() || name.chars().count() > GROUP_NAME_CHARS_MAX {
+                return Err(FrameError::bad_request("group name must be 1 to 128 characters"));
             }
             Ok(())
         }
@@ -334,8 +335,8 @@ impl ClientFrame {
         }
         match self {
             ClientFrame::Send { cmid, to, conv, body, kind } => {
-                if cmid.is_empty() || cmid.len() > CMID_BYTES_MAX {
-                    return Err(FrameError::bad_request("cmid must be 1 to 64 bytes"));
+                if cmid.is_empty() || cmid.chars().count() > CMID_CHARS_MAX {
+                    return Err(FrameError::bad_request("cmid must be 1 to 64 characters"));
                 }
                 if body.len() > limits.body_bytes_max {
                     return Err(FrameError::new(
@@ -390,6 +391,9 @@ impl ClientFrame {
             }
             ClientFrame::GroupAdd { conv, users, .. } | ClientFrame::GroupRemove { conv, users, .. } => {
                 conv_ok(conv)?;
+                if users.is_empty() {
+                    return Err(FrameError::bad_request("users: at least one"));
+                }
                 users_ok(users)
             }
             ClientFrame::GroupLeave { conv, .. } | ClientFrame::Typing { conv } => conv_ok(conv),
@@ -410,7 +414,7 @@ impl ClientFrame {
 }
 
 /// Longest group name, in bytes.
-pub const GROUP_NAME_BYTES_MAX: usize = 128;
+pub const GROUP_NAME_CHARS_MAX: usize = 128;
 /// Longest string `ref`, in bytes (an integer `ref` is any i64).
 pub const REF_BYTES_MAX: usize = 64;
 /// Users one `presence_sub` or `presence_unsub` may name (the per-connection subscription bound's

@@ -2,8 +2,8 @@
 
 /// User and device ids: 1 to 64 characters of `[A-Za-z0-9_.:@-]`.
 pub const USER_ID_BYTES_MAX: usize = 64;
-/// Client message ids: 1 to 64 characters.
-pub const CMID_BYTES_MAX: usize = 64;
+/// Client message ids: 1 to 64 characters (any; at most 256 bytes).
+pub const CMID_CHARS_MAX: usize = 64;
 /// Conversation ids: a direct id is `d:` and two user ids; group ids are shorter.
 pub const CONV_ID_BYTES_MAX: usize = 2 + USER_ID_BYTES_MAX + 1 + USER_ID_BYTES_MAX;
 

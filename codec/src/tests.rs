@@ -228,3 +228,25 @@ fn every_frame_type_missing_a_field_is_malformed_not_unknown() {
     let e = decode_text(r#"{"t":"no_such_type"}"#, &limits()).unwrap_err();
     assert_eq!(e.msg, "unknown frame type `no_such_type`");
 }
+
+/// Lengths of cmids and group names are counted in characters, as the contract words them and
+/// as the OpenAPI document's `maxLength` counts: 64 four-byte characters are one cmid.
+#[test]
+fn cmid_and_group_name_lengths_are_characters() {
+    let wide = "😀".repeat(64);
+    let ok = format!(r#"{{"t":"send","cmid":"{wide}","to":"bob","body":"x"}}"#);
+    assert!(decode_text(&ok, &limits()).is_ok(), "64 characters (256 bytes) is a valid cmid");
+    let long = format!(r#"{{"t":"send","cmid":"{wide}a","to":"bob","body":"x"}}"#);
+    assert_eq!(decode_text(&long, &limits()).unwrap_err().code, ErrorCode::BadRequest);
+    let name = "é".repeat(128);
+    let ok = format!(r#"{{"t":"group_create","name":"{name}","members":["a"]}}"#);
+    assert!(decode_text(&ok, &limits()).is_ok(), "128 characters (256 bytes) is a valid name");
+    let long = format!(r#"{{"t":"group_create","name":"{name}é","members":["a"]}}"#);
+    assert_eq!(decode_text(&long, &limits()).unwrap_err().code, ErrorCode::BadRequest);
+}
+
+#[test]
+fn adding_or_removing_nobody_is_refused() {
+    check_err(r#"{"t":"group_add","conv":"g:1","users":[]}"#, ErrorCode::BadRequest, None);
+    check_err(r#"{"t":"group_remove","conv":"g:1","users":[]}"#, ErrorCode::BadRequest, None);
+}

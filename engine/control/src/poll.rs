@@ -34,13 +34,18 @@ pub struct PollSession {
 #[derive(Deserialize)]
 pub struct PollQuery {
     cursor: Option<String>,
-    timeout: Option<u64>,
+    timeout: Option<i32>,
     device: Option<String>,
 }
 
 fn parse_cursor(c: &str) -> Result<(u64, u64), ApiError> {
     let bad = || ApiError(FrameError::bad_request("malformed cursor"));
     let (sid, n) = c.split_once('.').ok_or_else(bad)?;
+    // Digits only, as the document's pattern says (`parse` would also take a leading `+`).
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(sid) || !digits(n) {
+        return Err(bad());
+    }
     Ok((sid.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?))
 }
 
@@ -60,8 +65,11 @@ impl Ctx {
     }
 }
 
-#[utoipa::path(get, path = "/v1/poll", tag = "poll", params(("cursor" = Option<String>, Query, description = "none: start a session"), ("timeout" = Option<u64>, Query, description = "seconds, at most 60"), ("device" = Option<String>, Query)), responses((status = 200, description = "events after the cursor and the next cursor"), (status = 403), (status = 410, description = "session expired: start a new one and sync")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/poll", tag = "poll", params(("cursor" = Option<String>, Query, pattern = r"^[0-9]{1,19}\.[0-9]{1,19}$", description = "none: start a session"), ("timeout" = Option<i32>, Query, minimum = 0, description = "seconds to wait for events; more than 60 waits 60"), ("device" = Option<String>, Query, pattern = r"^[A-Za-z0-9_.:@-]{1,64}$", description = "names the session's device (default `poll`)")), responses((status = 200, description = "events after the cursor and the next cursor (a new session: its first cursor)", body = crate::openapi::PollEvents), (status = 410, description = "no such session, or it ended: start a new one and sync", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub async fn get_poll(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<PollQuery>) -> Response {
+    if q.timeout.is_some_and(|t| t < 0) {
+        return ApiError(FrameError::bad_request("timeout: 0 or more seconds")).into_response();
+    }
     let Some(cursor) = q.cursor else {
         return match start(&ctx, me.user, q.device.unwrap_or_else(|| "poll".into())).await {
             Ok(v) => Json(v).into_response(),
@@ -77,7 +85,7 @@ pub async fn get_poll(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Quer
         Err(r) => return *r,
     };
     ctx.submit_quiet(&me.user, BridgeOp::PollTouch { conn: sid });
-    let wait = Duration::from_secs(q.timeout.unwrap_or(POLL_TIMEOUT_DEFAULT_S).min(POLL_TIMEOUT_MAX_S));
+    let wait = Duration::from_secs(q.timeout.map_or(POLL_TIMEOUT_DEFAULT_S, |t| t as u64).min(POLL_TIMEOUT_MAX_S));
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         // Register for a wake-up before looking, so an event pushed in between is not missed.
@@ -130,7 +138,7 @@ async fn start(ctx: &Ctx, user: String, device: String) -> ApiResult<Value> {
     Ok(json!({ "cursor": format!("{sid}.0"), "events": [] }))
 }
 
-#[utoipa::path(post, path = "/v1/poll", tag = "poll", params(("cursor" = String, Query)), request_body(content = String, description = "one client frame, as on the WebSocket", content_type = "application/json"), responses((status = 202, description = "accepted; answers arrive as events"), (status = 400), (status = 403), (status = 410)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/poll", tag = "poll", params(("cursor" = String, Query, pattern = r"^[0-9]{1,19}\.[0-9]{1,19}$")), request_body(content = Object, description = "one client frame, as on the WebSocket", content_type = "application/json"), responses((status = 202, description = "accepted; answers arrive as events", body = crate::openapi::Accepted), (status = 410, description = "no such session, or it ended: start a new one and sync", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub async fn post_poll(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<PollQuery>, body: String) -> Response {
     let Some(cursor) = q.cursor else {
         return ApiError(FrameError::bad_request("cursor required")).into_response();

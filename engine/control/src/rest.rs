@@ -16,40 +16,13 @@ use shardchat_codec::{
 };
 use shardchat_shard::ops::GroupChange;
 use shardchat_shard::read::{readable_last_seq, readable_upto, unavailable};
-use utoipa::OpenApi;
-
-/// The OpenAPI document, generated from the handlers' annotations (served at
-/// `/v1/openapi.json`).
-#[derive(utoipa::OpenApi)]
-#[openapi(
-    info(title = "shardchat control plane", description = "REST API beside the WebSocket engine; see docs/protocol.md"),
-    paths(readyz, metrics, conversations, conversation, messages, send, receipts, create_group, add_members, remove_member, leave, rename, presence, search,
-          super::poll::get_poll, super::poll::post_poll),
-    components(schemas(NewMessage, NewGroup, Users, Rename)),
-    modifiers(&BearerAuth)
-)]
-pub struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = api.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
-        );
-    }
-}
 
 pub fn router(ctx: Ctx) -> Router {
     // A JSON body carries at most one message body, escaped: the WebSocket message bound.
     let body_max = ctx.cfg.ws_message_bytes_max();
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        // The browser client: one static page, no build step (`control/web/index.html`).
-        .route("/", get(|| async { axum::response::Html(include_str!("web/index.html")) }))
+        .route("/healthz", get(healthz))
+        .route("/", get(page))
         .route("/v1/client-config", get(client_config))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -63,7 +36,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/groups", post(create_group))
         .route("/v1/presence", get(presence))
         .route("/v1/search", get(search))
-        .route("/v1/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route("/v1/openapi.json", get(openapi_json))
         .route("/v1/poll", get(super::poll::get_poll).post(super::poll::post_poll))
         .layer(DefaultBodyLimit::max(body_max))
         .layer(axum::middleware::map_response(json_errors))
@@ -111,13 +84,30 @@ async fn json_errors(resp: Response) -> Response {
     out
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "the process is up", content_type = "text/plain", body = String)))]
+pub(crate) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// The browser client: one static page, no build step (`control/web/index.html`).
+#[utoipa::path(get, path = "/", tag = "ops", responses((status = 200, description = "the web client", content_type = "text/html", body = String)))]
+pub(crate) async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("web/index.html"))
+}
+
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "ops", responses((status = 200, description = "this document", body = Object)))]
+pub(crate) async fn openapi_json(State(ctx): State<Ctx>) -> Json<utoipa::openapi::OpenApi> {
+    Json(crate::openapi::document(ctx.cfg.body_bytes_max))
+}
+
 /// What the browser client needs to find the WebSocket: its port (the host is the page's).
-async fn client_config(State(ctx): State<Ctx>) -> Json<Value> {
+#[utoipa::path(get, path = "/v1/client-config", tag = "ops", responses((status = 200, description = "where the WebSocket is", body = crate::openapi::ClientConfig)))]
+pub(crate) async fn client_config(State(ctx): State<Ctx>) -> Json<Value> {
     Json(json!({ "ws_port": ctx.cfg.listen.port(), "ws_path": "/ws" }))
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "every shard accepts connections and runs, and the control plane reaches them"), (status = 503, description = "starting, or a shard has stalled")))]
-async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "every shard accepts connections and runs, and the control plane reaches them", content_type = "text/plain", body = String), (status = 503, description = "starting, or a shard has stalled", content_type = "text/plain", body = String)))]
+pub(crate) async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
     let stalled = ctx.health.stalled();
     if !stalled.is_empty() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("shards not serving: {stalled:?}\n"));
@@ -128,8 +118,8 @@ async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
     (StatusCode::OK, "ready\n".to_string())
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
-async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
+pub(crate) async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     let mut text = shardchat_bridge::metrics::render(&ctx.metrics);
     if let Some(c) = &ctx.cluster {
         c.render(&mut text);
@@ -137,11 +127,29 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     ([("content-type", "text/plain; version=0.0.4")], text)
 }
 
+/// A conversation id in a path or query: well formed, or `bad_request`. A direct id whose two
+/// user ids are not in byte-wise order is shaped right but names no conversation that can
+/// exist: `not_found` (the OpenAPI pattern cannot say the order; what it admits is never a 400).
 fn check_conv(conv: &str) -> ApiResult<()> {
     if valid_conv_id(conv) {
-        Ok(())
+        return Ok(());
+    }
+    let names_two_users = conv.strip_prefix("d:").is_some_and(|rest| {
+        rest.char_indices().filter(|&(_, c)| c == ':').any(|(i, _)| valid_user_id(&rest[..i]) && valid_user_id(&rest[i + 1..]))
+    });
+    if names_two_users && conv.len() <= shardchat_codec::CONV_ID_BYTES_MAX {
+        Err(FrameError::new(ErrorCode::NotFound, "no such conversation (a direct id names its two users in byte-wise order)").into())
     } else {
         Err(FrameError::bad_request("invalid conversation id").into())
+    }
+}
+
+/// A seq in a query or path: the document gives them as `int64` (what JSON tools agree on), so
+/// larger ones are refused rather than read as u64 (no conversation comes near either bound).
+fn seq_param(seq: Option<u64>) -> ApiResult<()> {
+    match seq {
+        Some(s) if s > i64::MAX as u64 => Err(FrameError::bad_request("seq out of range").into()),
+        _ => Ok(()),
     }
 }
 
@@ -166,8 +174,8 @@ fn body_of(frame: &ServerFrame) -> Value {
 /// Messages after the caller's read watermark that others sent, counted up to this cap.
 const UNREAD_COUNT_MAX: usize = 1000;
 
-#[utoipa::path(get, path = "/v1/conversations", tag = "conversations", responses((status = 200, description = "the caller's conversations, newest first, with last message, last seq and unread count")), security(("bearer" = [])))]
-async fn conversations(State(ctx): State<Ctx>, Caller(me): Caller) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/v1/conversations", tag = "conversations", responses((status = 200, description = "the caller's conversations, newest first, with last message, last seq and unread count", body = crate::openapi::ConversationList)), security(("bearer" = [])))]
+pub(crate) async fn conversations(State(ctx): State<Ctx>, Caller(me): Caller) -> ApiResult<Json<Value>> {
     let user = me.user;
     let list = ctx
         .read(move |store| {
@@ -201,8 +209,8 @@ async fn conversations(State(ctx): State<Ctx>, Caller(me): Caller) -> ApiResult<
     Ok(Json(json!({ "conversations": list })))
 }
 
-#[utoipa::path(get, path = "/v1/conversations/{conv}", tag = "conversations", params(("conv" = String, Path)), responses((status = 200, description = "name, members and roles, last seq"), (status = 403), (status = 404)), security(("bearer" = [])))]
-async fn conversation(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/v1/conversations/{conv}", tag = "conversations", params(("conv" = String, Path, pattern = r"^(g:[0-9]{1,19}|d:[A-Za-z0-9_.:@-]{1,64}:[A-Za-z0-9_.:@-]{1,64})$", description = "a conversation id: `g:<id>`, or `d:<user>:<user>` in byte-wise order")), responses((status = 200, description = "name, members and roles, last seq", body = crate::openapi::Conversation)), security(("bearer" = [])))]
+pub(crate) async fn conversation(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>) -> ApiResult<Json<Value>> {
     check_conv(&conv)?;
     let v = ctx
         .read(move |store| {
@@ -221,34 +229,34 @@ async fn conversation(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Pa
 }
 
 #[derive(Deserialize)]
-struct Page {
+pub(crate) struct Page {
     before: Option<u64>,
     after: Option<u64>,
     limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/v1/conversations/{conv}/messages", tag = "messages", params(("conv" = String, Path), ("before" = Option<u64>, Query), ("after" = Option<u64>, Query), ("limit" = Option<u32>, Query)), responses((status = 200, description = "a page of messages"), (status = 403), (status = 404)), security(("bearer" = [])))]
-async fn messages(
+#[utoipa::path(get, path = "/v1/conversations/{conv}/messages", tag = "messages", params(("conv" = String, Path, pattern = r"^(g:[0-9]{1,19}|d:[A-Za-z0-9_.:@-]{1,64}:[A-Za-z0-9_.:@-]{1,64})$", description = "a conversation id: `g:<id>`, or `d:<user>:<user>` in byte-wise order"), ("before" = Option<i64>, Query, minimum = 0, description = "below this seq; alone: the newest first"), ("after" = Option<i64>, Query, minimum = 0, description = "above this seq, the oldest first (with `before`: between the two)"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "default 50")), responses((status = 200, description = "a page of messages", body = crate::openapi::MessagePage)), security(("bearer" = [])))]
+pub(crate) async fn messages(
     State(ctx): State<Ctx>,
     Caller(me): Caller,
     Path(conv): Path<String>,
     Query(page): Query<Page>,
 ) -> ApiResult<Json<Value>> {
     check_conv(&conv)?;
+    seq_param(page.before)?;
+    seq_param(page.after)?;
     let limit = page.limit.unwrap_or(HISTORY_LIMIT_DEFAULT);
     if limit == 0 || limit > HISTORY_LIMIT_MAX {
         return Err(FrameError::bad_request(format!("limit must be 1 to {HISTORY_LIMIT_MAX}")).into());
-    }
-    if page.before.is_some() && page.after.is_some() {
-        return Err(FrameError::bad_request("give `before` or `after`, not both").into());
     }
     let v = ctx
         .read(move |store| {
             let upto = readable_upto(store, &conv, &me.user)?;
             let msgs: Vec<MsgRecord> = match page.after {
-                // Oldest first, forwards from `after`.
+                // Oldest first, forwards from `after` (and below `before` when both are given).
                 Some(after) => {
-                    store.messages_after(&conv, after, limit as usize).map_err(unavailable)?.into_iter().filter(|m| m.seq <= upto).collect()
+                    let below = page.before.unwrap_or(u64::MAX).min(upto.saturating_add(1));
+                    store.messages_after(&conv, after, limit as usize).map_err(unavailable)?.into_iter().filter(|m| m.seq < below).collect()
                 }
                 // Newest first, backwards from `before`.
                 None => {
@@ -264,17 +272,27 @@ async fn messages(
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
-struct NewMessage {
+pub(crate) struct NewMessage {
+    /// The client's id for this message, unique per sender: a retry with the same one gets the
+    /// same ack and stores nothing twice.
+    #[schema(min_length = 1, max_length = 64)]
     cmid: String,
+    #[schema(max_length = 65536)]
     body: String,
     /// `text` (default), `image` or `file`.
     #[serde(default)]
-    #[schema(value_type = Option<String>, example = "text")]
+    #[schema(value_type = crate::openapi::SendKind, example = "text")]
     kind: MsgKind,
 }
 
-#[utoipa::path(post, path = "/v1/conversations/{conv}/messages", tag = "messages", params(("conv" = String, Path)), request_body = NewMessage, responses((status = 200, description = "the ack: cmid, conv, id, seq, ts"), (status = 400), (status = 403), (status = 413), (status = 503)), security(("bearer" = [])))]
-async fn send(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>, Json(m): Json<NewMessage>) -> ApiResult<Json<Value>> {
+#[utoipa::path(post, path = "/v1/conversations/{conv}/messages", tag = "messages", params(("conv" = String, Path, pattern = r"^(g:[0-9]{1,19}|d:[A-Za-z0-9_.:@-]{1,64}:[A-Za-z0-9_.:@-]{1,64})$", description = "a conversation id: `g:<id>`, or `d:<user>:<user>` in byte-wise order")), request_body = NewMessage, responses((status = 200, description = "the ack: the message is durably stored", body = crate::openapi::Ack)), security(("bearer" = [])))]
+pub(crate) async fn send(
+    State(ctx): State<Ctx>,
+    Caller(me): Caller,
+    Path(conv): Path<String>,
+    Json(m): Json<NewMessage>,
+) -> ApiResult<Json<Value>> {
+    check_conv(&conv)?;
     // The same checks as a WebSocket `send`.
     let frame = ClientFrame::Send { cmid: m.cmid.clone(), to: None, conv: Some(conv.clone()), body: m.body.clone(), kind: m.kind };
     frame.validate(&Limits { body_bytes_max: ctx.cfg.body_bytes_max })?;
@@ -283,9 +301,10 @@ async fn send(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<Strin
     Ok(Json(body_of(&ack)))
 }
 
-#[utoipa::path(get, path = "/v1/conversations/{conv}/messages/{seq}/receipts", tag = "messages", params(("conv" = String, Path), ("seq" = u64, Path)), responses((status = 200, description = "of, delivered and read users"), (status = 403)), security(("bearer" = [])))]
-async fn receipts(State(ctx): State<Ctx>, Caller(me): Caller, Path((conv, seq)): Path<(String, u64)>) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/v1/conversations/{conv}/messages/{seq}/receipts", tag = "messages", params(("conv" = String, Path, pattern = r"^(g:[0-9]{1,19}|d:[A-Za-z0-9_.:@-]{1,64}:[A-Za-z0-9_.:@-]{1,64})$", description = "a conversation id: `g:<id>`, or `d:<user>:<user>` in byte-wise order"), ("seq" = i64, Path, minimum = 1)), responses((status = 200, description = "who delivered and read it", body = crate::openapi::ReceiptDetail)), security(("bearer" = [])))]
+pub(crate) async fn receipts(State(ctx): State<Ctx>, Caller(me): Caller, Path((conv, seq)): Path<(String, u64)>) -> ApiResult<Json<Value>> {
     check_conv(&conv)?;
+    seq_param(Some(seq))?;
     if seq == 0 {
         return Err(FrameError::bad_request("seq starts at 1").into());
     }
@@ -294,18 +313,23 @@ async fn receipts(State(ctx): State<Ctx>, Caller(me): Caller, Path((conv, seq)):
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
-struct NewGroup {
+pub(crate) struct NewGroup {
+    #[schema(min_length = 1, max_length = 128)]
     name: String,
+    /// Besides the creator, who is its admin.
+    #[schema(value_type = Vec<crate::openapi::UserId>)]
     members: Vec<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
-struct Users {
+pub(crate) struct Users {
+    #[schema(value_type = Vec<crate::openapi::UserId>, min_items = 1)]
     users: Vec<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
-struct Rename {
+pub(crate) struct Rename {
+    #[schema(min_length = 1, max_length = 128)]
     name: String,
 }
 
@@ -315,47 +339,61 @@ async fn group_change(ctx: &Ctx, user: &str, conv: Option<String>, change: Group
     Ok(Json(body_of(&g)))
 }
 
-#[utoipa::path(post, path = "/v1/groups", tag = "groups", request_body = NewGroup, responses((status = 201, description = "the group: conv, name, members"), (status = 409, description = "group_full")), security(("bearer" = [])))]
-async fn create_group(State(ctx): State<Ctx>, Caller(me): Caller, Json(g): Json<NewGroup>) -> ApiResult<impl IntoResponse> {
+#[utoipa::path(post, path = "/v1/groups", tag = "groups", request_body = NewGroup, responses((status = 201, description = "the group", body = crate::openapi::Group), (status = 409, description = "group_full: more than 500 members", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn create_group(State(ctx): State<Ctx>, Caller(me): Caller, Json(g): Json<NewGroup>) -> ApiResult<impl IntoResponse> {
     let frame = ClientFrame::GroupCreate { name: g.name.clone(), members: g.members.clone(), r#ref: None };
     let out = group_change(&ctx, &me.user, None, GroupChange::Create { name: g.name, members: g.members }, frame).await?;
     Ok((StatusCode::CREATED, out))
 }
 
-#[utoipa::path(post, path = "/v1/conversations/{conv}/members", tag = "groups", params(("conv" = String, Path)), request_body = Users, responses((status = 200), (status = 403), (status = 409)), security(("bearer" = [])))]
-async fn add_members(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>, Json(u): Json<Users>) -> ApiResult<Json<Value>> {
+#[utoipa::path(post, path = "/v1/conversations/{conv}/members", tag = "groups", params(("conv" = String, Path, pattern = r"^g:[0-9]{1,19}$", description = "a group id")), request_body = Users, responses((status = 200, description = "the group", body = crate::openapi::Group), (status = 409, description = "group_full: more than 500 members", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn add_members(
+    State(ctx): State<Ctx>,
+    Caller(me): Caller,
+    Path(conv): Path<String>,
+    Json(u): Json<Users>,
+) -> ApiResult<Json<Value>> {
     let frame = ClientFrame::GroupAdd { conv: conv.clone(), users: u.users.clone(), r#ref: None };
     group_change(&ctx, &me.user, Some(conv), GroupChange::Add { users: u.users }, frame).await
 }
 
-#[utoipa::path(delete, path = "/v1/conversations/{conv}/members/{user}", tag = "groups", params(("conv" = String, Path), ("user" = String, Path)), responses((status = 200), (status = 403)), security(("bearer" = [])))]
-async fn remove_member(State(ctx): State<Ctx>, Caller(me): Caller, Path((conv, user)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+#[utoipa::path(delete, path = "/v1/conversations/{conv}/members/{user}", tag = "groups", params(("conv" = String, Path, pattern = r"^g:[0-9]{1,19}$", description = "a group id"), ("user" = String, Path, pattern = r"^[A-Za-z0-9_.:@-]{1,64}$")), responses((status = 200, description = "the group", body = crate::openapi::Group)), security(("bearer" = [])))]
+pub(crate) async fn remove_member(
+    State(ctx): State<Ctx>,
+    Caller(me): Caller,
+    Path((conv, user)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
     let frame = ClientFrame::GroupRemove { conv: conv.clone(), users: vec![user.clone()], r#ref: None };
     group_change(&ctx, &me.user, Some(conv), GroupChange::Remove { users: vec![user] }, frame).await
 }
 
-#[utoipa::path(post, path = "/v1/conversations/{conv}/leave", tag = "groups", params(("conv" = String, Path)), responses((status = 200), (status = 403)), security(("bearer" = [])))]
-async fn leave(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>) -> ApiResult<Json<Value>> {
+#[utoipa::path(post, path = "/v1/conversations/{conv}/leave", tag = "groups", params(("conv" = String, Path, pattern = r"^g:[0-9]{1,19}$", description = "a group id")), responses((status = 200, description = "the group as the caller left it", body = crate::openapi::Group)), security(("bearer" = [])))]
+pub(crate) async fn leave(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>) -> ApiResult<Json<Value>> {
     let frame = ClientFrame::GroupLeave { conv: conv.clone(), r#ref: None };
     group_change(&ctx, &me.user, Some(conv), GroupChange::Leave, frame).await
 }
 
-#[utoipa::path(patch, path = "/v1/conversations/{conv}", tag = "groups", params(("conv" = String, Path)), request_body = Rename, responses((status = 200), (status = 403)), security(("bearer" = [])))]
-async fn rename(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>, Json(r): Json<Rename>) -> ApiResult<Json<Value>> {
+#[utoipa::path(patch, path = "/v1/conversations/{conv}", tag = "groups", params(("conv" = String, Path, pattern = r"^g:[0-9]{1,19}$", description = "a group id")), request_body = Rename, responses((status = 200, description = "the group", body = crate::openapi::Group)), security(("bearer" = [])))]
+pub(crate) async fn rename(
+    State(ctx): State<Ctx>,
+    Caller(me): Caller,
+    Path(conv): Path<String>,
+    Json(r): Json<Rename>,
+) -> ApiResult<Json<Value>> {
     let frame = ClientFrame::GroupRename { conv: conv.clone(), name: r.name.clone(), r#ref: None };
     group_change(&ctx, &me.user, Some(conv), GroupChange::Rename { name: r.name }, frame).await
 }
 
 #[derive(Deserialize)]
-struct PresenceQuery {
+pub(crate) struct PresenceQuery {
     users: String,
 }
 
 /// Users one batch presence request may name.
 const PRESENCE_BATCH_MAX: usize = 500;
 
-#[utoipa::path(get, path = "/v1/presence", tag = "presence", params(("users" = String, Query, description = "comma-separated user ids, at most 500")), responses((status = 200, description = "presence of each user, in the order asked")), security(("bearer" = [])))]
-async fn presence(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<PresenceQuery>) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/v1/presence", tag = "presence", params(("users" = String, Query, pattern = r"^[A-Za-z0-9_.:@-]{1,64}(,[A-Za-z0-9_.:@-]{1,64}){0,499}$", description = "comma-separated user ids, 1 to 500")), responses((status = 200, description = "presence of each user, in the order asked", body = crate::openapi::PresenceList)), security(("bearer" = [])))]
+pub(crate) async fn presence(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<PresenceQuery>) -> ApiResult<Json<Value>> {
     let users: Vec<String> = q.users.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
     if users.is_empty() || users.len() > PRESENCE_BATCH_MAX || !users.iter().all(|u| valid_user_id(u)) {
         return Err(ApiError(FrameError::bad_request(format!("users: 1 to {PRESENCE_BATCH_MAX} valid user ids, comma-separated"))));
@@ -368,7 +406,7 @@ async fn presence(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<Pr
 }
 
 #[derive(Deserialize)]
-struct SearchQuery {
+pub(crate) struct SearchQuery {
     q: String,
     conv: Option<String>,
     limit: Option<usize>,
@@ -379,8 +417,8 @@ struct SearchQuery {
 const SEARCH_LIMIT_MAX: usize = 100;
 const SEARCH_OFFSET_MAX: usize = 10_000;
 
-#[utoipa::path(get, path = "/v1/search", tag = "search", params(("q" = String, Query), ("conv" = Option<String>, Query), ("limit" = Option<usize>, Query), ("offset" = Option<usize>, Query)), responses((status = 200, description = "ranked hits in the caller's conversations")), security(("bearer" = [])))]
-async fn search(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<SearchQuery>) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/v1/search", tag = "search", params(("q" = String, Query, min_length = 1, max_length = 1024, pattern = r"\S", description = "words to find"), ("conv" = Option<String>, Query, pattern = r"^(g:[0-9]{1,19}|d:[A-Za-z0-9_.:@-]{1,64}:[A-Za-z0-9_.:@-]{1,64})$", description = "only this conversation"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "default 20"), ("offset" = Option<u32>, Query, minimum = 0, maximum = 10000)), responses((status = 200, description = "ranked hits in the caller's conversations", body = crate::openapi::SearchResults)), security(("bearer" = [])))]
+pub(crate) async fn search(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<SearchQuery>) -> ApiResult<Json<Value>> {
     let limit = q.limit.unwrap_or(20);
     let offset = q.offset.unwrap_or(0);
     if q.q.trim().is_empty() || q.q.len() > 1024 || limit == 0 || limit > SEARCH_LIMIT_MAX || offset > SEARCH_OFFSET_MAX {

@@ -238,6 +238,38 @@ async fn the_openapi_document_lists_every_endpoint() {
     }
     assert!(paths["/v1/conversations/{conv}/messages"].get("post").is_some());
     assert!(doc["components"]["schemas"]["NewMessage"].is_object());
+    // The body limit is this server's (the document is made per server), and the error answers
+    // are documented with their shape (schemathesis, `.ci/openapi`, checks the rest).
+    assert_eq!(doc["components"]["schemas"]["NewMessage"]["properties"]["body"]["maxLength"], shardchat_codec::BODY_BYTES_MAX_DEFAULT);
+    let send = &paths["/v1/conversations/{conv}/messages"]["post"]["responses"];
+    for status in ["200", "400", "401", "403", "404", "413", "415", "422", "429", "503"] {
+        assert!(send.get(status).is_some(), "send's {status} is not documented: {send}");
+    }
+    assert_eq!(send["403"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody");
+}
+
+/// What the document's patterns admit is never a 400: a direct id with its users out of order
+/// is 404 (it names no conversation), a receipt beyond the last message 404; `before` with
+/// `after` is the page between them.
+#[tokio::test]
+async fn well_formed_requests_about_nothing_are_not_found_and_pages_take_both_bounds() {
+    let s = Server::start(&[]);
+    let mut a = Client::connect(&s, "alice", "d").await;
+    for i in 1..=5 {
+        a.dm("bob", &format!("c{i}"), &format!("m{i}")).await;
+    }
+    let (status, r) = get(&s.rest("/v1/conversations/d:bob:alice/messages", "alice")).await;
+    assert_eq!((status, r["code"].as_str()), (404, Some("not_found")), "{r}");
+    let (status, r) = get(&s.rest("/v1/conversations/d:bob/messages", "alice")).await;
+    assert_eq!((status, r["code"].as_str()), (400, Some("bad_request")), "{r}");
+    let (status, r) = get(&s.rest("/v1/conversations/d:alice:bob/messages/9/receipts", "alice")).await;
+    assert_eq!((status, r["code"].as_str()), (404, Some("not_found")), "{r}");
+    let (status, r) = get(&s.rest("/v1/conversations/d:alice:bob/messages?after=1&before=5", "alice")).await;
+    assert_eq!(status, 200, "{r}");
+    let seqs: Vec<u64> = r["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!((seqs, r["order"].as_str()), (vec![2, 3, 4], Some("asc")));
+    let (status, r) = get(&s.rest("/v1/conversations/d:alice:bob/messages?before=9223372036854775808", "alice")).await;
+    assert_eq!(status, 400, "a seq beyond int64 is refused: {r}");
 }
 
 #[tokio::test]

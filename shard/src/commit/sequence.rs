@@ -199,7 +199,8 @@ fn receipt_detail(
 ) -> Result<ServerFrame, FrameError> {
     check_member(st, user)?;
     if seq > st.last_seq {
-        return Err(FrameError::bad_request("seq is beyond the conversation's last message"));
+        // A well-formed question about a message that does not exist (yet).
+        return Err(FrameError::new(ErrorCode::NotFound, "no such message: seq is beyond the conversation's last message"));
     }
     let from = match loaded.authors.get(&(conv.to_string(), seq)) {
         Some(f) => f.clone(),

@@ -1,0 +1,367 @@
+//! The OpenAPI document served at `/v1/openapi.json`: the handlers' annotations (paths,
+//! parameters with their limits), the shapes of the answers below, and, added by [`Complete`],
+//! every error answer each operation can give. `.ci/schemathesis` checks the running server
+//! against it (every check, zero failures), so a field, a limit or a status that drifts from what
+//! the server does fails CI.
+//!
+//! The answer shapes are declared here for the document only: the handlers build their JSON
+//! from the codec's types, and schemathesis's response checks are what keeps the two the same.
+#![allow(dead_code)] // fields read by the schema derive only
+
+use serde::Serialize;
+use utoipa::openapi::{self, RefOr};
+use utoipa::ToSchema;
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "shardchat control plane",
+        description = "REST API beside the WebSocket engine; see docs/protocol.md. Every error answer is `{code, msg}`."
+    ),
+    paths(
+        super::rest::healthz,
+        super::rest::page,
+        super::rest::client_config,
+        super::rest::openapi_json,
+        super::rest::readyz,
+        super::rest::metrics,
+        super::rest::conversations,
+        super::rest::conversation,
+        super::rest::messages,
+        super::rest::send,
+        super::rest::receipts,
+        super::rest::create_group,
+        super::rest::add_members,
+        super::rest::remove_member,
+        super::rest::leave,
+        super::rest::rename,
+        super::rest::presence,
+        super::rest::search,
+        super::poll::get_poll,
+        super::poll::post_poll
+    ),
+    components(schemas(
+        super::rest::NewMessage,
+        super::rest::NewGroup,
+        super::rest::Users,
+        super::rest::Rename,
+        ErrorBody,
+        SendKind,
+        UserId,
+        Message,
+        ConversationSummary,
+        ConversationList,
+        Member,
+        Conversation,
+        MessagePage,
+        Ack,
+        ReceiptDetail,
+        Group,
+        Presence,
+        PresenceList,
+        SearchHit,
+        SearchResults,
+        PollEvents,
+        Accepted,
+        ClientConfig
+    )),
+    modifiers(&BearerAuth, &Complete)
+)]
+pub struct ApiDoc;
+
+/// A conversation id: `g:` and the group's decimal id, or `d:` and the two members' user ids in
+/// byte-wise order (the order is not a pattern's to say: a reversed pair is `bad_request`).
+pub const CONV_PATTERN: &str = r"^(g:[0-9]{1,19}|d:[A-Za-z0-9_.:@-]{1,64}:[A-Za-z0-9_.:@-]{1,64})$";
+/// A user id: 1 to 64 of letters, digits and `_ . : @ -`.
+pub const USER_PATTERN: &str = r"^[A-Za-z0-9_.:@-]{1,64}$";
+
+/// Every error answer.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    #[schema(example = "forbidden")]
+    code: ErrorCodeDoc,
+    msg: String,
+    /// The `cmid` of the send it answers, when it answers one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cmid: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCodeDoc {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    TooLarge,
+    RateLimited,
+    GroupFull,
+    Unavailable,
+    Internal,
+}
+
+/// What a client may send (`system` is the server's).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SendKind {
+    Text,
+    Image,
+    File,
+}
+
+/// A user id.
+#[derive(Serialize, ToSchema)]
+#[schema(pattern = r"^[A-Za-z0-9_.:@-]{1,64}$")]
+pub struct UserId(String);
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Text,
+    Image,
+    File,
+    System,
+}
+
+/// A stored message.
+#[derive(Serialize, ToSchema)]
+pub struct Message {
+    conv: String,
+    /// The message's global id (a decimal u64, as a string).
+    #[schema(pattern = "^[0-9]+$")]
+    id: String,
+    #[schema(minimum = 1)]
+    seq: u64,
+    from: String,
+    cmid: String,
+    body: String,
+    kind: Kind,
+    /// Unix ms.
+    ts: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ConversationSummary {
+    conv: String,
+    name: Option<String>,
+    last_seq: u64,
+    /// Messages others sent after the caller's read mark (counted up to 1,000).
+    unread: u64,
+    /// false: a former member, who sees the conversation up to where they left.
+    member: bool,
+    last: Option<Message>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ConversationList {
+    /// Newest first.
+    conversations: Vec<ConversationSummary>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Member,
+    Admin,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Member {
+    user: String,
+    role: Role,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Conversation {
+    conv: String,
+    name: Option<String>,
+    members: Vec<Member>,
+    last_seq: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    Asc,
+    Desc,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MessagePage {
+    conv: String,
+    /// `asc` when paging forwards (`after`), else `desc`.
+    order: Order,
+    messages: Vec<Message>,
+}
+
+/// The message is durably stored.
+#[derive(Serialize, ToSchema)]
+pub struct Ack {
+    cmid: String,
+    conv: String,
+    #[schema(pattern = "^[0-9]+$")]
+    id: String,
+    seq: u64,
+    ts: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReceiptDetail {
+    conv: String,
+    seq: u64,
+    /// Members other than the sender.
+    of: u32,
+    delivered: Vec<String>,
+    /// Also in `delivered`.
+    read: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Group {
+    conv: String,
+    name: String,
+    members: Vec<Member>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Online,
+    Offline,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Presence {
+    user: String,
+    status: Status,
+    /// Unix ms, once known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_seen: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PresenceList {
+    /// In the order asked.
+    presence: Vec<Presence>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SearchHit {
+    score: f32,
+    conv: String,
+    #[schema(pattern = "^[0-9]+$")]
+    id: String,
+    seq: u64,
+    from: String,
+    body: String,
+    ts: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SearchResults {
+    q: String,
+    offset: u64,
+    hits: Vec<SearchHit>,
+}
+
+/// A long poll's answer: server frames, as on the WebSocket, and the cursor to poll next.
+#[derive(Serialize, ToSchema)]
+pub struct PollEvents {
+    cursor: String,
+    events: Vec<serde_json::Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    accepted: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ClientConfig {
+    ws_port: u16,
+    ws_path: String,
+}
+
+/// The document for a server whose message bodies are at most `body_bytes_max` bytes.
+pub fn document(body_bytes_max: usize) -> openapi::OpenApi {
+    use utoipa::OpenApi;
+    let mut api = ApiDoc::openapi();
+    let body = api.components.as_mut().and_then(|c| c.schemas.get_mut("NewMessage")).and_then(|s| match s {
+        RefOr::T(openapi::schema::Schema::Object(o)) => o.properties.get_mut("body"),
+        _ => None,
+    });
+    match body {
+        Some(RefOr::T(openapi::schema::Schema::Object(o))) => o.max_length = Some(body_bytes_max),
+        _ => unreachable!("NewMessage has a body property"),
+    }
+    api
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, api: &mut openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+/// Adds to every operation the error answers it can give, each an [`ErrorBody`]: what the
+/// framework and the shared checks refuse, by what the operation takes. An operation's own
+/// (409 `group_full`, 410 for an ended poll session) are in its annotation.
+struct Complete;
+
+impl utoipa::Modify for Complete {
+    fn modify(&self, api: &mut openapi::OpenApi) {
+        for (path, item) in api.paths.paths.iter_mut() {
+            let ops = [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete];
+            for op in ops.into_iter().flatten() {
+                for (status, why) in errors_of(path, op) {
+                    let resp = op
+                        .responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| RefOr::T(openapi::ResponseBuilder::new().description(why).build()));
+                    if let RefOr::T(r) = resp {
+                        if r.content.is_empty() {
+                            r.content.insert(
+                                "application/json".into(),
+                                openapi::ContentBuilder::new().schema(Some(openapi::Ref::from_schema_name("ErrorBody"))).build(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The error statuses an operation at `path` can answer with, and why.
+fn errors_of(_path: &str, op: &openapi::path::Operation) -> Vec<(u16, &'static str)> {
+    let mut out = Vec::new();
+    let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+    let takes_input = op.parameters.as_ref().is_some_and(|p| !p.is_empty()) || op.request_body.is_some();
+    if takes_input {
+        out.push((400, "bad_request: a parameter or the body is malformed or out of its limits"));
+    }
+    if secured {
+        out.push((401, "unauthorized: no token, or a token that is invalid or expired"));
+        out.push((403, "forbidden: the caller may not do this (not a member, not an admin)"));
+        out.push((429, "rate_limited: too many requests from this user"));
+        out.push((503, "unavailable: storage or the shards are unavailable; retry"));
+    }
+    let names_conv = op.parameters.as_ref().is_some_and(|ps| ps.iter().any(|p| p.name == "conv"));
+    if names_conv {
+        out.push((404, "not_found: no such conversation or message"));
+    }
+    if op.request_body.is_some() {
+        out.push((413, "too_large: the body is over the limit"));
+        out.push((415, "bad_request: the body is not `application/json`"));
+        out.push((422, "bad_request: the JSON does not have the fields the operation takes"));
+    }
+    out
+}
