@@ -394,7 +394,8 @@ const PRESENCE_BATCH_MAX: usize = 500;
 
 #[utoipa::path(get, path = "/v1/presence", tag = "presence", params(("users" = String, Query, pattern = r"^[A-Za-z0-9_.:@-]{1,64}(,[A-Za-z0-9_.:@-]{1,64}){0,499}$", description = "comma-separated user ids, 1 to 500")), responses((status = 200, description = "presence of each user, in the order asked", body = crate::openapi::PresenceList)), security(("bearer" = [])))]
 pub(crate) async fn presence(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<PresenceQuery>) -> ApiResult<Json<Value>> {
-    let users: Vec<String> = q.users.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    // Strict, as the document's pattern: no empty entries (`a,,b`, a trailing comma).
+    let users: Vec<String> = q.users.split(',').map(str::to_string).collect();
     if users.is_empty() || users.len() > PRESENCE_BATCH_MAX || !users.iter().all(|u| valid_user_id(u)) {
         return Err(ApiError(FrameError::bad_request(format!("users: 1 to {PRESENCE_BATCH_MAX} valid user ids, comma-separated"))));
     }
