@@ -59,13 +59,24 @@ async fn log_in(b: &Browser, http: u16, user: &str) {
     wait_text(b, "#status", |t| t == format!("online as {user}"), "login").await;
 }
 
+/// A number the page's script computes.
+async fn eval_u64(b: &Browser, js: &str) -> u64 {
+    b.execute(js, vec![]).await.unwrap().as_u64().unwrap_or_else(|| panic!("{js} is not a number"))
+}
+
+/// How many of the log's lines contain `text`.
+async fn lines_with(b: &Browser, text: &str) -> u64 {
+    let js = format!("return [...document.querySelectorAll('#log .msg')].filter(d => d.textContent.includes({text:?})).length");
+    eval_u64(b, &js).await
+}
+
 #[tokio::test]
 async fn two_browsers_chat_and_see_the_read_receipt() {
     if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists() {
         skip(&format!("{CHROMIUM} or {CHROMEDRIVER} not installed (.ci/run installs chromium and chromium-driver)"));
         return;
     }
-    let s = Server::start(&[]);
+    let mut s = Server::start(&[]);
     let port = free_port();
     let _driver = Driver(
         Command::new(CHROMEDRIVER).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("chromedriver"),
@@ -79,26 +90,62 @@ async fn two_browsers_chat_and_see_the_read_receipt() {
     let alice = browser(port, &profiles.path().join("a")).await;
     let bob = browser(port, &profiles.path().join("b")).await;
 
-    log_in(&alice, s.http, "alice").await;
+    // Enter logs in.
+    alice.goto(&format!("http://127.0.0.1:{}/", s.http)).await.unwrap();
+    alice.find(Locator::Id("user")).await.unwrap().send_keys("alice\u{E007}").await.unwrap();
+    wait_text(&alice, "#status", |t| t == "online as alice", "login with Enter").await;
+    // The page asks for a favicon it has (no 404 in the console).
+    assert_eq!(eval_u64(&alice, "return document.querySelectorAll('link[rel=icon]').length").await, 1);
     alice.find(Locator::Id("to")).await.unwrap().send_keys("bob").await.unwrap();
     alice.find(Locator::Id("start")).await.unwrap().click().await.unwrap();
+    // A chat nobody has written in yet is empty, not an error.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(alice.find(Locator::Id("status")).await.unwrap().text().await.unwrap(), "online as alice");
     alice.find(Locator::Id("text")).await.unwrap().send_keys("hello from a browser").await.unwrap();
     alice.find(Locator::Id("send")).await.unwrap().click().await.unwrap();
     // Sent: stored and acknowledged.
     wait_text(&alice, ".msg.mine .state", |t| t == "✓" || t == "✓✓" || t == "read", "the ack").await;
 
     log_in(&bob, s.http, "bob").await;
-    // Bob's list shows the conversation with an unread count; opening it shows the message.
+    // Logging in again replaces the first socket: messages come once.
+    log_in(&bob, s.http, "bob").await;
+    bob.find(Locator::Id("user")).await.unwrap().send_keys("\u{E007}").await.unwrap();
+    wait_text(&bob, "#status", |t| t == "online as bob", "the second login").await;
+    // Bob's list shows the conversation with an unread count, and so does the tab's title;
+    // opening it shows the message.
     wait_text(&bob, "#convs li", |t| t.contains("alice") && t.contains('1'), "the conversation with its unread count").await;
+    assert_eq!(bob.title().await.unwrap(), "(1) shardchat");
     bob.find(Locator::Css("#convs li")).await.unwrap().click().await.unwrap();
-    wait_text(&bob, "#log .msg", |t| t == "alice: hello from a browser", "the message").await;
+    wait_text(&bob, "#log .msg", |t| t.ends_with("alice: hello from a browser"), "the message").await;
     // Opening it read it: alice's page shows the read receipt.
     wait_text(&alice, ".msg.mine .state", |t| t == "read", "the read receipt").await;
 
     // And a reply comes back live.
     bob.find(Locator::Id("text")).await.unwrap().send_keys("hi alice").await.unwrap();
     bob.find(Locator::Id("send")).await.unwrap().click().await.unwrap();
-    wait_text(&alice, "#log .msg", |t| t == "bob: hi alice", "the reply").await;
+    wait_text(&alice, "#log .msg", |t| t.ends_with("bob: hi alice"), "the reply").await;
+    assert_eq!(lines_with(&alice, "bob: hi alice").await, 1, "the reply shows once");
+    // Opened, the chat carries no unread badge and the title no count.
+    wait_text(&bob, "#convs li", |t| t == "alice", "the badge cleared").await;
+    assert_eq!(bob.title().await.unwrap(), "shardchat");
+
+    // One long word wraps: the page never gets wider than the window.
+    bob.find(Locator::Id("text")).await.unwrap().send_keys(&format!("{}\u{E007}", "w".repeat(400))).await.unwrap();
+    wait_text(&alice, "#log .msg", |t| t.contains("wwwwwwwwww"), "the long word").await;
+    let (scroll, inner) =
+        (eval_u64(&alice, "return document.documentElement.scrollWidth").await, eval_u64(&alice, "return window.innerWidth").await);
+    assert!(scroll <= inner, "the page is {scroll} px wide in a {inner} px window");
+
+    // The engine restarts under the pages: a message sent while it is down is stored once it is
+    // back (the page reconnects and sends it again with its cmid), and reaches bob once.
+    s.kill();
+    wait_text(&alice, "#status", |t| t.starts_with("offline"), "the page noticing").await;
+    alice.find(Locator::Id("text")).await.unwrap().send_keys("sent while down\u{E007}").await.unwrap();
+    s.restart();
+    wait_text(&alice, "#status", |t| t == "online as alice", "the page reconnecting").await;
+    wait_text(&alice, "#log .msg:last-child .state", |t| t == "✓" || t == "✓✓" || t == "read", "the ack after the restart").await;
+    wait_text(&bob, "#log .msg", |t| t.ends_with("alice: sent while down"), "the message sent while down").await;
+    assert_eq!(lines_with(&bob, "sent while down").await, 1, "delivered once");
 
     alice.close().await.unwrap();
     bob.close().await.unwrap();
