@@ -20,9 +20,9 @@ impl Shard {
         let c = Conn {
             user,
             last_active_ms: self.now.mono_ms,
-            live_first: Vec::new(),
+            live_first: ThinVec::new(),
             sync: None,
-            presence_targets: Vec::new(),
+            presence_targets: ThinVec::new(),
             remote: None,
             expires_mono_ms,
             limits: Default::default(),
@@ -42,7 +42,7 @@ impl Shard {
             self.send_to(home, PeerMsg::PresenceUnsub { target, sub: me });
         }
         if let Some(list) = self.by_user.get_mut(&c.user).map(|u| &mut u.conns) {
-            list.retain(|&x| x != conn);
+            list.retain(|x| *x != conn);
             if list.is_empty() {
                 self.by_user.remove(&c.user);
                 self.went_offline(&c.user);

@@ -20,6 +20,7 @@ use crate::snowflake::Snowflake;
 use crate::wheel::TimerWheel;
 use shardchat_codec::{FrameError, ServerFrame};
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use thin_vec::ThinVec;
 
 /// The time, passed in with every event: wall clock for timestamps and ids, a monotonic clock for
 /// timeouts (a wall clock step must not expire every connection at once).
@@ -191,11 +192,11 @@ struct Conn {
     last_active_ms: u64,
     /// (conv, the first seq delivered live on this connection): a sync replay stops below it.
     /// At most `live_first_convs_max` entries, so a scan is as cheap as a hash.
-    live_first: Vec<(String, u64)>,
+    live_first: ThinVec<(String, u64)>,
     /// Some exactly while a `sync` runs on this connection.
     sync: Option<Box<SyncRun>>,
     /// Users whose presence this connection subscribed to.
-    presence_targets: Vec<String>,
+    presence_targets: ThinVec<String>,
     /// Some for a long-poll session: who holds it (frames go there, not to a socket here).
     remote: Option<ConnRef>,
     /// When its token expires, on the monotonic clock (u64::MAX: never).
@@ -204,10 +205,14 @@ struct Conn {
     limits: Limits,
 }
 
+/// A user's connections on one shard: one, inline, for nearly every user.
+type SmallConns = smallvec::SmallVec<[ConnId; 1]>;
+
 /// A user's connections on this shard (their home), and the limit they share.
 #[derive(Default)]
 struct UserConns {
-    conns: Vec<ConnId>,
+    /// Nearly always one: inline, no allocation of its own.
+    conns: SmallConns,
     /// The limits all of the user's connections share: opening more connections does not
     /// multiply the rates.
     limits: Limits,
