@@ -54,7 +54,10 @@ async fn wait_text(b: &Browser, css: &str, pred: impl Fn(&str) -> bool, what: &s
 
 async fn log_in(b: &Browser, http: u16, user: &str) {
     b.goto(&format!("http://127.0.0.1:{http}/")).await.unwrap();
-    b.find(Locator::Id("user")).await.unwrap().send_keys(user).await.unwrap();
+    let field = b.find(Locator::Id("user")).await.unwrap();
+    // A page that was logged in before fills the field itself.
+    field.clear().await.unwrap();
+    field.send_keys(user).await.unwrap();
     b.find(Locator::Id("connect")).await.unwrap().click().await.unwrap();
     wait_text(b, "#status", |t| t == format!("online as {user}"), "login").await;
 }
@@ -62,6 +65,15 @@ async fn log_in(b: &Browser, http: u16, user: &str) {
 /// A number the page's script computes.
 async fn eval_u64(b: &Browser, js: &str) -> u64 {
     b.execute(js, vec![]).await.unwrap().as_u64().unwrap_or_else(|| panic!("{js} is not a number"))
+}
+
+/// Waits until the script's number is `want`.
+async fn wait_eval(b: &Browser, js: &str, want: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while eval_u64(b, js).await != want {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// How many of the log's lines contain `text`.
@@ -119,6 +131,12 @@ async fn two_browsers_chat_and_see_the_read_receipt() {
     wait_text(&bob, "#log .msg", |t| t.ends_with("alice: hello from a browser"), "the message").await;
     // Opening it read it: alice's page shows the read receipt.
     wait_text(&alice, ".msg.mine .state", |t| t == "read", "the read receipt").await;
+    // A reload keeps the login and, once the chat is open again, the read state.
+    alice.refresh().await.unwrap();
+    wait_text(&alice, "#status", |t| t == "online as alice", "still logged in after a reload").await;
+    wait_text(&alice, "#convs li", |t| t.contains("bob") && t.contains("hello from a browser"), "the list with its preview").await;
+    alice.find(Locator::Css("#convs li")).await.unwrap().click().await.unwrap();
+    wait_text(&alice, ".msg.mine .state", |t| t == "read", "the read state after a reload").await;
 
     // And a reply comes back live.
     bob.find(Locator::Id("text")).await.unwrap().send_keys("hi alice").await.unwrap();
@@ -126,7 +144,7 @@ async fn two_browsers_chat_and_see_the_read_receipt() {
     wait_text(&alice, "#log .msg", |t| t.ends_with("bob: hi alice"), "the reply").await;
     assert_eq!(lines_with(&alice, "bob: hi alice").await, 1, "the reply shows once");
     // Opened, the chat carries no unread badge and the title no count.
-    wait_text(&bob, "#convs li", |t| t == "alice", "the badge cleared").await;
+    wait_eval(&bob, "return document.querySelectorAll('#convs .unread').length", 0, "the badge cleared").await;
     assert_eq!(bob.title().await.unwrap(), "shardchat");
 
     // One long word wraps: the page never gets wider than the window.
@@ -146,6 +164,13 @@ async fn two_browsers_chat_and_see_the_read_receipt() {
     wait_text(&alice, "#log .msg:last-child .state", |t| t == "✓" || t == "✓✓" || t == "read", "the ack after the restart").await;
     wait_text(&bob, "#log .msg", |t| t.ends_with("alice: sent while down"), "the message sent while down").await;
     assert_eq!(lines_with(&bob, "sent while down").await, 1, "delivered once");
+
+    // Logging out forgets the login: a reload stays out.
+    bob.find(Locator::Id("logout")).await.unwrap().click().await.unwrap();
+    wait_text(&bob, "#status", |t| t == "logged out", "the logout").await;
+    bob.refresh().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(bob.find(Locator::Id("status")).await.unwrap().text().await.unwrap(), "offline");
 
     alice.close().await.unwrap();
     bob.close().await.unwrap();
