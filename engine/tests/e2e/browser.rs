@@ -165,6 +165,18 @@ async fn two_browsers_chat_and_see_the_read_receipt() {
     wait_text(&bob, "#log .msg", |t| t.ends_with("alice: sent while down"), "the message sent while down").await;
     assert_eq!(lines_with(&bob, "sent while down").await, 1, "delivered once");
 
+    // Groups from the page: create one with bob, who sees it and its first line in words;
+    // rename it from the group's tools.
+    alice.find(Locator::Id("gname")).await.unwrap().send_keys("team").await.unwrap();
+    alice.find(Locator::Id("gmembers")).await.unwrap().send_keys("bob").await.unwrap();
+    alice.find(Locator::Id("gcreate")).await.unwrap().click().await.unwrap();
+    wait_text(&alice, "#title", |t| t == "team", "the new group open").await;
+    wait_text(&alice, "#gmembers-list", |t| t == "alice (admin), bob", "the members").await;
+    wait_text(&bob, "#convs li", |t| t.contains("team") && t.contains("alice created the group “team” with bob"), "the group at bob's").await;
+    alice.execute("window.prompt = () => 'crew'; return 0", vec![]).await.unwrap();
+    alice.find(Locator::Id("grename")).await.unwrap().click().await.unwrap();
+    wait_text(&bob, "#convs li", |t| t.contains("crew"), "the renamed group at bob's").await;
+
     // Logging out forgets the login: a reload stays out.
     bob.find(Locator::Id("logout")).await.unwrap().click().await.unwrap();
     wait_text(&bob, "#status", |t| t == "logged out", "the logout").await;
