@@ -69,11 +69,24 @@ use utoipa::ToSchema;
 )]
 pub struct ApiDoc;
 
-/// A conversation id: `g:` and the group's decimal id, or `d:` and the two members' user ids in
-/// byte-wise order (the order is not a pattern's to say: a reversed pair is `bad_request`).
-pub const CONV_PATTERN: &str = r"^(g:[0-9]{1,19}|d:[A-Za-z0-9_.:@-]{1,64}:[A-Za-z0-9_.:@-]{1,64})$";
-/// A user id: 1 to 64 of letters, digits and `_ . : @ -`.
-pub const USER_PATTERN: &str = r"^[A-Za-z0-9_.:@-]{1,64}$";
+/// The conversation in a path, as the document gives it (the handlers take it as a `String`).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ConvPath {
+    /// A conversation id: `g:<id>`, or `d:<user>:<user>` in byte-wise order (the order is not a
+    /// pattern's to say: a reversed pair is 404, it names no conversation).
+    #[param(pattern = r"^(g:[0-9]{1,19}|d:[A-Za-z0-9_.:@-]{1,64}:[A-Za-z0-9_.:@-]{1,64})$")]
+    conv: String,
+}
+
+/// A group in a path: what the group operations take (a direct id is `bad_request` there).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct GroupPath {
+    /// A group id, `g:<id>`.
+    #[param(pattern = r"^g:[0-9]{1,19}$")]
+    conv: String,
+}
 
 /// Every error answer.
 #[derive(Serialize, ToSchema)]

@@ -209,7 +209,7 @@ pub(crate) async fn conversations(State(ctx): State<Ctx>, Caller(me): Caller) ->
     Ok(Json(json!({ "conversations": list })))
 }
 
-#[utoipa::path(get, path = "/v1/conversations/{conv}", tag = "conversations", params(("conv" = String, Path, pattern = r"^(g:[0-9]{1,19}|d:[A-Za-z0-9_.:@-]{1,64}:[A-Za-z0-9_.:@-]{1,64})$", description = "a conversation id: `g:<id>`, or `d:<user>:<user>` in byte-wise order")), responses((status = 200, description = "name, members and roles, last seq", body = crate::openapi::Conversation)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/conversations/{conv}", tag = "conversations", params(crate::openapi::ConvPath), responses((status = 200, description = "name, members and roles, last seq", body = crate::openapi::Conversation)), security(("bearer" = [])))]
 pub(crate) async fn conversation(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>) -> ApiResult<Json<Value>> {
     check_conv(&conv)?;
     let v = ctx
@@ -235,7 +235,7 @@ pub(crate) struct Page {
     limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/v1/conversations/{conv}/messages", tag = "messages", params(("conv" = String, Path, pattern = r"^(g:[0-9]{1,19}|d:[A-Za-z0-9_.:@-]{1,64}:[A-Za-z0-9_.:@-]{1,64})$", description = "a conversation id: `g:<id>`, or `d:<user>:<user>` in byte-wise order"), ("before" = Option<i64>, Query, minimum = 0, description = "below this seq; alone: the newest first"), ("after" = Option<i64>, Query, minimum = 0, description = "above this seq, the oldest first (with `before`: between the two)"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "default 50")), responses((status = 200, description = "a page of messages", body = crate::openapi::MessagePage)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/conversations/{conv}/messages", tag = "messages", params(crate::openapi::ConvPath, ("before" = Option<i64>, Query, minimum = 0, description = "below this seq; alone: the newest first"), ("after" = Option<i64>, Query, minimum = 0, description = "above this seq, the oldest first (with `before`: between the two)"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "default 50")), responses((status = 200, description = "a page of messages", body = crate::openapi::MessagePage)), security(("bearer" = [])))]
 pub(crate) async fn messages(
     State(ctx): State<Ctx>,
     Caller(me): Caller,
@@ -285,7 +285,7 @@ pub(crate) struct NewMessage {
     kind: MsgKind,
 }
 
-#[utoipa::path(post, path = "/v1/conversations/{conv}/messages", tag = "messages", params(("conv" = String, Path, pattern = r"^(g:[0-9]{1,19}|d:[A-Za-z0-9_.:@-]{1,64}:[A-Za-z0-9_.:@-]{1,64})$", description = "a conversation id: `g:<id>`, or `d:<user>:<user>` in byte-wise order")), request_body = NewMessage, responses((status = 200, description = "the ack: the message is durably stored", body = crate::openapi::Ack)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/conversations/{conv}/messages", tag = "messages", params(crate::openapi::ConvPath), request_body = NewMessage, responses((status = 200, description = "the ack: the message is durably stored", body = crate::openapi::Ack)), security(("bearer" = [])))]
 pub(crate) async fn send(
     State(ctx): State<Ctx>,
     Caller(me): Caller,
@@ -301,7 +301,7 @@ pub(crate) async fn send(
     Ok(Json(body_of(&ack)))
 }
 
-#[utoipa::path(get, path = "/v1/conversations/{conv}/messages/{seq}/receipts", tag = "messages", params(("conv" = String, Path, pattern = r"^(g:[0-9]{1,19}|d:[A-Za-z0-9_.:@-]{1,64}:[A-Za-z0-9_.:@-]{1,64})$", description = "a conversation id: `g:<id>`, or `d:<user>:<user>` in byte-wise order"), ("seq" = i64, Path, minimum = 1)), responses((status = 200, description = "who delivered and read it", body = crate::openapi::ReceiptDetail)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/conversations/{conv}/messages/{seq}/receipts", tag = "messages", params(crate::openapi::ConvPath, ("seq" = i64, Path, minimum = 1)), responses((status = 200, description = "who delivered and read it", body = crate::openapi::ReceiptDetail)), security(("bearer" = [])))]
 pub(crate) async fn receipts(State(ctx): State<Ctx>, Caller(me): Caller, Path((conv, seq)): Path<(String, u64)>) -> ApiResult<Json<Value>> {
     check_conv(&conv)?;
     seq_param(Some(seq))?;
@@ -346,7 +346,7 @@ pub(crate) async fn create_group(State(ctx): State<Ctx>, Caller(me): Caller, Jso
     Ok((StatusCode::CREATED, out))
 }
 
-#[utoipa::path(post, path = "/v1/conversations/{conv}/members", tag = "groups", params(("conv" = String, Path, pattern = r"^g:[0-9]{1,19}$", description = "a group id")), request_body = Users, responses((status = 200, description = "the group", body = crate::openapi::Group), (status = 409, description = "group_full: more than 500 members", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/conversations/{conv}/members", tag = "groups", params(crate::openapi::GroupPath), request_body = Users, responses((status = 200, description = "the group", body = crate::openapi::Group), (status = 409, description = "group_full: more than 500 members", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub(crate) async fn add_members(
     State(ctx): State<Ctx>,
     Caller(me): Caller,
@@ -357,7 +357,7 @@ pub(crate) async fn add_members(
     group_change(&ctx, &me.user, Some(conv), GroupChange::Add { users: u.users }, frame).await
 }
 
-#[utoipa::path(delete, path = "/v1/conversations/{conv}/members/{user}", tag = "groups", params(("conv" = String, Path, pattern = r"^g:[0-9]{1,19}$", description = "a group id"), ("user" = String, Path, pattern = r"^[A-Za-z0-9_.:@-]{1,64}$")), responses((status = 200, description = "the group", body = crate::openapi::Group)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/v1/conversations/{conv}/members/{user}", tag = "groups", params(crate::openapi::GroupPath, ("user" = String, Path, pattern = r"^[A-Za-z0-9_.:@-]{1,64}$")), responses((status = 200, description = "the group", body = crate::openapi::Group)), security(("bearer" = [])))]
 pub(crate) async fn remove_member(
     State(ctx): State<Ctx>,
     Caller(me): Caller,
@@ -367,13 +367,13 @@ pub(crate) async fn remove_member(
     group_change(&ctx, &me.user, Some(conv), GroupChange::Remove { users: vec![user] }, frame).await
 }
 
-#[utoipa::path(post, path = "/v1/conversations/{conv}/leave", tag = "groups", params(("conv" = String, Path, pattern = r"^g:[0-9]{1,19}$", description = "a group id")), responses((status = 200, description = "the group as the caller left it", body = crate::openapi::Group)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/conversations/{conv}/leave", tag = "groups", params(crate::openapi::GroupPath), responses((status = 200, description = "the group as the caller left it", body = crate::openapi::Group)), security(("bearer" = [])))]
 pub(crate) async fn leave(State(ctx): State<Ctx>, Caller(me): Caller, Path(conv): Path<String>) -> ApiResult<Json<Value>> {
     let frame = ClientFrame::GroupLeave { conv: conv.clone(), r#ref: None };
     group_change(&ctx, &me.user, Some(conv), GroupChange::Leave, frame).await
 }
 
-#[utoipa::path(patch, path = "/v1/conversations/{conv}", tag = "groups", params(("conv" = String, Path, pattern = r"^g:[0-9]{1,19}$", description = "a group id")), request_body = Rename, responses((status = 200, description = "the group", body = crate::openapi::Group)), security(("bearer" = [])))]
+#[utoipa::path(patch, path = "/v1/conversations/{conv}", tag = "groups", params(crate::openapi::GroupPath), request_body = Rename, responses((status = 200, description = "the group", body = crate::openapi::Group)), security(("bearer" = [])))]
 pub(crate) async fn rename(
     State(ctx): State<Ctx>,
     Caller(me): Caller,

@@ -172,7 +172,8 @@ async fn two_browsers_chat_and_see_the_read_receipt() {
     alice.find(Locator::Id("gcreate")).await.unwrap().click().await.unwrap();
     wait_text(&alice, "#title", |t| t == "team", "the new group open").await;
     wait_text(&alice, "#gmembers-list", |t| t == "alice (admin), bob", "the members").await;
-    wait_text(&bob, "#convs li", |t| t.contains("team") && t.contains("alice created the group “team” with bob"), "the group at bob's").await;
+    wait_text(&bob, "#convs li", |t| t.contains("team") && t.contains("alice created the group “team” with bob"), "the group at bob's")
+        .await;
     alice.execute("window.prompt = () => 'crew'; return 0", vec![]).await.unwrap();
     alice.find(Locator::Id("grename")).await.unwrap().click().await.unwrap();
     wait_text(&bob, "#convs li", |t| t.contains("crew"), "the renamed group at bob's").await;
