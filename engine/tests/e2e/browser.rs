@@ -62,6 +62,14 @@ async fn log_in(b: &Browser, http: u16, user: &str) {
     wait_text(b, "#status", |t| t == format!("online as {user}"), "login").await;
 }
 
+/// Keeps what the page looks like now as `target/browser-screenshots/<name>.png` (CI artifacts
+/// for a person to look at; nothing compares them).
+async fn screenshot(b: &Browser, name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.png")), b.screenshot().await.unwrap()).unwrap();
+}
+
 /// A number the page's script computes.
 async fn eval_u64(b: &Browser, js: &str) -> u64 {
     b.execute(js, vec![]).await.unwrap().as_u64().unwrap_or_else(|| panic!("{js} is not a number"))
@@ -153,6 +161,15 @@ async fn two_browsers_chat_and_see_the_read_receipt() {
     let (scroll, inner) =
         (eval_u64(&alice, "return document.documentElement.scrollWidth").await, eval_u64(&alice, "return window.innerWidth").await);
     assert!(scroll <= inner, "the page is {scroll} px wide in a {inner} px window");
+    screenshot(&alice, "chat-desktop").await;
+    // A phone's width: the list above the chat, nothing wider than the screen, the composer on it.
+    bob.set_window_size(390, 844).await.unwrap();
+    let (scroll, inner) =
+        (eval_u64(&bob, "return document.documentElement.scrollWidth").await, eval_u64(&bob, "return window.innerWidth").await);
+    assert!(scroll <= inner, "at phone width the page is {scroll} px wide in a {inner} px window");
+    let composer_right = eval_u64(&bob, "return Math.ceil(document.getElementById('send').getBoundingClientRect().right)").await;
+    assert!(composer_right <= inner, "the send button ends at {composer_right} px, off a {inner} px screen");
+    screenshot(&bob, "chat-phone").await;
 
     // The engine restarts under the pages: a message sent while it is down is stored once it is
     // back (the page reconnects and sends it again with its cmid), and reaches bob once.
