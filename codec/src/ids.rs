@@ -61,14 +61,15 @@ pub fn direct_conv_id(a: &str, b: &str) -> String {
 /// gives two valid ids in byte-wise order. It is a hint for creating a conversation, never an
 /// authorization: membership is what the store recorded when the conversation was created.
 pub fn direct_members(conv: &str) -> Option<(&str, &str)> {
-    let rest = conv.strip_prefix("d:")?;
-    for (i, c) in rest.char_indices() {
-        if c == ':' {
-            let (a, b) = (&rest[..i], &rest[i + 1..]);
-            if valid_user_id(a) && valid_user_id(b) && a.as_bytes() <= b.as_bytes() && direct_conv_id(a, b) == conv {
-                return Some((a, b));
-            }
-        }
-    }
-    None
+    direct_splits(conv).find(|&(a, b)| a.as_bytes() <= b.as_bytes() && direct_conv_id(a, b) == conv)
+}
+
+/// Every way to read `d:<a>:<b>` as two valid user ids, leftmost first, in either order: what a
+/// direct id is shaped like, before [`direct_members`] asks for the byte-wise order.
+pub fn direct_splits(conv: &str) -> impl Iterator<Item = (&str, &str)> {
+    let rest = conv.strip_prefix("d:").unwrap_or("");
+    rest.char_indices()
+        .filter(|&(_, c)| c == ':')
+        .map(move |(i, _)| (&rest[..i], &rest[i + 1..]))
+        .filter(|&(a, b)| valid_user_id(a) && valid_user_id(b))
 }

@@ -330,10 +330,10 @@ struct Complete;
 
 impl utoipa::Modify for Complete {
     fn modify(&self, api: &mut openapi::OpenApi) {
-        for (path, item) in api.paths.paths.iter_mut() {
+        for item in api.paths.paths.values_mut() {
             let ops = [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete];
             for op in ops.into_iter().flatten() {
-                for (status, why) in errors_of(path, op) {
+                for (status, why) in errors_of(op) {
                     let resp = op
                         .responses
                         .responses
@@ -353,8 +353,8 @@ impl utoipa::Modify for Complete {
     }
 }
 
-/// The error statuses an operation at `path` can answer with, and why.
-fn errors_of(_path: &str, op: &openapi::path::Operation) -> Vec<(u16, &'static str)> {
+/// The error statuses an operation can answer with, and why.
+fn errors_of(op: &openapi::path::Operation) -> Vec<(u16, &'static str)> {
     let mut out = Vec::new();
     let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
     let takes_input = op.parameters.as_ref().is_some_and(|p| !p.is_empty()) || op.request_body.is_some();

@@ -134,10 +134,7 @@ fn check_conv(conv: &str) -> ApiResult<()> {
     if valid_conv_id(conv) {
         return Ok(());
     }
-    let names_two_users = conv.strip_prefix("d:").is_some_and(|rest| {
-        rest.char_indices().filter(|&(_, c)| c == ':').any(|(i, _)| valid_user_id(&rest[..i]) && valid_user_id(&rest[i + 1..]))
-    });
-    if names_two_users && conv.len() <= shardchat_codec::CONV_ID_BYTES_MAX {
+    if shardchat_codec::direct_splits(conv).next().is_some() {
         Err(FrameError::new(ErrorCode::NotFound, "no such conversation (a direct id names its two users in byte-wise order)").into())
     } else {
         Err(FrameError::bad_request("invalid conversation id").into())
@@ -277,7 +274,8 @@ pub(crate) struct NewMessage {
     /// same ack and stores nothing twice.
     #[schema(min_length = 1, max_length = 64)]
     cmid: String,
-    #[schema(max_length = 65536)]
+    /// At most the server's body limit in bytes (`maxLength`: set per server, see
+    /// `openapi::document`).
     body: String,
     /// `text` (default), `image` or `file`.
     #[serde(default)]
