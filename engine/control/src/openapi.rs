@@ -21,6 +21,7 @@ use utoipa::ToSchema;
     paths(
         super::rest::healthz,
         super::rest::page,
+        super::rest::library,
         super::rest::client_config,
         super::rest::openapi_json,
         super::rest::readyz,

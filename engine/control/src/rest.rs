@@ -23,6 +23,7 @@ pub fn router(ctx: Ctx) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/", get(page))
+        .route("/js/{file}", get(library))
         .route("/v1/client-config", get(client_config))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -93,6 +94,31 @@ pub(crate) async fn healthz() -> &'static str {
 #[utoipa::path(get, path = "/", tag = "ops", responses((status = 200, description = "the web client", content_type = "text/html", body = String)))]
 pub(crate) async fn page() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("web/index.html"))
+}
+
+/// The client library the page is built on: `clients/js/dist`, compiled from its TypeScript and
+/// committed (the e2e test `js_client` fails when it is not what `tsc` makes of the source), served
+/// as ES modules so that the binary needs no Node at run time.
+const LIBRARY: &[(&str, &str)] = &[
+    ("index.js", include_str!("../../../clients/js/dist/index.js")),
+    ("client.js", include_str!("../../../clients/js/dist/client.js")),
+    ("frames.js", include_str!("../../../clients/js/dist/frames.js")),
+    ("order.js", include_str!("../../../clients/js/dist/order.js")),
+    ("backoff.js", include_str!("../../../clients/js/dist/backoff.js")),
+    ("storage.js", include_str!("../../../clients/js/dist/storage.js")),
+    ("rest.js", include_str!("../../../clients/js/dist/rest.js")),
+];
+
+/// One module of the client library (`@shardchat/client`), for the page.
+#[utoipa::path(get, path = "/js/{file}", tag = "ops",
+    params(("file" = String, Path, description = "a module of the client library", pattern = r"^[a-z]+\.js$", max_length = 32)),
+    responses((status = 200, description = "the module", content_type = "text/javascript", body = String),
+              (status = 404, description = "not_found: no such module", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn library(Path(file): Path<String>) -> Response {
+    match LIBRARY.iter().find(|(name, _)| *name == file) {
+        Some((_, text)) => ([(axum::http::header::CONTENT_TYPE, "text/javascript; charset=utf-8")], *text).into_response(),
+        None => ApiError(FrameError::new(ErrorCode::NotFound, "no such module of the client library")).into_response(),
+    }
 }
 
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "ops", responses((status = 200, description = "this document", body = Object)))]

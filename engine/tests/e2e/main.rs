@@ -11,6 +11,7 @@ mod chaos;
 mod cluster;
 mod crash;
 mod groups;
+mod js_client;
 mod liveness;
 mod logs;
 mod messaging;

@@ -1,0 +1,10 @@
+export * from './frames.js';
+export { ShardchatClient, ShardchatError, jwtClaims, HISTORY_LIMIT_MAX, TYPING_INTERVAL_MS } from './client.js';
+export type { ClientOptions, ClientEvents, ConnectionState, SendFailure, WebSocketLike, WebSocketConstructor } from './client.js';
+export { ShardchatRest } from './rest.js';
+export type { ConversationSummary, ConversationInfo, SearchHit, RestOptions } from './rest.js';
+export { ConvOrder, HELD_MAX_MESSAGES } from './order.js';
+export { Backoff, BACKOFF_INITIAL_MS, BACKOFF_MAX_MS } from './backoff.js';
+export type { BackoffOptions } from './backoff.js';
+export { MemoryStorage, WebStorage } from './storage.js';
+export type { ClientStorage, WebStorageLike } from './storage.js';

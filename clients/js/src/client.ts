@@ -1,0 +1,790 @@
+// The connection's life, owned for the app: connect with a token, reconnect with backoff and
+// jitter, resume with `sync` from persisted cursors, an outbox that retries unacked sends with the
+// same cmid (across reconnects and restarts of the page), and exactly-once, in-order delivery per
+// conversation (duplicates dropped by seq, gaps filled with `history`). The wire contract is
+// docs/protocol.md; this file adds no behaviour the server does not define.
+
+import { Backoff, type BackoffOptions } from './backoff.js';
+import type {
+  Ack,
+  ClientFrame,
+  ConvId,
+  ErrorFrame,
+  Group,
+  Message,
+  MessageKind,
+  Presence,
+  Receipt,
+  ReceiptCounts,
+  ReceiptDetail,
+  ReceiptKind,
+  Ref,
+  SendFrame,
+  ServerFrame,
+  Typing,
+} from './frames.js';
+import { ConvOrder } from './order.js';
+import { type ClientStorage, MemoryStorage } from './storage.js';
+
+/** The part of the platform's WebSocket the client uses (browsers, Node ≥ 22, or `ws`). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((ev: unknown) => void) | null;
+  onclose: ((ev: { code: number }) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+}
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+/** `WebSocket.OPEN`. */
+const OPEN = 1;
+/** The server's bound on `history`'s `limit`. */
+export const HISTORY_LIMIT_MAX = 200;
+/** The server's bound on users in one `presence_sub` frame. */
+export const PRESENCE_USERS_PER_FRAME_MAX = 1024;
+/** The server relays one `typing` per user and conversation per 2 s; more would be dropped. */
+export const TYPING_INTERVAL_MS = 2000;
+
+export interface ClientOptions {
+  /** The engine's WebSocket endpoint, e.g. `ws://127.0.0.1:7700/ws`. */
+  url: string;
+  /** A JWT, or a function giving a fresh one; called again before every reconnect. */
+  token?: string | (() => string | Promise<string>);
+  /** The user id, for an engine run with `--dev-auth` (no token). With a token: its `sub`. */
+  user?: string;
+  /** The device id (`--dev-auth` only; with a token: its `dev` claim). */
+  device?: string;
+  /** Where cursors and the outbox live; memory by default (lost with the process). */
+  storage?: ClientStorage;
+  /** The WebSocket constructor; the platform's by default. */
+  WebSocket?: WebSocketConstructor;
+  backoff?: BackoffOptions;
+  /** A ping goes every this many ms; a connection silent for two of them is dropped and made
+   * again (a dead peer or a stalled network never closes by itself). Default 20,000. */
+  heartbeatMs?: number;
+  /** A request (history, groups, receipt queries) not answered within this is rejected. Default
+   * 30,000. */
+  requestTimeoutMs?: number;
+  /** Send `delivered` for every message handed to the app (the highest seq per conversation and
+   * tick). Default true. */
+  autoDelivered?: boolean;
+  /** Messages per conversation per `sync` round (1–5000). Default 500. */
+  syncLimit?: number;
+}
+
+export type ConnectionState = 'connecting' | 'syncing' | 'online' | 'offline' | 'closed';
+
+/** A send the server refused for good (not retried): the outbox no longer holds it. */
+export interface SendFailure {
+  cmid: string;
+  frame: SendFrame;
+  error: ShardchatError;
+}
+
+/** The events the client emits, with what each carries. */
+export interface ClientEvents {
+  /** Every message of the user's conversations, their own included (from acks and from their
+   * other devices), exactly once and in seq order per conversation, across reconnects. */
+  message: Message;
+  /** A send from the outbox is durably stored (also for sends made before a page restart). */
+  ack: Ack;
+  failed: SendFailure;
+  receipt: Receipt;
+  receipt_counts: ReceiptCounts;
+  presence: Presence;
+  typing: Typing;
+  group: Group;
+  /** A sync ended: every conversation of the user with its last seq. */
+  synced: Record<ConvId, number>;
+  state: ConnectionState;
+  /** An error frame that answers no request of this client (e.g. a mark beyond the last seq). */
+  error: ErrorFrame;
+}
+
+export class ShardchatError extends Error {
+  constructor(
+    /** The server's error code, or `disconnected`, `timeout`, `closed` from the client. */
+    readonly code: string,
+    message: string,
+  ) {
+    super(`${code}: ${message}`);
+    this.name = 'ShardchatError';
+  }
+}
+
+interface OutboxEntry {
+  frame: SendFrame;
+  /** Refusals that said "retry later" (rate_limited, unavailable). */
+  retries: number;
+}
+
+interface PendingRequest {
+  frame: ClientFrame & { ref: Ref };
+  /** Safe to send again after a reconnect (all but `group_create`, which makes a second group). */
+  idempotent: boolean;
+  sent: boolean;
+  resolve: (f: ServerFrame) => void;
+  reject: (e: ShardchatError) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+type Handler<T> = (value: T) => void;
+
+/** Send errors after which the same cmid is sent again later; any other is final. */
+const RETRY_LATER: ReadonlySet<string> = new Set(['rate_limited', 'unavailable', 'internal']);
+const SEND_RETRY_MAX_MS = 30_000;
+
+export class ShardchatClient {
+  /** The user this client speaks for. */
+  readonly user: string;
+  readonly device: string;
+
+  private readonly opts: ClientOptions;
+  private readonly storage: ClientStorage;
+  private readonly WS: WebSocketConstructor;
+  private readonly heartbeatMs: number;
+  private readonly backoff: Backoff;
+  private readonly loaded: Promise<void>;
+
+  private ws: WebSocketLike | null = null;
+  private current: ConnectionState = 'offline';
+  private stopped = false;
+  private started = false;
+  private lastHeard = 0;
+  private heartbeat: ReturnType<typeof setInterval> | null = null;
+  private reconnectTimer: ReturnType<typeof setTimeout> | null = null;
+
+  private readonly orders = new Map<ConvId, ConvOrder>();
+  /** Conversations with a gap-filling `history` in flight. */
+  private readonly filling = new Set<ConvId>();
+  /** Sends not yet acked, in the order they were made (a Map keeps insertion order). */
+  private readonly outbox = new Map<string, OutboxEntry>();
+  private readonly waiters = new Map<string, { resolve: (a: Ack) => void; reject: (e: ShardchatError) => void }[]>();
+  private readonly requests = new Map<string, PendingRequest>();
+  private refSeq = 0;
+  private readonly presenceSubs = new Set<string>();
+  /** The highest `delivered` / `read` mark asked for per conversation, and those not yet sent. */
+  private readonly marks = new Map<ConvId, Record<ReceiptKind, number>>();
+  private readonly unsentMarks = new Set<ConvId>();
+  private readonly lastTyping = new Map<ConvId, number>();
+  private deliveredFlush: Set<ConvId> | null = null;
+  private saveQueued = false;
+  private writes: Promise<void> = Promise.resolve();
+  private readonly onOnline: (() => void)[] = [];
+  private readonly handlers = new Map<keyof ClientEvents, Set<Handler<never>>>();
+
+  constructor(opts: ClientOptions) {
+    this.opts = opts;
+    const claims = typeof opts.token === 'string' ? jwtClaims(opts.token) : {};
+    const user = claims.sub ?? opts.user;
+    if (!user) throw new Error('shardchat: give `user` (dev auth) or a token whose `sub` names the user');
+    this.user = user;
+    this.device = claims.dev ?? opts.device ?? 'default';
+    this.storage = opts.storage ?? new MemoryStorage();
+    const WS = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!WS) {
+      throw new Error('shardchat: no WebSocket here: pass options.WebSocket (Node 20: run with --experimental-websocket)');
+    }
+    this.WS = WS;
+    this.heartbeatMs = opts.heartbeatMs ?? 20_000;
+    this.backoff = new Backoff(opts.backoff);
+    this.loaded = this.load();
+  }
+
+  // ---- the app's side ----------------------------------------------------------------------
+
+  /** Subscribes to an event; returns the function that unsubscribes. */
+  on<K extends keyof ClientEvents>(event: K, fn: Handler<ClientEvents[K]>): () => void {
+    let set = this.handlers.get(event);
+    if (!set) this.handlers.set(event, (set = new Set()));
+    set.add(fn as Handler<never>);
+    return () => set.delete(fn as Handler<never>);
+  }
+
+  get state(): ConnectionState {
+    return this.current;
+  }
+
+  /** Starts connecting (and keeps reconnecting until `close`); resolves once the client is online
+   * and synced. */
+  async connect(): Promise<void> {
+    if (this.stopped) throw new ShardchatError('closed', 'this client was closed');
+    const online = new Promise<void>((resolve) => this.onOnline.push(resolve));
+    if (!this.started) {
+      this.started = true;
+      await this.loaded;
+      void this.open();
+    } else if (this.current === 'online') {
+      return;
+    }
+    return online;
+  }
+
+  /** Closes the connection for good. Unacked sends stay in the storage's outbox: a client started
+   * later on the same storage sends them. */
+  close(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.stopHeartbeat();
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) {
+      ws.onclose = ws.onmessage = ws.onopen = null;
+      ws.close(1000);
+    }
+    const closed = new ShardchatError('closed', 'the client was closed');
+    for (const [ref, r] of this.requests) this.settleRequest(ref, r, closed);
+    for (const [cmid, ws2] of this.waiters) {
+      this.waiters.delete(cmid);
+      for (const w of ws2) w.reject(closed);
+    }
+    this.setState('closed');
+  }
+
+  /** Sends a message: to a user (`{to}`, the direct chat is made on first use) or to a
+   * conversation (`{conv}`). It is kept in the outbox until acked (sent again with the same cmid
+   * after every reconnect, so it is stored once whatever happens) and resolves with the ack, or
+   * rejects when the server refuses it for good (`bad_request`, `forbidden`, `not_found`,
+   * `too_large`, `group_full`). */
+  async send(target: { to: string } | { conv: ConvId }, body: string, opts: { kind?: MessageKind; cmid?: string } = {}): Promise<Ack> {
+    if (this.stopped) throw new ShardchatError('closed', 'this client was closed');
+    await this.loaded;
+    const cmid = opts.cmid ?? newCmid();
+    const frame: SendFrame = 'to' in target ? { t: 'send', cmid, to: target.to, body } : { t: 'send', cmid, conv: target.conv, body };
+    if (opts.kind) frame.kind = opts.kind;
+    const acked = new Promise<Ack>((resolve, reject) => {
+      const list = this.waiters.get(cmid) ?? [];
+      list.push({ resolve, reject });
+      this.waiters.set(cmid, list);
+    });
+    if (!this.outbox.has(cmid)) {
+      this.outbox.set(cmid, { frame, retries: 0 });
+      // Stored before it leaves: a page closed now still sends it next time.
+      await this.saveOutbox();
+      this.raw(frame);
+    }
+    return acked;
+  }
+
+  /** The sends not acked yet, oldest first (also those a previous run of the page left). */
+  pending(): SendFrame[] {
+    return [...this.outbox.values()].map((e) => e.frame);
+  }
+
+  /** The last seq handed to the app per conversation (what the next `sync` starts from). */
+  cursors(): Record<ConvId, number> {
+    const out: Record<ConvId, number> = {};
+    for (const [conv, o] of this.orders) if (o.delivered > 0) out[conv] = o.delivered;
+    return out;
+  }
+
+  markDelivered(conv: ConvId, seq: number): void {
+    this.mark('delivered', conv, seq);
+  }
+
+  markRead(conv: ConvId, seq: number): void {
+    this.mark('read', conv, seq);
+  }
+
+  /** Tells the conversation's other members that the user is typing (at most once per 2 s;
+   * dropped while offline: typing is never stored). */
+  typing(conv: ConvId): void {
+    const now = Date.now();
+    if (now - (this.lastTyping.get(conv) ?? 0) < TYPING_INTERVAL_MS) return;
+    this.lastTyping.set(conv, now);
+    this.raw({ t: 'typing', conv });
+  }
+
+  /** Presence of these users: their current state at once, then changes (kept across reconnects). */
+  subscribePresence(users: string[]): void {
+    const fresh = users.filter((u) => !this.presenceSubs.has(u));
+    for (const u of fresh) this.presenceSubs.add(u);
+    for (const chunk of chunks(fresh, PRESENCE_USERS_PER_FRAME_MAX)) this.raw({ t: 'presence_sub', users: chunk });
+  }
+
+  unsubscribePresence(users: string[]): void {
+    const gone = users.filter((u) => this.presenceSubs.delete(u));
+    for (const chunk of chunks(gone, PRESENCE_USERS_PER_FRAME_MAX)) this.raw({ t: 'presence_unsub', users: chunk });
+  }
+
+  /** A page of a conversation, newest first, before `before` (exclusive; default the latest). */
+  async history(conv: ConvId, o: { before?: number; limit?: number } = {}): Promise<Message[]> {
+    const f = await this.request({ t: 'history', conv, before: o.before, limit: o.limit, ref: '' }, true);
+    return f.t === 'history' ? f.messages : [];
+  }
+
+  /** Creates a group with the user as admin. Not retried after a lost connection (a retry would
+   * make a second group): rejects with `disconnected` if the answer was lost. */
+  async createGroup(name: string, members: string[]): Promise<Group> {
+    return groupOf(await this.request({ t: 'group_create', name, members, ref: '' }, false));
+  }
+
+  async addMembers(conv: ConvId, users: string[]): Promise<Group> {
+    return groupOf(await this.request({ t: 'group_add', conv, users, ref: '' }, true));
+  }
+
+  async removeMembers(conv: ConvId, users: string[]): Promise<Group> {
+    return groupOf(await this.request({ t: 'group_remove', conv, users, ref: '' }, true));
+  }
+
+  async renameGroup(conv: ConvId, name: string): Promise<Group> {
+    return groupOf(await this.request({ t: 'group_rename', conv, name, ref: '' }, true));
+  }
+
+  /** Leaves a group; resolves with the group as it is without the user. */
+  async leaveGroup(conv: ConvId): Promise<Group> {
+    return groupOf(await this.request({ t: 'group_leave', conv, ref: '' }, true));
+  }
+
+  /** Who has delivered and read message `seq`. */
+  async receipts(conv: ConvId, seq: number): Promise<ReceiptDetail> {
+    const f = await this.request({ t: 'receipt_query', conv, seq, ref: '' }, true);
+    if (f.t !== 'receipt_detail') throw new ShardchatError('internal', `unexpected answer ${f.t}`);
+    const { t: _t, ref: _r, ...detail } = f;
+    return detail;
+  }
+
+  /** A round trip to the engine, in ms. */
+  async ping(): Promise<number> {
+    const t0 = Date.now();
+    await this.request({ t: 'ping', ref: '' }, true);
+    return Date.now() - t0;
+  }
+
+  // ---- the connection ----------------------------------------------------------------------
+
+  private async load(): Promise<void> {
+    const cursors = parse<Record<string, number>>(await this.storage.load(this.key('cursors')), {});
+    for (const [conv, seq] of Object.entries(cursors)) if (typeof seq === 'number') this.orders.set(conv, new ConvOrder(seq));
+    for (const frame of parse<SendFrame[]>(await this.storage.load(this.key('outbox')), [])) {
+      if (frame && frame.t === 'send' && typeof frame.cmid === 'string') this.outbox.set(frame.cmid, { frame, retries: 0 });
+    }
+  }
+
+  private key(what: string): string {
+    return `${this.user}/${this.device}/${what}`;
+  }
+
+  private async open(): Promise<void> {
+    if (this.stopped) return;
+    this.setState('connecting');
+    let ws: WebSocketLike;
+    try {
+      ws = new this.WS(await this.socketUrl());
+    } catch {
+      this.retryLater();
+      return;
+    }
+    if (this.stopped) {
+      ws.close(1000);
+      return;
+    }
+    this.ws = ws;
+    // The beat runs from the first byte: a handshake that never completes (a black-holed path)
+    // is given up after two beats like a silent connection.
+    this.lastHeard = Date.now();
+    this.startHeartbeat();
+    ws.onopen = () => this.ws === ws && this.opened();
+    ws.onmessage = (e) => this.ws === ws && this.data(e.data);
+    ws.onclose = () => this.ws === ws && this.lost();
+    ws.onerror = () => {}; // a close follows
+  }
+
+  private async socketUrl(): Promise<string> {
+    const url = new URL(this.opts.url);
+    const t = this.opts.token;
+    const token = typeof t === 'function' ? await t() : t;
+    if (token) {
+      url.searchParams.set('token', token);
+    } else {
+      url.searchParams.set('user', this.user);
+      url.searchParams.set('device', this.device);
+    }
+    return url.toString();
+  }
+
+  private opened(): void {
+    this.lastHeard = Date.now();
+    this.setState('syncing');
+    this.sendSync();
+    // Unacked sends go again, oldest first, with their cmids: the server stores each once.
+    for (const e of this.outbox.values()) this.raw(e.frame);
+    for (const r of this.requests.values()) {
+      if (r.idempotent || !r.sent) {
+        r.sent = true;
+        this.raw(r.frame);
+      }
+    }
+    for (const chunk of chunks([...this.presenceSubs], PRESENCE_USERS_PER_FRAME_MAX)) this.raw({ t: 'presence_sub', users: chunk });
+    for (const conv of this.unsentMarks) {
+      const m = this.marks.get(conv)!;
+      if (m.delivered) this.raw({ t: 'delivered', conv, seq: m.delivered });
+      if (m.read) this.raw({ t: 'read', conv, seq: m.read });
+    }
+    this.unsentMarks.clear();
+  }
+
+  /** The socket closed (or was given up as dead): requests that must not be sent twice fail, the
+   * rest wait for the next connection. */
+  private lost(): void {
+    this.ws = null;
+    this.stopHeartbeat();
+    this.filling.clear();
+    const lost = new ShardchatError('disconnected', 'the connection was lost before the answer came');
+    for (const [ref, r] of this.requests) if (r.sent && !r.idempotent) this.settleRequest(ref, r, lost);
+    if (this.stopped) return;
+    this.setState('offline');
+    this.retryLater();
+  }
+
+  private retryLater(): void {
+    if (this.stopped) return;
+    this.setState('offline');
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      void this.open();
+    }, this.backoff.next(Math.random()));
+  }
+
+  private startHeartbeat(): void {
+    this.stopHeartbeat();
+    this.heartbeat = setInterval(() => {
+      if (Date.now() - this.lastHeard > 2 * this.heartbeatMs) {
+        // Nothing for two beats: the peer or the path is gone, whether or not TCP knows it.
+        const ws = this.ws;
+        if (ws) {
+          ws.onclose = ws.onmessage = ws.onopen = null;
+          ws.close();
+        }
+        this.lost();
+      } else {
+        this.raw({ t: 'ping' });
+      }
+    }, this.heartbeatMs);
+  }
+
+  private stopHeartbeat(): void {
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.heartbeat = null;
+  }
+
+  private raw(f: ClientFrame): boolean {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== OPEN) return false;
+    ws.send(JSON.stringify(f));
+    return true;
+  }
+
+  private setState(s: ConnectionState): void {
+    if (s === this.current) return;
+    this.current = s;
+    this.emit('state', s);
+    if (s === 'online') for (const resolve of this.onOnline.splice(0)) resolve();
+  }
+
+  // ---- what arrives --------------------------------------------------------------------------
+
+  private data(data: unknown): void {
+    this.lastHeard = Date.now();
+    if (typeof data !== 'string') return; // binary frames are never asked for
+    let f: ServerFrame;
+    try {
+      f = JSON.parse(data) as ServerFrame;
+    } catch {
+      return;
+    }
+    switch (f.t) {
+      case 'msg': {
+        const { t: _t, ...m } = f;
+        this.feed(m.conv, [m]);
+        break;
+      }
+      case 'sync':
+        this.feed(
+          f.conv,
+          f.messages.map((m) => ({ ...m, conv: f.conv })),
+        );
+        break;
+      case 'synced':
+        this.synced(f.convs);
+        break;
+      case 'ack':
+        this.acked({ cmid: f.cmid, conv: f.conv, id: f.id, seq: f.seq, ts: f.ts });
+        break;
+      case 'history': {
+        const messages = f.messages.map((m) => ({ ...m, conv: f.conv }));
+        this.feed(f.conv, messages);
+        this.answer({ ...f, messages });
+        break;
+      }
+      case 'pong':
+      case 'receipt_detail':
+        this.answer(f);
+        break;
+      case 'group': {
+        const { t: _t, ref: _r, ...g } = f;
+        this.emit('group', g);
+        this.answer(f);
+        break;
+      }
+      case 'receipt':
+      case 'receipt_counts':
+      case 'presence':
+      case 'typing': {
+        const { t, ...rest } = f;
+        this.emit(t, rest as never);
+        break;
+      }
+      case 'error':
+        this.errored(f);
+        break;
+    }
+  }
+
+  private order(conv: ConvId): ConvOrder {
+    let o = this.orders.get(conv);
+    if (!o) this.orders.set(conv, (o = new ConvOrder()));
+    return o;
+  }
+
+  /** Messages from anywhere: each reaches the app once, in seq order; own sends seen here (a sync
+   * after an ack was lost) count as acked. */
+  private feed(conv: ConvId, messages: Message[]): void {
+    const order = this.order(conv);
+    const ready: Message[] = [];
+    for (const m of messages) {
+      if (m.from === this.user && this.outbox.has(m.cmid)) this.settleSend(m.cmid, { cmid: m.cmid, conv, id: m.id, seq: m.seq, ts: m.ts });
+      ready.push(...order.accept(m));
+    }
+    if (ready.length) this.deliver(conv, ready);
+    this.fillGap(conv);
+  }
+
+  private deliver(conv: ConvId, messages: Message[]): void {
+    for (const m of messages) this.emit('message', m);
+    this.saveCursorsSoon();
+    if (this.opts.autoDelivered === false) return;
+    if (!messages.some((m) => m.from !== this.user)) return;
+    // One mark per conversation per tick, however many messages the tick brought.
+    if (!this.deliveredFlush) {
+      this.deliveredFlush = new Set();
+      queueMicrotask(() => {
+        const convs = this.deliveredFlush!;
+        this.deliveredFlush = null;
+        for (const c of convs) this.mark('delivered', c, this.order(c).delivered);
+      });
+    }
+    this.deliveredFlush.add(conv);
+  }
+
+  private synced(convs: Record<ConvId, number>): void {
+    let behind = false;
+    for (const [conv, last] of Object.entries(convs)) {
+      const o = this.order(conv);
+      o.learn(last);
+      if (o.delivered < last) behind = true;
+    }
+    // `limit` was reached somewhere: another round from the new cursors.
+    if (behind && this.syncRounds < SYNC_ROUNDS_MAX) {
+      this.syncRounds += 1;
+      this.sendSync();
+      return;
+    }
+    this.syncRounds = 0;
+    this.backoff.reset();
+    this.setState('online');
+    this.emit('synced', convs);
+    for (const conv of this.orders.keys()) this.fillGap(conv);
+  }
+  private syncRounds = 0;
+
+  private sendSync(): void {
+    this.raw({ t: 'sync', cursors: this.cursors(), limit: this.opts.syncLimit });
+  }
+
+  /** While online, a conversation known to have messages past what was handed over gets them
+   * with `history`, one request at a time. During a sync the sync fills it. */
+  private fillGap(conv: ConvId): void {
+    if (this.current !== 'online' || this.filling.has(conv)) return;
+    const order = this.order(conv);
+    const gap = order.gap(HISTORY_LIMIT_MAX);
+    if (!gap) return;
+    this.filling.add(conv);
+    const before = order.delivered;
+    const done = () => {
+      this.filling.delete(conv);
+      // No progress (an answer without the missing seqs): wait for the next event or sync
+      // instead of asking again at once.
+      if (order.delivered > before) this.fillGap(conv);
+    };
+    this.request({ t: 'history', conv, before: gap.before, limit: gap.limit, ref: '' }, true).then(done, done);
+  }
+
+  private acked(a: Ack): void {
+    const entry = this.outbox.get(a.cmid);
+    if (!entry) {
+      // A second ack for the same send (a retry's, or a frame seen twice): known already.
+      this.order(a.conv).learn(a.seq);
+      this.fillGap(a.conv);
+      return;
+    }
+    this.settleSend(a.cmid, a);
+    const f = entry.frame;
+    this.feed(a.conv, [{ conv: a.conv, id: a.id, seq: a.seq, from: this.user, cmid: a.cmid, body: f.body, kind: f.kind ?? 'text', ts: a.ts }]);
+  }
+
+  private settleSend(cmid: string, a: Ack): void {
+    this.outbox.delete(cmid);
+    void this.saveOutbox();
+    this.emit('ack', a);
+    for (const w of this.waiters.get(cmid) ?? []) w.resolve(a);
+    this.waiters.delete(cmid);
+  }
+
+  private errored(f: ErrorFrame): void {
+    const entry = f.cmid ? this.outbox.get(f.cmid) : undefined;
+    if (f.cmid && entry) {
+      const cmid = f.cmid;
+      if (RETRY_LATER.has(f.code)) {
+        // Nothing was stored: the same cmid goes again later (or on the next connection).
+        entry.retries += 1;
+        const delay = Math.min(SEND_RETRY_MAX_MS, 250 * 2 ** Math.min(entry.retries, 10)) * (0.5 + Math.random());
+        setTimeout(() => this.outbox.get(cmid) === entry && this.raw(entry.frame), delay);
+        return;
+      }
+      this.outbox.delete(cmid);
+      void this.saveOutbox();
+      const error = new ShardchatError(f.code, f.msg);
+      for (const w of this.waiters.get(cmid) ?? []) w.reject(error);
+      this.waiters.delete(cmid);
+      this.emit('failed', { cmid, frame: entry.frame, error });
+      return;
+    }
+    const r = f.ref != null ? this.requests.get(String(f.ref)) : undefined;
+    if (r) {
+      this.settleRequest(String(f.ref), r, new ShardchatError(f.code, f.msg));
+      return;
+    }
+    this.emit('error', f);
+  }
+
+  // ---- requests and marks --------------------------------------------------------------------
+
+  private request(frame: ClientFrame & { ref: Ref }, idempotent: boolean): Promise<ServerFrame> {
+    if (this.stopped) return Promise.reject(new ShardchatError('closed', 'this client was closed'));
+    const ref = `r${++this.refSeq}`;
+    frame.ref = ref;
+    return new Promise((resolve, reject) => {
+      const timeoutMs = this.opts.requestTimeoutMs ?? 30_000;
+      const timer = setTimeout(() => {
+        const r = this.requests.get(ref);
+        if (r) this.settleRequest(ref, r, new ShardchatError('timeout', `no answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const r: PendingRequest = { frame, idempotent, sent: false, resolve, reject, timer };
+      this.requests.set(ref, r);
+      r.sent = this.raw(frame);
+    });
+  }
+
+  private answer(f: ServerFrame & { ref?: Ref | null }): void {
+    if (f.ref == null) return;
+    const ref = String(f.ref);
+    const r = this.requests.get(ref);
+    if (r) this.settleRequest(ref, r, f);
+  }
+
+  private settleRequest(ref: string, r: PendingRequest, outcome: ServerFrame | ShardchatError): void {
+    this.requests.delete(ref);
+    clearTimeout(r.timer);
+    if (outcome instanceof ShardchatError) r.reject(outcome);
+    else r.resolve(outcome);
+  }
+
+  private mark(kind: ReceiptKind, conv: ConvId, seq: number): void {
+    const m = this.marks.get(conv) ?? { delivered: 0, read: 0 };
+    if (seq <= m[kind]) return;
+    m[kind] = seq;
+    this.marks.set(conv, m);
+    if (!this.raw({ t: kind, conv, seq })) this.unsentMarks.add(conv);
+  }
+
+  // ---- storage -------------------------------------------------------------------------------
+
+  private saveOutbox(): Promise<void> {
+    const value = this.outbox.size ? JSON.stringify(this.pending()) : null;
+    return this.write('outbox', value);
+  }
+
+  /** Cursors are written once per tick, after the app had the messages. */
+  private saveCursorsSoon(): void {
+    if (this.saveQueued) return;
+    this.saveQueued = true;
+    queueMicrotask(() => {
+      this.saveQueued = false;
+      void this.write('cursors', JSON.stringify(this.cursors()));
+    });
+  }
+
+  /** Writes in the order they were asked for, whatever the storage's own timing. */
+  private write(what: string, value: string | null): Promise<void> {
+    this.writes = this.writes.then(() => this.storage.save(this.key(what), value)).catch(() => {});
+    return this.writes;
+  }
+
+  private emit<K extends keyof ClientEvents>(event: K, value: ClientEvents[K]): void {
+    for (const fn of this.handlers.get(event) ?? []) {
+      try {
+        (fn as Handler<ClientEvents[K]>)(value);
+      } catch (e) {
+        // The app's bug must not break delivery: reported, and the next handler still runs.
+        setTimeout(() => {
+          throw e;
+        });
+      }
+    }
+  }
+}
+
+/** Sync rounds in a row after which the client goes online anyway (the rest comes by `history`). */
+const SYNC_ROUNDS_MAX = 1000;
+
+function groupOf(f: ServerFrame): Group {
+  if (f.t !== 'group') throw new ShardchatError('internal', `unexpected answer ${f.t}`);
+  return { conv: f.conv, name: f.name, members: f.members };
+}
+
+function chunks<T>(items: T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}
+
+function parse<T>(text: string | null, fallback: T): T {
+  if (!text) return fallback;
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    return fallback;
+  }
+}
+
+/** 96 random bits: unique per sender and conversation for all practical purposes. */
+function newCmid(): string {
+  const bytes = new Uint8Array(12);
+  globalThis.crypto.getRandomValues(bytes);
+  return 'c' + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** The claims of a JWT, read without checking it (the server checks it). */
+export function jwtClaims(token: string): { sub?: string; dev?: string } {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(atob(part + '='.repeat((4 - (part.length % 4)) % 4)));
+  } catch {
+    return {};
+  }
+}

@@ -1,0 +1,130 @@
+// The client's other duties against the real engine: an outbox and cursors that outlive the
+// client (a page closed and opened again), sends refused for good, groups, receipts, presence
+// and typing.
+
+import { test, after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { MemoryStorage, ShardchatError, type Ack, type Group, type Presence, type ReceiptCounts, type SendFailure, type Typing } from '../dist/index.js';
+import { Engine, sleep } from './engine.js';
+import { client, Inbox, until, assertOnceInOrder } from './helpers.js';
+
+let engine: Engine;
+before(async () => {
+  engine = await Engine.start();
+});
+after(async () => {
+  await engine.dispose();
+});
+
+test('sends made while the engine is down survive a restart of the client', async () => {
+  await engine.stop();
+  const storage = new MemoryStorage();
+  const first = client(engine.url, 'erin', { storage });
+  void first.connect();
+  const refused = ['one', 'two', 'three'].map((b) => first.send({ to: 'fred' }, b).catch((e: ShardchatError) => e.code));
+  await until(() => first.pending().length === 3, 'the outbox to hold three sends');
+  first.close(); // the page is closed before the engine is back
+  assert.deepEqual(await Promise.all(refused), ['closed', 'closed', 'closed']);
+  await engine.spawn();
+
+  const fred = client(engine.url, 'fred');
+  const fredIn = new Inbox(fred);
+  await fred.connect();
+  const second = client(engine.url, 'erin', { storage });
+  assert.equal(second.pending().length, 0, 'nothing is read from storage before connect');
+  const acks: Ack[] = [];
+  second.on('ack', (a) => acks.push(a));
+  await second.connect();
+  assert.equal(second.pending().length, 3, 'the outbox came back from storage');
+  await until(() => acks.length === 3 && fredIn.messages.length === 3, 'three acks and three messages');
+  assertOnceInOrder(fredIn.of('d:erin:fred'), 3, ['one', 'two', 'three'], 'fred');
+  assert.deepEqual(fredIn.messages.map((m) => m.body), ['one', 'two', 'three'], 'in the order they were sent');
+  assert.equal(second.pending().length, 0);
+  second.close();
+  fred.close();
+});
+
+test('cursors outlive the client: a restarted client gets only what it has not had', async () => {
+  const storage = new MemoryStorage();
+  const gina = client(engine.url, 'gina');
+  const hank1 = client(engine.url, 'hank', { storage });
+  const hankIn1 = new Inbox(hank1);
+  await Promise.all([gina.connect(), hank1.connect()]);
+  for (const b of ['a', 'b', 'c']) await gina.send({ to: 'hank' }, b);
+  await until(() => hankIn1.messages.length === 3, 'hank to get three');
+  await sleep(50); // the cursor write is one tick behind the app
+  hank1.close();
+  for (const b of ['d', 'e']) await gina.send({ to: 'hank' }, b);
+  const hank2 = client(engine.url, 'hank', { storage });
+  const hankIn2 = new Inbox(hank2);
+  await hank2.connect();
+  await until(() => hankIn2.messages.length >= 2, 'hank to get the two new ones');
+  await sleep(200);
+  assert.deepEqual(hankIn2.messages.map((m) => [m.seq, m.body]), [[4, 'd'], [5, 'e']]);
+  assert.deepEqual(hank2.cursors(), { 'd:gina:hank': 5 });
+  gina.close();
+  hank2.close();
+});
+
+test('a send refused for good rejects with the code and leaves the outbox', async () => {
+  const ivy = client(engine.url, 'ivy');
+  const failed: SendFailure[] = [];
+  ivy.on('failed', (f) => failed.push(f));
+  await ivy.connect();
+  await assert.rejects(ivy.send({ conv: 'g:12345' }, 'hello'), (e: ShardchatError) => e.code === 'not_found');
+  await assert.rejects(ivy.send({ to: 'not a valid id!' }, 'hello'), (e: ShardchatError) => e.code === 'bad_request');
+  await assert.rejects(ivy.send({ to: 'jack' }, 'x'.repeat(70_000)), (e: ShardchatError) => e.code === 'too_large');
+  assert.deepEqual(failed.map((f) => f.error.code), ['not_found', 'bad_request', 'too_large']);
+  assert.equal(ivy.pending().length, 0);
+  // A request refused: the promise rejects, the connection stays.
+  await assert.rejects(ivy.history('d:ivy:nobody'), (e: ShardchatError) => e.code === 'not_found');
+  assert.ok((await ivy.ping()) >= 0);
+  ivy.close();
+});
+
+test('groups, receipts, presence and typing', async () => {
+  const [kim, lee, max] = ['kim', 'lee', 'max'].map((u) => client(engine.url, u));
+  const groups: Group[] = [];
+  lee.on('group', (g) => groups.push(g));
+  const leeIn = new Inbox(lee);
+  const counts: ReceiptCounts[] = [];
+  kim.on('receipt_counts', (c) => counts.push(c));
+  const presence: Presence[] = [];
+  kim.on('presence', (p) => presence.push(p));
+  const typing: Typing[] = [];
+  kim.on('typing', (t) => typing.push(t));
+  await Promise.all([kim.connect(), lee.connect(), max.connect()]);
+
+  const g = await kim.createGroup('team', ['lee']);
+  assert.equal(g.name, 'team');
+  assert.deepEqual(g.members.map((m) => [m.user, m.role]), [['kim', 'admin'], ['lee', 'member']]);
+  await until(() => groups.some((x) => x.conv === g.conv), 'lee to hear of the group');
+  const added = await kim.addMembers(g.conv, ['max']);
+  assert.equal(added.members.length, 3);
+  assert.equal((await kim.renameGroup(g.conv, 'the team')).name, 'the team');
+
+  const ack = await kim.send({ conv: g.conv }, 'hello team');
+  await until(() => leeIn.of(g.conv).some((m) => m.seq === ack.seq), 'lee to get the message');
+  lee.markRead(g.conv, ack.seq);
+  await until(() => counts.some((c) => c.counts.some((x) => x.seq === ack.seq && x.read === 1)), 'kim to see one read');
+  const detail = await kim.receipts(g.conv, ack.seq);
+  assert.deepEqual(detail.read, ['lee']);
+  assert.equal(detail.of, 2);
+
+  lee.typing(g.conv);
+  lee.typing(g.conv); // inside the 2 s: not sent
+  await until(() => typing.length === 1, 'kim to see lee typing');
+  await sleep(200);
+  assert.deepEqual(typing, [{ conv: g.conv, user: 'lee' }]);
+
+  kim.subscribePresence(['max']);
+  await until(() => presence.some((p) => p.user === 'max' && p.status === 'online'), 'max online');
+  max.close();
+  await until(() => presence.some((p) => p.user === 'max' && p.status === 'offline' && !!p.last_seen), 'max offline with last seen', 10_000);
+
+  const left = await lee.leaveGroup(g.conv);
+  assert.deepEqual(left.members.map((m) => m.user).sort(), ['kim', 'max']);
+  await assert.rejects(lee.send({ conv: g.conv }, 'still here?'), (e: ShardchatError) => e.code === 'forbidden');
+  kim.close();
+  lee.close();
+});

@@ -1,0 +1,54 @@
+// The pure parts alone: delivery order and backoff.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Backoff, ConvOrder, HELD_MAX_MESSAGES, jwtClaims, type Message } from '../dist/index.js';
+
+const msg = (seq: number): Message => ({ conv: 'd:a:b', id: String(seq), seq, from: 'a', cmid: `c${seq}`, body: `m${seq}`, kind: 'text', ts: 0 });
+
+test('order: duplicates dropped, out-of-order held until the gap closes', () => {
+  const o = new ConvOrder(0);
+  assert.deepEqual(o.accept(msg(1)).map((m) => m.seq), [1]);
+  assert.deepEqual(o.accept(msg(1)), [], 'a duplicate');
+  assert.deepEqual(o.accept(msg(3)), [], 'held behind 2');
+  assert.deepEqual(o.accept(msg(3)), [], 'a duplicate of a held one');
+  assert.deepEqual(o.gap(200), { before: 3, limit: 1 });
+  assert.deepEqual(o.accept(msg(2)).map((m) => m.seq), [2, 3]);
+  assert.equal(o.gap(200), null);
+  assert.equal(o.heldCount, 0);
+});
+
+test('order: a gap is asked for oldest first, at most a page at a time, up to the highest known', () => {
+  const o = new ConvOrder(10);
+  o.learn(1000);
+  assert.deepEqual(o.gap(200), { before: 211, limit: 200 });
+  o.accept(msg(500));
+  assert.deepEqual(o.gap(200), { before: 211, limit: 200 }, 'still the oldest missing first');
+  const o2 = new ConvOrder(10);
+  o2.accept(msg(15));
+  assert.deepEqual(o2.gap(200), { before: 15, limit: 4 });
+});
+
+test('order: what it holds is bounded, and what it dropped is asked for again', () => {
+  const o = new ConvOrder(0);
+  for (let s = 2; s < HELD_MAX_MESSAGES + 10; s++) o.accept(msg(s));
+  assert.equal(o.heldCount, HELD_MAX_MESSAGES);
+  const out = o.accept(msg(1));
+  assert.equal(out.length, HELD_MAX_MESSAGES + 1);
+  assert.deepEqual(o.gap(200), { before: HELD_MAX_MESSAGES + 10, limit: 8 }, 'the dropped tail');
+});
+
+test('backoff doubles to its bound, with jitter, and resets', () => {
+  const b = new Backoff({ initialMs: 100, maxMs: 1000 });
+  assert.deepEqual([0.5, 0.5, 0.5, 0.5, 0.5, 0.5].map((r) => b.next(r)), [100, 200, 400, 800, 1000, 1000]);
+  assert.equal(b.next(0), 500, 'the low end of the jitter');
+  assert.equal(b.next(0.999), 1499, 'the high end');
+  b.reset();
+  assert.equal(b.next(0.5), 100);
+});
+
+test('the user comes from the token', () => {
+  const token = ['e30', Buffer.from(JSON.stringify({ sub: 'ann', dev: 'phone' })).toString('base64url'), 'sig'].join('.');
+  assert.deepEqual(jwtClaims(token), { sub: 'ann', dev: 'phone' });
+  assert.deepEqual(jwtClaims('garbage'), {});
+});
