@@ -27,7 +27,9 @@ export interface ClientOptions {
     url: string;
     /** A JWT, or a function giving a fresh one; called again before every reconnect. */
     token?: string | (() => string | Promise<string>);
-    /** The user id, for an engine run with `--dev-auth` (no token). With a token: its `sub`. */
+    /** The user id: for an engine run with `--dev-auth` (no token), and beside a token function
+     * (cursors and the outbox are kept per user before any token is fetched). With a token string:
+     * its `sub`. */
     user?: string;
     /** The device id (`--dev-auth` only; with a token: its `dev` claim). */
     device?: string;

@@ -58,7 +58,7 @@ export class ShardchatClient {
         const claims = typeof opts.token === 'string' ? jwtClaims(opts.token) : {};
         const user = claims.sub ?? opts.user;
         if (!user)
-            throw new Error('shardchat: give `user` (dev auth) or a token whose `sub` names the user');
+            throw new Error('shardchat: give `user` (dev auth, or beside a token function) or a token whose `sub` names it');
         this.user = user;
         this.device = claims.dev ?? opts.device ?? 'default';
         this.storage = opts.storage ?? new MemoryStorage();

@@ -52,7 +52,9 @@ export interface ClientOptions {
   url: string;
   /** A JWT, or a function giving a fresh one; called again before every reconnect. */
   token?: string | (() => string | Promise<string>);
-  /** The user id, for an engine run with `--dev-auth` (no token). With a token: its `sub`. */
+  /** The user id: for an engine run with `--dev-auth` (no token), and beside a token function
+   * (cursors and the outbox are kept per user before any token is fetched). With a token string:
+   * its `sub`. */
   user?: string;
   /** The device id (`--dev-auth` only; with a token: its `dev` claim). */
   device?: string;
@@ -179,7 +181,7 @@ export class ShardchatClient {
     this.opts = opts;
     const claims = typeof opts.token === 'string' ? jwtClaims(opts.token) : {};
     const user = claims.sub ?? opts.user;
-    if (!user) throw new Error('shardchat: give `user` (dev auth) or a token whose `sub` names the user');
+    if (!user) throw new Error('shardchat: give `user` (dev auth, or beside a token function) or a token whose `sub` names it');
     this.user = user;
     this.device = claims.dev ?? opts.device ?? 'default';
     this.storage = opts.storage ?? new MemoryStorage();

@@ -3,6 +3,7 @@
 // and typing.
 
 import { test, after, before } from 'node:test';
+import { createHmac } from 'node:crypto';
 import assert from 'node:assert/strict';
 import { MemoryStorage, ShardchatError, type Ack, type Group, type Presence, type ReceiptCounts, type SendFailure, type Typing } from '../dist/index.js';
 import { Engine, sleep } from './engine.js';
@@ -23,6 +24,7 @@ test('sends made while the engine is down survive a restart of the client', asyn
   void first.connect();
   const refused = ['one', 'two', 'three'].map((b) => first.send({ to: 'fred' }, b).catch((e: ShardchatError) => e.code));
   await until(() => first.pending().length === 3, 'the outbox to hold three sends');
+  const sent = first.pending().map((f) => f.cmid);
   first.close(); // the page is closed before the engine is back
   assert.deepEqual(await Promise.all(refused), ['closed', 'closed', 'closed']);
   await engine.spawn();
@@ -35,8 +37,8 @@ test('sends made while the engine is down survive a restart of the client', asyn
   const acks: Ack[] = [];
   second.on('ack', (a) => acks.push(a));
   await second.connect();
-  assert.equal(second.pending().length, 3, 'the outbox came back from storage');
   await until(() => acks.length === 3 && fredIn.messages.length === 3, 'three acks and three messages');
+  assert.deepEqual(acks.map((a) => a.cmid), sent, 'the acks are for the sends the first client stored');
   assertOnceInOrder(fredIn.of('d:erin:fred'), 3, ['one', 'two', 'three'], 'fred');
   assert.deepEqual(fredIn.messages.map((m) => m.body), ['one', 'two', 'three'], 'in the order they were sent');
   assert.equal(second.pending().length, 0);
@@ -127,4 +129,44 @@ test('groups, receipts, presence and typing', async () => {
   await assert.rejects(lee.send({ conv: g.conv }, 'still here?'), (e: ShardchatError) => e.code === 'forbidden');
   kim.close();
   lee.close();
+});
+
+/** An HS256 JWT, as a login service would sign it. */
+function sign(secret: string, claims: object): string {
+  const b64 = (o: object) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const head = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+  return `${head}.${createHmac('sha256', secret).update(head).digest('base64url')}`;
+}
+
+test('an expiring token is refreshed before each reconnect, and nothing is lost', async () => {
+  const secret = 'a-test-secret-of-at-least-32-bytes!!';
+  const jwtEngine = await Engine.start(['--jwt-secret', secret, '--jwt-leeway-s', '0']);
+  try {
+    let issued = 0;
+    // Each token lives two seconds: the engine closes the connection (1008) when it ends.
+    const token = () => {
+      issued += 1;
+      return sign(secret, { sub: 'nora', dev: 'web', exp: Math.floor(Date.now() / 1000) + 2 });
+    };
+    // With a token function the user is named (storage is per user before any token exists).
+    const nora = client(jwtEngine.url, 'nora', { token, device: 'web' });
+    const olga = client(jwtEngine.url, 'olga');
+    const olgaIn = new Inbox(olga);
+    await Promise.all([nora.connect(), olga.connect()]);
+    const bodies = Array.from({ length: 50 }, (_, i) => `t${i}`);
+    const acks = [];
+    for (const b of bodies) {
+      acks.push(nora.send({ to: 'olga' }, b));
+      await sleep(100);
+    }
+    await Promise.all(acks);
+    await until(() => olgaIn.messages.length >= 50, 'olga to get 50');
+    await sleep(200);
+    assertOnceInOrder(olgaIn.of('d:nora:olga'), 50, bodies, 'olga');
+    assert.ok(issued >= 3, `the token was fetched ${issued} times over 5 s of 2 s tokens`);
+    nora.close();
+    olga.close();
+  } finally {
+    await jwtEngine.dispose();
+  }
 });
