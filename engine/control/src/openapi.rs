@@ -48,6 +48,10 @@ use utoipa::ToSchema;
         super::rest::Rename,
         ErrorBody,
         SendKind,
+        ClientFrame,
+        ConvId,
+        GroupId,
+        RefDoc,
         UserId,
         Message,
         ConversationSummary,
@@ -121,6 +125,152 @@ pub enum SendKind {
     Text,
     Image,
     File,
+}
+
+/// A conversation id in a body: `g:<id>`, or `d:<user>:<user>` in byte-wise order.
+#[derive(Serialize, ToSchema)]
+#[schema(pattern = r"^(g:[0-9]{1,19}|d:[A-Za-z0-9_.:@-]{1,64}:[A-Za-z0-9_.:@-]{1,64})$")]
+pub struct ConvId(String);
+
+/// A group id in a body: what the group frames take (a direct id is `bad_request` there).
+#[derive(Serialize, ToSchema)]
+#[schema(pattern = r"^g:[0-9]{1,19}$")]
+pub struct GroupId(String);
+
+/// A request's `ref`, echoed in its answer: a string of at most 64 bytes, or an integer.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum RefDoc {
+    /// At most 64 bytes (UTF-8): a bound in bytes, which JSON Schema cannot state.
+    Text(String),
+    Number(i64),
+}
+
+/// One client frame, as the WebSocket takes it (docs/protocol.md, "Client to server"): the body
+/// of `POST /v1/poll`. Declared for the document; the server parses it with the codec's
+/// `ClientFrame`, and an invalid one is 400 like on the WebSocket.
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// A send to a user (the direct conversation is made on first use). One of the two shapes of
+    /// `send`: an object with both `to` and `conv` matches both, which `oneOf` refuses, as the
+    /// server does.
+    #[serde(rename = "send")]
+    SendTo {
+        #[schema(min_length = 1, max_length = 64)]
+        cmid: String,
+        to: UserId,
+        /// At most the server's body limit in bytes (`maxLength`: set per server).
+        body: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        kind: Option<SendKind>,
+    },
+    /// A send to a conversation.
+    #[serde(rename = "send")]
+    SendConv {
+        #[schema(min_length = 1, max_length = 64)]
+        cmid: String,
+        conv: ConvId,
+        /// At most the server's body limit in bytes (`maxLength`: set per server).
+        body: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        kind: Option<SendKind>,
+    },
+    Delivered {
+        conv: ConvId,
+        #[schema(minimum = 1)]
+        seq: i64,
+    },
+    Read {
+        conv: ConvId,
+        #[schema(minimum = 1)]
+        seq: i64,
+    },
+    /// `cursors`: conversation → the last seq held (at most 10,000).
+    Sync {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        cursors: Option<std::collections::BTreeMap<String, u64>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false, minimum = 1, maximum = 5000)]
+        limit: Option<u32>,
+    },
+    History {
+        conv: ConvId,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false, minimum = 1)]
+        before: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false, minimum = 1, maximum = 200)]
+        limit: Option<u32>,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        reference: Option<RefDoc>,
+    },
+    Ping {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        reference: Option<RefDoc>,
+    },
+    GroupCreate {
+        #[schema(min_length = 1, max_length = 128)]
+        name: String,
+        members: Vec<UserId>,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        reference: Option<RefDoc>,
+    },
+    GroupAdd {
+        conv: GroupId,
+        #[schema(min_items = 1)]
+        users: Vec<UserId>,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        reference: Option<RefDoc>,
+    },
+    GroupRemove {
+        conv: GroupId,
+        #[schema(min_items = 1)]
+        users: Vec<UserId>,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        reference: Option<RefDoc>,
+    },
+    GroupLeave {
+        conv: GroupId,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        reference: Option<RefDoc>,
+    },
+    GroupRename {
+        conv: GroupId,
+        #[schema(min_length = 1, max_length = 128)]
+        name: String,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        reference: Option<RefDoc>,
+    },
+    PresenceSub {
+        #[schema(max_items = 1024)]
+        users: Vec<UserId>,
+    },
+    PresenceUnsub {
+        #[schema(max_items = 1024)]
+        users: Vec<UserId>,
+    },
+    Typing {
+        conv: ConvId,
+    },
+    ReceiptQuery {
+        conv: ConvId,
+        #[schema(minimum = 1)]
+        seq: i64,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        reference: Option<RefDoc>,
+    },
 }
 
 /// A user id.
@@ -308,6 +458,19 @@ pub fn document(body_bytes_max: usize) -> openapi::OpenApi {
         Some(RefOr::T(openapi::schema::Schema::Object(o))) => o.max_length = Some(body_bytes_max),
         _ => unreachable!("NewMessage has a body property"),
     }
+    // The two shapes of a `send` frame: their bodies have the same bound.
+    let mut sends = 0;
+    if let Some(RefOr::T(openapi::schema::Schema::OneOf(frames))) = api.components.as_mut().and_then(|c| c.schemas.get_mut("ClientFrame")) {
+        for frame in frames.items.iter_mut() {
+            if let RefOr::T(openapi::schema::Schema::Object(o)) = frame {
+                if let Some(RefOr::T(openapi::schema::Schema::Object(body))) = o.properties.get_mut("body") {
+                    body.max_length = Some(body_bytes_max);
+                    sends += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(sends, 2, "ClientFrame has two shapes of send, each with a body");
     api
 }
 

@@ -138,7 +138,7 @@ async fn start(ctx: &Ctx, user: String, device: String) -> ApiResult<Value> {
     Ok(json!({ "cursor": format!("{sid}.0"), "events": [] }))
 }
 
-#[utoipa::path(post, path = "/v1/poll", tag = "poll", params(("cursor" = String, Query, pattern = r"^[0-9]{1,19}\.[0-9]{1,19}$")), request_body(content = Object, description = "one client frame, as on the WebSocket", content_type = "application/json"), responses((status = 202, description = "accepted; answers arrive as events", body = crate::openapi::Accepted), (status = 410, description = "no such session, or it ended: start a new one and sync", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/poll", tag = "poll", params(("cursor" = String, Query, pattern = r"^[0-9]{1,19}\.[0-9]{1,19}$")), request_body(content = crate::openapi::ClientFrame, description = "one client frame, as on the WebSocket", content_type = "application/json"), responses((status = 202, description = "accepted; answers arrive as events", body = crate::openapi::Accepted), (status = 410, description = "no such session, or it ended: start a new one and sync", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub async fn post_poll(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<PollQuery>, body: String) -> Response {
     let Some(cursor) = q.cursor else {
         return ApiError(FrameError::bad_request("cursor required")).into_response();

@@ -441,14 +441,23 @@ pub(crate) struct SearchQuery {
 /// Results per search page at most, and the deepest page.
 const SEARCH_LIMIT_MAX: usize = 100;
 const SEARCH_OFFSET_MAX: usize = 10_000;
+/// The longest search query, in characters (the document's `maxLength` of `q`).
+const SEARCH_QUERY_CHARS_MAX: usize = 1024;
 
 #[utoipa::path(get, path = "/v1/search", tag = "search", params(("q" = String, Query, min_length = 1, max_length = 1024, pattern = r"\S", description = "words to find"), ("conv" = Option<String>, Query, pattern = r"^(g:[0-9]{1,19}|d:[A-Za-z0-9_.:@-]{1,64}:[A-Za-z0-9_.:@-]{1,64})$", description = "only this conversation"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "default 20"), ("offset" = Option<u32>, Query, minimum = 0, maximum = 10000)), responses((status = 200, description = "ranked hits in the caller's conversations", body = crate::openapi::SearchResults)), security(("bearer" = [])))]
 pub(crate) async fn search(State(ctx): State<Ctx>, Caller(me): Caller, Query(q): Query<SearchQuery>) -> ApiResult<Json<Value>> {
     let limit = q.limit.unwrap_or(20);
     let offset = q.offset.unwrap_or(0);
-    if q.q.trim().is_empty() || q.q.len() > 1024 || limit == 0 || limit > SEARCH_LIMIT_MAX || offset > SEARCH_OFFSET_MAX {
+    // In characters, as the document's maxLength counts (a bound of work for the query parser,
+    // which a few more bytes of non-ASCII text do not change).
+    if q.q.trim().is_empty()
+        || q.q.chars().count() > SEARCH_QUERY_CHARS_MAX
+        || limit == 0
+        || limit > SEARCH_LIMIT_MAX
+        || offset > SEARCH_OFFSET_MAX
+    {
         return Err(FrameError::bad_request(format!(
-            "q: 1 to 1024 bytes; limit 1 to {SEARCH_LIMIT_MAX}; offset at most {SEARCH_OFFSET_MAX}"
+            "q: 1 to {SEARCH_QUERY_CHARS_MAX} characters; limit 1 to {SEARCH_LIMIT_MAX}; offset at most {SEARCH_OFFSET_MAX}"
         ))
         .into());
     }

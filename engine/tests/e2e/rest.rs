@@ -298,3 +298,23 @@ async fn every_refusal_is_the_contracts_json_whoever_makes_it() {
         assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {v}");
     }
 }
+
+/// The client library's modules, which the page imports: each as JavaScript, anything else 404.
+#[tokio::test]
+async fn the_client_library_is_served_for_the_page() {
+    let s = Server::start(&[]);
+    let base = format!("http://127.0.0.1:{}/js", s.http);
+    for module in ["index.js", "client.js", "order.js", "backoff.js", "storage.js", "rest.js", "frames.js"] {
+        let r = reqwest::get(format!("{base}/{module}")).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{module}");
+        assert_eq!(r.headers()["content-type"], "text/javascript; charset=utf-8");
+        let text = r.text().await.unwrap();
+        // Every relative import resolves to a module served here.
+        for import in text.lines().filter_map(|l| l.split("from './").nth(1)) {
+            let name = import.split('\'').next().unwrap();
+            assert_eq!(reqwest::get(format!("{base}/{name}")).await.unwrap().status().as_u16(), 200, "{module} imports {name}");
+        }
+    }
+    let (status, v) = get(&format!("{base}/missing.js")).await;
+    assert_eq!((status, v["code"].as_str()), (404, Some("not_found")), "{v}");
+}

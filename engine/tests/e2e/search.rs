@@ -67,3 +67,19 @@ async fn the_index_catches_up_after_kill_9() {
     let h = hits(&s, "bob", "q=needle&limit=50", 20).await;
     assert_eq!(h.len(), 20, "every acked message is searchable after the restart, once");
 }
+
+/// `q` is bounded in characters, as the document's `maxLength` counts: 1,024 two-byte characters
+/// (2,048 bytes) are a query, 1,025 are not.
+#[tokio::test]
+async fn the_query_bound_counts_characters() {
+    let s = Server::start(&[]);
+    let q = |n: usize| format!("q={}", url_encode(&"é".repeat(n)));
+    let (status, v) = search(&s, "alice", &q(1024)).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = search(&s, "alice", &q(1025)).await;
+    assert_eq!((status, v["code"].as_str()), (400, Some("bad_request")), "{v}");
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes().map(|b| format!("%{b:02X}")).collect()
+}
