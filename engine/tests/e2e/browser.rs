@@ -37,17 +37,20 @@ async fn browser(port: u16, profile: &std::path::Path) -> Browser {
 /// Waits until the element's text satisfies `pred`.
 async fn wait_text(b: &Browser, css: &str, pred: impl Fn(&str) -> bool, what: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
     loop {
+        seen.clear();
         if let Ok(els) = b.find_all(Locator::Css(css)).await {
             for e in els {
                 if let Ok(t) = e.text().await {
                     if pred(&t) {
                         return t;
                     }
+                    seen.push(t);
                 }
             }
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what} ({css})");
+        assert!(Instant::now() < deadline, "timed out waiting for {what} ({css}); it shows {seen:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -181,6 +184,21 @@ async fn two_browsers_chat_and_see_the_read_receipt() {
     wait_text(&alice, "#log .msg:last-child .state", |t| t == "✓" || t == "✓✓" || t == "read", "the ack after the restart").await;
     wait_text(&bob, "#log .msg", |t| t.ends_with("alice: sent while down"), "the message sent while down").await;
     assert_eq!(lines_with(&bob, "sent while down").await, 1, "delivered once");
+
+    // A page closed while its message waits for the engine: the message is in the library's
+    // outbox in localStorage, and the page opened again once the engine is back sends it.
+    s.kill();
+    wait_text(&alice, "#status", |t| t.starts_with("offline"), "the page noticing again").await;
+    alice.find(Locator::Id("text")).await.unwrap().send_keys("sent before closing\u{E007}").await.unwrap();
+    let outbox = "return Object.keys(localStorage).filter((k) => k.endsWith('/outbox')).length";
+    wait_eval(&alice, outbox, 1, "the send kept in localStorage").await;
+    alice.goto("about:blank").await.unwrap();
+    s.restart();
+    alice.goto(&format!("http://127.0.0.1:{}/", s.http)).await.unwrap();
+    wait_text(&alice, "#status", |t| t == "online as alice", "logged in again on opening").await;
+    wait_text(&bob, "#log .msg", |t| t.ends_with("alice: sent before closing"), "the message the closed page left").await;
+    wait_eval(&alice, outbox, 0, "the outbox emptied by the ack").await;
+    assert_eq!(lines_with(&bob, "sent before closing").await, 1, "delivered once");
 
     // Groups from the page: create one with bob, who sees it and its first line in words;
     // rename it from the group's tools.
