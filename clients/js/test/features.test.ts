@@ -1,6 +1,6 @@
 // The client's other duties against the real engine: an outbox and cursors that outlive the
 // client (a page closed and opened again), sends refused for good, groups, receipts, presence
-// and typing.
+// and typing, token refresh, several devices of one user.
 
 import { test, after, before } from 'node:test';
 import { createHmac } from 'node:crypto';
@@ -169,4 +169,22 @@ test('an expiring token is refreshed before each reconnect, and nothing is lost'
   } finally {
     await jwtEngine.dispose();
   }
+});
+
+test('a user with two devices: each has the other one’s messages, once, in order', async () => {
+  const phone = client(engine.url, 'pia', { device: 'phone' });
+  const laptop = client(engine.url, 'pia', { device: 'laptop' });
+  const quinn = client(engine.url, 'quinn');
+  const [phoneIn, laptopIn] = [new Inbox(phone), new Inbox(laptop)];
+  await Promise.all([phone.connect(), laptop.connect(), quinn.connect()]);
+  const conv = 'd:pia:quinn';
+  await phone.send({ to: 'quinn' }, 'from the phone');
+  await quinn.send({ to: 'pia' }, 'to both');
+  await laptop.send({ conv }, 'from the laptop');
+  const want = ['from the phone', 'to both', 'from the laptop'];
+  await until(() => phoneIn.of(conv).length === 3 && laptopIn.of(conv).length === 3, 'both devices to have three');
+  await sleep(200);
+  assert.deepEqual(phoneIn.of(conv).map((m) => m.body), want);
+  assert.deepEqual(laptopIn.of(conv).map((m) => m.body), want);
+  for (const c of [phone, laptop, quinn]) c.close();
 });
