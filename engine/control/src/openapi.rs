@@ -52,6 +52,8 @@ use utoipa::ToSchema;
         ConvId,
         GroupId,
         RefDoc,
+        Mark,
+        GroupUsers,
         UserId,
         Message,
         ConversationSummary,
@@ -178,16 +180,8 @@ pub enum ClientFrame {
         #[schema(nullable = false)]
         kind: Option<SendKind>,
     },
-    Delivered {
-        conv: ConvId,
-        #[schema(minimum = 1)]
-        seq: i64,
-    },
-    Read {
-        conv: ConvId,
-        #[schema(minimum = 1)]
-        seq: i64,
-    },
+    Delivered(Mark),
+    Read(Mark),
     /// `cursors`: conversation → the last seq held (at most 10,000).
     Sync {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -222,22 +216,8 @@ pub enum ClientFrame {
         #[schema(nullable = false)]
         reference: Option<RefDoc>,
     },
-    GroupAdd {
-        conv: GroupId,
-        #[schema(min_items = 1)]
-        users: Vec<UserId>,
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        reference: Option<RefDoc>,
-    },
-    GroupRemove {
-        conv: GroupId,
-        #[schema(min_items = 1)]
-        users: Vec<UserId>,
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        reference: Option<RefDoc>,
-    },
+    GroupAdd(GroupUsers),
+    GroupRemove(GroupUsers),
     GroupLeave {
         conv: GroupId,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
@@ -271,6 +251,25 @@ pub enum ClientFrame {
         #[schema(nullable = false)]
         reference: Option<RefDoc>,
     },
+}
+
+/// A `delivered` or `read` watermark.
+#[derive(Serialize, ToSchema)]
+pub struct Mark {
+    conv: ConvId,
+    #[schema(minimum = 1)]
+    seq: i64,
+}
+
+/// A `group_add` or `group_remove`: the users added or removed.
+#[derive(Serialize, ToSchema)]
+pub struct GroupUsers {
+    conv: GroupId,
+    #[schema(min_items = 1)]
+    users: Vec<UserId>,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    reference: Option<RefDoc>,
 }
 
 /// A user id.
