@@ -22,11 +22,15 @@ export declare const HISTORY_LIMIT_MAX = 200;
 export declare const PRESENCE_USERS_PER_FRAME_MAX = 1024;
 /** The server relays one `typing` per user and conversation per 2 s; more would be dropped. */
 export declare const TYPING_INTERVAL_MS = 2000;
+/** A JWT, or a function giving a fresh one (called before every connection or request). */
+export type TokenSource = string | (() => string | Promise<string>);
+/** The token to use now, if any. */
+export declare function tokenOf(t: TokenSource | undefined): Promise<string | undefined>;
 export interface ClientOptions {
     /** The engine's WebSocket endpoint, e.g. `ws://127.0.0.1:7700/ws`. */
     url: string;
     /** A JWT, or a function giving a fresh one; called again before every reconnect. */
-    token?: string | (() => string | Promise<string>);
+    token?: TokenSource;
     /** The user id: for an engine run with `--dev-auth` (no token), and beside a token function
      * (cursors and the outbox are kept per user before any token is fetched). With a token string:
      * its `sub`. */
@@ -109,6 +113,8 @@ export declare class ShardchatClient {
     private readonly waiters;
     private readonly requests;
     private refSeq;
+    /** `sync` rounds sent since the connection opened (another while `limit` was reached). */
+    private syncRounds;
     private readonly presenceSubs;
     /** The highest `delivered` / `read` mark asked for per conversation, and those not yet sent. */
     private readonly marks;
@@ -181,6 +187,8 @@ export declare class ShardchatClient {
     private lost;
     private retryLater;
     private startHeartbeat;
+    /** Lets go of the socket: closed without its events reaching the client any more. */
+    private detach;
     private stopHeartbeat;
     private raw;
     private setState;
@@ -191,17 +199,22 @@ export declare class ShardchatClient {
     private feed;
     private deliver;
     private synced;
-    private syncRounds;
     private sendSync;
     /** While online, a conversation known to have messages past what was handed over gets them
      * with `history`, one request at a time. During a sync the sync fills it. */
     private fillGap;
     private acked;
     private settleSend;
+    /** A send is done with, stored or refused for good: out of the outbox and its storage. */
+    private leaveOutbox;
+    /** The promises of `send` calls for this cmid. */
+    private settleWaiters;
     private errored;
     private request;
     private answer;
     private settleRequest;
+    /** Presence frames for these users, as many as the per-frame bound needs. */
+    private presence;
     private mark;
     private saveOutbox;
     /** Cursors are written once per tick, after the app had the messages. */

@@ -14,6 +14,10 @@ export const HISTORY_LIMIT_MAX = 200;
 export const PRESENCE_USERS_PER_FRAME_MAX = 1024;
 /** The server relays one `typing` per user and conversation per 2 s; more would be dropped. */
 export const TYPING_INTERVAL_MS = 2000;
+/** The token to use now, if any. */
+export async function tokenOf(t) {
+    return typeof t === 'function' ? await t() : t;
+}
 export class ShardchatError extends Error {
     constructor(
     /** The server's error code, or `disconnected`, `timeout`, `closed` from the client. */
@@ -25,7 +29,8 @@ export class ShardchatError extends Error {
 }
 /** Send errors after which the same cmid is sent again later; any other is final. */
 const RETRY_LATER = new Set(['rate_limited', 'unavailable', 'internal']);
-const SEND_RETRY_MAX_MS = 30000;
+/** A send refused with "retry later" goes again after 0.5 s, doubling up to 30 s (with jitter). */
+const SEND_RETRY = { initialMs: 500, maxMs: 30000 };
 export class ShardchatClient {
     constructor(opts) {
         this.ws = null;
@@ -43,6 +48,8 @@ export class ShardchatClient {
         this.waiters = new Map();
         this.requests = new Map();
         this.refSeq = 0;
+        /** `sync` rounds sent since the connection opened (another while `limit` was reached). */
+        this.syncRounds = 0;
         this.presenceSubs = new Set();
         /** The highest `delivered` / `read` mark asked for per conversation, and those not yet sent. */
         this.marks = new Map();
@@ -53,7 +60,6 @@ export class ShardchatClient {
         this.writes = Promise.resolve();
         this.onOnline = [];
         this.handlers = new Map();
-        this.syncRounds = 0;
         this.opts = opts;
         const claims = typeof opts.token === 'string' ? jwtClaims(opts.token) : {};
         const user = claims.sub ?? opts.user;
@@ -88,14 +94,13 @@ export class ShardchatClient {
     async connect() {
         if (this.stopped)
             throw new ShardchatError('closed', 'this client was closed');
+        if (this.current === 'online')
+            return;
         const online = new Promise((resolve) => this.onOnline.push(resolve));
         if (!this.started) {
             this.started = true;
             await this.loaded;
             void this.open();
-        }
-        else if (this.current === 'online') {
-            return;
         }
         return online;
     }
@@ -108,20 +113,12 @@ export class ShardchatClient {
         if (this.reconnectTimer)
             clearTimeout(this.reconnectTimer);
         this.stopHeartbeat();
-        const ws = this.ws;
-        this.ws = null;
-        if (ws) {
-            ws.onclose = ws.onmessage = ws.onopen = null;
-            ws.close(1000);
-        }
+        this.detach(1000);
         const closed = new ShardchatError('closed', 'the client was closed');
         for (const [ref, r] of this.requests)
             this.settleRequest(ref, r, closed);
-        for (const [cmid, ws2] of this.waiters) {
-            this.waiters.delete(cmid);
-            for (const w of ws2)
-                w.reject(closed);
-        }
+        for (const cmid of [...this.waiters.keys()])
+            this.settleWaiters(cmid, closed);
         this.setState('closed');
     }
     /** Sends a message: to a user (`{to}`, the direct chat is made on first use) or to a
@@ -143,7 +140,7 @@ export class ShardchatClient {
             this.waiters.set(cmid, list);
         });
         if (!this.outbox.has(cmid)) {
-            this.outbox.set(cmid, { frame, retries: 0 });
+            this.outbox.set(cmid, { frame });
             // Stored before it leaves: a page closed now still sends it next time.
             await this.saveOutbox();
             this.raw(frame);
@@ -182,13 +179,11 @@ export class ShardchatClient {
         const fresh = users.filter((u) => !this.presenceSubs.has(u));
         for (const u of fresh)
             this.presenceSubs.add(u);
-        for (const chunk of chunks(fresh, PRESENCE_USERS_PER_FRAME_MAX))
-            this.raw({ t: 'presence_sub', users: chunk });
+        this.presence('presence_sub', fresh);
     }
     unsubscribePresence(users) {
         const gone = users.filter((u) => this.presenceSubs.delete(u));
-        for (const chunk of chunks(gone, PRESENCE_USERS_PER_FRAME_MAX))
-            this.raw({ t: 'presence_unsub', users: chunk });
+        this.presence('presence_unsub', gone);
     }
     /** A page of a conversation, newest first, before `before` (exclusive; default the latest). */
     async history(conv, o = {}) {
@@ -235,7 +230,7 @@ export class ShardchatClient {
                 this.orders.set(conv, new ConvOrder(seq));
         for (const frame of parse(await this.storage.load(this.key('outbox')), [])) {
             if (frame && frame.t === 'send' && typeof frame.cmid === 'string')
-                this.outbox.set(frame.cmid, { frame, retries: 0 });
+                this.outbox.set(frame.cmid, { frame });
         }
     }
     key(what) {
@@ -269,8 +264,7 @@ export class ShardchatClient {
     }
     async socketUrl() {
         const url = new URL(this.opts.url);
-        const t = this.opts.token;
-        const token = typeof t === 'function' ? await t() : t;
+        const token = await tokenOf(this.opts.token);
         if (token) {
             url.searchParams.set('token', token);
         }
@@ -293,8 +287,7 @@ export class ShardchatClient {
                 this.raw(r.frame);
             }
         }
-        for (const chunk of chunks([...this.presenceSubs], PRESENCE_USERS_PER_FRAME_MAX))
-            this.raw({ t: 'presence_sub', users: chunk });
+        this.presence('presence_sub', [...this.presenceSubs]);
         for (const conv of this.unsentMarks) {
             const m = this.marks.get(conv);
             if (m.delivered)
@@ -314,9 +307,6 @@ export class ShardchatClient {
         for (const [ref, r] of this.requests)
             if (r.sent && !r.idempotent)
                 this.settleRequest(ref, r, lost);
-        if (this.stopped)
-            return;
-        this.setState('offline');
         this.retryLater();
     }
     retryLater() {
@@ -335,17 +325,22 @@ export class ShardchatClient {
         this.heartbeat = setInterval(() => {
             if (Date.now() - this.lastHeard > 2 * this.heartbeatMs) {
                 // Nothing for two beats: the peer or the path is gone, whether or not TCP knows it.
-                const ws = this.ws;
-                if (ws) {
-                    ws.onclose = ws.onmessage = ws.onopen = null;
-                    ws.close();
-                }
+                this.detach();
                 this.lost();
             }
             else {
                 this.raw({ t: 'ping' });
             }
         }, this.heartbeatMs);
+    }
+    /** Lets go of the socket: closed without its events reaching the client any more. */
+    detach(code) {
+        const ws = this.ws;
+        this.ws = null;
+        if (!ws)
+            return;
+        ws.onclose = ws.onmessage = ws.onopen = null;
+        ws.close(code);
     }
     stopHeartbeat() {
         if (this.heartbeat)
@@ -521,12 +516,25 @@ export class ShardchatClient {
         this.feed(a.conv, [{ conv: a.conv, id: a.id, seq: a.seq, from: this.user, cmid: a.cmid, body: f.body, kind: f.kind ?? 'text', ts: a.ts }]);
     }
     settleSend(cmid, a) {
+        this.leaveOutbox(cmid);
+        this.emit('ack', a);
+        this.settleWaiters(cmid, a);
+    }
+    /** A send is done with, stored or refused for good: out of the outbox and its storage. */
+    leaveOutbox(cmid) {
         this.outbox.delete(cmid);
         void this.saveOutbox();
-        this.emit('ack', a);
-        for (const w of this.waiters.get(cmid) ?? [])
-            w.resolve(a);
+    }
+    /** The promises of `send` calls for this cmid. */
+    settleWaiters(cmid, outcome) {
+        const list = this.waiters.get(cmid) ?? [];
         this.waiters.delete(cmid);
+        for (const w of list) {
+            if (outcome instanceof ShardchatError)
+                w.reject(outcome);
+            else
+                w.resolve(outcome);
+        }
     }
     errored(f) {
         const entry = f.cmid ? this.outbox.get(f.cmid) : undefined;
@@ -534,17 +542,14 @@ export class ShardchatClient {
             const cmid = f.cmid;
             if (RETRY_LATER.has(f.code)) {
                 // Nothing was stored: the same cmid goes again later (or on the next connection).
-                entry.retries += 1;
-                const delay = Math.min(SEND_RETRY_MAX_MS, 250 * 2 ** Math.min(entry.retries, 10)) * (0.5 + Math.random());
+                entry.retry ?? (entry.retry = new Backoff(SEND_RETRY));
+                const delay = entry.retry.next(Math.random());
                 setTimeout(() => this.outbox.get(cmid) === entry && this.raw(entry.frame), delay);
                 return;
             }
-            this.outbox.delete(cmid);
-            void this.saveOutbox();
+            this.leaveOutbox(cmid);
             const error = new ShardchatError(f.code, f.msg);
-            for (const w of this.waiters.get(cmid) ?? [])
-                w.reject(error);
-            this.waiters.delete(cmid);
+            this.settleWaiters(cmid, error);
             this.emit('failed', { cmid, frame: entry.frame, error });
             return;
         }
@@ -588,6 +593,11 @@ export class ShardchatClient {
             r.reject(outcome);
         else
             r.resolve(outcome);
+    }
+    /** Presence frames for these users, as many as the per-frame bound needs. */
+    presence(t, users) {
+        for (const chunk of chunks(users, PRESENCE_USERS_PER_FRAME_MAX))
+            this.raw({ t, users: chunk });
     }
     mark(kind, conv, seq) {
         const m = this.marks.get(conv) ?? { delivered: 0, read: 0 };

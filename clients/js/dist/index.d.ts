@@ -1,6 +1,6 @@
 export * from './frames.js';
-export { ShardchatClient, ShardchatError, jwtClaims, HISTORY_LIMIT_MAX, TYPING_INTERVAL_MS } from './client.js';
-export type { ClientOptions, ClientEvents, ConnectionState, SendFailure, WebSocketLike, WebSocketConstructor } from './client.js';
+export { ShardchatClient, ShardchatError, jwtClaims, tokenOf, HISTORY_LIMIT_MAX, TYPING_INTERVAL_MS } from './client.js';
+export type { TokenSource, ClientOptions, ClientEvents, ConnectionState, SendFailure, WebSocketLike, WebSocketConstructor } from './client.js';
 export { ShardchatRest } from './rest.js';
 export type { ConversationSummary, ConversationInfo, SearchHit, RestOptions } from './rest.js';
 export { ConvOrder, HELD_MAX_MESSAGES } from './order.js';

@@ -1,6 +1,6 @@
 // @shardchat/client: the library's public face. See clients/js/README.md.
 export * from './frames.js';
-export { ShardchatClient, ShardchatError, jwtClaims, HISTORY_LIMIT_MAX, TYPING_INTERVAL_MS } from './client.js';
+export { ShardchatClient, ShardchatError, jwtClaims, tokenOf, HISTORY_LIMIT_MAX, TYPING_INTERVAL_MS } from './client.js';
 export { ShardchatRest } from './rest.js';
 export { ConvOrder, HELD_MAX_MESSAGES } from './order.js';
 export { Backoff, BACKOFF_INITIAL_MS, BACKOFF_MAX_MS } from './backoff.js';

@@ -1,4 +1,5 @@
 import type { ConvId, Member, Message } from './frames.js';
+import { type TokenSource } from './client.js';
 export interface ConversationSummary {
     conv: ConvId;
     /** Groups only. */
@@ -28,7 +29,7 @@ export interface SearchHit {
 export interface RestOptions {
     /** The control plane's base URL, e.g. `http://127.0.0.1:7701` (empty: the page's own origin). */
     baseUrl: string;
-    token?: string | (() => string | Promise<string>);
+    token?: TokenSource;
     /** `--dev-auth` only, without a token. */
     user?: string;
 }

@@ -1,7 +1,7 @@
 // The REST API's reads that a client app needs beside the WebSocket (docs/protocol.md, "REST
 // API"): the conversation list with unread counts, one conversation's members, search and the
 // receipts of one message. Uses the platform's `fetch`.
-import { ShardchatError } from './client.js';
+import { ShardchatError, tokenOf } from './client.js';
 export class ShardchatRest {
     constructor(o) {
         this.o = o;
@@ -26,8 +26,7 @@ export class ShardchatRest {
         return this.get(`/v1/conversations/${encodeURIComponent(conv)}/messages/${seq}/receipts`);
     }
     async get(path) {
-        const t = this.o.token;
-        const token = typeof t === 'function' ? await t() : t;
+        const token = await tokenOf(this.o.token);
         let url = this.o.baseUrl + path;
         if (!token && this.o.user)
             url += (path.includes('?') ? '&' : '?') + 'user=' + encodeURIComponent(this.o.user);

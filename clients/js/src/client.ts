@@ -47,11 +47,19 @@ export const PRESENCE_USERS_PER_FRAME_MAX = 1024;
 /** The server relays one `typing` per user and conversation per 2 s; more would be dropped. */
 export const TYPING_INTERVAL_MS = 2000;
 
+/** A JWT, or a function giving a fresh one (called before every connection or request). */
+export type TokenSource = string | (() => string | Promise<string>);
+
+/** The token to use now, if any. */
+export async function tokenOf(t: TokenSource | undefined): Promise<string | undefined> {
+  return typeof t === 'function' ? await t() : t;
+}
+
 export interface ClientOptions {
   /** The engine's WebSocket endpoint, e.g. `ws://127.0.0.1:7700/ws`. */
   url: string;
   /** A JWT, or a function giving a fresh one; called again before every reconnect. */
-  token?: string | (() => string | Promise<string>);
+  token?: TokenSource;
   /** The user id: for an engine run with `--dev-auth` (no token), and beside a token function
    * (cursors and the outbox are kept per user before any token is fetched). With a token string:
    * its `sub`. */
@@ -118,8 +126,9 @@ export class ShardchatError extends Error {
 
 interface OutboxEntry {
   frame: SendFrame;
-  /** Refusals that said "retry later" (rate_limited, unavailable). */
-  retries: number;
+  /** Delays after refusals that said "retry later" (rate_limited, unavailable); made at the
+   * first such refusal. */
+  retry?: Backoff;
 }
 
 interface PendingRequest {
@@ -136,7 +145,8 @@ type Handler<T> = (value: T) => void;
 
 /** Send errors after which the same cmid is sent again later; any other is final. */
 const RETRY_LATER: ReadonlySet<string> = new Set(['rate_limited', 'unavailable', 'internal']);
-const SEND_RETRY_MAX_MS = 30_000;
+/** A send refused with "retry later" goes again after 0.5 s, doubling up to 30 s (with jitter). */
+const SEND_RETRY: BackoffOptions = { initialMs: 500, maxMs: 30_000 };
 
 export class ShardchatClient {
   /** The user this client speaks for. */
@@ -166,6 +176,8 @@ export class ShardchatClient {
   private readonly waiters = new Map<string, { resolve: (a: Ack) => void; reject: (e: ShardchatError) => void }[]>();
   private readonly requests = new Map<string, PendingRequest>();
   private refSeq = 0;
+  /** `sync` rounds sent since the connection opened (another while `limit` was reached). */
+  private syncRounds = 0;
   private readonly presenceSubs = new Set<string>();
   /** The highest `delivered` / `read` mark asked for per conversation, and those not yet sent. */
   private readonly marks = new Map<ConvId, Record<ReceiptKind, number>>();
@@ -213,13 +225,12 @@ export class ShardchatClient {
    * and synced. */
   async connect(): Promise<void> {
     if (this.stopped) throw new ShardchatError('closed', 'this client was closed');
+    if (this.current === 'online') return;
     const online = new Promise<void>((resolve) => this.onOnline.push(resolve));
     if (!this.started) {
       this.started = true;
       await this.loaded;
       void this.open();
-    } else if (this.current === 'online') {
-      return;
     }
     return online;
   }
@@ -231,18 +242,10 @@ export class ShardchatClient {
     this.stopped = true;
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     this.stopHeartbeat();
-    const ws = this.ws;
-    this.ws = null;
-    if (ws) {
-      ws.onclose = ws.onmessage = ws.onopen = null;
-      ws.close(1000);
-    }
+    this.detach(1000);
     const closed = new ShardchatError('closed', 'the client was closed');
     for (const [ref, r] of this.requests) this.settleRequest(ref, r, closed);
-    for (const [cmid, ws2] of this.waiters) {
-      this.waiters.delete(cmid);
-      for (const w of ws2) w.reject(closed);
-    }
+    for (const cmid of [...this.waiters.keys()]) this.settleWaiters(cmid, closed);
     this.setState('closed');
   }
 
@@ -263,7 +266,7 @@ export class ShardchatClient {
       this.waiters.set(cmid, list);
     });
     if (!this.outbox.has(cmid)) {
-      this.outbox.set(cmid, { frame, retries: 0 });
+      this.outbox.set(cmid, { frame });
       // Stored before it leaves: a page closed now still sends it next time.
       await this.saveOutbox();
       this.raw(frame);
@@ -304,12 +307,12 @@ export class ShardchatClient {
   subscribePresence(users: string[]): void {
     const fresh = users.filter((u) => !this.presenceSubs.has(u));
     for (const u of fresh) this.presenceSubs.add(u);
-    for (const chunk of chunks(fresh, PRESENCE_USERS_PER_FRAME_MAX)) this.raw({ t: 'presence_sub', users: chunk });
+    this.presence('presence_sub', fresh);
   }
 
   unsubscribePresence(users: string[]): void {
     const gone = users.filter((u) => this.presenceSubs.delete(u));
-    for (const chunk of chunks(gone, PRESENCE_USERS_PER_FRAME_MAX)) this.raw({ t: 'presence_unsub', users: chunk });
+    this.presence('presence_unsub', gone);
   }
 
   /** A page of a conversation, newest first, before `before` (exclusive; default the latest). */
@@ -362,7 +365,7 @@ export class ShardchatClient {
     const cursors = parse<Record<string, number>>(await this.storage.load(this.key('cursors')), {});
     for (const [conv, seq] of Object.entries(cursors)) if (typeof seq === 'number') this.orders.set(conv, new ConvOrder(seq));
     for (const frame of parse<SendFrame[]>(await this.storage.load(this.key('outbox')), [])) {
-      if (frame && frame.t === 'send' && typeof frame.cmid === 'string') this.outbox.set(frame.cmid, { frame, retries: 0 });
+      if (frame && frame.t === 'send' && typeof frame.cmid === 'string') this.outbox.set(frame.cmid, { frame });
     }
   }
 
@@ -397,8 +400,7 @@ export class ShardchatClient {
 
   private async socketUrl(): Promise<string> {
     const url = new URL(this.opts.url);
-    const t = this.opts.token;
-    const token = typeof t === 'function' ? await t() : t;
+    const token = await tokenOf(this.opts.token);
     if (token) {
       url.searchParams.set('token', token);
     } else {
@@ -420,7 +422,7 @@ export class ShardchatClient {
         this.raw(r.frame);
       }
     }
-    for (const chunk of chunks([...this.presenceSubs], PRESENCE_USERS_PER_FRAME_MAX)) this.raw({ t: 'presence_sub', users: chunk });
+    this.presence('presence_sub', [...this.presenceSubs]);
     for (const conv of this.unsentMarks) {
       const m = this.marks.get(conv)!;
       if (m.delivered) this.raw({ t: 'delivered', conv, seq: m.delivered });
@@ -437,8 +439,6 @@ export class ShardchatClient {
     this.filling.clear();
     const lost = new ShardchatError('disconnected', 'the connection was lost before the answer came');
     for (const [ref, r] of this.requests) if (r.sent && !r.idempotent) this.settleRequest(ref, r, lost);
-    if (this.stopped) return;
-    this.setState('offline');
     this.retryLater();
   }
 
@@ -457,16 +457,21 @@ export class ShardchatClient {
     this.heartbeat = setInterval(() => {
       if (Date.now() - this.lastHeard > 2 * this.heartbeatMs) {
         // Nothing for two beats: the peer or the path is gone, whether or not TCP knows it.
-        const ws = this.ws;
-        if (ws) {
-          ws.onclose = ws.onmessage = ws.onopen = null;
-          ws.close();
-        }
+        this.detach();
         this.lost();
       } else {
         this.raw({ t: 'ping' });
       }
     }, this.heartbeatMs);
+  }
+
+  /** Lets go of the socket: closed without its events reaching the client any more. */
+  private detach(code?: number): void {
+    const ws = this.ws;
+    this.ws = null;
+    if (!ws) return;
+    ws.onclose = ws.onmessage = ws.onopen = null;
+    ws.close(code);
   }
 
   private stopHeartbeat(): void {
@@ -602,7 +607,6 @@ export class ShardchatClient {
     this.emit('synced', convs);
     for (const conv of this.orders.keys()) this.fillGap(conv);
   }
-  private syncRounds = 0;
 
   private sendSync(): void {
     this.raw({ t: 'sync', cursors: this.cursors(), limit: this.opts.syncLimit });
@@ -640,11 +644,25 @@ export class ShardchatClient {
   }
 
   private settleSend(cmid: string, a: Ack): void {
+    this.leaveOutbox(cmid);
+    this.emit('ack', a);
+    this.settleWaiters(cmid, a);
+  }
+
+  /** A send is done with, stored or refused for good: out of the outbox and its storage. */
+  private leaveOutbox(cmid: string): void {
     this.outbox.delete(cmid);
     void this.saveOutbox();
-    this.emit('ack', a);
-    for (const w of this.waiters.get(cmid) ?? []) w.resolve(a);
+  }
+
+  /** The promises of `send` calls for this cmid. */
+  private settleWaiters(cmid: string, outcome: Ack | ShardchatError): void {
+    const list = this.waiters.get(cmid) ?? [];
     this.waiters.delete(cmid);
+    for (const w of list) {
+      if (outcome instanceof ShardchatError) w.reject(outcome);
+      else w.resolve(outcome);
+    }
   }
 
   private errored(f: ErrorFrame): void {
@@ -653,16 +671,14 @@ export class ShardchatClient {
       const cmid = f.cmid;
       if (RETRY_LATER.has(f.code)) {
         // Nothing was stored: the same cmid goes again later (or on the next connection).
-        entry.retries += 1;
-        const delay = Math.min(SEND_RETRY_MAX_MS, 250 * 2 ** Math.min(entry.retries, 10)) * (0.5 + Math.random());
+        entry.retry ??= new Backoff(SEND_RETRY);
+        const delay = entry.retry.next(Math.random());
         setTimeout(() => this.outbox.get(cmid) === entry && this.raw(entry.frame), delay);
         return;
       }
-      this.outbox.delete(cmid);
-      void this.saveOutbox();
+      this.leaveOutbox(cmid);
       const error = new ShardchatError(f.code, f.msg);
-      for (const w of this.waiters.get(cmid) ?? []) w.reject(error);
-      this.waiters.delete(cmid);
+      this.settleWaiters(cmid, error);
       this.emit('failed', { cmid, frame: entry.frame, error });
       return;
     }
@@ -704,6 +720,11 @@ export class ShardchatClient {
     clearTimeout(r.timer);
     if (outcome instanceof ShardchatError) r.reject(outcome);
     else r.resolve(outcome);
+  }
+
+  /** Presence frames for these users, as many as the per-frame bound needs. */
+  private presence(t: 'presence_sub' | 'presence_unsub', users: string[]): void {
+    for (const chunk of chunks(users, PRESENCE_USERS_PER_FRAME_MAX)) this.raw({ t, users: chunk });
   }
 
   private mark(kind: ReceiptKind, conv: ConvId, seq: number): void {

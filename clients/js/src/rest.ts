@@ -3,7 +3,7 @@
 // receipts of one message. Uses the platform's `fetch`.
 
 import type { ConvId, Member, Message } from './frames.js';
-import { ShardchatError } from './client.js';
+import { ShardchatError, tokenOf, type TokenSource } from './client.js';
 
 export interface ConversationSummary {
   conv: ConvId;
@@ -37,7 +37,7 @@ export interface SearchHit {
 export interface RestOptions {
   /** The control plane's base URL, e.g. `http://127.0.0.1:7701` (empty: the page's own origin). */
   baseUrl: string;
-  token?: string | (() => string | Promise<string>);
+  token?: TokenSource;
   /** `--dev-auth` only, without a token. */
   user?: string;
 }
@@ -66,8 +66,7 @@ export class ShardchatRest {
   }
 
   private async get<T>(path: string): Promise<T> {
-    const t = this.o.token;
-    const token = typeof t === 'function' ? await t() : t;
+    const token = await tokenOf(this.o.token);
     let url = this.o.baseUrl + path;
     if (!token && this.o.user) url += (path.includes('?') ? '&' : '?') + 'user=' + encodeURIComponent(this.o.user);
     const r = await fetch(url, { headers: token ? { Authorization: `Bearer ${token}` } : {} });

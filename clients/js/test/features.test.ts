@@ -188,3 +188,27 @@ test('a user with two devices: each has the other one’s messages, once, in ord
   assert.deepEqual(laptopIn.of(conv).map((m) => m.body), want);
   for (const c of [phone, laptop, quinn]) c.close();
 });
+
+test('sends refused with rate_limited are sent again later with the same cmid, and all land once', async () => {
+  // 20 sends a second after a burst of 5: a burst of 30 is mostly refused at first.
+  const slow = await Engine.start(['--send-rate-per-s', '20', '--send-burst', '5']);
+  try {
+    const rita = client(slow.url, 'rita');
+    const sam = client(slow.url, 'sam');
+    const samIn = new Inbox(sam);
+    const refused: string[] = [];
+    rita.on('error', (e) => refused.push(e.code));
+    await Promise.all([rita.connect(), sam.connect()]);
+    const bodies = Array.from({ length: 30 }, (_, i) => `r${i}`);
+    const acks = await Promise.all(bodies.map((b) => rita.send({ to: 'sam' }, b)));
+    assert.equal(new Set(acks.map((a) => a.seq)).size, 30);
+    await until(() => samIn.messages.length >= 30, 'sam to get 30');
+    await sleep(200);
+    assertOnceInOrder(samIn.of('d:rita:sam'), 30, bodies, 'sam');
+    assert.deepEqual(refused, [], 'the refusals were the sends’ own, not errors for the app');
+    rita.close();
+    sam.close();
+  } finally {
+    await slow.dispose();
+  }
+});
