@@ -31,6 +31,7 @@ fn batch(conv: &str, n: usize) -> WriteBatch {
                 body: "x".repeat(64),
                 kind: MsgKind::Text,
                 ts: 1_800_000_000_000,
+                ..Default::default()
             }
         })
         .collect();

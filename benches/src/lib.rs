@@ -15,5 +15,6 @@ pub fn msg_frame(conv: &str) -> ServerFrame {
         body: "x".repeat(64),
         kind: MsgKind::Text,
         ts: 1_800_000_000_000,
+        ..Default::default()
     })
 }

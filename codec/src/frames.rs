@@ -41,7 +41,9 @@ wire! {
         Num(i64),
     }
 
-    /// What a message is. `system` is reserved to the server.
+    /// What a message is. `system` is reserved to the server. `edit`, `delete` and `reaction`
+    /// are events about an earlier message of the conversation (its `target` seq): they take a
+    /// seq of their own, and the target's stored record changes with them.
     #[serde(rename_all = "snake_case")]
     #[derive(Copy, Eq, Default)]
     pub enum MsgKind {
@@ -50,6 +52,16 @@ wire! {
         Image,
         File,
         System,
+        Edit,
+        Delete,
+        Reaction,
+    }
+
+    /// One user's reaction to a message, as the message's current state lists it.
+    #[derive(Eq)]
+    pub struct Reaction {
+        pub user: String,
+        pub emoji: String,
     }
 
     /// Which watermark a receipt moves.
@@ -88,6 +100,12 @@ wire! {
             body: String,
             #[serde(default)]
             kind: MsgKind,
+            /// For `edit`, `delete` and `reaction`: the seq of the message they are about.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            target: Option<u64>,
+            /// For a message: the seq of the earlier message it answers.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            reply_to: Option<u64>,
         },
         Delivered { conv: String, seq: u64 },
         Read { conv: String, seq: u64 },
@@ -159,7 +177,10 @@ wire! {
         pub read: u32,
     }
 
-    /// A stored message, as it appears in `msg`, `sync.messages` and `history.messages`.
+    /// A stored message, as it appears in `msg`, `sync.messages` and `history.messages`. A
+    /// message read back from the store is in its current state: edited (`body` and
+    /// `edited_at`), deleted (a tombstone: `deleted`, no body), with its `reactions`.
+    #[derive(Default)]
     pub struct MsgRecord {
         pub conv: String,
         #[serde(with = "id_string")]
@@ -170,6 +191,25 @@ wire! {
         pub body: String,
         pub kind: MsgKind,
         pub ts: u64,
+        /// Events (`edit`, `delete`, `reaction`): the seq of the message they are about.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub target: Option<u64>,
+        /// The seq of the message this one answers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reply_to: Option<u64>,
+        /// When the body was last edited (unix ms).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub edited_at: Option<u64>,
+        /// A tombstone: the message (or an edit of a message) was deleted and its body is gone.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub deleted: bool,
+        /// One per user who reacted, ordered by user.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub reactions: Vec<Reaction>,
+        /// The store's own bookkeeping, never on the wire: the seqs of this message's `edit`
+        /// events, whose bodies a delete erases too.
+        #[serde(skip)]
+        pub edits: Vec<u64>,
     }
 
     /// One member of a group as the `group` frame lists it.
@@ -334,10 +374,11 @@ impl ClientFrame {
             }
         }
         match self {
-            ClientFrame::Send { cmid, to, conv, body, kind } => {
+            ClientFrame::Send { cmid, to, conv, body, kind, target, reply_to } => {
                 if cmid.is_empty() || cmid.chars().count() > CMID_CHARS_MAX {
                     return Err(FrameError::bad_request("cmid must be 1 to 64 characters"));
                 }
+                check_event(*kind, body, *target, *reply_to)?;
                 if body.len() > limits.body_bytes_max {
                     return Err(FrameError::new(
                         ErrorCode::TooLarge,
@@ -412,6 +453,55 @@ impl ClientFrame {
         }
     }
 }
+
+impl MsgKind {
+    /// A message proper (`text`, `image`, `file`): what counts as unread, owes a push, is
+    /// searched, and may be edited, deleted, reacted to and replied to.
+    pub fn is_content(self) -> bool {
+        matches!(self, MsgKind::Text | MsgKind::Image | MsgKind::File)
+    }
+
+    /// An event about an earlier message (`edit`, `delete`, `reaction`): it names a `target`.
+    pub fn is_event(self) -> bool {
+        matches!(self, MsgKind::Edit | MsgKind::Delete | MsgKind::Reaction)
+    }
+}
+
+/// The rules of `target`, `reply_to` and `body` by kind, before any state is looked at.
+fn check_event(kind: MsgKind, body: &str, target: Option<u64>, reply_to: Option<u64>) -> Result<(), FrameError> {
+    if target == Some(0) || reply_to == Some(0) {
+        return Err(FrameError::bad_request("seq starts at 1"));
+    }
+    if kind.is_event() && reply_to.is_some() {
+        return Err(FrameError::bad_request("only a message can be a reply; an edit, delete or reaction cannot"));
+    }
+    match (kind.is_event(), target) {
+        (true, None) => return Err(FrameError::bad_request("an edit, delete or reaction needs `target`, the seq of its message")),
+        (false, Some(_)) => return Err(FrameError::bad_request("`target` is for edit, delete and reaction")),
+        _ => {}
+    }
+    match kind {
+        MsgKind::Edit if body.is_empty() => Err(FrameError::bad_request("an edit needs the new body (delete the message instead)")),
+        MsgKind::Delete if !body.is_empty() => Err(FrameError::bad_request("a delete carries an empty body")),
+        MsgKind::Reaction if !body.is_empty() && reaction_emoji(body).is_none() => {
+            Err(FrameError::bad_request("a reaction's body is one emoji (or empty, to take the reaction back)"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The emoji `body` names, in its fully qualified form (what is stored), or None when `body` is
+/// not exactly one emoji of Unicode's list (skin tones included).
+pub fn reaction_emoji(body: &str) -> Option<&'static str> {
+    if body.len() > REACTION_BYTES_MAX {
+        return None;
+    }
+    emojis::get(body).map(|e| e.as_str())
+}
+
+/// Longest reaction, in bytes of UTF-8 (the longest emoji sequences, families with skin tones,
+/// are 35 bytes).
+pub const REACTION_BYTES_MAX: usize = 64;
 
 /// Longest group name, in bytes.
 pub const GROUP_NAME_CHARS_MAX: usize = 128;

@@ -108,6 +108,7 @@ fn ids_are_strings_in_json_and_numbers_in_binary() {
         body: "hi".into(),
         kind: MsgKind::Text,
         ts: 5,
+        ..Default::default()
     };
     let text = encode_text(&ServerFrame::Msg(rec.clone()));
     assert!(text.contains(&format!(r#""id":"{}""#, u64::MAX - 1)), "{text}");
@@ -147,7 +148,7 @@ fn direct_ids() {
 
 #[test]
 fn truncated_and_corrupted_binary_frames_are_errors() {
-    let f = ClientFrame::Send { cmid: "c".into(), to: Some("b".into()), conv: None, body: "hello".into(), kind: MsgKind::Text };
+    let f = ClientFrame::Send { cmid: "c".into(), to: Some("b".into()), conv: None, body: "hello".into(), kind: MsgKind::Text, target: None, reply_to: None };
     let bin = encode_client_binary(&f);
     for cut in 0..bin.len() {
         assert!(decode_binary(&bin[..cut], &limits()).is_err(), "prefix of {cut} bytes decoded");

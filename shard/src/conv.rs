@@ -1,7 +1,7 @@
 //! What a conversation's owner shard keeps of it in memory ([`ConvState`]), how it is loaded
 //! from the store the first time, and the membership checks every op makes against it.
 
-use shardchat_codec::{direct_members, ErrorCode, FrameError, MsgKind, ReceiptKind};
+use shardchat_codec::{direct_members, ErrorCode, FrameError, ReceiptKind};
 use shardchat_storage::{Membership, MessageStore, StoreError};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -78,7 +78,7 @@ pub fn load_conv(store: &dyn MessageStore, conv: &str) -> Result<ConvState, Stor
     let mut recent: VecDeque<(u64, String)> = store
         .messages_before(conv, None, RECENT_MESSAGES_MAX)?
         .into_iter()
-        .filter(|m| m.kind != MsgKind::System)
+        .filter(|m| m.kind.is_content())
         .map(|m| (m.seq, m.from))
         .collect();
     recent.make_contiguous().reverse();

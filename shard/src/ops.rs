@@ -52,6 +52,12 @@ pub struct SendOp {
     pub target: Target,
     pub body: String,
     pub kind: MsgKind,
+    /// An event's target: the seq of the message an `edit`, `delete` or `reaction` is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_seq: Option<u64>,
+    /// A reply's: the seq of the message it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_seq: Option<u64>,
     /// Assigned when the owner accepted the op, so ids follow acceptance order.
     pub id: u64,
     pub ts: u64,
@@ -65,7 +71,12 @@ impl SendOp {
     /// A send as a home shard (or the bridge) hands it to the owner: id and time unassigned.
     pub fn new(reply_to: ConnRef, user: String, cmid: String, target: Target, body: String, kind: MsgKind) -> SendOp {
         let conv = target.conv(&user);
-        SendOp { reply_to, user, cmid, conv, target, body, kind, id: UNASSIGNED, ts: UNASSIGNED }
+        SendOp { reply_to, user, cmid, conv, target, body, kind, target_seq: None, reply_seq: None, id: UNASSIGNED, ts: UNASSIGNED }
+    }
+
+    /// The same send with the seqs it refers to: an event's target, a reply's message.
+    pub fn refers(self, target_seq: Option<u64>, reply_seq: Option<u64>) -> SendOp {
+        SendOp { target_seq, reply_seq, ..self }
     }
 }
 

@@ -99,6 +99,7 @@ mod tests {
             ts: 5,
             kind: MsgKind::Text,
             body: "hi".into(),
+            ..Default::default()
         };
         let m = RemoteMsg::Fanout {
             users: users.clone(),

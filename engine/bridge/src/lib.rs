@@ -28,6 +28,9 @@ pub enum BridgeOp {
         cmid: String,
         body: String,
         kind: MsgKind,
+        /// An event's target seq; a reply's message seq.
+        target: Option<u64>,
+        reply_to: Option<u64>,
     },
     /// `conv` is None for a create (the bridge assigns the id).
     Group {

@@ -303,10 +303,17 @@ pub(crate) struct NewMessage {
     /// At most the server's body limit in bytes (`maxLength`: set per server, see
     /// `openapi::document`).
     body: String,
-    /// `text` (default), `image` or `file`.
+    /// `text` (default), `image` or `file`; or `edit`, `delete`, `reaction`, events about the
+    /// message `target` names.
     #[serde(default)]
     #[schema(value_type = crate::openapi::SendKind, example = "text")]
     kind: MsgKind,
+    /// For `edit`, `delete` and `reaction`: the seq of the message they are about.
+    #[schema(minimum = 1, nullable = false)]
+    target: Option<u64>,
+    /// For a message: the seq of the earlier message it answers.
+    #[schema(minimum = 1, nullable = false)]
+    reply_to: Option<u64>,
 }
 
 #[utoipa::path(post, path = "/v1/conversations/{conv}/messages", tag = "messages", params(crate::openapi::ConvPath), request_body = NewMessage, responses((status = 200, description = "the ack: the message is durably stored", body = crate::openapi::Ack)), security(("bearer" = [])))]
@@ -318,9 +325,17 @@ pub(crate) async fn send(
 ) -> ApiResult<Json<Value>> {
     check_conv(&conv)?;
     // The same checks as a WebSocket `send`.
-    let frame = ClientFrame::Send { cmid: m.cmid.clone(), to: None, conv: Some(conv.clone()), body: m.body.clone(), kind: m.kind };
+    let frame = ClientFrame::Send {
+        cmid: m.cmid.clone(),
+        to: None,
+        conv: Some(conv.clone()),
+        body: m.body.clone(),
+        kind: m.kind,
+        target: m.target,
+        reply_to: m.reply_to,
+    };
     frame.validate(&Limits { body_bytes_max: ctx.cfg.body_bytes_max })?;
-    let op = BridgeOp::Send { conv, cmid: m.cmid, body: m.body, kind: m.kind };
+    let op = BridgeOp::Send { conv, cmid: m.cmid, body: m.body, kind: m.kind, target: m.target, reply_to: m.reply_to };
     let ack = answer(ctx.ask(&me.user, op).await?)?;
     Ok(Json(body_of(&ack)))
 }

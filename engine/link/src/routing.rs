@@ -126,6 +126,7 @@ pub(crate) mod tests {
             body: body.into(),
             kind: MsgKind::Text,
             ts: 0,
+            ..Default::default()
         })
     }
 

@@ -6,7 +6,7 @@
 //! the index lacks, and the index catches up. Seconds of lag are fine. Queries are always limited
 //! to conversations the asking user may read.
 
-use shardchat_codec::{MsgKind, MsgRecord};
+use shardchat_codec::MsgRecord;
 use shardchat_storage::MessageStore;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -133,12 +133,15 @@ impl SearchIndex {
 
     /// Indexes `batch` and commits. With `upsert`, each message replaces any earlier copy of
     /// itself (indexed before a crash, or by a batch whose clearing failed), so none is found twice.
+    /// An edited message always replaces its earlier text, and a deleted one only leaves.
+    /// Only messages proper are indexed: not system messages, not the events about messages
+    /// (an edit's new text is found through the message it edits).
     fn index_batch(&self, writer: &mut IndexWriter, batch: &[MsgRecord], upsert: bool) -> tantivy::Result<()> {
         for m in batch {
-            if upsert {
+            if upsert || shardchat_storage::reindexed(m) {
                 writer.delete_term(Term::from_field_u64(self.f.id, m.id));
             }
-            if m.kind == MsgKind::System {
+            if !m.kind.is_content() || m.deleted {
                 continue;
             }
             writer.add_document(doc!(
@@ -235,6 +238,36 @@ mod tests {
         for seq in 1..=3 {
             assert_eq!(hits(&index, &format!("\"body {seq}\"")), 1, "message {seq} is found once");
         }
+        shutdown.store(true, Ordering::Release);
+        indexer.join().unwrap();
+    }
+
+    /// An edited message is found by its new text only, a deleted one not at all, and the events
+    /// themselves (an edit's copy of the text, a reaction) are never hits.
+    #[test]
+    fn edits_replace_the_indexed_text_and_deletes_remove_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(SearchIndex::open(dir.path()).unwrap());
+        let store = Arc::new(MemStore::new());
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let indexer = {
+            let (index, store, shutdown) = (index.clone(), store.clone(), shutdown.clone());
+            std::thread::spawn(move || index.run_indexer(store, shutdown))
+        };
+        // Indexed first, and the queue seen empty, so the indexer is past its start-up upserts.
+        let first = MsgRecord { body: "apple pie".into(), ..rec("g:1", 1, "a", "c1") };
+        let second = MsgRecord { body: "banana bread".into(), ..rec("g:1", 2, "a", "c2") };
+        store.commit(&WriteBatch { messages: vec![first.clone(), second.clone()], ..Default::default() }).unwrap();
+        wait_for("the first messages are never indexed", || hits(&index, "apple") == 1 && hits(&index, "banana") == 1);
+        std::thread::sleep(Duration::from_millis(INDEX_COMMIT_INTERVAL_MS + INDEX_IDLE_MS * 2));
+        let edit = MsgRecord { kind: shardchat_codec::MsgKind::Edit, target: Some(1), body: "cherry tart".into(), ..rec("g:1", 3, "a", "c3") };
+        let edited = MsgRecord { body: "cherry tart".into(), edited_at: Some(9), edits: vec![3], ..first };
+        let delete = MsgRecord { kind: shardchat_codec::MsgKind::Delete, target: Some(2), body: String::new(), ..rec("g:1", 4, "a", "c4") };
+        let deleted = MsgRecord { body: String::new(), deleted: true, ..second };
+        let batch = WriteBatch { messages: vec![edit, delete], updates: vec![edited, deleted], ..Default::default() };
+        store.commit(&batch).unwrap();
+        wait_for("the edit and the delete never reach the index", || store.index_pending(10).unwrap().is_empty() && hits(&index, "banana") == 0);
+        assert_eq!((hits(&index, "apple"), hits(&index, "cherry"), hits(&index, "banana")), (0, 1, 0));
         shutdown.store(true, Ordering::Release);
         indexer.join().unwrap();
     }

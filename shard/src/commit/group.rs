@@ -124,6 +124,7 @@ pub(crate) fn group_change(st: &mut ConvState, g: &GroupOp, batch: &mut WriteBat
         body,
         kind: MsgKind::System,
         ts: g.ts,
+        ..Default::default()
     };
     batch.messages.push(record.clone());
     Ok(OpOutcome::Grouped {

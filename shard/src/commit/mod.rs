@@ -13,6 +13,7 @@
 //!    by the clock passed in, then one [`MessageStore::commit`], which returns once durable.
 
 pub mod group;
+pub mod revise;
 pub mod sequence;
 
 use crate::conv::{load_conv, ConvState};
@@ -194,6 +195,19 @@ fn commit_inner(
     Ok(Some(outcomes))
 }
 
+/// Message `seq` of `conv` into `loaded.targets` (read once per job), and a copy of it.
+fn read_one(store: &dyn MessageStore, conv: &str, seq: u64, loaded: &mut Loaded) -> Result<Option<MsgRecord>, StoreError> {
+    let key = (conv.to_string(), seq);
+    if let Some(m) = loaded.targets.get(&key) {
+        return Ok(Some(m.clone()));
+    }
+    let found = store.messages_after(conv, seq - 1, 1)?.pop().filter(|m| m.seq == seq);
+    if let Some(m) = &found {
+        loaded.targets.insert(key, m.clone());
+    }
+    Ok(found)
+}
+
 /// Reads what [`sequence`] will need and `convs` lacks: every conversation the ops name (into
 /// `convs`), the stored message of each send's (conversation, sender, cmid), and the author of
 /// each queried message. Reads only: the decisions come after, from memory.
@@ -213,6 +227,15 @@ pub fn prefetch(store: &dyn MessageStore, ops: &[Op], convs: &mut Convs) -> Resu
                 if let std::collections::hash_map::Entry::Vacant(e) = loaded.cmids.entry(key) {
                     if let Some(record) = store.find_cmid(&s.conv, &s.user, &s.cmid)? {
                         e.insert(record);
+                    }
+                }
+                // An event's target, and for a delete the edits whose bodies go with it. A
+                // target sequenced in this job is not stored yet: the batch has it.
+                let Some(t) = s.target_seq.filter(|t| s.kind.is_event() && (1..=st.last_seq).contains(t)) else { continue };
+                let Some(target) = read_one(store, conv, t, &mut loaded)? else { continue };
+                if s.kind == shardchat_codec::MsgKind::Delete {
+                    for e in target.edits {
+                        read_one(store, conv, e, &mut loaded)?;
                     }
                 }
             }

@@ -7,10 +7,11 @@
 //! most once (a retry inside the batch or of a stored message gets the first record back).
 
 use super::group::group_change;
+use super::revise::{self, Revised};
 use super::{Convs, OpOutcome};
 use crate::conv::{check_member, typing_members, ConvState};
 use crate::ops::{ConnRef, Op, Target};
-use shardchat_codec::{direct_members, ErrorCode, FrameError, MsgKind, MsgRecord, ReceiptKind, Ref, Role, ServerFrame};
+use shardchat_codec::{direct_members, ErrorCode, FrameError, MsgRecord, ReceiptKind, Ref, Role, ServerFrame};
 use shardchat_storage::{Joined, LastSeen, Membership, PushEntry, Watermark, WriteBatch};
 use std::collections::HashMap;
 
@@ -23,6 +24,9 @@ pub struct Loaded {
     pub cmids: HashMap<(String, String, String), MsgRecord>,
     /// (conversation, seq) → who sent that message.
     pub authors: HashMap<(String, u64), String>,
+    /// (conversation, seq) → the stored record of a message an event names, and of the edits
+    /// of a message a delete names.
+    pub targets: HashMap<(String, u64), MsgRecord>,
 }
 
 /// What one batch of ops decided: what to write, and what each op gets once it is durable.
@@ -47,6 +51,8 @@ pub fn sequence(ops: &[Op], convs: &mut Convs, loaded: &Loaded, push: bool) -> S
     let mut in_batch: HashMap<(&str, &str, &str), usize> = HashMap::new();
     // (conv, user, kind) → index in batch.watermarks: one write per key per batch.
     let mut marks_in_batch: HashMap<(String, String, ReceiptKind), usize> = HashMap::new();
+    // Stored messages events changed: written back as `batch.updates` at the end.
+    let mut revised: HashMap<(String, u64), MsgRecord> = HashMap::new();
     for op in ops {
         match op {
             Op::Send(s) => {
@@ -64,6 +70,11 @@ pub fn sequence(ops: &[Op], convs: &mut Convs, loaded: &Loaded, push: bool) -> S
                         outcomes.push(reject(s.reply_to, ErrorCode::NotFound, "no such conversation", Some(&s.cmid)));
                         continue;
                     };
+                    if s.target_seq.or(s.reply_seq).is_some() {
+                        // An event or a reply cannot be a conversation's first message.
+                        outcomes.push(reject(s.reply_to, ErrorCode::NotFound, "no such message", Some(&s.cmid)));
+                        continue;
+                    }
                     let mut users = vec![a, b];
                     users.dedup();
                     for u in users {
@@ -92,20 +103,52 @@ pub fn sequence(ops: &[Op], convs: &mut Convs, loaded: &Loaded, push: bool) -> S
                     outcomes.push(OpOutcome::Stored { reply_to: s.reply_to, record: record.clone(), members, fresh: false });
                     continue;
                 }
+                if s.target_seq.or(s.reply_seq).is_some_and(|t| t > st.last_seq) {
+                    outcomes.push(reject(s.reply_to, ErrorCode::NotFound, "no such message", Some(&s.cmid)));
+                    continue;
+                }
+                if let (true, Some(t)) = (s.kind.is_event(), s.target_seq) {
+                    let admin = st.members.iter().any(|m| m.user == s.user && m.role == Role::Admin);
+                    let Some(mut target) = current(&batch, &revised, loaded, &s.conv, t) else {
+                        outcomes.push(reject(s.reply_to, ErrorCode::NotFound, "no such message", Some(&s.cmid)));
+                        continue;
+                    };
+                    match revise::apply(&mut target, s.kind, &s.user, admin, &s.body, st.last_seq + 1, s.ts) {
+                        Err(err) => {
+                            outcomes.push(OpOutcome::Rejected { reply_to: s.reply_to, err: err.with_cmid(Some(s.cmid.clone())) });
+                            continue;
+                        }
+                        Ok(Revised::Target) => put(&mut batch, &mut revised, target),
+                        Ok(Revised::Deleted { edits }) => {
+                            put(&mut batch, &mut revised, target);
+                            for e in edits {
+                                let mut edit = current(&batch, &revised, loaded, &s.conv, e).expect("prefetch loads a deleted message's edits");
+                                revise::erase(&mut edit);
+                                put(&mut batch, &mut revised, edit);
+                            }
+                        }
+                    }
+                }
                 st.last_seq += 1;
-                st.push_recent(st.last_seq, &s.user);
+                if s.kind.is_content() {
+                    st.push_recent(st.last_seq, &s.user);
+                }
                 let record = MsgRecord {
                     conv: s.conv.clone(),
                     id: s.id,
                     seq: st.last_seq,
                     from: s.user.clone(),
                     cmid: s.cmid.clone(),
-                    body: s.body.clone(),
+                    body: revise::stored_body(s.kind, &s.body),
                     kind: s.kind,
                     ts: s.ts,
+                    target: s.target_seq,
+                    reply_to: s.reply_seq,
+                    ..Default::default()
                 };
                 in_batch.insert(key, batch.messages.len());
-                if push && record.kind != MsgKind::System {
+                // Events are not news: no push for an edit, a delete or a reaction.
+                if push && record.kind.is_content() {
                     for to in members.iter().filter(|m| **m != record.from) {
                         batch.push.push(push_entry(to, &record));
                     }
@@ -167,7 +210,30 @@ pub fn sequence(ops: &[Op], convs: &mut Convs, loaded: &Loaded, push: bool) -> S
         }
     }
     assert_dense(&batch.messages, &last_before, convs);
+    batch.updates = revised.into_values().collect();
+    // Ordered, like everything a shard emits: replays of a seed write the same batch.
+    batch.updates.sort_by(|a, b| (&a.conv, a.seq).cmp(&(&b.conv, b.seq)));
     Sequenced { batch, outcomes }
+}
+
+/// The current record of message `seq` of `conv`: as sequenced earlier in this batch, as changed
+/// earlier in it, or as stored.
+fn current(batch: &WriteBatch, revised: &HashMap<(String, u64), MsgRecord>, loaded: &Loaded, conv: &str, seq: u64) -> Option<MsgRecord> {
+    if let Some(m) = batch.messages.iter().rev().find(|m| m.seq == seq && m.conv == conv) {
+        return Some(m.clone());
+    }
+    let key = (conv.to_string(), seq);
+    revised.get(&key).or_else(|| loaded.targets.get(&key)).cloned()
+}
+
+/// Writes a changed record back where [`current`] found it.
+fn put(batch: &mut WriteBatch, revised: &mut HashMap<(String, u64), MsgRecord>, record: MsgRecord) {
+    match batch.messages.iter_mut().rev().find(|m| m.seq == record.seq && m.conv == record.conv) {
+        Some(m) => *m = record,
+        None => {
+            revised.insert((record.conv.clone(), record.seq), record);
+        }
+    }
 }
 
 /// Per conversation, the batch's messages carry the seqs after the last one stored, densely and

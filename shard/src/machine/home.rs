@@ -119,13 +119,13 @@ impl Shard {
         let user = c.user.clone();
         let me = self.me(conn);
         let op = match frame {
-            ClientFrame::Send { cmid, to, conv, body, kind } => {
+            ClientFrame::Send { cmid, to, conv, body, kind, target: target_seq, reply_to } => {
                 let target = match (to, conv) {
                     (Some(to), _) => Target::To(to),
                     (None, Some(conv)) => Target::Conv(conv),
                     (None, None) => unreachable!("validated by the codec"),
                 };
-                Op::Send(SendOp::new(me, user, cmid, target, body, kind))
+                Op::Send(SendOp::new(me, user, cmid, target, body, kind).refers(target_seq, reply_to))
             }
             ClientFrame::Delivered { conv, seq } => Op::Mark(MarkOp { reply_to: me, user, conv, kind: ReceiptKind::Delivered, seq }),
             ClientFrame::Read { conv, seq } => Op::Mark(MarkOp { reply_to: me, user, conv, kind: ReceiptKind::Read, seq }),
@@ -223,7 +223,8 @@ impl Shard {
     /// with this shard's next commit.
     fn push_delivered(&mut self, user: &str, payload: &Payload) {
         if let ServerFrame::Msg(m) = payload.frame() {
-            if m.from != user && m.kind != shardchat_codec::MsgKind::System {
+            // Only messages proper owe a push (see `sequence`).
+            if m.from != user && m.kind.is_content() {
                 self.pending.push(Op::PushDelivered(crate::commit::sequence::push_entry(user, m)));
             }
         }

@@ -16,6 +16,7 @@ pub fn rec(conv: &str, seq: u64, from: &str, cmid: &str) -> MsgRecord {
         body: format!("body {seq}"),
         kind: MsgKind::Text,
         ts: 5,
+        ..Default::default()
     }
 }
 
@@ -29,6 +30,37 @@ fn joined(conv: &str, member: Membership) -> Joined {
 
 fn mark(conv: &str, user: &str, kind: ReceiptKind, seq: u64) -> Watermark {
     Watermark { conv: conv.into(), user: user.into(), kind, seq }
+}
+
+/// Stored messages in a new state: every field of the record comes back, reads show the new
+/// state, dedup still names the message, and a changed text re-enters the search queue (a
+/// reaction alone does not).
+fn updates(store: &dyn MessageStore, c: &str) {
+    let before: Vec<u64> = store.index_pending(100).unwrap().iter().map(|m| m.id).collect();
+    let edited = MsgRecord { body: "edited".into(), edited_at: Some(9), edits: vec![6], ..rec(c, 3, "alice", "m3") };
+    let event = MsgRecord { kind: MsgKind::Edit, target: Some(3), body: "edited".into(), ..rec(c, 6, "alice", "m6") };
+    let reacted = MsgRecord {
+        reactions: vec![shardchat_codec::Reaction { user: "alice".into(), emoji: "👍".into() }],
+        reply_to: Some(1),
+        ..rec(c, 2, "bob", "m2")
+    };
+    store.commit(&WriteBatch { messages: vec![event.clone()], updates: vec![edited.clone(), reacted.clone()], ..Default::default() }).unwrap();
+    assert_eq!(store.messages_after(c, 1, 5).unwrap(), vec![reacted.clone(), edited.clone(), rec(c, 4, "bob", "m4"), rec(c, 5, "alice", "m5"), event]);
+    assert_eq!(store.find_cmid(c, "alice", "m3").unwrap(), Some(edited.clone()));
+    let queued: Vec<u64> = store.index_pending(100).unwrap().iter().map(|m| m.id).collect();
+    let mut want = before.clone();
+    want.extend([1003, 1006]);
+    want.sort();
+    want.dedup();
+    assert_eq!(queued, want, "the edited message and the edit event are queued; the reaction is not");
+    let deleted = MsgRecord { body: String::new(), deleted: true, edits: vec![], ..edited };
+    store.commit(&WriteBatch { updates: vec![deleted.clone()], ..Default::default() }).unwrap();
+    assert_eq!(store.messages_before(c, Some(4), 1).unwrap(), vec![deleted.clone()]);
+    assert!(store.index_pending(100).unwrap().contains(&deleted), "the queue holds the message's last state");
+    // Put back as the rest of the suite expects it.
+    store.commit(&WriteBatch { updates: vec![rec(c, 2, "bob", "m2"), rec(c, 3, "alice", "m3")], ..Default::default() }).unwrap();
+    let extra: Vec<u64> = store.index_pending(100).unwrap().iter().map(|m| m.id).filter(|id| !before.contains(id)).collect();
+    store.index_done(&extra).unwrap();
 }
 
 /// The conformance suite every `MessageStore` passes.
@@ -125,6 +157,7 @@ pub fn conformance(store: &dyn MessageStore) {
     assert_eq!(store.watermark(c, "bob", ReceiptKind::Delivered).unwrap(), 4);
     let m = &store.messages_after(c, 0, 1).unwrap()[0];
     assert_eq!(m, &rec(c, 1, "alice", "m1"));
+    updates(store, c);
     // Cluster fences: the highest fenced incarnation per node; fencing an older one (a fencer
     // that saw an older incarnation) never lowers it; nodes are apart.
     assert_eq!(store.node_fence(3).unwrap(), 0);

@@ -47,6 +47,10 @@ pub struct Membership {
 pub struct WriteBatch {
     /// New messages; each also enters the dedup index under (conv, from, cmid).
     pub messages: Vec<MsgRecord>,
+    /// Stored messages in a new state (edited, deleted, reacted to), each replacing the record
+    /// at its (conv, seq). One whose text changed (`edited_at` or `deleted` set) enters the
+    /// search index queue again, so the index follows.
+    pub updates: Vec<MsgRecord>,
     /// Memberships to record (or update).
     pub members: Vec<Joined>,
     /// Members who left or were removed.
@@ -117,9 +121,15 @@ pub struct PushEntry {
     pub ts: u64,
 }
 
+/// Whether an updated record's text changed, so that the search index must follow it.
+pub fn reindexed(m: &MsgRecord) -> bool {
+    m.edited_at.is_some() || m.deleted
+}
+
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
+            && self.updates.is_empty()
             && self.members.is_empty()
             && self.removed.is_empty()
             && self.names.is_empty()

@@ -156,7 +156,7 @@ impl Db {
             Ok(())
         };
         match stmt {
-            Stmt::Noop | Stmt::CreateTable(_) => {}
+            Stmt::Noop | Stmt::CreateTable(_) | Stmt::AlterAdd { .. } => {}
             Stmt::Insert { table, cols, values, .. } => {
                 let def = &self.table(table)?.def;
                 for (c, v) in cols.iter().zip(values) {
@@ -239,6 +239,16 @@ impl Db {
             Stmt::Noop => Ok(ResResultBody::Void),
             Stmt::CreateTable(def) => {
                 self.tables.entry(def.name.clone()).or_insert_with(|| Table { def: def.clone(), parts: HashMap::new() });
+                Ok(ResResultBody::Void)
+            }
+            Stmt::AlterAdd { table, col, ty } => {
+                let t = self.tables.get_mut(table).ok_or_else(|| CqlError::Invalid(format!("unconfigured table {table}")))?;
+                if t.def.cols.iter().any(|(c, _)| c == col) {
+                    // Scylla's words, which `shardchat migrate` recognizes.
+                    return invalid(format!("Invalid column name {col} because it conflicts with an existing column"));
+                }
+                t.def.cols.push((col.clone(), *ty));
+                t.parts.values_mut().flat_map(|p| p.values_mut()).for_each(|row| row.push(None));
                 Ok(ResResultBody::Void)
             }
             Stmt::Insert { table, if_not_exists: true, .. } => {

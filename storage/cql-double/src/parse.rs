@@ -37,6 +37,8 @@ pub(crate) struct TableDef {
 pub(crate) enum Stmt {
     Noop,
     CreateTable(TableDef),
+    /// `ALTER TABLE t ADD col type`: existing rows hold null in it.
+    AlterAdd { table: String, col: String, ty: Ty },
     Insert { table: String, cols: Vec<String>, values: Vec<Expr>, if_not_exists: bool },
     Select { table: String, cols: Vec<String>, conds: Vec<Cond>, order_desc: Option<bool>, limit: Option<Expr> },
     Delete { table: String, conds: Vec<Cond> },
@@ -240,6 +242,14 @@ pub(crate) fn parse(text: &str) -> Res<Stmt> {
                 p.kw("exists")?;
             }
             Stmt::CreateTable(create_table(&mut p)?)
+        }
+        "alter" => {
+            p.kw("table")?;
+            let table = p.table()?;
+            p.kw("add")?;
+            let col = p.word()?;
+            let ty = Ty::parse(&p.word()?)?;
+            Stmt::AlterAdd { table, col, ty }
         }
         "insert" => {
             p.kw("into")?;

@@ -5,12 +5,12 @@
 pub mod group;
 mod keys;
 mod queue_floor;
+pub mod record;
 mod undurable;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use group::GroupCommit;
-use rkyv::rancor;
-use shardchat_codec::{ArchivedMsgRecord, MsgRecord, ReceiptKind, Role};
+use shardchat_codec::{MsgRecord, ReceiptKind, Role};
 use shardchat_storage::{Joined, LastSeen, Left, Membership, MessageStore, Named, PushEntry, StoreError, Watermark, WriteBatch};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -113,12 +113,11 @@ fn role_byte(r: Role) -> u8 {
 }
 
 fn decode_record(bytes: &[u8]) -> Result<MsgRecord, StoreError> {
-    let archived = rkyv::access::<ArchivedMsgRecord, rancor::Error>(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    rkyv::deserialize::<MsgRecord, rancor::Error>(archived).map_err(|e| StoreError::Corrupt(e.to_string()))
+    record::decode(bytes)
 }
 
 fn encode_record(r: &MsgRecord) -> Vec<u8> {
-    rkyv::to_bytes::<rancor::Error>(r).expect("records always archive").into_vec()
+    record::encode(r)
 }
 
 fn be_u64(v: &[u8]) -> Result<u64, StoreError> {
@@ -177,6 +176,13 @@ impl MessageStore for FjallStore {
             b.insert(&self.messages, keys::message(&m.conv, m.seq), rec);
             b.insert(&self.dedup, keys::dedup(&m.conv, &m.from, &m.cmid), m.seq.to_be_bytes());
         }
+        for m in &batch.updates {
+            let rec = encode_record(m);
+            if shardchat_storage::reindexed(m) {
+                b.insert(&self.index_queue, m.id.to_be_bytes(), rec.clone());
+            }
+            b.insert(&self.messages, keys::message(&m.conv, m.seq), rec);
+        }
         for Joined { conv, member: m } in &batch.members {
             b.insert(&self.members, keys::pair(conv, &m.user), membership_value(m));
             b.insert(&self.user_convs, keys::pair(&m.user, conv), []);
@@ -202,20 +208,20 @@ impl MessageStore for FjallStore {
             b.insert(&self.watermarks, keys::watermark(conv, user, kind_byte(*kind)), seq.to_be_bytes());
         }
         // Visible from here on, durable only after the fsync: reads must not show it before.
-        self.undurable.begin(&batch.messages);
+        self.undurable.begin(batch.messages.iter().chain(&batch.updates));
         // After the registration, before the insert: the order `queue_floor` relies on.
-        if let Some(lowest) = batch.messages.iter().map(|m| m.id).min() {
+        if let Some(lowest) = batch.messages.iter().chain(batch.updates.iter().filter(|m| shardchat_storage::reindexed(m))).map(|m| m.id).min() {
             self.index_floor.queued(lowest);
         }
         if let Err(e) = b.commit() {
-            self.undurable.end(&batch.messages);
+            self.undurable.end(batch.messages.iter().chain(&batch.updates));
             return Err(io(e));
         }
         writer.wait_durable(|| self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())).map_err(|e| {
             self.undurable.keep_hidden();
             StoreError::Fatal(e)
         })?;
-        self.undurable.end(&batch.messages);
+        self.undurable.end(batch.messages.iter().chain(&batch.updates));
         Ok(())
     }
 

@@ -32,8 +32,10 @@ struct Inner {
 }
 
 impl Undurable {
-    /// Before `messages` are written.
-    pub fn begin(&self, messages: &[MsgRecord]) {
+    /// Before `messages` are written (new ones, and stored ones in a new state: an update hides
+    /// its conversation from its seq on, the same way).
+    pub fn begin<'a>(&self, messages: impl IntoIterator<Item = &'a MsgRecord>) {
+        let messages: Vec<&MsgRecord> = messages.into_iter().collect();
         if messages.is_empty() {
             return;
         }
@@ -60,7 +62,8 @@ impl Undurable {
     }
 
     /// Once `messages` are durable (or were never written).
-    pub fn end(&self, messages: &[MsgRecord]) {
+    pub fn end<'a>(&self, messages: impl IntoIterator<Item = &'a MsgRecord>) {
+        let messages: Vec<&MsgRecord> = messages.into_iter().collect();
         if messages.is_empty() {
             return;
         }
@@ -96,7 +99,7 @@ mod tests {
     use shardchat_codec::MsgKind;
 
     fn msg(conv: &str, seq: u64, id: u64) -> MsgRecord {
-        MsgRecord { conv: conv.into(), id, seq, from: "a".into(), cmid: format!("c{id}"), body: String::new(), kind: MsgKind::Text, ts: 0 }
+        MsgRecord { conv: conv.into(), id, seq, from: "a".into(), cmid: format!("c{id}"), body: String::new(), kind: MsgKind::Text, ts: 0, ..Default::default() }
     }
 
     #[test]

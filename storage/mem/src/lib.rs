@@ -138,6 +138,13 @@ impl State {
             self.messages.insert((m.conv.clone(), m.seq), m.clone());
             self.dedup.insert((m.conv.clone(), m.from.clone(), m.cmid.clone()), m.seq);
         }
+        for m in &batch.updates {
+            debug_assert!(self.messages.contains_key(&(m.conv.clone(), m.seq)), "an update replaces a stored message");
+            if shardchat_storage::reindexed(m) {
+                self.index_queue.insert(m.id, m.clone());
+            }
+            self.messages.insert((m.conv.clone(), m.seq), m.clone());
+        }
         for Joined { conv, member: m } in &batch.members {
             self.members.entry(conv.clone()).or_default().insert(m.user.clone(), (m.role, m.joined));
             self.user_convs.entry(m.user.clone()).or_default().insert(conv.clone());

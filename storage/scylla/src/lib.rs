@@ -20,7 +20,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
 use scylla::value::CqlValue;
-use shardchat_codec::{MsgKind, MsgRecord, ReceiptKind, Role};
+use shardchat_codec::{MsgKind, MsgRecord, Reaction, ReceiptKind, Role};
 use shardchat_storage::{Joined, LastSeen, Left, Membership, MessageStore, Named, PushEntry, StoreError, Watermark, WriteBatch};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -119,8 +119,25 @@ struct Statements {
     node_fence: PreparedStatement,
 }
 
-const MSG_COLS: &str = "id, seq, sender, cmid, body, kind, ts, conv";
-type MsgRow = (i64, i64, String, String, String, String, i64, String);
+const MSG_COLS: &str = "id, seq, sender, cmid, body, kind, ts, conv, meta";
+type MsgRow = (i64, i64, String, String, String, String, i64, String, Option<String>);
+
+/// The `meta` column: what edits, deletes, replies and reactions add to a record.
+#[derive(serde::Serialize, serde::Deserialize, Default, PartialEq)]
+struct Meta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reply_to: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    edited_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    reactions: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    edits: Vec<u64>,
+}
 
 pub struct ScyllaStore {
     rt: tokio::runtime::Runtime,
@@ -150,15 +167,18 @@ async fn connect(cfg: &ScyllaConfig) -> Result<Session, StoreError> {
 }
 
 impl ScyllaStore {
-    /// Applies `schema.cql` to the cluster (idempotent).
+    /// Applies `schema.cql` to the cluster (idempotent): the number of statements in effect.
     pub fn migrate(cfg: &ScyllaConfig, replication_factor: u32) -> Result<usize, StoreError> {
         let rt = runtime()?;
         rt.block_on(async {
             let session = connect(cfg).await?;
             let mut applied = 0;
             for stmt in schema_statements(&cfg.keyspace, replication_factor) {
-                session.query_unpaged(stmt.as_str(), ()).await.map_err(|e| db(format!("{e} in: {stmt}")))?;
-                applied += 1;
+                match session.query_unpaged(stmt.as_str(), ()).await {
+                    Ok(_) => applied += 1,
+                    Err(e) if already_added(&stmt, &e.to_string()) => applied += 1,
+                    Err(e) => return Err(db(format!("{e} in: {stmt}"))),
+                }
             }
             Ok(applied)
         })
@@ -175,9 +195,9 @@ impl ScyllaStore {
                 async move { s.prepare(q.as_str()).await.map_err(|e| db(format!("{e} preparing {q} (has `shardchat migrate` run?)"))) }
             };
             let st = Statements {
-                insert_message: p(format!("INSERT INTO {ks}.messages ({MSG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")).await?,
+                insert_message: p(format!("INSERT INTO {ks}.messages ({MSG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")).await?,
                 insert_cmid: p(format!("INSERT INTO {ks}.messages_by_cmid (conv, sender, cmid, seq) VALUES (?, ?, ?, ?)")).await?,
-                insert_index: p(format!("INSERT INTO {ks}.index_queue (node, {MSG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")).await?,
+                insert_index: p(format!("INSERT INTO {ks}.index_queue (node, {MSG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")).await?,
                 insert_member: p(format!("INSERT INTO {ks}.members (conv, uid, member_role, joined) VALUES (?, ?, ?, ?)")).await?,
                 delete_member: p(format!("DELETE FROM {ks}.members WHERE conv = ? AND uid = ?")).await?,
                 insert_user_conv: p(format!("INSERT INTO {ks}.user_convs (uid, conv) VALUES (?, ?)")).await?,
@@ -246,6 +266,12 @@ impl ScyllaStore {
     }
 }
 
+/// Whether `error` says that `stmt`, an `ALTER TABLE … ADD`, was applied before: Scylla says the
+/// column "conflicts with an existing column", Cassandra that it "already exists".
+fn already_added(stmt: &str, error: &str) -> bool {
+    stmt.starts_with("ALTER TABLE") && (error.contains("conflicts with an existing column") || error.contains("already exists"))
+}
+
 /// The statements of `schema.cql` with the placeholders filled in, comments dropped.
 pub fn schema_statements(keyspace: &str, replication_factor: u32) -> Vec<String> {
     let text: String = SCHEMA_CQL.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
@@ -274,6 +300,9 @@ fn kind_name(k: MsgKind) -> &'static str {
         MsgKind::Image => "image",
         MsgKind::File => "file",
         MsgKind::System => "system",
+        MsgKind::Edit => "edit",
+        MsgKind::Delete => "delete",
+        MsgKind::Reaction => "reaction",
     }
 }
 
@@ -283,6 +312,9 @@ fn kind_of(s: &str) -> Result<MsgKind, StoreError> {
         "image" => MsgKind::Image,
         "file" => MsgKind::File,
         "system" => MsgKind::System,
+        "edit" => MsgKind::Edit,
+        "delete" => MsgKind::Delete,
+        "reaction" => MsgKind::Reaction,
         other => return Err(StoreError::Corrupt(format!("unknown message kind {other:?}"))),
     })
 }
@@ -318,12 +350,41 @@ fn role_of(s: &str) -> Result<Role, StoreError> {
 }
 
 fn msg_values(m: &MsgRecord) -> Vec<CqlValue> {
-    vec![big(m.id), big(m.seq), t(&m.from), t(&m.cmid), t(&m.body), t(kind_name(m.kind)), big(m.ts), t(&m.conv)]
+    let meta = Meta {
+        target: m.target,
+        reply_to: m.reply_to,
+        edited_at: m.edited_at,
+        deleted: m.deleted,
+        reactions: m.reactions.iter().map(|r| (r.user.clone(), r.emoji.clone())).collect(),
+        edits: m.edits.clone(),
+    };
+    // Most messages have none: an empty string, not `{}`, costs the row the least.
+    let meta = if meta == Meta::default() { String::new() } else { serde_json::to_string(&meta).expect("meta always serializes") };
+    vec![big(m.id), big(m.seq), t(&m.from), t(&m.cmid), t(&m.body), t(kind_name(m.kind)), big(m.ts), t(&m.conv), t(&meta)]
 }
 
 fn msg_of(r: MsgRow) -> Result<MsgRecord, StoreError> {
-    let (id, seq, from, cmid, body, kind, ts, conv) = r;
-    Ok(MsgRecord { conv, id: id as u64, seq: seq as u64, from, cmid, body, kind: kind_of(&kind)?, ts: ts as u64 })
+    let (id, seq, from, cmid, body, kind, ts, conv, meta) = r;
+    let meta: Meta = match meta.as_deref() {
+        None | Some("") => Meta::default(),
+        Some(m) => serde_json::from_str(m).map_err(|e| StoreError::Corrupt(format!("message meta: {e}")))?,
+    };
+    Ok(MsgRecord {
+        conv,
+        id: id as u64,
+        seq: seq as u64,
+        from,
+        cmid,
+        body,
+        kind: kind_of(&kind)?,
+        ts: ts as u64,
+        target: meta.target,
+        reply_to: meta.reply_to,
+        edited_at: meta.edited_at,
+        deleted: meta.deleted,
+        reactions: meta.reactions.into_iter().map(|(user, emoji)| Reaction { user, emoji }).collect(),
+        edits: meta.edits,
+    })
 }
 
 /// Rows a batch touches, so only the last write to each is sent (see the module comment).
@@ -371,6 +432,14 @@ impl MessageStore for ScyllaStore {
             let mut v = vec![node.clone()];
             v.extend(msg_values(m));
             w.put(other(), &st.insert_index, v);
+        }
+        for m in &batch.updates {
+            w.put(other(), &st.insert_message, msg_values(m));
+            if shardchat_storage::reindexed(m) {
+                let mut v = vec![node.clone()];
+                v.extend(msg_values(m));
+                w.put(other(), &st.insert_index, v);
+            }
         }
         for Joined { conv, member: m } in &batch.members {
             let v = vec![t(conv), t(&m.user), t(role_name(m.role)), big(m.joined)];

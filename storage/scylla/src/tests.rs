@@ -48,6 +48,37 @@ fn scylla_store_turns_an_unavailable_cluster_into_store_errors_and_recovers() {
     assert_eq!(store.last_seq("d:a:b").unwrap(), 1);
 }
 
+/// A keyspace made by the first release (no `meta` column) is upgraded by migrate: its rows read
+/// back with no edits, replies or reactions, and new ones keep theirs. Migrating again changes
+/// nothing.
+#[test]
+fn migrate_upgrades_a_keyspace_from_before_meta() {
+    let double = shardchat_cql_double::CqlDouble::start().unwrap();
+    let cfg = ScyllaConfig::from_uri(&format!("scylla://{}/shardchat?schema_metadata=off", double.addr())).unwrap();
+    let old: Vec<String> = schema_statements("shardchat", 1)
+        .into_iter()
+        .filter(|s| !s.starts_with("ALTER TABLE"))
+        .map(|s| s.replace(", meta text", ""))
+        .collect();
+    assert!(old.iter().all(|s| !s.contains("meta")));
+    runtime().unwrap().block_on(async {
+        let session = connect(&cfg).await.unwrap();
+        for s in &old {
+            session.query_unpaged(s.as_str(), ()).await.unwrap();
+        }
+        let insert = "INSERT INTO shardchat.messages (conv, seq, id, sender, cmid, body, kind, ts) VALUES ('d:a:b', 1, 7, 'a', 'c1', 'old', 'text', 5)";
+        session.query_unpaged(insert, ()).await.unwrap();
+    });
+    assert_eq!(ScyllaStore::migrate(&cfg, 1).unwrap(), schema_statements("shardchat", 1).len());
+    assert_eq!(ScyllaStore::migrate(&cfg, 1).unwrap(), schema_statements("shardchat", 1).len(), "again: nothing to do");
+    let store = ScyllaStore::open(&cfg).unwrap();
+    let old_row = MsgRecord { conv: "d:a:b".into(), id: 7, seq: 1, from: "a".into(), cmid: "c1".into(), body: "old".into(), ts: 5, ..Default::default() };
+    assert_eq!(store.messages_after("d:a:b", 0, 10).unwrap(), vec![old_row]);
+    let reply = MsgRecord { reply_to: Some(1), edited_at: Some(9), edits: vec![3], ..rec("d:a:b", 2, "b", "c2") };
+    store.commit(&WriteBatch { messages: vec![reply.clone()], ..Default::default() }).unwrap();
+    assert_eq!(store.messages_after("d:a:b", 1, 10).unwrap(), vec![reply]);
+}
+
 #[test]
 fn scylla_store_refuses_to_open_without_the_schema() {
     let double = shardchat_cql_double::CqlDouble::start().unwrap();
