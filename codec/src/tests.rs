@@ -66,6 +66,33 @@ fn malformed_frames_are_bad_requests_with_correlation() {
     check_err(r#"{"t":"nope","cmid":"c2"}"#, ErrorCode::BadRequest, Some("c2"));
     check_err(r#"{"t":"send","cmid":"c3","to":"bob"}"#, ErrorCode::BadRequest, Some("c3"));
     check_err(r#"{"t":"send","cmid":"c4","body":"x"}"#, ErrorCode::BadRequest, Some("c4"));
+    // Events about messages: a target, the body their kind takes, no reply.
+    for (i, bad) in [
+        r#""kind":"edit","body":"x""#,
+        r#""kind":"edit","target":1,"body":"""#,
+        r#""kind":"delete","target":1,"body":"x""#,
+        r#""kind":"reaction","target":1,"body":"not an emoji""#,
+        r#""kind":"reaction","target":1,"body":"👍👍""#,
+        r#""kind":"reaction","target":0,"body":"👍""#,
+        r#""kind":"reaction","target":1,"reply_to":1,"body":"👍""#,
+        r#""target":1,"body":"x""#,
+        r#""reply_to":0,"body":"x""#,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check_err(&format!(r#"{{"t":"send","cmid":"e{i}","to":"b",{bad}}}"#), ErrorCode::BadRequest, Some(&format!("e{i}")));
+    }
+    for good in [
+        r#""kind":"edit","target":1,"body":"x""#,
+        r#""kind":"delete","target":1,"body":"""#,
+        r#""kind":"reaction","target":1,"body":"👍🏽""#,
+        r#""kind":"reaction","target":1,"body":"""#,
+        r#""reply_to":3,"body":"x""#,
+    ] {
+        let text = format!(r#"{{"t":"send","cmid":"g","to":"b",{good}}}"#);
+        decode_text(&text, &limits()).expect(&text);
+    }
     check_err(r#"{"t":"send","cmid":"c5","to":"b","conv":"d:a:b","body":"x"}"#, ErrorCode::BadRequest, Some("c5"));
     check_err(r#"{"t":"send","cmid":"c6","to":"bad user","body":"x"}"#, ErrorCode::BadRequest, Some("c6"));
     check_err(r#"{"t":"send","cmid":"c7","conv":"x:1","body":"x"}"#, ErrorCode::BadRequest, Some("c7"));

@@ -194,7 +194,7 @@ fn body_of(frame: &ServerFrame) -> Value {
     v
 }
 
-/// Messages after the caller's read watermark that others sent, counted up to this cap.
+/// Messages proper after the caller's read watermark that others sent, counted up to this cap.
 const UNREAD_COUNT_MAX: usize = 1000;
 
 #[utoipa::path(get, path = "/v1/conversations", tag = "conversations", responses((status = 200, description = "the caller's conversations, newest first, with last message, last seq and unread count", body = crate::openapi::ConversationList)), security(("bearer" = [])))]
@@ -216,7 +216,8 @@ pub(crate) async fn conversations(State(ctx): State<Ctx>, Caller(me): Caller) ->
                     .messages_after(&conv, read, UNREAD_COUNT_MAX)
                     .map_err(unavailable)?
                     .iter()
-                    .filter(|m| m.seq <= last_seq && m.from != user)
+                    // Edits, deletes and reactions are not news (docs/protocol.md).
+                    .filter(|m| m.seq <= last_seq && m.from != user && m.kind.is_content())
                     .count();
                 let name = store.conv_name(&conv).map_err(unavailable)?;
                 let key = last.as_ref().map(|m| (m.ts, m.id)).unwrap_or((0, 0));

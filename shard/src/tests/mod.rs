@@ -20,6 +20,7 @@ mod groups;
 mod limits;
 mod presence;
 mod properties;
+mod revisions;
 
 pub(super) fn group_of(frames: &[ServerFrame]) -> Option<(String, Vec<(String, Role)>)> {
     frames.iter().find_map(|f| match f {
