@@ -216,8 +216,9 @@ pub(crate) async fn conversations(State(ctx): State<Ctx>, Caller(me): Caller) ->
                     .messages_after(&conv, read, UNREAD_COUNT_MAX)
                     .map_err(unavailable)?
                     .iter()
-                    // Edits, deletes and reactions are not news (docs/protocol.md).
-                    .filter(|m| m.seq <= last_seq && m.from != user && m.kind.is_content())
+                    // Edits, deletes and reactions are not news, nor is a deleted message
+                    // (docs/protocol.md).
+                    .filter(|m| m.seq <= last_seq && m.from != user && m.kind.is_content() && !m.deleted)
                     .count();
                 let name = store.conv_name(&conv).map_err(unavailable)?;
                 let key = last.as_ref().map(|m| (m.ts, m.id)).unwrap_or((0, 0));

@@ -18,6 +18,7 @@ mod messaging;
 mod poll;
 mod push;
 mod rest;
+mod revisions;
 mod scylla;
 mod search;
 mod wire;
