@@ -73,7 +73,21 @@ async fn messages_groups_and_dedup_live_in_scylla_and_survive_losing_the_node() 
     // seq resumes from the store.
     let next = a.dm("bob", "c4", "hello 4").await;
     assert_eq!(seq(&next), 4, "{next}");
-    assert_eq!(double.row_count("chat.messages"), 6);
+    // Edits, reactions and replies are kept in the cluster like the rest.
+    a.send(json!({"t":"send","cmid":"e1","conv":"d:alice:bob","kind":"edit","target":1,"body":"hello one"})).await;
+    assert_eq!(seq(&a.recv_where(|v| v["t"] == "ack" && v["cmid"] == "e1").await), 5);
+    a.send(json!({"t":"send","cmid":"r1","conv":"d:alice:bob","kind":"reaction","target":2,"body":"👍"})).await;
+    a.recv_where(|v| v["t"] == "ack" && v["cmid"] == "r1").await;
+    a.send(json!({"t":"send","cmid":"c5","to":"bob","body":"see above","reply_to":1})).await;
+    a.recv_where(|v| v["t"] == "ack" && v["cmid"] == "c5").await;
+    a.send(json!({"t":"history","conv":"d:alice:bob","before":5,"limit":4,"ref":"h2"})).await;
+    let h = a.recv_where(|v| v["ref"] == "h2").await;
+    let page = h["messages"].as_array().unwrap();
+    assert_eq!((&page[3]["body"], page[3]["edited_at"].is_u64()), (&json!("hello one"), true), "{h}");
+    assert_eq!(page[2]["reactions"], json!([{"user":"alice","emoji":"👍"}]), "{h}");
+    a.send(json!({"t":"history","conv":"d:alice:bob","limit":1,"ref":"h3"})).await;
+    assert_eq!(a.recv_where(|v| v["ref"] == "h3").await["messages"][0]["reply_to"], 1);
+    assert_eq!(double.row_count("chat.messages"), 9, "seven direct (an edit and a reaction among them), two in the group");
     // Membership came from the cluster too: a stranger is refused, a member is not.
     let mut eve = Client::connect(&second, "eve", "d").await;
     eve.send(json!({"t":"history","conv":conv})).await;
