@@ -56,6 +56,7 @@ use utoipa::ToSchema;
         GroupUsers,
         UserId,
         Message,
+        Reaction,
         ConversationSummary,
         ConversationList,
         Member,
@@ -120,13 +121,17 @@ pub enum ErrorCodeDoc {
     Internal,
 }
 
-/// What a client may send (`system` is the server's).
+/// What a client may send (`system` is the server's): a message, or an event about the message
+/// `target` names (docs/protocol.md, "Edits, deletes, replies, reactions").
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SendKind {
     Text,
     Image,
     File,
+    Edit,
+    Delete,
+    Reaction,
 }
 
 /// A conversation id in a body: `g:<id>`, or `d:<user>:<user>` in byte-wise order.
@@ -167,6 +172,14 @@ pub enum ClientFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         #[schema(nullable = false)]
         kind: Option<SendKind>,
+        /// For `edit`, `delete` and `reaction`: the seq of the message they are about.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false, minimum = 1)]
+        target: Option<u64>,
+        /// For a message: the seq of the earlier message it answers.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false, minimum = 1)]
+        reply_to: Option<u64>,
     },
     /// A send to a conversation.
     #[serde(rename = "send")]
@@ -179,6 +192,14 @@ pub enum ClientFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         #[schema(nullable = false)]
         kind: Option<SendKind>,
+        /// For `edit`, `delete` and `reaction`: the seq of the message they are about.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false, minimum = 1)]
+        target: Option<u64>,
+        /// For a message: the seq of the earlier message it answers.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false, minimum = 1)]
+        reply_to: Option<u64>,
     },
     Delivered(Mark),
     Read(Mark),
@@ -284,6 +305,16 @@ pub enum Kind {
     Image,
     File,
     System,
+    Edit,
+    Delete,
+    Reaction,
+}
+
+/// One user's reaction to a message.
+#[derive(Serialize, ToSchema)]
+pub struct Reaction {
+    user: String,
+    emoji: String,
 }
 
 /// A stored message.
@@ -301,6 +332,21 @@ pub struct Message {
     kind: Kind,
     /// Unix ms.
     ts: u64,
+    /// Events (`edit`, `delete`, `reaction`): the seq of the message they are about.
+    #[schema(nullable = false, minimum = 1)]
+    target: Option<u64>,
+    /// The seq of the message this one answers.
+    #[schema(nullable = false, minimum = 1)]
+    reply_to: Option<u64>,
+    /// When the body was last edited (unix ms).
+    #[schema(nullable = false)]
+    edited_at: Option<u64>,
+    /// A tombstone: the message was deleted and its body is gone.
+    #[schema(nullable = false)]
+    deleted: Option<bool>,
+    /// One per user who reacted, ordered by user.
+    #[schema(nullable = false)]
+    reactions: Option<Vec<Reaction>>,
 }
 
 #[derive(Serialize, ToSchema)]
