@@ -147,6 +147,23 @@ export declare class ShardchatClient {
     }, body: string, opts?: {
         kind?: MessageKind;
         cmid?: string;
+        replyTo?: number;
+        target?: number;
+    }): Promise<Ack>;
+    /** Edits message `seq` of `conv` (the author's own): an event with a seq of its own, kept in
+     * the outbox like any send. Members see it as a `message` of kind `edit`; `applyEvent` turns it
+     * into the target's new state. */
+    edit(conv: ConvId, seq: number, body: string, opts?: {
+        cmid?: string;
+    }): Promise<Ack>;
+    /** Deletes message `seq` of `conv` (the author's own; any message for a group admin). */
+    deleteMessage(conv: ConvId, seq: number, opts?: {
+        cmid?: string;
+    }): Promise<Ack>;
+    /** Reacts to message `seq` of `conv` with one emoji, replacing the user's earlier reaction;
+     * `''` takes it back. */
+    react(conv: ConvId, seq: number, emoji: string, opts?: {
+        cmid?: string;
     }): Promise<Ack>;
     /** The sends not acked yet, oldest first (also those a previous run of the page left). */
     pending(): SendFrame[];

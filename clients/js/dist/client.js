@@ -134,6 +134,10 @@ export class ShardchatClient {
         const frame = 'to' in target ? { t: 'send', cmid, to: target.to, body } : { t: 'send', cmid, conv: target.conv, body };
         if (opts.kind)
             frame.kind = opts.kind;
+        if (opts.replyTo !== undefined)
+            frame.reply_to = opts.replyTo;
+        if (opts.target !== undefined)
+            frame.target = opts.target;
         const acked = new Promise((resolve, reject) => {
             const list = this.waiters.get(cmid) ?? [];
             list.push({ resolve, reject });
@@ -146,6 +150,21 @@ export class ShardchatClient {
             this.raw(frame);
         }
         return acked;
+    }
+    /** Edits message `seq` of `conv` (the author's own): an event with a seq of its own, kept in
+     * the outbox like any send. Members see it as a `message` of kind `edit`; `applyEvent` turns it
+     * into the target's new state. */
+    edit(conv, seq, body, opts = {}) {
+        return this.send({ conv }, body, { ...opts, kind: 'edit', target: seq });
+    }
+    /** Deletes message `seq` of `conv` (the author's own; any message for a group admin). */
+    deleteMessage(conv, seq, opts = {}) {
+        return this.send({ conv }, '', { ...opts, kind: 'delete', target: seq });
+    }
+    /** Reacts to message `seq` of `conv` with one emoji, replacing the user's earlier reaction;
+     * `''` takes it back. */
+    react(conv, seq, emoji, opts = {}) {
+        return this.send({ conv }, emoji, { ...opts, kind: 'reaction', target: seq });
     }
     /** The sends not acked yet, oldest first (also those a previous run of the page left). */
     pending() {
@@ -513,7 +532,12 @@ export class ShardchatClient {
         }
         this.settleSend(a.cmid, a);
         const f = entry.frame;
-        this.feed(a.conv, [{ conv: a.conv, id: a.id, seq: a.seq, from: this.user, cmid: a.cmid, body: f.body, kind: f.kind ?? 'text', ts: a.ts }]);
+        const own = { conv: a.conv, id: a.id, seq: a.seq, from: this.user, cmid: a.cmid, body: f.body, kind: f.kind ?? 'text', ts: a.ts };
+        if (f.target !== undefined)
+            own.target = f.target;
+        if (f.reply_to !== undefined)
+            own.reply_to = f.reply_to;
+        this.feed(a.conv, [own]);
     }
     settleSend(cmid, a) {
         this.leaveOutbox(cmid);

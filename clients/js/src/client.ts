@@ -254,12 +254,18 @@ export class ShardchatClient {
    * after every reconnect, so it is stored once whatever happens) and resolves with the ack, or
    * rejects when the server refuses it for good (`bad_request`, `forbidden`, `not_found`,
    * `too_large`, `group_full`). */
-  async send(target: { to: string } | { conv: ConvId }, body: string, opts: { kind?: MessageKind; cmid?: string } = {}): Promise<Ack> {
+  async send(
+    target: { to: string } | { conv: ConvId },
+    body: string,
+    opts: { kind?: MessageKind; cmid?: string; replyTo?: number; target?: number } = {},
+  ): Promise<Ack> {
     if (this.stopped) throw new ShardchatError('closed', 'this client was closed');
     await this.loaded;
     const cmid = opts.cmid ?? newCmid();
     const frame: SendFrame = 'to' in target ? { t: 'send', cmid, to: target.to, body } : { t: 'send', cmid, conv: target.conv, body };
     if (opts.kind) frame.kind = opts.kind;
+    if (opts.replyTo !== undefined) frame.reply_to = opts.replyTo;
+    if (opts.target !== undefined) frame.target = opts.target;
     const acked = new Promise<Ack>((resolve, reject) => {
       const list = this.waiters.get(cmid) ?? [];
       list.push({ resolve, reject });
@@ -272,6 +278,24 @@ export class ShardchatClient {
       this.raw(frame);
     }
     return acked;
+  }
+
+  /** Edits message `seq` of `conv` (the author's own): an event with a seq of its own, kept in
+   * the outbox like any send. Members see it as a `message` of kind `edit`; `applyEvent` turns it
+   * into the target's new state. */
+  edit(conv: ConvId, seq: number, body: string, opts: { cmid?: string } = {}): Promise<Ack> {
+    return this.send({ conv }, body, { ...opts, kind: 'edit', target: seq });
+  }
+
+  /** Deletes message `seq` of `conv` (the author's own; any message for a group admin). */
+  deleteMessage(conv: ConvId, seq: number, opts: { cmid?: string } = {}): Promise<Ack> {
+    return this.send({ conv }, '', { ...opts, kind: 'delete', target: seq });
+  }
+
+  /** Reacts to message `seq` of `conv` with one emoji, replacing the user's earlier reaction;
+   * `''` takes it back. */
+  react(conv: ConvId, seq: number, emoji: string, opts: { cmid?: string } = {}): Promise<Ack> {
+    return this.send({ conv }, emoji, { ...opts, kind: 'reaction', target: seq });
   }
 
   /** The sends not acked yet, oldest first (also those a previous run of the page left). */
@@ -640,7 +664,10 @@ export class ShardchatClient {
     }
     this.settleSend(a.cmid, a);
     const f = entry.frame;
-    this.feed(a.conv, [{ conv: a.conv, id: a.id, seq: a.seq, from: this.user, cmid: a.cmid, body: f.body, kind: f.kind ?? 'text', ts: a.ts }]);
+    const own: Message = { conv: a.conv, id: a.id, seq: a.seq, from: this.user, cmid: a.cmid, body: f.body, kind: f.kind ?? 'text', ts: a.ts };
+    if (f.target !== undefined) own.target = f.target;
+    if (f.reply_to !== undefined) own.reply_to = f.reply_to;
+    this.feed(a.conv, [own]);
   }
 
   private settleSend(cmid: string, a: Ack): void {

@@ -4,7 +4,15 @@
 /** `g:<id>` for groups, `d:<a>:<b>` (the two users in byte-wise order) for direct chats. */
 export type ConvId = string;
 
-export type MessageKind = 'text' | 'image' | 'file' | 'system';
+/** `text`, `image`, `file`: messages proper. `system`: the server's (group changes).
+ * `edit`, `delete`, `reaction`: events about the earlier message their `target` names. */
+export type MessageKind = 'text' | 'image' | 'file' | 'system' | 'edit' | 'delete' | 'reaction';
+
+/** One user's reaction to a message. */
+export interface Reaction {
+  user: string;
+  emoji: string;
+}
 
 /** A stored message, as `msg`, `sync`, `history` and acks (completed by the client) carry it. */
 export interface Message {
@@ -19,6 +27,16 @@ export interface Message {
   kind: MessageKind;
   /** The server's acceptance time, Unix ms. */
   ts: number;
+  /** Events: the seq of the message they are about. */
+  target?: number;
+  /** The seq of the message this one answers. */
+  reply_to?: number;
+  /** When the body was last edited (Unix ms): history and sync give messages as they are now. */
+  edited_at?: number;
+  /** A tombstone: the message was deleted and its body is gone. */
+  deleted?: boolean;
+  /** One per user who reacted, ordered by user. */
+  reactions?: Reaction[];
 }
 
 export interface Ack {
@@ -112,7 +130,7 @@ export type ServerFrame =
   | ({ t: 'error' } & ErrorFrame);
 
 /** A `send` frame: to a user (the direct chat is made on first use) or to a conversation. */
-export type SendFrame = { t: 'send'; cmid: string; body: string; kind?: MessageKind } & (
+export type SendFrame = { t: 'send'; cmid: string; body: string; kind?: MessageKind; target?: number; reply_to?: number } & (
   | { to: string; conv?: undefined }
   | { conv: ConvId; to?: undefined }
 );

@@ -6,6 +6,7 @@ export type { TokenSource, ClientOptions, ClientEvents, ConnectionState, SendFai
 export { ShardchatRest } from './rest.js';
 export type { ConversationSummary, ConversationInfo, SearchHit, RestOptions } from './rest.js';
 export { ConvOrder, HELD_MAX_MESSAGES } from './order.js';
+export { applyEvent, isEvent } from './revise.js';
 export { Backoff, BACKOFF_INITIAL_MS, BACKOFF_MAX_MS } from './backoff.js';
 export type { BackoffOptions } from './backoff.js';
 export { MemoryStorage, WebStorage } from './storage.js';

@@ -5,7 +5,7 @@
 import { test, after, before } from 'node:test';
 import { createHmac } from 'node:crypto';
 import assert from 'node:assert/strict';
-import { MemoryStorage, ShardchatError, type Ack, type Group, type Presence, type ReceiptCounts, type SendFailure, type Typing } from '../dist/index.js';
+import { applyEvent, isEvent, MemoryStorage, ShardchatError, type Ack, type Message, type Group, type Presence, type ReceiptCounts, type SendFailure, type Typing } from '../dist/index.js';
 import { Engine, sleep } from './engine.js';
 import { client, Inbox, until, assertOnceInOrder } from './helpers.js';
 
@@ -211,4 +211,45 @@ test('sends refused with rate_limited are sent again later with the same cmid, a
   } finally {
     await slow.dispose();
   }
+});
+
+test('edits, reactions, replies and deletes: applied as they come, they give what history gives', async () => {
+  const ivy = client(engine.url, 'ivy');
+  const jon = client(engine.url, 'jon');
+  const jonIn = new Inbox(jon);
+  await Promise.all([ivy.connect(), jon.connect()]);
+  const conv = 'd:ivy:jon';
+  const first = await ivy.send({ to: 'jon' }, 'helo');
+  await ivy.edit(conv, first.seq, 'hello');
+  await jon.react(conv, first.seq, '👍');
+  const reply = await jon.send({ conv }, 'hi ivy', { replyTo: first.seq });
+  const gone = await ivy.send({ conv }, 'oops');
+  await ivy.deleteMessage(conv, gone.seq);
+  const refused = await jon.edit(conv, first.seq, 'mine').catch((e: ShardchatError) => e.code);
+  assert.equal(refused, 'forbidden', 'only the author edits');
+  await until(() => jonIn.of(conv).length === 6, 'jon to get every message and event');
+  // Jon's view, built from what arrived live.
+  const bySeq = new Map<number, Message>();
+  for (const m of jonIn.of(conv)) {
+    if (isEvent(m)) {
+      const t = bySeq.get(m.target!);
+      if (t) bySeq.set(t.seq, applyEvent(t, m));
+    } else bySeq.set(m.seq, m);
+  }
+  const stored = new Map((await jon.history(conv)).filter((m) => !isEvent(m)).map((m) => [m.seq, m]));
+  for (const seq of [first.seq, reply.seq, gone.seq]) {
+    const live = bySeq.get(seq)!;
+    const page = stored.get(seq)!;
+    assert.deepEqual(
+      [live.body, live.edited_at, live.deleted, live.reactions, live.reply_to],
+      [page.body, page.edited_at, page.deleted, page.reactions, page.reply_to],
+      `seq ${seq}: live and history agree`,
+    );
+  }
+  assert.equal(stored.get(first.seq)!.body, 'hello');
+  assert.deepEqual(stored.get(first.seq)!.reactions, [{ user: 'jon', emoji: '👍' }]);
+  assert.equal(stored.get(reply.seq)!.reply_to, first.seq);
+  assert.equal(stored.get(gone.seq)!.deleted, true);
+  ivy.close();
+  jon.close();
 });

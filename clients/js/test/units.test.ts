@@ -1,8 +1,8 @@
-// The pure parts alone: delivery order and backoff.
+// The pure parts alone: delivery order, backoff, events applied to their messages.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Backoff, ConvOrder, HELD_MAX_MESSAGES, jwtClaims, type Message } from '../dist/index.js';
+import { applyEvent, Backoff, ConvOrder, HELD_MAX_MESSAGES, isEvent, jwtClaims, type Message } from '../dist/index.js';
 
 const msg = (seq: number): Message => ({ conv: 'd:a:b', id: String(seq), seq, from: 'a', cmid: `c${seq}`, body: `m${seq}`, kind: 'text', ts: 0 });
 
@@ -84,4 +84,31 @@ test('order: any arrival of 1..n, shuffled and repeated, with gaps filled as ask
     assert.deepEqual(out, Array.from({ length: n }, (_, i) => i + 1), `seed ${seed}`);
     assert.equal(o.heldCount, 0, `seed ${seed}`);
   }
+});
+
+test('events applied to their message: edits, one reaction per user, deletes that stick', () => {
+  const ev = (seq: number, from: string, kind: 'edit' | 'delete' | 'reaction', target: number, body: string): Message => ({
+    ...msg(seq),
+    from,
+    kind,
+    target,
+    body,
+    ts: 1000 + seq,
+  });
+  let m = msg(1);
+  assert.ok(!isEvent(m) && isEvent(ev(2, 'a', 'edit', 1, 'x')));
+  m = applyEvent(m, ev(2, 'a', 'edit', 1, 'fixed'));
+  assert.deepEqual([m.body, m.edited_at], ['fixed', 1002]);
+  m = applyEvent(m, ev(3, 'zed', 'reaction', 1, '👍'));
+  m = applyEvent(m, ev(4, 'bob', 'reaction', 1, '🎉'));
+  m = applyEvent(m, ev(5, 'zed', 'reaction', 1, '❤️'));
+  assert.deepEqual(m.reactions, [{ user: 'bob', emoji: '🎉' }, { user: 'zed', emoji: '❤️' }], 'one per user, ordered by user');
+  m = applyEvent(m, ev(6, 'bob', 'reaction', 1, ''));
+  assert.deepEqual(m.reactions, [{ user: 'zed', emoji: '❤️' }], 'taken back');
+  assert.equal(applyEvent(m, ev(7, 'a', 'edit', 9, 'other')), m, 'an event about another message changes nothing');
+  const before = m;
+  m = applyEvent(m, ev(8, 'a', 'delete', 1, ''));
+  assert.deepEqual([m.body, m.deleted, m.reactions], ['', true, undefined]);
+  assert.equal(before.body, 'fixed', 'the old state is not changed');
+  assert.equal(applyEvent(m, ev(9, 'a', 'edit', 1, 'back')), m, 'a deleted message stays deleted');
 });

@@ -30,6 +30,9 @@ use utoipa::ToSchema;
         super::rest::conversation,
         super::rest::messages,
         super::rest::send,
+        super::rest::edit_message,
+        super::rest::delete_message,
+        super::rest::react,
         super::rest::receipts,
         super::rest::create_group,
         super::rest::add_members,
@@ -43,6 +46,9 @@ use utoipa::ToSchema;
     ),
     components(schemas(
         super::rest::NewMessage,
+        super::rest::EditMessage,
+        super::rest::React,
+        MessageKind,
         super::rest::NewGroup,
         super::rest::Users,
         super::rest::Rename,
@@ -119,6 +125,15 @@ pub enum ErrorCodeDoc {
     GroupFull,
     Unavailable,
     Internal,
+}
+
+/// What `POST /v1/conversations/{conv}/messages` sends: a message proper.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    Text,
+    Image,
+    File,
 }
 
 /// What a client may send (`system` is the server's): a message, or an event about the message
@@ -358,6 +373,7 @@ pub struct ConversationSummary {
     unread: u64,
     /// false: a former member, who sees the conversation up to where they left.
     member: bool,
+    /// The newest message proper, as it is now (an edit or reaction after it is not the preview).
     last: Option<Message>,
 }
 
@@ -495,13 +511,16 @@ pub struct ClientConfig {
 pub fn document(body_bytes_max: usize) -> openapi::OpenApi {
     use utoipa::OpenApi;
     let mut api = ApiDoc::openapi();
-    let body = api.components.as_mut().and_then(|c| c.schemas.get_mut("NewMessage")).and_then(|s| match s {
-        RefOr::T(openapi::schema::Schema::Object(o)) => o.properties.get_mut("body"),
-        _ => None,
-    });
-    match body {
-        Some(RefOr::T(openapi::schema::Schema::Object(o))) => o.max_length = Some(body_bytes_max),
-        _ => unreachable!("NewMessage has a body property"),
+    // A message's body, and an edit's.
+    for schema in ["NewMessage", "EditMessage"] {
+        let body = api.components.as_mut().and_then(|c| c.schemas.get_mut(schema)).and_then(|s| match s {
+            RefOr::T(openapi::schema::Schema::Object(o)) => o.properties.get_mut("body"),
+            _ => None,
+        });
+        match body {
+            Some(RefOr::T(openapi::schema::Schema::Object(o))) => o.max_length = Some(body_bytes_max),
+            _ => unreachable!("{schema} has a body property"),
+        }
     }
     // The two shapes of a `send` frame: their bodies have the same bound.
     let mut sends = 0;

@@ -30,6 +30,8 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/conversations", get(conversations))
         .route("/v1/conversations/{conv}", get(conversation).patch(rename))
         .route("/v1/conversations/{conv}/messages", get(messages).post(send))
+        .route("/v1/conversations/{conv}/messages/{seq}", axum::routing::patch(edit_message).delete(delete_message))
+        .route("/v1/conversations/{conv}/messages/{seq}/reaction", axum::routing::put(react))
         .route("/v1/conversations/{conv}/messages/{seq}/receipts", get(receipts))
         .route("/v1/conversations/{conv}/members", post(add_members))
         .route("/v1/conversations/{conv}/members/{user}", delete(remove_member))
@@ -107,6 +109,7 @@ const LIBRARY: &[(&str, &str)] = &[
     ("backoff.js", include_str!("../../../clients/js/dist/backoff.js")),
     ("storage.js", include_str!("../../../clients/js/dist/storage.js")),
     ("rest.js", include_str!("../../../clients/js/dist/rest.js")),
+    ("revise.js", include_str!("../../../clients/js/dist/revise.js")),
 ];
 
 /// One module of the client library (`@shardchat/client`), for the page.
@@ -194,6 +197,10 @@ fn body_of(frame: &ServerFrame) -> Value {
     v
 }
 
+/// Records read back from a conversation's newest to find its newest message proper for the
+/// list's preview (past this many events, the newest record is shown).
+const PREVIEW_SCAN_MAX: usize = 20;
+
 /// Messages proper after the caller's read watermark that others sent, counted up to this cap.
 const UNREAD_COUNT_MAX: usize = 1000;
 
@@ -209,8 +216,11 @@ pub(crate) async fn conversations(State(ctx): State<Ctx>, Caller(me): Caller) ->
                     Err(e) if e.code == ErrorCode::Unavailable => return Err(e),
                     Err(_) => continue,
                 };
-                let last = store.messages_before(&conv, Some(upto.saturating_add(1)), 1).map_err(unavailable)?.pop();
-                let last_seq = last.as_ref().map_or(0, |m| m.seq);
+                // The newest message proper is the preview; events after it (a reaction, an
+                // edit) still make the conversation recent and count in `last_seq`.
+                let newest = store.messages_before(&conv, Some(upto.saturating_add(1)), PREVIEW_SCAN_MAX).map_err(unavailable)?;
+                let last_seq = newest.first().map_or(0, |m| m.seq);
+                let last = newest.iter().find(|m| m.kind.is_content()).or(newest.first()).cloned();
                 let read = store.watermark(&conv, &user, ReceiptKind::Read).map_err(unavailable)?;
                 let unread = store
                     .messages_after(&conv, read, UNREAD_COUNT_MAX)
@@ -221,7 +231,7 @@ pub(crate) async fn conversations(State(ctx): State<Ctx>, Caller(me): Caller) ->
                     .filter(|m| m.seq <= last_seq && m.from != user && m.kind.is_content() && !m.deleted)
                     .count();
                 let name = store.conv_name(&conv).map_err(unavailable)?;
-                let key = last.as_ref().map(|m| (m.ts, m.id)).unwrap_or((0, 0));
+                let key = newest.first().map(|m| (m.ts, m.id)).unwrap_or((0, 0));
                 out.push((
                     key,
                     json!({ "conv": conv, "name": name, "last_seq": last_seq, "unread": unread, "member": upto == u64::MAX, "last": last }),
@@ -305,17 +315,61 @@ pub(crate) struct NewMessage {
     /// At most the server's body limit in bytes (`maxLength`: set per server, see
     /// `openapi::document`).
     body: String,
-    /// `text` (default), `image` or `file`; or `edit`, `delete`, `reaction`, events about the
-    /// message `target` names.
+    /// `text` (default), `image` or `file`. Edits, deletes and reactions have their own
+    /// operations on `/messages/{seq}`.
     #[serde(default)]
-    #[schema(value_type = crate::openapi::SendKind, example = "text")]
+    #[schema(value_type = crate::openapi::MessageKind, example = "text")]
     kind: MsgKind,
-    /// For `edit`, `delete` and `reaction`: the seq of the message they are about.
-    #[schema(minimum = 1, nullable = false)]
-    target: Option<u64>,
-    /// For a message: the seq of the earlier message it answers.
+    /// The seq of the earlier message this one answers.
+    #[serde(default, deserialize_with = "present_seq")]
     #[schema(minimum = 1, nullable = false)]
     reply_to: Option<u64>,
+}
+
+/// An optional seq that, when given, is a value: `null` is refused like any wrong type (the
+/// document says the field is not nullable). JSON Schema counts `5.0` as the integer 5, and so
+/// does this (a JSON encoder may write any number with a fraction).
+fn present_seq<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Int(u64),
+        Float(f64),
+    }
+    match Number::deserialize(d)? {
+        Number::Int(n) => Ok(Some(n)),
+        Number::Float(f) if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) => Ok(Some(f as u64)),
+        Number::Float(f) => Err(serde::de::Error::custom(format!("reply_to: {f} is not a seq"))),
+    }
+}
+
+/// An edit: the message's new text.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct EditMessage {
+    /// The client's id for this edit (an event with a seq of its own), as for a message.
+    #[schema(min_length = 1, max_length = 64)]
+    cmid: String,
+    /// The new text, not empty; at most the server's body limit in bytes.
+    #[schema(min_length = 1)]
+    body: String,
+}
+
+/// A reaction: one emoji, replacing the caller's earlier one; empty takes it back.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct React {
+    #[schema(min_length = 1, max_length = 64)]
+    cmid: String,
+    /// One emoji of Unicode's list (skin tones included), or "" to take the reaction back.
+    #[schema(max_length = 64, example = "👍")]
+    emoji: String,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct CmidQuery {
+    /// The client's id for this delete (an event with a seq of its own), as for a message.
+    #[param(min_length = 1, max_length = 64)]
+    cmid: String,
 }
 
 #[utoipa::path(post, path = "/v1/conversations/{conv}/messages", tag = "messages", params(crate::openapi::ConvPath), request_body = NewMessage, responses((status = 200, description = "the ack: the message is durably stored", body = crate::openapi::Ack)), security(("bearer" = [])))]
@@ -327,19 +381,62 @@ pub(crate) async fn send(
 ) -> ApiResult<Json<Value>> {
     check_conv(&conv)?;
     // The same checks as a WebSocket `send`.
-    let frame = ClientFrame::Send {
-        cmid: m.cmid.clone(),
-        to: None,
-        conv: Some(conv.clone()),
-        body: m.body.clone(),
-        kind: m.kind,
-        target: m.target,
-        reply_to: m.reply_to,
-    };
+    if m.kind.is_event() {
+        return Err(FrameError::bad_request("kind is text, image or file here; edits, deletes and reactions have their own operations").into());
+    }
+    sent(&ctx, &me.user, conv, m.cmid, m.body, m.kind, None, m.reply_to).await
+}
+
+/// Checks a send as the WebSocket does, hands it to its owner and answers its ack.
+#[allow(clippy::too_many_arguments)]
+async fn sent(
+    ctx: &Ctx,
+    user: &str,
+    conv: String,
+    cmid: String,
+    body: String,
+    kind: MsgKind,
+    target: Option<u64>,
+    reply_to: Option<u64>,
+) -> ApiResult<Json<Value>> {
+    let frame = ClientFrame::Send { cmid: cmid.clone(), to: None, conv: Some(conv.clone()), body: body.clone(), kind, target, reply_to };
     frame.validate(&Limits { body_bytes_max: ctx.cfg.body_bytes_max })?;
-    let op = BridgeOp::Send { conv, cmid: m.cmid, body: m.body, kind: m.kind, target: m.target, reply_to: m.reply_to };
-    let ack = answer(ctx.ask(&me.user, op).await?)?;
+    let op = BridgeOp::Send { conv, cmid, body, kind, target, reply_to };
+    let ack = answer(ctx.ask(user, op).await?)?;
     Ok(Json(body_of(&ack)))
+}
+
+#[utoipa::path(patch, path = "/v1/conversations/{conv}/messages/{seq}", tag = "messages", params(crate::openapi::ConvPath, ("seq" = i64, Path, minimum = 1)), request_body = EditMessage, responses((status = 200, description = "the edit's ack: it is durably stored, with a seq of its own", body = crate::openapi::Ack)), security(("bearer" = [])))]
+pub(crate) async fn edit_message(
+    State(ctx): State<Ctx>,
+    Caller(me): Caller,
+    Path((conv, seq)): Path<(String, u64)>,
+    Json(e): Json<EditMessage>,
+) -> ApiResult<Json<Value>> {
+    check_conv(&conv)?;
+    sent(&ctx, &me.user, conv, e.cmid, e.body, MsgKind::Edit, Some(seq), None).await
+}
+
+#[utoipa::path(delete, path = "/v1/conversations/{conv}/messages/{seq}", tag = "messages", params(crate::openapi::ConvPath, ("seq" = i64, Path, minimum = 1), CmidQuery), responses((status = 200, description = "the delete's ack: it is durably stored, with a seq of its own", body = crate::openapi::Ack)), security(("bearer" = [])))]
+pub(crate) async fn delete_message(
+    State(ctx): State<Ctx>,
+    Caller(me): Caller,
+    Path((conv, seq)): Path<(String, u64)>,
+    Query(q): Query<CmidQuery>,
+) -> ApiResult<Json<Value>> {
+    check_conv(&conv)?;
+    sent(&ctx, &me.user, conv, q.cmid, String::new(), MsgKind::Delete, Some(seq), None).await
+}
+
+#[utoipa::path(put, path = "/v1/conversations/{conv}/messages/{seq}/reaction", tag = "messages", params(crate::openapi::ConvPath, ("seq" = i64, Path, minimum = 1)), request_body = React, responses((status = 200, description = "the reaction's ack: it is durably stored, with a seq of its own", body = crate::openapi::Ack)), security(("bearer" = [])))]
+pub(crate) async fn react(
+    State(ctx): State<Ctx>,
+    Caller(me): Caller,
+    Path((conv, seq)): Path<(String, u64)>,
+    Json(r): Json<React>,
+) -> ApiResult<Json<Value>> {
+    check_conv(&conv)?;
+    sent(&ctx, &me.user, conv, r.cmid, r.emoji, MsgKind::Reaction, Some(seq), None).await
 }
 
 #[utoipa::path(get, path = "/v1/conversations/{conv}/messages/{seq}/receipts", tag = "messages", params(crate::openapi::ConvPath, ("seq" = i64, Path, minimum = 1)), responses((status = 200, description = "who delivered and read it", body = crate::openapi::ReceiptDetail)), security(("bearer" = [])))]

@@ -93,6 +93,19 @@ async fn lines_with(b: &Browser, text: &str) -> u64 {
     eval_u64(b, &js).await
 }
 
+/// Clicks button `act` (reply, like, edit, delete) on the line that shows `text`.
+async fn act(b: &Browser, text: &str, act: &str) {
+    let js = format!(
+        "const d = [...document.querySelectorAll('#log .msg')].find(d => d.textContent.includes({text:?})); \
+         const b = d && d.querySelector('button[data-act={act}]'); if (b) b.click(); return b ? 1 : 0"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while eval_u64(b, &js).await != 1 {
+        assert!(Instant::now() < deadline, "no {act} button on the line with {text:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn two_browsers_chat_and_see_the_read_receipt() {
     if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists() {
@@ -157,6 +170,31 @@ async fn two_browsers_chat_and_see_the_read_receipt() {
     // Opened, the chat carries no unread badge and the title no count.
     wait_eval(&bob, "return document.querySelectorAll('#convs .unread').length", 0, "the badge cleared").await;
     assert_eq!(bob.title().await.unwrap(), "shardchat");
+
+    // Replies, edits, reactions and deletes from the lines' buttons, seen live on the other page.
+    act(&bob, "hello from a browser", "reply").await;
+    bob.find(Locator::Id("text")).await.unwrap().send_keys("answering you\u{E007}").await.unwrap();
+    wait_text(&alice, "#log .msg", |t| t.contains("↪ alice: hello from a browser") && t.contains("bob: answering you"), "the reply with its quote")
+        .await;
+    act(&alice, "hello from a browser", "edit").await;
+    let text = alice.find(Locator::Id("text")).await.unwrap();
+    assert_eq!(text.prop("value").await.unwrap().as_deref(), Some("hello from a browser"), "the text to edit is in the box");
+    text.clear().await.unwrap();
+    text.send_keys("hello, edited\u{E007}").await.unwrap();
+    wait_text(&bob, "#log .msg", |t| t.contains("alice: hello, edited") && t.contains("(edited)"), "the edit").await;
+    act(&bob, "hello, edited", "like").await;
+    wait_text(&alice, "#log .msg .reacts", |t| t == "👍 bob", "the reaction").await;
+    act(&alice, "hello, edited", "delete").await;
+    wait_text(&bob, "#log .msg", |t| t.contains("alice: message deleted"), "the tombstone").await;
+    assert_eq!(lines_with(&bob, "hello, edited").await, 0, "the text is gone from bob's page");
+    // A page opened now gets the same from history: the tombstone, the reply's mark.
+    bob.refresh().await.unwrap();
+    wait_text(&bob, "#status", |t| t == "online as bob", "bob back after a reload").await;
+    wait_text(&bob, "#convs li", |t| t.contains("alice"), "the list after a reload").await;
+    bob.find(Locator::Css("#convs li")).await.unwrap().click().await.unwrap();
+    wait_text(&bob, "#log .msg", |t| t.contains("alice: message deleted"), "the tombstone from history").await;
+    wait_text(&bob, "#log .msg", |t| t.contains("↪") && t.contains("bob: answering you"), "the reply from history").await;
+    screenshot(&bob, "chat-revisions").await;
 
     // One long word wraps: the page never gets wider than the window.
     bob.find(Locator::Id("text")).await.unwrap().send_keys(&format!("{}\u{E007}", "w".repeat(400))).await.unwrap();

@@ -304,7 +304,7 @@ async fn every_refusal_is_the_contracts_json_whoever_makes_it() {
 async fn the_client_library_is_served_for_the_page() {
     let s = Server::start(&[]);
     let base = format!("http://127.0.0.1:{}/js", s.http);
-    for module in ["index.js", "client.js", "order.js", "backoff.js", "storage.js", "rest.js", "frames.js"] {
+    for module in ["index.js", "client.js", "order.js", "backoff.js", "storage.js", "rest.js", "frames.js", "revise.js"] {
         let r = reqwest::get(format!("{base}/{module}")).await.unwrap();
         assert_eq!(r.status().as_u16(), 200, "{module}");
         assert_eq!(r.headers()["content-type"], "text/javascript; charset=utf-8");

@@ -31,7 +31,8 @@ pub enum Revised {
 pub fn apply(target: &mut MsgRecord, kind: MsgKind, user: &str, admin: bool, body: &str, seq: u64, ts: u64) -> Result<Revised, FrameError> {
     debug_assert!(kind.is_event(), "only events revise a message");
     if !target.kind.is_content() {
-        return Err(FrameError::bad_request("only a message (text, image or file) can be edited, deleted or reacted to"));
+        // The target exists and the request is well formed: what it asks is not allowed.
+        return Err(FrameError::new(ErrorCode::Forbidden, "only a message (text, image or file) can be edited, deleted or reacted to"));
     }
     if target.deleted {
         return Err(FrameError::new(ErrorCode::NotFound, "the message was deleted"));
@@ -139,7 +140,7 @@ mod tests {
     fn system_messages_and_events_are_not_targets() {
         for kind in [MsgKind::System, MsgKind::Edit, MsgKind::Reaction, MsgKind::Delete] {
             let mut m = MsgRecord { kind, ..msg("ann") };
-            assert_eq!(apply(&mut m, MsgKind::Edit, "ann", true, "x", 4, 1).unwrap_err().code, ErrorCode::BadRequest);
+            assert_eq!(apply(&mut m, MsgKind::Edit, "ann", true, "x", 4, 1).unwrap_err().code, ErrorCode::Forbidden);
         }
     }
 

@@ -52,7 +52,7 @@ fn only_the_author_edits_and_unknown_or_deleted_targets_are_not_found() {
     sim.send(a, &event(c, "x4", "edit", 1, "back"));
     assert_eq!(error_of(&sim.frames(a), "x4"), Some(ErrorCode::NotFound), "a deleted message stays deleted");
     sim.send(a, &event(c, "x5", "reaction", 2, "👍"));
-    assert_eq!(error_of(&sim.frames(a), "x5"), Some(ErrorCode::BadRequest), "an event is not a target");
+    assert_eq!(error_of(&sim.frames(a), "x5"), Some(ErrorCode::Forbidden), "an event is not a target");
     // Refusals took no seq: the message and its delete are all there is.
     assert_eq!(st.last_seq(c).unwrap(), 2);
     // An event cannot open a conversation.
