@@ -158,7 +158,8 @@ impl SearchIndex {
     }
 
     /// Ranked hits for `q` within `convs` (conversation, highest seq the user may read), skipping
-    /// `offset`. Results a former member may not read are filtered out after ranking.
+    /// `offset`. What a former member may not read (past where they left) is left out before the
+    /// page is cut, so a page is short only at the end of the results.
     pub fn search(&self, q: &str, convs: &[(String, u64)], limit: usize, offset: usize) -> Result<Vec<Hit>, String> {
         if convs.is_empty() {
             return Ok(Vec::new());
@@ -168,28 +169,48 @@ impl SearchIndex {
         let within: Box<dyn Query> = Box::new(TermSetQuery::new(convs.iter().map(|(c, _)| Term::from_field_text(self.f.conv, c))));
         let query = BooleanQuery::new(vec![(Occur::Must, text), (Occur::Must, within)]);
         let searcher = self.reader.searcher();
-        let top = searcher.search(&query, &TopDocs::with_limit(limit).and_offset(offset).order_by_score()).map_err(|e| e.to_string())?;
-        let mut hits = Vec::with_capacity(top.len());
-        for (score, addr) in top {
-            let d: TantivyDocument = searcher.doc(addr).map_err(|e| e.to_string())?;
-            let u = |f: Field| d.get_first(f).and_then(|v| v.as_u64()).unwrap_or(0);
-            let s = |f: Field| d.get_first(f).and_then(|v| v.as_str()).unwrap_or("").to_string();
-            let hit = Hit {
-                score,
-                conv: s(self.f.conv),
-                id: u(self.f.id),
-                seq: u(self.f.seq),
-                from: s(self.f.from),
-                body: s(self.f.body),
-                ts: u(self.f.ts),
-            };
-            if convs.iter().any(|(c, upto)| *c == hit.conv && hit.seq <= *upto) {
-                hits.push(hit);
+        let upto: std::collections::HashMap<&str, u64> = convs.iter().map(|(c, u)| (c.as_str(), *u)).collect();
+        let bounded = convs.iter().any(|(_, u)| *u != u64::MAX);
+        let want = offset + limit;
+        // Ranked candidates, then the readable ones among them. With no former membership every
+        // candidate is readable and the first `want` are the page's; otherwise more are fetched,
+        // twice as many each round, until `want` are readable or the candidates run out.
+        let mut fetch = want;
+        let hits = loop {
+            let top = searcher.search(&query, &TopDocs::with_limit(fetch).order_by_score()).map_err(|e| e.to_string())?;
+            let exhausted = top.len() < fetch || fetch >= SEARCH_CANDIDATES_MAX;
+            let mut readable = Vec::with_capacity(want.min(top.len()));
+            for (i, (score, addr)) in top.into_iter().enumerate() {
+                if !bounded && i < offset {
+                    continue;
+                }
+                let d: TantivyDocument = searcher.doc(addr).map_err(|e| e.to_string())?;
+                let hit = self.hit(score, &d);
+                if upto.get(hit.conv.as_str()).is_some_and(|u| hit.seq <= *u) {
+                    readable.push(hit);
+                }
             }
-        }
-        Ok(hits)
+            if !bounded {
+                break readable;
+            }
+            if readable.len() >= want || exhausted {
+                break readable.into_iter().skip(offset).collect();
+            }
+            fetch = (fetch * 2).min(SEARCH_CANDIDATES_MAX);
+        };
+        Ok(hits.into_iter().take(limit).collect())
+    }
+
+    fn hit(&self, score: f32, d: &TantivyDocument) -> Hit {
+        let u = |f: Field| d.get_first(f).and_then(|v| v.as_u64()).unwrap_or(0);
+        let s = |f: Field| d.get_first(f).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        Hit { score, conv: s(self.f.conv), id: u(self.f.id), seq: u(self.f.seq), from: s(self.f.from), body: s(self.f.body), ts: u(self.f.ts) }
     }
 }
+
+/// Most ranked candidates one search looks through for a former member's readable ones (a page
+/// past them is short: the bound of one search's work).
+const SEARCH_CANDIDATES_MAX: usize = 100_000;
 
 #[cfg(test)]
 mod tests {
@@ -238,6 +259,45 @@ mod tests {
         for seq in 1..=3 {
             assert_eq!(hits(&index, &format!("\"body {seq}\"")), 1, "message {seq} is found once");
         }
+        shutdown.store(true, Ordering::Release);
+        indexer.join().unwrap();
+    }
+
+    /// A former member's hits past where they left are left out before the page is cut: every
+    /// page but the last is full, and pages neither overlap nor skip.
+    #[test]
+    fn pages_are_full_whatever_a_former_member_may_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(SearchIndex::open(dir.path()).unwrap());
+        let store = Arc::new(MemStore::new());
+        // 30 matching messages; the caller left at seq 10, and the best-ranked ones (shortest
+        // bodies) come after it.
+        let msgs: Vec<MsgRecord> = (1..=30)
+            .map(|seq| {
+                let pad = if seq <= 10 { " and more words to rank it lower".repeat(3) } else { String::new() };
+                MsgRecord { body: format!("needle {seq}{pad}"), ..rec("g:1", seq, "a", &format!("c{seq}")) }
+            })
+            .collect();
+        store.commit(&WriteBatch { messages: msgs, ..Default::default() }).unwrap();
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let indexer = {
+            let (index, store, shutdown) = (index.clone(), store.clone(), shutdown.clone());
+            std::thread::spawn(move || index.run_indexer(store, shutdown))
+        };
+        wait_for("never indexed", || hits(&index, "needle") == 30);
+        let former = [("g:1".to_string(), 10)];
+        let mut seen = Vec::new();
+        for page in 0..4 {
+            let got = index.search("needle", &former, 3, page * 3).unwrap();
+            let want = if page < 3 { 3 } else { 1 };
+            assert_eq!(got.len(), want.min(10 - page * 3), "page {page}: {got:?}");
+            assert!(got.iter().all(|h| h.seq <= 10), "page {page}: {got:?}");
+            seen.extend(got.iter().map(|h| h.seq));
+        }
+        seen.sort();
+        assert_eq!(seen, (1..=10).collect::<Vec<_>>(), "every readable hit once, on some page");
+        // A member sees them all, paged the same way.
+        assert_eq!(index.search("needle", &[("g:1".to_string(), u64::MAX)], 25, 20).unwrap().len(), 10);
         shutdown.store(true, Ordering::Release);
         indexer.join().unwrap();
     }
