@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, TermSetQuery};
+use tantivy::query::{BooleanQuery, Bm25StatisticsProvider, Occur, Query, QueryParser, TermSetQuery};
 use tantivy::schema::{Field, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT};
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
@@ -45,11 +45,11 @@ pub struct SearchIndex {
 }
 
 /// One search result.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Hit {
     pub score: f32,
     pub conv: String,
-    #[serde(serialize_with = "as_string")]
+    #[serde(serialize_with = "as_string", deserialize_with = "from_string")]
     pub id: u64,
     pub seq: u64,
     pub from: String,
@@ -59,6 +59,11 @@ pub struct Hit {
 
 fn as_string<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
+}
+
+fn from_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
 }
 
 impl SearchIndex {
@@ -161,50 +166,130 @@ impl SearchIndex {
     /// `offset`. What a former member may not read (past where they left) is left out before the
     /// page is cut, so a page is short only at the end of the results.
     pub fn search(&self, q: &str, convs: &[(String, u64)], limit: usize, offset: usize) -> Result<Vec<Hit>, String> {
-        if convs.is_empty() {
+        Ok(self.ranked(q, convs, offset + limit, None)?.into_iter().skip(offset).take(limit).collect())
+    }
+
+    /// The query `q` parses to (the text, lenient: a syntax error searches what it can).
+    fn parse(&self, q: &str) -> Box<dyn Query> {
+        QueryParser::for_index(&self.index, vec![self.f.body]).parse_query_lenient(q).0
+    }
+
+    /// What BM25 ranks `q` by, in this index: the documents, the tokens of each field the query
+    /// names, and how many documents hold each of its terms. Summed over the nodes of a cluster
+    /// ([`Stats::add`]), they rank every node's hits as one index holding them all would.
+    pub fn stats(&self, q: &str) -> Result<Stats, String> {
+        let query = self.parse(q);
+        let searcher = self.reader.searcher();
+        let mut stats = Stats { docs: searcher.total_num_docs().map_err(|e| e.to_string())?, ..Default::default() };
+        let mut terms = Vec::new();
+        query.query_terms(&mut |t, _| terms.push(t.clone()));
+        for t in terms {
+            let field = self.index.schema().get_field_name(t.field()).to_string();
+            if !stats.tokens.contains_key(&field) {
+                stats.tokens.insert(field, searcher.total_num_tokens(t.field()).map_err(|e| e.to_string())?);
+            }
+            stats.terms.insert(term_key(&t), searcher.doc_freq(&t).map_err(|e| e.to_string())?);
+        }
+        Ok(stats)
+    }
+
+    /// The best `want` hits for `q` that the caller may read, best first, ranked by `global`
+    /// statistics when given (a cluster's, see [`SearchIndex::stats`]) or this index's own.
+    pub fn ranked(&self, q: &str, convs: &[(String, u64)], want: usize, global: Option<&Stats>) -> Result<Vec<Hit>, String> {
+        if convs.is_empty() || want == 0 {
             return Ok(Vec::new());
         }
-        let parser = QueryParser::for_index(&self.index, vec![self.f.body]);
-        let (text, _errors) = parser.parse_query_lenient(q);
+        let text = self.parse(q);
         let within: Box<dyn Query> = Box::new(TermSetQuery::new(convs.iter().map(|(c, _)| Term::from_field_text(self.f.conv, c))));
         let query = BooleanQuery::new(vec![(Occur::Must, text), (Occur::Must, within)]);
         let searcher = self.reader.searcher();
+        let ranking = global.map(|g| GlobalStats { stats: g, schema: self.index.schema() });
+        let top = |fetch: usize| {
+            let collector = TopDocs::with_limit(fetch).order_by_score();
+            match &ranking {
+                Some(r) => searcher.search_with_statistics_provider(&query, &collector, r),
+                None => searcher.search(&query, &collector),
+            }
+            .map_err(|e| e.to_string())
+        };
         let upto: std::collections::HashMap<&str, u64> = convs.iter().map(|(c, u)| (c.as_str(), *u)).collect();
         let bounded = convs.iter().any(|(_, u)| *u != u64::MAX);
-        let want = offset + limit;
         // Ranked candidates, then the readable ones among them. With no former membership every
-        // candidate is readable and the first `want` are the page's; otherwise more are fetched,
-        // twice as many each round, until `want` are readable or the candidates run out.
+        // candidate is readable; otherwise more are fetched, twice as many each round, until
+        // `want` are readable or the candidates run out.
         let mut fetch = want;
-        let hits = loop {
-            let top = searcher.search(&query, &TopDocs::with_limit(fetch).order_by_score()).map_err(|e| e.to_string())?;
-            let exhausted = top.len() < fetch || fetch >= SEARCH_CANDIDATES_MAX;
-            let mut readable = Vec::with_capacity(want.min(top.len()));
-            for (i, (score, addr)) in top.into_iter().enumerate() {
-                if !bounded && i < offset {
-                    continue;
-                }
+        loop {
+            let candidates = top(fetch)?;
+            let exhausted = candidates.len() < fetch || fetch >= SEARCH_CANDIDATES_MAX;
+            let mut readable = Vec::with_capacity(want.min(candidates.len()));
+            for (score, addr) in candidates {
                 let d: TantivyDocument = searcher.doc(addr).map_err(|e| e.to_string())?;
                 let hit = self.hit(score, &d);
                 if upto.get(hit.conv.as_str()).is_some_and(|u| hit.seq <= *u) {
                     readable.push(hit);
                 }
             }
-            if !bounded {
-                break readable;
-            }
-            if readable.len() >= want || exhausted {
-                break readable.into_iter().skip(offset).collect();
+            if !bounded || readable.len() >= want || exhausted {
+                readable.truncate(want);
+                return Ok(readable);
             }
             fetch = (fetch * 2).min(SEARCH_CANDIDATES_MAX);
-        };
-        Ok(hits.into_iter().take(limit).collect())
+        }
     }
 
     fn hit(&self, score: f32, d: &TantivyDocument) -> Hit {
         let u = |f: Field| d.get_first(f).and_then(|v| v.as_u64()).unwrap_or(0);
         let s = |f: Field| d.get_first(f).and_then(|v| v.as_str()).unwrap_or("").to_string();
         Hit { score, conv: s(self.f.conv), id: u(self.f.id), seq: u(self.f.seq), from: s(self.f.from), body: s(self.f.body), ts: u(self.f.ts) }
+    }
+}
+
+/// What BM25 needs to rank a query's hits (see [`SearchIndex::stats`]): summed over a cluster's
+/// indexes, it ranks as one index would.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Stats {
+    pub docs: u64,
+    /// Field name → tokens in it, over every document.
+    pub tokens: std::collections::BTreeMap<String, u64>,
+    /// A term (its serialized bytes, hex) → documents holding it.
+    pub terms: std::collections::BTreeMap<String, u64>,
+}
+
+impl Stats {
+    /// Adds another index's statistics of the same query.
+    pub fn add(&mut self, other: &Stats) {
+        self.docs += other.docs;
+        for (f, n) in &other.tokens {
+            *self.tokens.entry(f.clone()).or_default() += n;
+        }
+        for (t, n) in &other.terms {
+            *self.terms.entry(t.clone()).or_default() += n;
+        }
+    }
+}
+
+/// A term as the statistics name it: its field's number, then its value's type and bytes in hex
+/// (the same on every node: they share the schema).
+fn term_key(t: &Term) -> String {
+    let value: String = t.serialized_value_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}:{:?}:{value}", t.field().field_id(), t.typ())
+}
+
+/// A cluster's statistics as tantivy's BM25 asks for them.
+struct GlobalStats<'a> {
+    stats: &'a Stats,
+    schema: tantivy::schema::Schema,
+}
+
+impl Bm25StatisticsProvider for GlobalStats<'_> {
+    fn total_num_tokens(&self, field: Field) -> tantivy::Result<u64> {
+        Ok(self.stats.tokens.get(self.schema.get_field_name(field)).copied().unwrap_or(0))
+    }
+    fn total_num_docs(&self) -> tantivy::Result<u64> {
+        Ok(self.stats.docs)
+    }
+    fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
+        Ok(self.stats.terms.get(&term_key(term)).copied().unwrap_or(0))
     }
 }
 
@@ -300,6 +385,45 @@ mod tests {
         assert_eq!(index.search("needle", &[("g:1".to_string(), u64::MAX)], 25, 20).unwrap().len(), 10);
         shutdown.store(true, Ordering::Release);
         indexer.join().unwrap();
+    }
+
+    /// Two indexes holding halves of the messages, ranked by their summed statistics and merged,
+    /// give the order and the scores of one index holding them all: a cluster's search ranks as
+    /// one node's would.
+    #[test]
+    fn split_indexes_ranked_by_summed_statistics_rank_as_one() {
+        let words = ["apple", "banana", "cherry", "apple banana", "apple apple cherry", "date", "banana date apple"];
+        let msgs: Vec<MsgRecord> = (1..=60)
+            .map(|seq| {
+                let w = words[(seq as usize * 7 + seq as usize / 3) % words.len()];
+                MsgRecord { body: format!("{w} {}", "filler ".repeat(seq as usize % 5)), ..rec("g:1", seq, "a", &format!("c{seq}")) }
+            })
+            .collect();
+        let index_of = |msgs: Vec<MsgRecord>| {
+            let dir = tempfile::tempdir().unwrap();
+            let index = SearchIndex::open(dir.path()).unwrap();
+            let mut writer = index.index.writer_with_num_threads(1, INDEX_WRITER_BYTES).unwrap();
+            index.index_batch(&mut writer, &msgs, false).unwrap();
+            (dir, index)
+        };
+        let (_d1, whole) = index_of(msgs.clone());
+        let (_d2, odd) = index_of(msgs.iter().filter(|m| m.seq % 2 == 1).cloned().collect());
+        let (_d3, even) = index_of(msgs.iter().filter(|m| m.seq % 2 == 0).cloned().collect());
+        let convs = [("g:1".to_string(), u64::MAX)];
+        for q in ["apple", "banana cherry", "apple AND date", "\"apple banana\"", "filler"] {
+            let mut global = odd.stats(q).unwrap();
+            global.add(&even.stats(q).unwrap());
+            assert_eq!(global, whole.stats(q).unwrap(), "{q}: the sum is the whole index's");
+            let mut merged = odd.ranked(q, &convs, 20, Some(&global)).unwrap();
+            merged.extend(even.ranked(q, &convs, 20, Some(&global)).unwrap());
+            merged.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+            merged.truncate(20);
+            let mut one = whole.ranked(q, &convs, 20, None).unwrap();
+            one.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+            let key = |h: &Hit| (h.id, (h.score * 1e4).round() as i64);
+            assert_eq!(merged.iter().map(key).collect::<Vec<_>>(), one.iter().map(key).collect::<Vec<_>>(), "{q}");
+            assert!(!one.is_empty(), "{q} finds something");
+        }
     }
 
     /// An edited message is found by its new text only, a deleted one not at all, and the events
