@@ -1,7 +1,7 @@
 //! Who is connecting: an HS256 JWT (`Authorization: Bearer` or `?token=`), or in development
 //! mode `?user=&device=`. Runtime-agnostic: it sees a parsed request head, not a socket.
 
-use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
 use shardchat_codec::valid_user_id;
 use shardchat_wire::http::RequestHead;
@@ -30,8 +30,22 @@ struct Claims {
 
 pub struct Authenticator {
     key: Option<DecodingKey>,
+    /// The same secret, to sign the tokens nodes of a cluster show each other.
+    signing: Option<EncodingKey>,
     validation: Validation,
     dev_auth: bool,
+}
+
+/// The audience of the tokens nodes show each other.
+const NODE_AUDIENCE: &str = "shardchat-node";
+/// Life of a node token, in seconds: one request's.
+const NODE_TOKEN_LIFE_S: u64 = 60;
+
+#[derive(serde::Serialize, Deserialize)]
+struct NodeClaims {
+    sub: String,
+    aud: String,
+    exp: u64,
 }
 
 /// Clock skew tolerated by default, in seconds.
@@ -52,7 +66,31 @@ impl Authenticator {
         validation.required_spec_claims.clear();
         validation.validate_nbf = true;
         validation.leeway = leeway_s;
-        Authenticator { key: jwt_secret.filter(|s| !s.is_empty()).map(|s| DecodingKey::from_secret(s.as_bytes())), validation, dev_auth }
+        let secret = jwt_secret.filter(|s| !s.is_empty());
+        Authenticator {
+            key: secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
+            signing: secret.map(|s| EncodingKey::from_secret(s.as_bytes())),
+            validation,
+            dev_auth,
+        }
+    }
+
+    /// A short-lived token by which node `node` of a cluster shows another node that a request
+    /// comes from a node (the nodes share the JWT secret, as clients may connect to any). None
+    /// without a secret: a development cluster trusts its callers as it trusts `?user=`.
+    pub fn node_token(&self, node: usize, now_unix_s: u64) -> Option<String> {
+        let claims = NodeClaims { sub: format!("node:{node}"), aud: NODE_AUDIENCE.into(), exp: now_unix_s + NODE_TOKEN_LIFE_S };
+        self.signing.as_ref().map(|k| encode(&Header::new(Algorithm::HS256), &claims, k).expect("HS256 signs any claims"))
+    }
+
+    /// Whether `token` is a node's (see [`Authenticator::node_token`]). A user's token never is:
+    /// it has no audience. Without a secret, in development mode, every caller is trusted.
+    pub fn is_node(&self, token: Option<&str>) -> bool {
+        let Some(key) = &self.key else { return self.dev_auth };
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_audience(&[NODE_AUDIENCE]);
+        v.leeway = self.validation.leeway;
+        token.is_some_and(|t| decode::<NodeClaims>(t, key, &v).is_ok())
     }
 
     /// The identity of an upgrade request, or why it is refused (the 401 body).
@@ -93,6 +131,25 @@ impl Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_tokens_are_told_from_user_tokens_and_need_the_secret() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let a = Authenticator::new(Some("s3cret-s3cret-s3cret-s3cret"), false);
+        let node = a.node_token(2, now).unwrap();
+        assert!(a.is_node(Some(&node)));
+        assert!(!a.is_node(None) && !a.is_node(Some("garbage")));
+        let other = Authenticator::new(Some("another-secret-another-secret"), false);
+        assert!(!other.is_node(Some(&node)), "signed with another secret");
+        assert!(!a.is_node(Some(&a.node_token(2, now - 3600).unwrap())), "expired");
+        // A user's token is not a node's, and a node's is not a user's.
+        let user = token("s3cret-s3cret-s3cret-s3cret", &C { sub: "alice", ..Default::default() }, Algorithm::HS256);
+        assert!(!a.is_node(Some(&user)));
+        assert!(a.authenticate_with(Some(&format!("Bearer {node}")), |_| None).is_err());
+        // Development mode without a secret trusts every caller, as it trusts `?user=`.
+        assert!(Authenticator::new(None, true).is_node(None));
+        assert_eq!(Authenticator::new(None, true).node_token(1, now), None);
+    }
     use jsonwebtoken::{encode, EncodingKey, Header};
     use serde::Serialize;
 

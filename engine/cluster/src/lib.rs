@@ -79,6 +79,9 @@ pub struct ClusterConfig {
     pub shards: usize,
     /// Where this node's clients connect (published in its liveness key for operators).
     pub listen: std::net::SocketAddr,
+    /// Where this node's control plane listens (published in its liveness key: the other nodes
+    /// ask it for its part of a search); None with `--no-http`.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// The shards' side of the link: what they hand it waits in an [`Inbox`] (bounded; see
@@ -126,7 +129,13 @@ impl Cluster {
             con: None,
             directory: Directory::default(),
             state: state.clone(),
-            base: format!("{{\"listen\":\"{}\",\"shards\":{},\"pid\":{}", cfg.listen, cfg.shards, std::process::id()),
+            base: format!(
+                "{{\"listen\":\"{}\",{}\"shards\":{},\"pid\":{}",
+                cfg.listen,
+                cfg.http.map(|h| format!("\"http\":\"{h}\",")).unwrap_or_default(),
+                cfg.shards,
+                std::process::id()
+            ),
             down_logged: false,
             health,
             stalled_logged: Vec::new(),
@@ -569,7 +578,10 @@ impl Link {
             Ok(v) => v,
             Err(e) => return self.down(e),
         };
+        let peers = search_peers(node, &known, &values);
         let plan = self.liveness.refreshed(Refreshed { nodes: known.into_iter().zip(values).collect() });
+        let peers = peers.into_iter().filter(|(n, _)| plan.live.contains(n)).collect();
+        *self.state.peers.lock().unwrap_or_else(|e| e.into_inner()) = peers;
         let before = std::mem::replace(&mut *self.state.live.lock().unwrap_or_else(|e| e.into_inner()), plan.live.clone());
         if before != plan.live {
             tracing::info!(live = ?plan.live, "cluster: live nodes changed");
@@ -749,6 +761,20 @@ async fn hand_to_bridge(bridge: &Mutex<Option<Bridge>>, msgs: Vec<(usize, PeerMs
             }
         }
     }
+}
+
+/// The other nodes' control planes, from their liveness keys' values (`http`): where a search
+/// asks for their parts.
+fn search_peers(me: usize, nodes: &[usize], values: &[Option<String>]) -> Vec<(usize, String)> {
+    nodes
+        .iter()
+        .zip(values)
+        .filter(|(n, _)| **n != me)
+        .filter_map(|(n, v)| {
+            let v: serde_json::Value = serde_json::from_str(v.as_deref()?).ok()?;
+            Some((*n, v.get("http")?.as_str()?.to_string()))
+        })
+        .collect()
 }
 
 fn me16(node: usize) -> NodeId {

@@ -10,6 +10,8 @@ use std::sync::Mutex;
 pub struct ClusterState {
     pub(super) redis_up: AtomicBool,
     pub(super) live: Mutex<Vec<usize>>,
+    /// The other live nodes' control planes (node, host:port), as of the last refresh.
+    pub(super) peers: Mutex<Vec<(usize, String)>>,
     pub(super) directory_writes: AtomicU64,
     pub(super) rewrites: AtomicU64,
     pub(super) repairs: AtomicU64,
@@ -32,6 +34,12 @@ impl ClusterState {
     /// Live nodes as last read from Redis (this one included while Redis answers).
     pub fn live(&self) -> Vec<usize> {
         self.live.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The other live nodes and where their control planes listen (a search asks each for its
+    /// part), as of the last refresh.
+    pub fn peers(&self) -> Vec<(usize, String)> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Prometheus text for the cluster link.

@@ -101,7 +101,7 @@ fn a_node_that_cannot_read_its_fence_still_stops() {
     let (bridge, _end) = shardchat_bridge::pair().unwrap();
     let store = Arc::new(shardchat_storage_mem::MemStore::new());
     store.faults.reads_down.store(true, Ordering::Release);
-    let cfg = ClusterConfig { redis: "redis://127.0.0.1:1".into(), node: 1, shards: 2, listen: "127.0.0.1:1".parse().unwrap() };
+    let cfg = ClusterConfig { redis: "redis://127.0.0.1:1".into(), node: 1, shards: 2, listen: "127.0.0.1:1".parse().unwrap(), http: None };
     let health = Arc::new(Health::new(2));
     let c = Cluster::start(cfg, bridge, store, health).unwrap();
     std::thread::sleep(Duration::from_millis(100));
@@ -111,4 +111,17 @@ fn a_node_that_cannot_read_its_fence_still_stops() {
         let _ = done_tx.send(());
     });
     assert!(done.recv_timeout(Duration::from_secs(10)).is_ok(), "stop returned");
+}
+
+#[test]
+fn search_peers_are_the_other_nodes_that_publish_a_control_plane() {
+    let values = [
+        Some(r#"{"listen":"127.0.0.1:1","http":"127.0.0.1:11","shards":2,"pid":1,"inc":5}"#.to_string()),
+        Some(r#"{"listen":"127.0.0.1:2","http":"127.0.0.1:12","shards":2,"pid":2,"inc":5}"#.to_string()),
+        Some(r#"{"listen":"127.0.0.1:3","shards":2,"pid":3,"inc":5}"#.to_string()),
+        None,
+        Some("not json".to_string()),
+    ];
+    let peers = super::search_peers(1, &[1, 2, 3, 4, 5], &values);
+    assert_eq!(peers, vec![(2, "127.0.0.1:12".to_string())], "not itself, not one without --http, not a dead or garbled key");
 }

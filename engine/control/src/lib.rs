@@ -3,6 +3,7 @@
 //! through the bridge (`runtime/bridge.rs`), like a WebSocket client's would; reads that the
 //! store answers (history, conversation lists) go to the store on tokio's blocking pool.
 
+mod cluster_search;
 mod openapi;
 mod poll;
 mod push;

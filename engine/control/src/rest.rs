@@ -32,6 +32,9 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/conversations/{conv}/messages", get(messages).post(send))
         .route("/v1/conversations/{conv}/messages/{seq}", axum::routing::patch(edit_message).delete(delete_message))
         .route("/v1/conversations/{conv}/messages/{seq}/reaction", axum::routing::put(react))
+        // Between the nodes of a cluster (node tokens; not in the OpenAPI document).
+        .route("/internal/search/stats", get(crate::cluster_search::stats))
+        .route("/internal/search/hits", post(crate::cluster_search::hits))
         .route("/v1/conversations/{conv}/messages/{seq}/receipts", get(receipts))
         .route("/v1/conversations/{conv}/members", post(add_members))
         .route("/v1/conversations/{conv}/members/{user}", delete(remove_member))
@@ -555,6 +558,8 @@ pub(crate) struct SearchQuery {
 /// Results per search page at most, and the deepest page.
 const SEARCH_LIMIT_MAX: usize = 100;
 const SEARCH_OFFSET_MAX: usize = 10_000;
+/// The most hits one node is asked for in a cluster's search: the deepest page's end.
+pub(crate) const SEARCH_WANT_MAX: usize = SEARCH_LIMIT_MAX + SEARCH_OFFSET_MAX;
 /// The longest search query, in characters (the document's `maxLength` of `q`).
 const SEARCH_QUERY_CHARS_MAX: usize = 1024;
 
@@ -578,28 +583,19 @@ pub(crate) async fn search(State(ctx): State<Ctx>, Caller(me): Caller, Query(q):
     if let Some(c) = &q.conv {
         check_conv(c)?;
     }
-    let user = me.user;
-    let only = q.conv.clone();
     // Where the caller may look: their conversations (former ones up to where they left).
-    let convs = ctx
-        .read(move |store| match only {
-            Some(conv) => Ok(vec![(conv.clone(), readable_upto(store, &conv, &user)?)]),
-            None => {
-                let mut out = Vec::new();
-                for conv in store.user_convs(&user).map_err(unavailable)? {
-                    if let Ok(upto) = readable_upto(store, &conv, &user) {
-                        out.push((conv, upto));
-                    }
-                }
-                Ok(out)
-            }
-        })
-        .await?;
-    let index = ctx.search.clone();
-    let text = q.q.clone();
-    let hits = tokio::task::spawn_blocking(move || index.search(&text, &convs, limit, offset))
-        .await
-        .map_err(|_| FrameError::new(ErrorCode::Internal, "search failed"))?
-        .map_err(|e| FrameError::new(ErrorCode::Internal, e))?;
+    let convs = crate::cluster_search::readable(&ctx, me.user.clone(), q.conv.clone()).await?;
+    // In a cluster every other live node holds part of the index.
+    let peers = ctx.cluster.as_ref().map(|c| c.peers()).unwrap_or_default();
+    let hits = if peers.is_empty() {
+        let index = ctx.search.clone();
+        let text = q.q.clone();
+        tokio::task::spawn_blocking(move || index.search(&text, &convs, limit, offset))
+            .await
+            .map_err(|_| FrameError::new(ErrorCode::Internal, "search failed"))?
+            .map_err(|e| FrameError::new(ErrorCode::Internal, e))?
+    } else {
+        crate::cluster_search::gather(&ctx, &peers, &me.user, &q.q, q.conv.clone(), convs, limit, offset).await?
+    };
     Ok(Json(json!({ "q": q.q, "offset": offset, "hits": hits })))
 }

@@ -81,7 +81,7 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     let (bridge, bridge_end) = bridge::pair().map_err(|e| format!("bridge: {e}"))?;
     let cluster = match &cfg.cluster {
         Some(url) => {
-            let cc = ClusterConfig { redis: url.clone(), node: cfg.node_id, shards: cfg.shards, listen: cfg.listen };
+            let cc = ClusterConfig { redis: url.clone(), node: cfg.node_id, shards: cfg.shards, listen: cfg.listen, http: cfg.http };
             Some(Arc::new(Cluster::start(cc, bridge.clone(), store.clone(), health.clone())?))
         }
         None => None,

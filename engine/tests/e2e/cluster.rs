@@ -694,3 +694,103 @@ async fn across_nodes_a_user_connected_nowhere_is_pushed_once_and_a_user_online_
         hook.got.lock().unwrap()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Search across nodes: each node indexes what it sequenced; a search on any node covers all.
+
+const CLUSTER_SECRET: &str = "a-cluster-secret-of-enough-length-0123456789";
+
+async fn search_from(s: &Server, user: &str, query: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(s.rest(&format!("/v1/search?{query}"), user)).await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+fn ids_and_scores(v: &serde_json::Value) -> Vec<(String, i64)> {
+    v["hits"].as_array().unwrap().iter().map(|h| (h["id"].as_str().unwrap().to_string(), (h["score"].as_f64().unwrap() * 1e4).round() as i64)).collect()
+}
+
+#[tokio::test]
+async fn a_search_on_any_node_covers_every_node_ranked_and_paged_as_one() {
+    let Some(cl) = Cluster::start_with(2, &["--jwt-secret", CLUSTER_SECRET]) else { return };
+    cl.settle(2).await;
+    let (n0, n1) = (&cl.nodes[0], &cl.nodes[1]);
+    // Conversations owned by each node: alice writes to eight friends, the owners split.
+    let friends: Vec<String> = (0..8).map(|i| format!("friend{i}")).collect();
+    let owners: BTreeSet<Option<u16>> = friends.iter().map(|f| shardchat_shard::owner_node(&direct("alice", f), &[0, 1])).collect();
+    assert_eq!(owners.len(), 2, "both nodes sequence some of the conversations: {owners:?}");
+    let mut alice = Client::connect(n0, "alice", "phone").await;
+    for (i, f) in friends.iter().enumerate() {
+        let body = format!("needle {}{}", i, " hay".repeat(i));
+        send_acked(&mut alice, serde_json::json!({"t":"send","cmid":format!("n{i}"),"to":f,"body":body})).await;
+    }
+    // Everything is found from either node (indexing lags by design), in the same order with the
+    // same scores.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let all = loop {
+        let (status, v) = search_from(n0, "alice", "q=needle&limit=20").await;
+        assert_eq!(status, 200, "{v}");
+        if v["hits"].as_array().unwrap().len() == 8 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "not every node's part was found: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (_, from_n1) = search_from(n1, "alice", "q=needle&limit=20").await;
+    assert_eq!(ids_and_scores(&all), ids_and_scores(&from_n1), "the same ranking whichever node is asked");
+    let bodies: BTreeSet<&str> = all["hits"].as_array().unwrap().iter().map(|h| h["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies.len(), 8, "every hit carries its body: {all}");
+    assert!(all["hits"][0]["body"].as_str().unwrap() == "needle 0", "the shortest body ranks first: {all}");
+    // Pages of three: the whole list, in order, nothing twice.
+    let mut paged = Vec::new();
+    for offset in [0, 3, 6] {
+        let (_, v) = search_from(n1, "alice", &format!("q=needle&limit=3&offset={offset}")).await;
+        paged.extend(ids_and_scores(&v));
+    }
+    assert_eq!(paged, ids_and_scores(&all));
+    // A friend finds only their own conversation, a stranger nothing, from either node.
+    for s in [n0, n1] {
+        let (_, v) = search_from(s, "friend3", "q=needle").await;
+        assert_eq!(v["hits"].as_array().unwrap().len(), 1, "{v}");
+        let (_, v) = search_from(s, "zed", "q=needle").await;
+        assert_eq!(v["hits"], serde_json::json!([]));
+    }
+    // The nodes' own rounds are theirs alone: a caller without a node token is refused.
+    let http = reqwest::Client::new();
+    let forged = serde_json::json!({"user":"alice","q":"needle","conv":null,"want":10,"stats":{"docs":1,"tokens":{},"terms":{}}});
+    let r = http.post(format!("http://127.0.0.1:{}/internal/search/hits", n1.http)).json(&forged).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http.get(format!("http://127.0.0.1:{}/internal/search/stats?q=needle", n1.http)).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+
+    // What asking the other node costs: the median of 20 searches on the cluster against one
+    // node alone holding the same messages (reported, not asserted: timings are noisy).
+    let lone = Server::start(&[]);
+    let mut a = Client::connect(&lone, "alice", "phone").await;
+    for (i, f) in friends.iter().enumerate() {
+        a.dm(f, &format!("n{i}"), &format!("needle {}{}", i, " hay".repeat(i))).await;
+    }
+    while search_from(&lone, "alice", "q=needle&limit=20").await.1["hits"].as_array().unwrap().len() < 8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let median = |s: &Server| {
+        let url = s.rest("/v1/search?q=needle&limit=20", "alice");
+        async move {
+            let mut t = Vec::new();
+            for _ in 0..20 {
+                let started = Instant::now();
+                reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+                t.push(started.elapsed());
+            }
+            t.sort();
+            t[10]
+        }
+    };
+    let (one, two) = (median(&lone).await, median(n0).await);
+    eprintln!("search latency, median of 20: one node {one:?}, two nodes {two:?} (added {:?})", two.saturating_sub(one));
+    // Once the other node is gone, a search says so rather than answer short.
+    let mut cl = cl;
+    cl.nodes[1].kill();
+    let (status, v) = search_from(&cl.nodes[0], "alice", "q=needle").await;
+    assert!(status == 503 || v["hits"].as_array().is_some_and(|h| h.len() == 8), "short answer with a node gone: {status} {v}");
+}
