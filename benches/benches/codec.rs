@@ -12,7 +12,15 @@ use shardchat_codec::*;
 use shardchat_shard::snowflake::Snowflake;
 
 fn send_frame() -> ClientFrame {
-    ClientFrame::Send { cmid: "c-0001".into(), to: Some("bob".into()), conv: None, body: "x".repeat(64), kind: MsgKind::Text, target: None, reply_to: None }
+    ClientFrame::Send {
+        cmid: "c-0001".into(),
+        to: Some("bob".into()),
+        conv: None,
+        body: "x".repeat(64),
+        kind: MsgKind::Text,
+        target: None,
+        reply_to: None,
+    }
 }
 
 fn msg_frame() -> ServerFrame {

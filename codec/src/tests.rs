@@ -175,7 +175,15 @@ fn direct_ids() {
 
 #[test]
 fn truncated_and_corrupted_binary_frames_are_errors() {
-    let f = ClientFrame::Send { cmid: "c".into(), to: Some("b".into()), conv: None, body: "hello".into(), kind: MsgKind::Text, target: None, reply_to: None };
+    let f = ClientFrame::Send {
+        cmid: "c".into(),
+        to: Some("b".into()),
+        conv: None,
+        body: "hello".into(),
+        kind: MsgKind::Text,
+        target: None,
+        reply_to: None,
+    };
     let bin = encode_client_binary(&f);
     for cut in 0..bin.len() {
         assert!(decode_binary(&bin[..cut], &limits()).is_err(), "prefix of {cut} bytes decoded");

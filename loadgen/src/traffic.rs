@@ -291,7 +291,15 @@ pub(crate) async fn sender(ws: Ws, dest: Dest, sh: Arc<Shared>, pad: String, sch
             Dest::To(u) => (Some(u.clone()), None),
             Dest::Conv(c) => (None, Some(c.clone())),
         };
-        let frame = ClientFrame::Send { cmid: format!("{i}:{stamp}"), to, conv, body: format!("{stamp}|{pad}"), kind: MsgKind::Text, target: None, reply_to: None };
+        let frame = ClientFrame::Send {
+            cmid: format!("{i}:{stamp}"),
+            to,
+            conv,
+            body: format!("{stamp}|{pad}"),
+            kind: MsgKind::Text,
+            target: None,
+            reply_to: None,
+        };
         if tx.send(client_msg(&frame, binary)).await.is_err() {
             sh.errors.fetch_add(1, Relaxed);
             break;

@@ -88,10 +88,7 @@ async fn ask_all<T: serde::de::DeserializeOwned>(
     peers: &[(usize, String)],
     request: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
 ) -> ApiResult<Vec<T>> {
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_millis(PEER_SEARCH_TIMEOUT_MS))
-        .build()
-        .map_err(failed)?;
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_millis(PEER_SEARCH_TIMEOUT_MS)).build().map_err(failed)?;
     let token = node_token(ctx);
     let calls = peers.iter().map(|(node, http)| {
         let mut rb = request(&client, http);
@@ -119,17 +116,19 @@ async fn ask_all<T: serde::de::DeserializeOwned>(
     Ok(out)
 }
 
+/// What a caller asked of `/v1/search`.
+pub(crate) struct Asked<'a> {
+    pub user: &'a str,
+    pub q: &'a str,
+    pub conv: Option<String>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
 /// The search over every live node: the page `offset..offset + limit` of the merged ranking.
-pub(crate) async fn gather(
-    ctx: &Ctx,
-    peers: &[(usize, String)],
-    user: &str,
-    q: &str,
-    conv: Option<String>,
-    convs: Vec<(String, u64)>,
-    limit: usize,
-    offset: usize,
-) -> ApiResult<Vec<Hit>> {
+/// `convs`: what the caller may read.
+pub(crate) async fn gather(ctx: &Ctx, peers: &[(usize, String)], asked: Asked<'_>, convs: Vec<(String, u64)>) -> ApiResult<Vec<Hit>> {
+    let Asked { user, q, conv, limit, offset } = asked;
     let started = std::time::Instant::now();
     let want = offset + limit;
     // Round one: the statistics, summed.

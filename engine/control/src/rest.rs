@@ -385,7 +385,9 @@ pub(crate) async fn send(
     check_conv(&conv)?;
     // The same checks as a WebSocket `send`.
     if m.kind.is_event() {
-        return Err(FrameError::bad_request("kind is text, image or file here; edits, deletes and reactions have their own operations").into());
+        return Err(
+            FrameError::bad_request("kind is text, image or file here; edits, deletes and reactions have their own operations").into()
+        );
     }
     sent(&ctx, &me.user, conv, m.cmid, m.body, m.kind, None, m.reply_to).await
 }
@@ -595,7 +597,8 @@ pub(crate) async fn search(State(ctx): State<Ctx>, Caller(me): Caller, Query(q):
             .map_err(|_| FrameError::new(ErrorCode::Internal, "search failed"))?
             .map_err(|e| FrameError::new(ErrorCode::Internal, e))?
     } else {
-        crate::cluster_search::gather(&ctx, &peers, &me.user, &q.q, q.conv.clone(), convs, limit, offset).await?
+        let asked = crate::cluster_search::Asked { user: &me.user, q: &q.q, conv: q.conv.clone(), limit, offset };
+        crate::cluster_search::gather(&ctx, &peers, asked, convs).await?
     };
     Ok(Json(json!({ "q": q.q, "offset": offset, "hits": hits })))
 }

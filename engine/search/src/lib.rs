@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, Bm25StatisticsProvider, Occur, Query, QueryParser, TermSetQuery};
+use tantivy::query::{Bm25StatisticsProvider, BooleanQuery, Occur, Query, QueryParser, TermSetQuery};
 use tantivy::schema::{Field, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT};
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
@@ -185,8 +185,8 @@ impl SearchIndex {
         query.query_terms(&mut |t, _| terms.push(t.clone()));
         for t in terms {
             let field = self.index.schema().get_field_name(t.field()).to_string();
-            if !stats.tokens.contains_key(&field) {
-                stats.tokens.insert(field, searcher.total_num_tokens(t.field()).map_err(|e| e.to_string())?);
+            if let std::collections::btree_map::Entry::Vacant(e) = stats.tokens.entry(field) {
+                e.insert(searcher.total_num_tokens(t.field()).map_err(|e| e.to_string())?);
             }
             stats.terms.insert(term_key(&t), searcher.doc_freq(&t).map_err(|e| e.to_string())?);
         }
@@ -240,7 +240,15 @@ impl SearchIndex {
     fn hit(&self, score: f32, d: &TantivyDocument) -> Hit {
         let u = |f: Field| d.get_first(f).and_then(|v| v.as_u64()).unwrap_or(0);
         let s = |f: Field| d.get_first(f).and_then(|v| v.as_str()).unwrap_or("").to_string();
-        Hit { score, conv: s(self.f.conv), id: u(self.f.id), seq: u(self.f.seq), from: s(self.f.from), body: s(self.f.body), ts: u(self.f.ts) }
+        Hit {
+            score,
+            conv: s(self.f.conv),
+            id: u(self.f.id),
+            seq: u(self.f.seq),
+            from: s(self.f.from),
+            body: s(self.f.body),
+            ts: u(self.f.ts),
+        }
     }
 }
 
@@ -444,13 +452,16 @@ mod tests {
         store.commit(&WriteBatch { messages: vec![first.clone(), second.clone()], ..Default::default() }).unwrap();
         wait_for("the first messages are never indexed", || hits(&index, "apple") == 1 && hits(&index, "banana") == 1);
         std::thread::sleep(Duration::from_millis(INDEX_COMMIT_INTERVAL_MS + INDEX_IDLE_MS * 2));
-        let edit = MsgRecord { kind: shardchat_codec::MsgKind::Edit, target: Some(1), body: "cherry tart".into(), ..rec("g:1", 3, "a", "c3") };
+        let edit =
+            MsgRecord { kind: shardchat_codec::MsgKind::Edit, target: Some(1), body: "cherry tart".into(), ..rec("g:1", 3, "a", "c3") };
         let edited = MsgRecord { body: "cherry tart".into(), edited_at: Some(9), edits: vec![3], ..first };
         let delete = MsgRecord { kind: shardchat_codec::MsgKind::Delete, target: Some(2), body: String::new(), ..rec("g:1", 4, "a", "c4") };
         let deleted = MsgRecord { body: String::new(), deleted: true, ..second };
         let batch = WriteBatch { messages: vec![edit, delete], updates: vec![edited, deleted], ..Default::default() };
         store.commit(&batch).unwrap();
-        wait_for("the edit and the delete never reach the index", || store.index_pending(10).unwrap().is_empty() && hits(&index, "banana") == 0);
+        wait_for("the edit and the delete never reach the index", || {
+            store.index_pending(10).unwrap().is_empty() && hits(&index, "banana") == 0
+        });
         assert_eq!((hits(&index, "apple"), hits(&index, "cherry"), hits(&index, "banana")), (0, 1, 0));
         shutdown.store(true, Ordering::Release);
         indexer.join().unwrap();

@@ -76,7 +76,15 @@ async fn binary_frames_are_answered_in_binary() {
     let s = Server::start(&[]);
     let mut a = Client::connect(&s, "alice", "d").await;
     let mut b = Client::connect(&s, "bob", "d").await;
-    let frame = ClientFrame::Send { cmid: "bin".into(), to: Some("bob".into()), conv: None, body: "rkyv".into(), kind: MsgKind::Text, target: None, reply_to: None };
+    let frame = ClientFrame::Send {
+        cmid: "bin".into(),
+        to: Some("bob".into()),
+        conv: None,
+        body: "rkyv".into(),
+        kind: MsgKind::Text,
+        target: None,
+        reply_to: None,
+    };
     a.send_raw(Message::Binary(encode_client_binary(&frame).into())).await;
     let ack = match a.ws.next().await.unwrap().unwrap() {
         Message::Binary(bytes) => decode_server_binary(&bytes).unwrap(),

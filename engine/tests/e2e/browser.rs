@@ -174,8 +174,13 @@ async fn two_browsers_chat_and_see_the_read_receipt() {
     // Replies, edits, reactions and deletes from the lines' buttons, seen live on the other page.
     act(&bob, "hello from a browser", "reply").await;
     bob.find(Locator::Id("text")).await.unwrap().send_keys("answering you\u{E007}").await.unwrap();
-    wait_text(&alice, "#log .msg", |t| t.contains("↪ alice: hello from a browser") && t.contains("bob: answering you"), "the reply with its quote")
-        .await;
+    wait_text(
+        &alice,
+        "#log .msg",
+        |t| t.contains("↪ alice: hello from a browser") && t.contains("bob: answering you"),
+        "the reply with its quote",
+    )
+    .await;
     act(&alice, "hello from a browser", "edit").await;
     let text = alice.find(Locator::Id("text")).await.unwrap();
     assert_eq!(text.prop("value").await.unwrap().as_deref(), Some("hello from a browser"), "the text to edit is in the box");

@@ -707,7 +707,12 @@ async fn search_from(s: &Server, user: &str, query: &str) -> (u16, serde_json::V
 }
 
 fn ids_and_scores(v: &serde_json::Value) -> Vec<(String, i64)> {
-    v["hits"].as_array().unwrap().iter().map(|h| (h["id"].as_str().unwrap().to_string(), (h["score"].as_f64().unwrap() * 1e4).round() as i64)).collect()
+    v["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["id"].as_str().unwrap().to_string(), (h["score"].as_f64().unwrap() * 1e4).round() as i64))
+        .collect()
 }
 
 #[tokio::test]

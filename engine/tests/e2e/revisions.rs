@@ -59,17 +59,37 @@ async fn edits_deletes_reactions_and_replies_reach_everyone_and_survive_kill_9()
     assert_eq!(seq(&sent(&mut alice, event("d1", "delete", 5, "")).await), 6);
     // Over REST too, with the same rules: a reaction by alice to bob's reply.
     let http = reqwest::Client::new();
-    let r = http.put(s.rest(&format!("/v1/conversations/{C}/messages/4/reaction"), "alice")).json(&json!({"cmid":"r2","emoji":"😂"})).send().await.unwrap();
+    let r = http
+        .put(s.rest(&format!("/v1/conversations/{C}/messages/4/reaction"), "alice"))
+        .json(&json!({"cmid":"r2","emoji":"😂"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let ack: Value = r.json().await.unwrap();
     assert_eq!(seq(&ack), 7);
-    let r = http.put(s.rest(&format!("/v1/conversations/{C}/messages/4/reaction"), "alice")).json(&json!({"cmid":"r3","emoji":"nope"})).send().await.unwrap();
+    let r = http
+        .put(s.rest(&format!("/v1/conversations/{C}/messages/4/reaction"), "alice"))
+        .json(&json!({"cmid":"r3","emoji":"nope"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400, "one emoji or nothing");
-    let r = http.patch(s.rest(&format!("/v1/conversations/{C}/messages/4"), "alice")).json(&json!({"cmid":"x3","body":"bob's"})).send().await.unwrap();
+    let r = http
+        .patch(s.rest(&format!("/v1/conversations/{C}/messages/4"), "alice"))
+        .json(&json!({"cmid":"x3","body":"bob's"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403, "only the author edits, over REST too");
     let r = http.delete(s.rest(&format!("/v1/conversations/{C}/messages/99?cmid=x4"), "alice")).send().await.unwrap();
     assert_eq!(r.status(), 404);
-    let r = http.post(s.rest(&format!("/v1/conversations/{C}/messages"), "alice")).json(&json!({"cmid":"x5","body":"hi","reply_to":null})).send().await.unwrap();
+    let r = http
+        .post(s.rest(&format!("/v1/conversations/{C}/messages"), "alice"))
+        .json(&json!({"cmid":"x5","body":"hi","reply_to":null}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422, "reply_to is a seq or absent, never null");
     // And the refusals: bob edits alice's message, alice reacts to a message that is not there.
     let e = sent(&mut bob, event("x1", "edit", 1, "mine now")).await;

@@ -119,7 +119,11 @@ mod tests {
         assert!(m.deleted && m.body.is_empty() && m.reactions.is_empty() && m.edits.is_empty());
         for kind in [MsgKind::Edit, MsgKind::Delete, MsgKind::Reaction] {
             let body = if kind == MsgKind::Delete { "" } else { "👍" };
-            assert_eq!(apply(&mut m, kind, "ann", true, body, 7, 12).unwrap_err().code, ErrorCode::NotFound, "{kind:?} of a deleted message");
+            assert_eq!(
+                apply(&mut m, kind, "ann", true, body, 7, 12).unwrap_err().code,
+                ErrorCode::NotFound,
+                "{kind:?} of a deleted message"
+            );
         }
     }
 

@@ -122,7 +122,8 @@ pub fn sequence(ops: &[Op], convs: &mut Convs, loaded: &Loaded, push: bool) -> S
                         Ok(Revised::Deleted { edits }) => {
                             put(&mut batch, &mut revised, target);
                             for e in edits {
-                                let mut edit = current(&batch, &revised, loaded, &s.conv, e).expect("prefetch loads a deleted message's edits");
+                                let mut edit =
+                                    current(&batch, &revised, loaded, &s.conv, e).expect("prefetch loads a deleted message's edits");
                                 revise::erase(&mut edit);
                                 put(&mut batch, &mut revised, edit);
                             }

@@ -44,8 +44,13 @@ fn updates(store: &dyn MessageStore, c: &str) {
         reply_to: Some(1),
         ..rec(c, 2, "bob", "m2")
     };
-    store.commit(&WriteBatch { messages: vec![event.clone()], updates: vec![edited.clone(), reacted.clone()], ..Default::default() }).unwrap();
-    assert_eq!(store.messages_after(c, 1, 5).unwrap(), vec![reacted.clone(), edited.clone(), rec(c, 4, "bob", "m4"), rec(c, 5, "alice", "m5"), event]);
+    store
+        .commit(&WriteBatch { messages: vec![event.clone()], updates: vec![edited.clone(), reacted.clone()], ..Default::default() })
+        .unwrap();
+    assert_eq!(
+        store.messages_after(c, 1, 5).unwrap(),
+        vec![reacted.clone(), edited.clone(), rec(c, 4, "bob", "m4"), rec(c, 5, "alice", "m5"), event]
+    );
     assert_eq!(store.find_cmid(c, "alice", "m3").unwrap(), Some(edited.clone()));
     let queued: Vec<u64> = store.index_pending(100).unwrap().iter().map(|m| m.id).collect();
     let mut want = before.clone();

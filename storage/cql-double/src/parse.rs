@@ -38,10 +38,28 @@ pub(crate) enum Stmt {
     Noop,
     CreateTable(TableDef),
     /// `ALTER TABLE t ADD col type`: existing rows hold null in it.
-    AlterAdd { table: String, col: String, ty: Ty },
-    Insert { table: String, cols: Vec<String>, values: Vec<Expr>, if_not_exists: bool },
-    Select { table: String, cols: Vec<String>, conds: Vec<Cond>, order_desc: Option<bool>, limit: Option<Expr> },
-    Delete { table: String, conds: Vec<Cond> },
+    AlterAdd {
+        table: String,
+        col: String,
+        ty: Ty,
+    },
+    Insert {
+        table: String,
+        cols: Vec<String>,
+        values: Vec<Expr>,
+        if_not_exists: bool,
+    },
+    Select {
+        table: String,
+        cols: Vec<String>,
+        conds: Vec<Cond>,
+        order_desc: Option<bool>,
+        limit: Option<Expr>,
+    },
+    Delete {
+        table: String,
+        conds: Vec<Cond>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -210,7 +210,9 @@ impl MessageStore for FjallStore {
         // Visible from here on, durable only after the fsync: reads must not show it before.
         self.undurable.begin(batch.messages.iter().chain(&batch.updates));
         // After the registration, before the insert: the order `queue_floor` relies on.
-        if let Some(lowest) = batch.messages.iter().chain(batch.updates.iter().filter(|m| shardchat_storage::reindexed(m))).map(|m| m.id).min() {
+        if let Some(lowest) =
+            batch.messages.iter().chain(batch.updates.iter().filter(|m| shardchat_storage::reindexed(m))).map(|m| m.id).min()
+        {
             self.index_floor.queued(lowest);
         }
         if let Err(e) = b.commit() {

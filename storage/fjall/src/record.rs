@@ -64,11 +64,30 @@ mod tests {
         for conv in ["d:a:b", "g:1", "d:alice-long-name:bob-long-name", "g:1234567890123"] {
             for s in strings {
                 for kind in [MsgKind::Text, MsgKind::Image, MsgKind::File, MsgKind::System] {
-                    let v1 = MsgRecordV1 { conv: conv.into(), id: u64::MAX, seq: 7, from: s.into(), cmid: s.into(), body: s.into(), kind, ts: 1 };
+                    let v1 = MsgRecordV1 {
+                        conv: conv.into(),
+                        id: u64::MAX,
+                        seq: 7,
+                        from: s.into(),
+                        cmid: s.into(),
+                        body: s.into(),
+                        kind,
+                        ts: 1,
+                    };
                     let bytes = rkyv::to_bytes::<rancor::Error>(&v1).unwrap();
                     assert_ne!(bytes[0], RECORD_V2, "{v1:?}");
                     let back = decode(&bytes).unwrap();
-                    let want = MsgRecord { conv: conv.into(), id: u64::MAX, seq: 7, from: s.into(), cmid: s.into(), body: s.into(), kind, ts: 1, ..Default::default() };
+                    let want = MsgRecord {
+                        conv: conv.into(),
+                        id: u64::MAX,
+                        seq: 7,
+                        from: s.into(),
+                        cmid: s.into(),
+                        body: s.into(),
+                        kind,
+                        ts: 1,
+                        ..Default::default()
+                    };
                     assert_eq!(back, want);
                 }
             }

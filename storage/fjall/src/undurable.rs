@@ -99,7 +99,17 @@ mod tests {
     use shardchat_codec::MsgKind;
 
     fn msg(conv: &str, seq: u64, id: u64) -> MsgRecord {
-        MsgRecord { conv: conv.into(), id, seq, from: "a".into(), cmid: format!("c{id}"), body: String::new(), kind: MsgKind::Text, ts: 0, ..Default::default() }
+        MsgRecord {
+            conv: conv.into(),
+            id,
+            seq,
+            from: "a".into(),
+            cmid: format!("c{id}"),
+            body: String::new(),
+            kind: MsgKind::Text,
+            ts: 0,
+            ..Default::default()
+        }
     }
 
     #[test]

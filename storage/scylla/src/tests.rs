@@ -72,7 +72,16 @@ fn migrate_upgrades_a_keyspace_from_before_meta() {
     assert_eq!(ScyllaStore::migrate(&cfg, 1).unwrap(), schema_statements("shardchat", 1).len());
     assert_eq!(ScyllaStore::migrate(&cfg, 1).unwrap(), schema_statements("shardchat", 1).len(), "again: nothing to do");
     let store = ScyllaStore::open(&cfg).unwrap();
-    let old_row = MsgRecord { conv: "d:a:b".into(), id: 7, seq: 1, from: "a".into(), cmid: "c1".into(), body: "old".into(), ts: 5, ..Default::default() };
+    let old_row = MsgRecord {
+        conv: "d:a:b".into(),
+        id: 7,
+        seq: 1,
+        from: "a".into(),
+        cmid: "c1".into(),
+        body: "old".into(),
+        ts: 5,
+        ..Default::default()
+    };
     assert_eq!(store.messages_after("d:a:b", 0, 10).unwrap(), vec![old_row]);
     let reply = MsgRecord { reply_to: Some(1), edited_at: Some(9), edits: vec![3], ..rec("d:a:b", 2, "b", "c2") };
     store.commit(&WriteBatch { messages: vec![reply.clone()], ..Default::default() }).unwrap();
