@@ -20,6 +20,7 @@ fn send_frame() -> ClientFrame {
         kind: MsgKind::Text,
         target: None,
         reply_to: None,
+        media: None,
     }
 }
 

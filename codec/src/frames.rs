@@ -57,6 +57,26 @@ wire! {
         Reaction,
     }
 
+    /// The file an `image` or `file` message shares (uploaded first: docs/protocol.md, "Media").
+    /// Its bytes are fetched through a signed URL that members are given.
+    #[derive(Eq)]
+    pub struct Media {
+        /// The SHA-256 of the bytes, 64 lowercase hex digits.
+        pub id: String,
+        pub content_type: String,
+        /// In bytes.
+        pub size: u64,
+        /// The file's name, as the uploader gave it.
+        pub name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub width: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub height: Option<u32>,
+        /// The thumbnail's media id (images).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub thumbnail: Option<String>,
+    }
+
     /// One user's reaction to a message, as the message's current state lists it.
     #[derive(Eq)]
     pub struct Reaction {
@@ -106,6 +126,9 @@ wire! {
             /// For a message: the seq of the earlier message it answers.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             reply_to: Option<u64>,
+            /// For `image` and `file`: what was uploaded.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            media: Option<Media>,
         },
         Delivered { conv: String, seq: u64 },
         Read { conv: String, seq: u64 },
@@ -206,6 +229,9 @@ wire! {
         /// One per user who reacted, ordered by user.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         pub reactions: Vec<Reaction>,
+        /// The file an `image` or `file` message shares (gone with a delete).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub media: Option<Media>,
         /// The store's own bookkeeping, never on the wire: the seqs of this message's `edit`
         /// events, whose bodies a delete erases too.
         #[serde(skip)]
@@ -374,11 +400,14 @@ impl ClientFrame {
             }
         }
         match self {
-            ClientFrame::Send { cmid, to, conv, body, kind, target, reply_to } => {
+            ClientFrame::Send { cmid, to, conv, body, kind, target, reply_to, media } => {
                 if cmid.is_empty() || cmid.chars().count() > CMID_CHARS_MAX {
                     return Err(FrameError::bad_request("cmid must be 1 to 64 characters"));
                 }
                 check_event(*kind, body, *target, *reply_to)?;
+                if let Some(m) = media {
+                    check_media(*kind, m)?;
+                }
                 if body.len() > limits.body_bytes_max {
                     return Err(FrameError::new(
                         ErrorCode::TooLarge,
@@ -489,6 +518,31 @@ fn check_event(kind: MsgKind, body: &str, target: Option<u64>, reply_to: Option<
         _ => Ok(()),
     }
 }
+
+/// A `media` object's rules: on `image` and `file` messages only, its fields well formed.
+fn check_media(kind: MsgKind, m: &Media) -> Result<(), FrameError> {
+    if !matches!(kind, MsgKind::Image | MsgKind::File) {
+        return Err(FrameError::bad_request("`media` goes with kind `image` or `file`"));
+    }
+    let hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let ct_ok = {
+        let part = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+        m.content_type.len() <= 127 && m.content_type.split_once('/').is_some_and(|(t, s)| part(t) && part(s))
+    };
+    let side_ok = |s: Option<u32>| s.is_none_or(|s| (1..=MEDIA_SIDE_MAX).contains(&s));
+    if !hex64(&m.id) || m.thumbnail.as_deref().is_some_and(|t| !hex64(t)) {
+        return Err(FrameError::bad_request("media ids are 64 lowercase hex digits (the SHA-256 an upload answered)"));
+    }
+    if !ct_ok || m.size == 0 || m.name.chars().count() > MEDIA_NAME_CHARS_MAX || !side_ok(m.width) || !side_ok(m.height) {
+        return Err(FrameError::bad_request("media: a content type type/subtype, a size of at least 1, a name of at most 255 characters, sides of 1 to 100000"));
+    }
+    Ok(())
+}
+
+/// Longest media file name, in characters.
+pub const MEDIA_NAME_CHARS_MAX: usize = 255;
+/// Widest or tallest image a `media` object may declare, in pixels.
+pub const MEDIA_SIDE_MAX: u32 = 100_000;
 
 /// The emoji `body` names, in its fully qualified form (what is stored), or None when `body` is
 /// not exactly one emoji of Unicode's list (skin tones included).

@@ -183,6 +183,7 @@ fn truncated_and_corrupted_binary_frames_are_errors() {
         kind: MsgKind::Text,
         target: None,
         reply_to: None,
+        media: None,
     };
     let bin = encode_client_binary(&f);
     for cut in 0..bin.len() {

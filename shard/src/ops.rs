@@ -58,6 +58,9 @@ pub struct SendOp {
     /// A reply's: the seq of the message it answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_seq: Option<u64>,
+    /// An `image` or `file` message's upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<shardchat_codec::Media>,
     /// Assigned when the owner accepted the op, so ids follow acceptance order.
     pub id: u64,
     pub ts: u64,
@@ -71,12 +74,17 @@ impl SendOp {
     /// A send as a home shard (or the bridge) hands it to the owner: id and time unassigned.
     pub fn new(reply_to: ConnRef, user: String, cmid: String, target: Target, body: String, kind: MsgKind) -> SendOp {
         let conv = target.conv(&user);
-        SendOp { reply_to, user, cmid, conv, target, body, kind, target_seq: None, reply_seq: None, id: UNASSIGNED, ts: UNASSIGNED }
+        SendOp { reply_to, user, cmid, conv, target, body, kind, target_seq: None, reply_seq: None, media: None, id: UNASSIGNED, ts: UNASSIGNED }
     }
 
     /// The same send with the seqs it refers to: an event's target, a reply's message.
     pub fn refers(self, target_seq: Option<u64>, reply_seq: Option<u64>) -> SendOp {
         SendOp { target_seq, reply_seq, ..self }
+    }
+
+    /// The same send sharing an upload.
+    pub fn with_media(self, media: Option<shardchat_codec::Media>) -> SendOp {
+        SendOp { media, ..self }
     }
 }
 

@@ -31,6 +31,8 @@ pub enum BridgeOp {
         /// An event's target seq; a reply's message seq.
         target: Option<u64>,
         reply_to: Option<u64>,
+        /// An `image` or `file` message's upload.
+        media: Option<shardchat_codec::Media>,
     },
     /// `conv` is None for a create (the bridge assigns the id).
     Group {

@@ -219,6 +219,13 @@ settings! {
     message_complete_timeout_ms: u64 = 10_000;
     /// Long-poll sessions one user may hold at once; a new one beyond it ends their oldest.
     poll_sessions_per_user_max: usize = 8;
+    /// Largest media upload, in bytes; a larger one is refused (413) before a byte is sent.
+    media_bytes_max: u64 = 25 * 1024 * 1024;
+    /// Media bytes one user may upload per UTC day, counted on this node (0: unlimited); past it,
+    /// uploads are refused (429) until the next day.
+    media_user_bytes_per_day: u64 = 1024 * 1024 * 1024;
+    /// Life of a signed media URL (upload or download), in seconds.
+    media_url_ttl_s: u64 = 600;
 }
 
 impl Config {

@@ -4,6 +4,7 @@
 //! store answers (history, conversation lists) go to the store on tokio's blocking pool.
 
 mod cluster_search;
+mod media;
 mod openapi;
 mod poll;
 mod push;
@@ -40,6 +41,8 @@ pub struct Ctx {
     pub sessions: Arc<std::sync::Mutex<std::collections::HashMap<u64, poll::PollSession>>>,
     pub next_session: Arc<std::sync::atomic::AtomicU64>,
     pub search: Arc<shardchat_search::SearchIndex>,
+    /// Uploads and downloads of files (`media.rs`).
+    pub media: Arc<media::MediaCtx>,
     /// Whether every shard serves (`/readyz`).
     pub health: Arc<shardchat_bridge::health::Health>,
 }
@@ -174,6 +177,7 @@ impl ControlPlane {
         });
         let listener = listener.map_err(|e| format!("binding --http {addr}: {e}"))?;
         let auth = Arc::new(Authenticator::with_leeway(cfg.jwt_secret.as_deref(), cfg.dev_auth, cfg.jwt_leeway_s));
+        let media = Arc::new(media::MediaCtx::open(&cfg)?);
         let ctx = Ctx {
             cfg,
             store,
@@ -184,10 +188,12 @@ impl ControlPlane {
             sessions: Default::default(),
             next_session: Default::default(),
             search,
+            media,
             health,
         };
         let http_connections_max = ctx.cfg.http_connections_max;
         let reaper = ctx.clone();
+        let reclaimer = ctx.clone();
         let pusher = ctx.cfg.push_webhook.clone().map(|url| (ctx.clone(), url));
         let app = rest::router(ctx);
         tracing::info!(http = %addr, "control plane listening");
@@ -197,6 +203,7 @@ impl ControlPlane {
             .spawn(move || {
                 rt.block_on(async move {
                     tokio::spawn(poll::reap(reaper));
+                    tokio::spawn(media::reclaim(reclaimer));
                     if let Some((ctx, url)) = pusher {
                         tracing::info!(webhook = %url, "push notifications on");
                         tokio::spawn(push::run(ctx, url));

@@ -33,6 +33,10 @@ use utoipa::ToSchema;
         super::rest::edit_message,
         super::rest::delete_message,
         super::rest::react,
+        super::media::new_upload,
+        super::media::put_upload,
+        super::media::links,
+        super::media::download,
         super::rest::receipts,
         super::rest::create_group,
         super::rest::add_members,
@@ -48,6 +52,9 @@ use utoipa::ToSchema;
         super::rest::NewMessage,
         super::rest::EditMessage,
         super::rest::React,
+        super::media::NewUpload,
+        UploadGrant,
+        MediaLinks,
         MessageKind,
         super::rest::NewGroup,
         super::rest::Users,
@@ -63,6 +70,7 @@ use utoipa::ToSchema;
         UserId,
         Message,
         Reaction,
+        Media,
         ConversationSummary,
         ConversationList,
         Member,
@@ -325,6 +333,52 @@ pub enum Kind {
     Reaction,
 }
 
+/// The file an `image` or `file` message shares: what the upload's PUT answered.
+#[derive(Serialize, ToSchema)]
+pub struct Media {
+    /// The SHA-256 of the bytes.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    id: String,
+    #[schema(pattern = "^[a-z0-9+.-]+/[a-z0-9+.-]+$", max_length = 127)]
+    content_type: String,
+    #[schema(minimum = 1)]
+    size: u64,
+    #[schema(max_length = 255)]
+    name: String,
+    #[schema(nullable = false, minimum = 1, maximum = 100000)]
+    width: Option<u32>,
+    #[schema(nullable = false, minimum = 1, maximum = 100000)]
+    height: Option<u32>,
+    /// The thumbnail's media id.
+    #[schema(nullable = false, pattern = "^[0-9a-f]{64}$")]
+    thumbnail: Option<String>,
+}
+
+/// Where to upload: PUT exactly `size` bytes with `content_type` to `url` before `expires_at`.
+#[derive(Serialize, ToSchema)]
+pub struct UploadGrant {
+    /// A path on this server (its signed token is the grant).
+    url: String,
+    /// Always `PUT`.
+    method: String,
+    content_type: String,
+    size: u64,
+    /// Unix seconds.
+    expires_at: u64,
+}
+
+/// Signed download links for a message's file.
+#[derive(Serialize, ToSchema)]
+pub struct MediaLinks {
+    /// A path on this server serving the file.
+    url: String,
+    /// The thumbnail's (images), or null.
+    thumbnail_url: Option<String>,
+    /// Unix seconds.
+    expires_at: u64,
+    media: Media,
+}
+
 /// One user's reaction to a message.
 #[derive(Serialize, ToSchema)]
 pub struct Reaction {
@@ -362,6 +416,9 @@ pub struct Message {
     /// One per user who reacted, ordered by user.
     #[schema(nullable = false)]
     reactions: Option<Vec<Reaction>>,
+    /// The file an `image` or `file` message shares.
+    #[schema(nullable = false)]
+    media: Option<Media>,
 }
 
 #[derive(Serialize, ToSchema)]

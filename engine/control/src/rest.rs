@@ -32,6 +32,10 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/conversations/{conv}/messages", get(messages).post(send))
         .route("/v1/conversations/{conv}/messages/{seq}", axum::routing::patch(edit_message).delete(delete_message))
         .route("/v1/conversations/{conv}/messages/{seq}/reaction", axum::routing::put(react))
+        .route("/v1/conversations/{conv}/messages/{seq}/media", get(crate::media::links))
+        .route("/v1/uploads", post(crate::media::new_upload))
+        .route("/v1/uploads/{token}", axum::routing::put(crate::media::put_upload))
+        .route("/v1/media/{token}", get(crate::media::download))
         // Between the nodes of a cluster (node tokens; not in the OpenAPI document).
         .route("/internal/search/stats", get(crate::cluster_search::stats))
         .route("/internal/search/hits", post(crate::cluster_search::hits))
@@ -156,13 +160,14 @@ pub(crate) async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     if let Some(c) = &ctx.cluster {
         c.render(&mut text);
     }
+    ctx.media.metrics.render(&mut text);
     ([("content-type", "text/plain; version=0.0.4")], text)
 }
 
 /// A conversation id in a path or query: well formed, or `bad_request`. A direct id whose two
 /// user ids are not in byte-wise order is shaped right but names no conversation that can
 /// exist: `not_found` (the OpenAPI pattern cannot say the order; what it admits is never a 400).
-fn check_conv(conv: &str) -> ApiResult<()> {
+pub(crate) fn check_conv(conv: &str) -> ApiResult<()> {
     if valid_conv_id(conv) {
         return Ok(());
     }
@@ -327,6 +332,16 @@ pub(crate) struct NewMessage {
     #[serde(default, deserialize_with = "present_seq")]
     #[schema(minimum = 1, nullable = false)]
     reply_to: Option<u64>,
+    /// For `image` and `file`: the upload it shares (`POST /v1/uploads`, then the PUT's answer).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = crate::openapi::Media, nullable = false)]
+    media: Option<shardchat_codec::Media>,
+}
+
+/// An optional field that, when given, is a value: `null` is refused (the document says the
+/// field is not nullable).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// An optional seq that, when given, is a value: `null` is refused like any wrong type (the
@@ -389,24 +404,34 @@ pub(crate) async fn send(
             FrameError::bad_request("kind is text, image or file here; edits, deletes and reactions have their own operations").into()
         );
     }
-    sent(&ctx, &me.user, conv, m.cmid, m.body, m.kind, None, m.reply_to).await
+    sent(&ctx, &me.user, conv, Sending { cmid: m.cmid, body: m.body, kind: m.kind, target: None, reply_to: m.reply_to, media: m.media }).await
 }
 
-/// Checks a send as the WebSocket does, hands it to its owner and answers its ack.
-#[allow(clippy::too_many_arguments)]
-async fn sent(
-    ctx: &Ctx,
-    user: &str,
-    conv: String,
+/// One send over REST, as the WebSocket's `send` frame carries it.
+struct Sending {
     cmid: String,
     body: String,
     kind: MsgKind,
     target: Option<u64>,
     reply_to: Option<u64>,
-) -> ApiResult<Json<Value>> {
-    let frame = ClientFrame::Send { cmid: cmid.clone(), to: None, conv: Some(conv.clone()), body: body.clone(), kind, target, reply_to };
+    media: Option<shardchat_codec::Media>,
+}
+
+/// Checks a send as the WebSocket does, hands it to its owner and answers its ack.
+async fn sent(ctx: &Ctx, user: &str, conv: String, s: Sending) -> ApiResult<Json<Value>> {
+    let Sending { cmid, body, kind, target, reply_to, media } = s;
+    let frame = ClientFrame::Send {
+        cmid: cmid.clone(),
+        to: None,
+        conv: Some(conv.clone()),
+        body: body.clone(),
+        kind,
+        target,
+        reply_to,
+        media: media.clone(),
+    };
     frame.validate(&Limits { body_bytes_max: ctx.cfg.body_bytes_max })?;
-    let op = BridgeOp::Send { conv, cmid, body, kind, target, reply_to };
+    let op = BridgeOp::Send { conv, cmid, body, kind, target, reply_to, media };
     let ack = answer(ctx.ask(user, op).await?)?;
     Ok(Json(body_of(&ack)))
 }
@@ -419,7 +444,7 @@ pub(crate) async fn edit_message(
     Json(e): Json<EditMessage>,
 ) -> ApiResult<Json<Value>> {
     check_conv(&conv)?;
-    sent(&ctx, &me.user, conv, e.cmid, e.body, MsgKind::Edit, Some(seq), None).await
+    sent(&ctx, &me.user, conv, Sending { cmid: e.cmid, body: e.body, kind: MsgKind::Edit, target: Some(seq), reply_to: None, media: None }).await
 }
 
 #[utoipa::path(delete, path = "/v1/conversations/{conv}/messages/{seq}", tag = "messages", params(crate::openapi::ConvPath, ("seq" = i64, Path, minimum = 1), CmidQuery), responses((status = 200, description = "the delete's ack: it is durably stored, with a seq of its own", body = crate::openapi::Ack)), security(("bearer" = [])))]
@@ -430,7 +455,8 @@ pub(crate) async fn delete_message(
     Query(q): Query<CmidQuery>,
 ) -> ApiResult<Json<Value>> {
     check_conv(&conv)?;
-    sent(&ctx, &me.user, conv, q.cmid, String::new(), MsgKind::Delete, Some(seq), None).await
+    let s = Sending { cmid: q.cmid, body: String::new(), kind: MsgKind::Delete, target: Some(seq), reply_to: None, media: None };
+    sent(&ctx, &me.user, conv, s).await
 }
 
 #[utoipa::path(put, path = "/v1/conversations/{conv}/messages/{seq}/reaction", tag = "messages", params(crate::openapi::ConvPath, ("seq" = i64, Path, minimum = 1)), request_body = React, responses((status = 200, description = "the reaction's ack: it is durably stored, with a seq of its own", body = crate::openapi::Ack)), security(("bearer" = [])))]
@@ -441,7 +467,8 @@ pub(crate) async fn react(
     Json(r): Json<React>,
 ) -> ApiResult<Json<Value>> {
     check_conv(&conv)?;
-    sent(&ctx, &me.user, conv, r.cmid, r.emoji, MsgKind::Reaction, Some(seq), None).await
+    let s = Sending { cmid: r.cmid, body: r.emoji, kind: MsgKind::Reaction, target: Some(seq), reply_to: None, media: None };
+    sent(&ctx, &me.user, conv, s).await
 }
 
 #[utoipa::path(get, path = "/v1/conversations/{conv}/messages/{seq}/receipts", tag = "messages", params(crate::openapi::ConvPath, ("seq" = i64, Path, minimum = 1)), responses((status = 200, description = "who delivered and read it", body = crate::openapi::ReceiptDetail)), security(("bearer" = [])))]

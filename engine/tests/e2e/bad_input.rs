@@ -84,6 +84,7 @@ async fn binary_frames_are_answered_in_binary() {
         kind: MsgKind::Text,
         target: None,
         reply_to: None,
+        media: None,
     };
     a.send_raw(Message::Binary(encode_client_binary(&frame).into())).await;
     let ack = match a.ws.next().await.unwrap().unwrap() {

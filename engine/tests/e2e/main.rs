@@ -14,6 +14,7 @@ mod groups;
 mod js_client;
 mod liveness;
 mod logs;
+mod media;
 mod messaging;
 mod poll;
 mod push;

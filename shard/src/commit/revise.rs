@@ -57,6 +57,8 @@ pub fn apply(target: &mut MsgRecord, kind: MsgKind, user: &str, admin: bool, bod
             target.body.clear();
             target.deleted = true;
             target.reactions.clear();
+            // Its file is no longer shared through it: no download link is given for it.
+            target.media = None;
             Ok(Revised::Deleted { edits: std::mem::take(&mut target.edits) })
         }
         MsgKind::Reaction => {

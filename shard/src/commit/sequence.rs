@@ -145,6 +145,7 @@ pub fn sequence(ops: &[Op], convs: &mut Convs, loaded: &Loaded, push: bool) -> S
                     ts: s.ts,
                     target: s.target_seq,
                     reply_to: s.reply_seq,
+                    media: s.media.clone(),
                     ..Default::default()
                 };
                 in_batch.insert(key, batch.messages.len());

@@ -119,13 +119,13 @@ impl Shard {
         let user = c.user.clone();
         let me = self.me(conn);
         let op = match frame {
-            ClientFrame::Send { cmid, to, conv, body, kind, target: target_seq, reply_to } => {
+            ClientFrame::Send { cmid, to, conv, body, kind, target: target_seq, reply_to, media } => {
                 let target = match (to, conv) {
                     (Some(to), _) => Target::To(to),
                     (None, Some(conv)) => Target::Conv(conv),
                     (None, None) => unreachable!("validated by the codec"),
                 };
-                Op::Send(SendOp::new(me, user, cmid, target, body, kind).refers(target_seq, reply_to))
+                Op::Send(SendOp::new(me, user, cmid, target, body, kind).refers(target_seq, reply_to).with_media(media))
             }
             ClientFrame::Delivered { conv, seq } => Op::Mark(MarkOp { reply_to: me, user, conv, kind: ReceiptKind::Delivered, seq }),
             ClientFrame::Read { conv, seq } => Op::Mark(MarkOp { reply_to: me, user, conv, kind: ReceiptKind::Read, seq }),

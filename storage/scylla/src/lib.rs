@@ -137,6 +137,8 @@ struct Meta {
     reactions: Vec<(String, String)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     edits: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    media: Option<shardchat_codec::Media>,
 }
 
 pub struct ScyllaStore {
@@ -357,6 +359,7 @@ fn msg_values(m: &MsgRecord) -> Vec<CqlValue> {
         deleted: m.deleted,
         reactions: m.reactions.iter().map(|r| (r.user.clone(), r.emoji.clone())).collect(),
         edits: m.edits.clone(),
+        media: m.media.clone(),
     };
     // Most messages have none: an empty string, not `{}`, costs the row the least.
     let meta = if meta == Meta::default() { String::new() } else { serde_json::to_string(&meta).expect("meta always serializes") };
@@ -384,6 +387,7 @@ fn msg_of(r: MsgRow) -> Result<MsgRecord, StoreError> {
         deleted: meta.deleted,
         reactions: meta.reactions.into_iter().map(|(user, emoji)| Reaction { user, emoji }).collect(),
         edits: meta.edits,
+        media: meta.media,
     })
 }
 

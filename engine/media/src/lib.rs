@@ -1,0 +1,57 @@
+//! Media: the bytes of images and files shared in conversations, kept out of the message path.
+//!
+//! A client asks the control plane for an upload URL, PUTs the bytes there, then sends a
+//! message whose `media` object names what it uploaded (its SHA-256 is its id). Downloads are
+//! signed URLs the control plane hands only to those who may read a message naming the media.
+//!
+//! - [`MediaStore`] is where bytes live, by content: the same bytes uploaded twice (a forwarded
+//!   file) are stored once. [`FsMediaStore`] is the embedded one, files under the data directory,
+//!   each written to a temporary file, fsynced, then renamed into place, so a reader never sees
+//!   half a file and an interrupted upload leaves nothing but a temporary file that
+//!   [`MediaStore::reclaim`] removes.
+//! - [`Signer`] signs and checks what a URL grants (HMAC-SHA-256, with an expiry).
+//! - [`images`] reads an image's dimensions and makes its thumbnail with decoding bounded in
+//!   pixels and bytes, so a decompression bomb or a malformed file harms nothing.
+//!
+//! Everything here blocks on disk or CPU: callers run it on a blocking pool, never on a shard.
+
+pub mod images;
+mod signer;
+mod store;
+
+pub use signer::{Grant, Signer};
+pub use store::{FsMediaStore, MediaError, MediaStore, Stored, Upload};
+
+/// A media id: the SHA-256 of the bytes, 64 lowercase hex digits.
+pub fn valid_media_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A content type as uploads and downloads carry it: `type/subtype`, lowercase, at most
+/// [`CONTENT_TYPE_BYTES_MAX`] bytes, no parameters.
+pub fn valid_content_type(ct: &str) -> bool {
+    let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+    ct.len() <= CONTENT_TYPE_BYTES_MAX && ct.split_once('/').is_some_and(|(t, s)| ok(t) && ok(s))
+}
+
+/// Longest content type, in bytes.
+pub const CONTENT_TYPE_BYTES_MAX: usize = 127;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_content_types() {
+        assert!(valid_media_id(&"ab".repeat(32)));
+        assert!(!valid_media_id(&"AB".repeat(32)) && !valid_media_id("ab") && !valid_media_id(&"zz".repeat(32)));
+        assert!(valid_content_type("image/png") && valid_content_type("application/vnd.ms-excel") && valid_content_type("image/svg+xml"));
+        for bad in ["image", "image/", "/png", "Image/PNG", "text/html; charset=utf-8", "a/b/c", &format!("a/{}", "b".repeat(200))] {
+            assert!(!valid_content_type(bad), "{bad}");
+        }
+    }
+}
