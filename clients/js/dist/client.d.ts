@@ -1,5 +1,5 @@
 import { type BackoffOptions } from './backoff.js';
-import type { Ack, ConvId, ErrorFrame, Group, Message, MessageKind, Presence, Receipt, ReceiptCounts, ReceiptDetail, SendFrame, Typing } from './frames.js';
+import type { Ack, ConvId, ErrorFrame, Group, Media, Message, MessageKind, Presence, Receipt, ReceiptCounts, ReceiptDetail, SendFrame, Typing } from './frames.js';
 import { type ClientStorage } from './storage.js';
 /** The part of the platform's WebSocket the client uses (browsers, Node ≥ 22, or `ws`). */
 export interface WebSocketLike {
@@ -149,6 +149,7 @@ export declare class ShardchatClient {
         cmid?: string;
         replyTo?: number;
         target?: number;
+        media?: Media;
     }): Promise<Ack>;
     /** Edits message `seq` of `conv` (the author's own): an event with a seq of its own, kept in
      * the outbox like any send. Members see it as a `message` of kind `edit`; `applyEvent` turns it

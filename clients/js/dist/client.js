@@ -138,6 +138,8 @@ export class ShardchatClient {
             frame.reply_to = opts.replyTo;
         if (opts.target !== undefined)
             frame.target = opts.target;
+        if (opts.media)
+            frame.media = opts.media;
         const acked = new Promise((resolve, reject) => {
             const list = this.waiters.get(cmid) ?? [];
             list.push({ resolve, reject });
@@ -537,6 +539,8 @@ export class ShardchatClient {
             own.target = f.target;
         if (f.reply_to !== undefined)
             own.reply_to = f.reply_to;
+        if (f.media)
+            own.media = f.media;
         this.feed(a.conv, [own]);
     }
     settleSend(cmid, a) {

@@ -3,6 +3,19 @@ export type ConvId = string;
 /** `text`, `image`, `file`: messages proper. `system`: the server's (group changes).
  * `edit`, `delete`, `reaction`: events about the earlier message their `target` names. */
 export type MessageKind = 'text' | 'image' | 'file' | 'system' | 'edit' | 'delete' | 'reaction';
+/** The file an `image` or `file` message shares: what an upload answered (docs/protocol.md,
+ * "Media"). */
+export interface Media {
+    /** The SHA-256 of the bytes, hex. */
+    id: string;
+    content_type: string;
+    size: number;
+    name: string;
+    width?: number;
+    height?: number;
+    /** The thumbnail's media id (PNG and JPEG images). */
+    thumbnail?: string;
+}
 /** One user's reaction to a message. */
 export interface Reaction {
     user: string;
@@ -31,6 +44,8 @@ export interface Message {
     deleted?: boolean;
     /** One per user who reacted, ordered by user. */
     reactions?: Reaction[];
+    /** The file an `image` or `file` message shares. */
+    media?: Media;
 }
 export interface Ack {
     cmid: string;
@@ -136,6 +151,7 @@ export type SendFrame = {
     kind?: MessageKind;
     target?: number;
     reply_to?: number;
+    media?: Media;
 } & ({
     to: string;
     conv?: undefined;

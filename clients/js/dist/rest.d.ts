@@ -1,4 +1,4 @@
-import type { ConvId, Member, Message } from './frames.js';
+import type { ConvId, Media, Member, Message } from './frames.js';
 import { type TokenSource } from './client.js';
 export interface ConversationSummary {
     conv: ConvId;
@@ -48,5 +48,18 @@ export declare class ShardchatRest {
         delivered: string[];
         read: string[];
     }>;
+    /** Uploads a file (asks for a signed URL, PUTs the bytes there) and resolves with the media
+     * object to send with an `image` or `file` message: `chat.send({conv}, caption, {kind: 'image',
+     * media})`. */
+    upload(bytes: Blob | Uint8Array, contentType: string, name: string): Promise<Media>;
+    /** Signed download URLs (paths on the control plane) for the file message `seq` shares. */
+    mediaLinks(conv: ConvId, seq: number): Promise<{
+        url: string;
+        thumbnail_url: string | null;
+        expires_at: number;
+        media: Media;
+    }>;
     private get;
+    private call;
+    private static answer;
 }

@@ -25,12 +25,34 @@ export class ShardchatRest {
     async receipts(conv, seq) {
         return this.get(`/v1/conversations/${encodeURIComponent(conv)}/messages/${seq}/receipts`);
     }
-    async get(path) {
+    /** Uploads a file (asks for a signed URL, PUTs the bytes there) and resolves with the media
+     * object to send with an `image` or `file` message: `chat.send({conv}, caption, {kind: 'image',
+     * media})`. */
+    async upload(bytes, contentType, name) {
+        const blob = bytes instanceof Blob ? bytes : new Blob([bytes]);
+        const grant = await this.call('POST', '/v1/uploads', { content_type: contentType, size: blob.size, name });
+        const r = await fetch(this.o.baseUrl + grant.url, { method: 'PUT', headers: { 'Content-Type': contentType }, body: blob });
+        return ShardchatRest.answer(r);
+    }
+    /** Signed download URLs (paths on the control plane) for the file message `seq` shares. */
+    async mediaLinks(conv, seq) {
+        return this.get(`/v1/conversations/${encodeURIComponent(conv)}/messages/${seq}/media`);
+    }
+    get(path) {
+        return this.call('GET', path);
+    }
+    async call(method, path, json) {
         const token = await tokenOf(this.o.token);
         let url = this.o.baseUrl + path;
         if (!token && this.o.user)
             url += (path.includes('?') ? '&' : '?') + 'user=' + encodeURIComponent(this.o.user);
-        const r = await fetch(url, { headers: token ? { Authorization: `Bearer ${token}` } : {} });
+        const headers = token ? { Authorization: `Bearer ${token}` } : {};
+        if (json !== undefined)
+            headers['Content-Type'] = 'application/json';
+        const r = await fetch(url, { method, headers, body: json === undefined ? undefined : JSON.stringify(json) });
+        return ShardchatRest.answer(r);
+    }
+    static async answer(r) {
         const body = await r.json().catch(() => ({}));
         if (!r.ok)
             throw new ShardchatError(body.code ?? 'internal', body.msg ?? `HTTP ${r.status}`);

@@ -11,6 +11,7 @@ import type {
   ConvId,
   ErrorFrame,
   Group,
+  Media,
   Message,
   MessageKind,
   Presence,
@@ -257,7 +258,7 @@ export class ShardchatClient {
   async send(
     target: { to: string } | { conv: ConvId },
     body: string,
-    opts: { kind?: MessageKind; cmid?: string; replyTo?: number; target?: number } = {},
+    opts: { kind?: MessageKind; cmid?: string; replyTo?: number; target?: number; media?: Media } = {},
   ): Promise<Ack> {
     if (this.stopped) throw new ShardchatError('closed', 'this client was closed');
     await this.loaded;
@@ -266,6 +267,7 @@ export class ShardchatClient {
     if (opts.kind) frame.kind = opts.kind;
     if (opts.replyTo !== undefined) frame.reply_to = opts.replyTo;
     if (opts.target !== undefined) frame.target = opts.target;
+    if (opts.media) frame.media = opts.media;
     const acked = new Promise<Ack>((resolve, reject) => {
       const list = this.waiters.get(cmid) ?? [];
       list.push({ resolve, reject });
@@ -667,6 +669,7 @@ export class ShardchatClient {
     const own: Message = { conv: a.conv, id: a.id, seq: a.seq, from: this.user, cmid: a.cmid, body: f.body, kind: f.kind ?? 'text', ts: a.ts };
     if (f.target !== undefined) own.target = f.target;
     if (f.reply_to !== undefined) own.reply_to = f.reply_to;
+    if (f.media) own.media = f.media;
     this.feed(a.conv, [own]);
   }
 

@@ -8,6 +8,20 @@ export type ConvId = string;
  * `edit`, `delete`, `reaction`: events about the earlier message their `target` names. */
 export type MessageKind = 'text' | 'image' | 'file' | 'system' | 'edit' | 'delete' | 'reaction';
 
+/** The file an `image` or `file` message shares: what an upload answered (docs/protocol.md,
+ * "Media"). */
+export interface Media {
+  /** The SHA-256 of the bytes, hex. */
+  id: string;
+  content_type: string;
+  size: number;
+  name: string;
+  width?: number;
+  height?: number;
+  /** The thumbnail's media id (PNG and JPEG images). */
+  thumbnail?: string;
+}
+
 /** One user's reaction to a message. */
 export interface Reaction {
   user: string;
@@ -37,6 +51,8 @@ export interface Message {
   deleted?: boolean;
   /** One per user who reacted, ordered by user. */
   reactions?: Reaction[];
+  /** The file an `image` or `file` message shares. */
+  media?: Media;
 }
 
 export interface Ack {
@@ -130,7 +146,7 @@ export type ServerFrame =
   | ({ t: 'error' } & ErrorFrame);
 
 /** A `send` frame: to a user (the direct chat is made on first use) or to a conversation. */
-export type SendFrame = { t: 'send'; cmid: string; body: string; kind?: MessageKind; target?: number; reply_to?: number } & (
+export type SendFrame = { t: 'send'; cmid: string; body: string; kind?: MessageKind; target?: number; reply_to?: number; media?: Media } & (
   | { to: string; conv?: undefined }
   | { conv: ConvId; to?: undefined }
 );

@@ -2,7 +2,7 @@
 // API"): the conversation list with unread counts, one conversation's members, search and the
 // receipts of one message. Uses the platform's `fetch`.
 
-import type { ConvId, Member, Message } from './frames.js';
+import type { ConvId, Media, Member, Message } from './frames.js';
 import { ShardchatError, tokenOf, type TokenSource } from './client.js';
 
 export interface ConversationSummary {
@@ -65,11 +65,36 @@ export class ShardchatRest {
     return this.get(`/v1/conversations/${encodeURIComponent(conv)}/messages/${seq}/receipts`);
   }
 
-  private async get<T>(path: string): Promise<T> {
+  /** Uploads a file (asks for a signed URL, PUTs the bytes there) and resolves with the media
+   * object to send with an `image` or `file` message: `chat.send({conv}, caption, {kind: 'image',
+   * media})`. */
+  async upload(bytes: Blob | Uint8Array, contentType: string, name: string): Promise<Media> {
+    const blob = bytes instanceof Blob ? bytes : new Blob([bytes as BlobPart]);
+    const grant = await this.call<{ url: string }>('POST', '/v1/uploads', { content_type: contentType, size: blob.size, name });
+    const r = await fetch(this.o.baseUrl + grant.url, { method: 'PUT', headers: { 'Content-Type': contentType }, body: blob });
+    return ShardchatRest.answer<Media>(r);
+  }
+
+  /** Signed download URLs (paths on the control plane) for the file message `seq` shares. */
+  async mediaLinks(conv: ConvId, seq: number): Promise<{ url: string; thumbnail_url: string | null; expires_at: number; media: Media }> {
+    return this.get(`/v1/conversations/${encodeURIComponent(conv)}/messages/${seq}/media`);
+  }
+
+  private get<T>(path: string): Promise<T> {
+    return this.call<T>('GET', path);
+  }
+
+  private async call<T>(method: string, path: string, json?: unknown): Promise<T> {
     const token = await tokenOf(this.o.token);
     let url = this.o.baseUrl + path;
     if (!token && this.o.user) url += (path.includes('?') ? '&' : '?') + 'user=' + encodeURIComponent(this.o.user);
-    const r = await fetch(url, { headers: token ? { Authorization: `Bearer ${token}` } : {} });
+    const headers: Record<string, string> = token ? { Authorization: `Bearer ${token}` } : {};
+    if (json !== undefined) headers['Content-Type'] = 'application/json';
+    const r = await fetch(url, { method, headers, body: json === undefined ? undefined : JSON.stringify(json) });
+    return ShardchatRest.answer<T>(r);
+  }
+
+  private static async answer<T>(r: Response): Promise<T> {
     const body = await r.json().catch(() => ({}));
     if (!r.ok) throw new ShardchatError(body.code ?? 'internal', body.msg ?? `HTTP ${r.status}`);
     return body as T;

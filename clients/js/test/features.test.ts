@@ -5,7 +5,7 @@
 import { test, after, before } from 'node:test';
 import { createHmac } from 'node:crypto';
 import assert from 'node:assert/strict';
-import { applyEvent, isEvent, MemoryStorage, ShardchatError, type Ack, type Message, type Group, type Presence, type ReceiptCounts, type SendFailure, type Typing } from '../dist/index.js';
+import { applyEvent, isEvent, MemoryStorage, ShardchatRest, ShardchatError, type Ack, type Message, type Group, type Presence, type ReceiptCounts, type SendFailure, type Typing } from '../dist/index.js';
 import { Engine, sleep } from './engine.js';
 import { client, Inbox, until, assertOnceInOrder } from './helpers.js';
 
@@ -252,4 +252,28 @@ test('edits, reactions, replies and deletes: applied as they come, they give wha
   assert.equal(stored.get(gone.seq)!.deleted, true);
   ivy.close();
   jon.close();
+});
+
+test('a file uploaded through the REST client is shared by a message and downloaded by a member', async () => {
+  const kim = client(engine.url, 'kim');
+  const lou = client(engine.url, 'lou');
+  const louIn = new Inbox(lou);
+  await Promise.all([kim.connect(), lou.connect()]);
+  const kimRest = new ShardchatRest({ baseUrl: engine.httpUrl, user: 'kim' });
+  const louRest = new ShardchatRest({ baseUrl: engine.httpUrl, user: 'lou' });
+  const bytes = new TextEncoder().encode('a small report, in bytes');
+  const media = await kimRest.upload(bytes, 'text/plain', 'report.txt');
+  assert.equal(media.size, bytes.length);
+  assert.match(media.id, /^[0-9a-f]{64}$/);
+  const ack = await kim.send({ to: 'lou' }, 'the report', { kind: 'file', media });
+  await until(() => louIn.messages.length === 1, 'lou to get the file message');
+  assert.deepEqual(louIn.messages[0].media, media);
+  const links = await louRest.mediaLinks(ack.conv, ack.seq);
+  const got = await fetch(engine.httpUrl + links.url);
+  assert.equal(got.headers.get('content-type'), 'text/plain');
+  assert.equal(await got.text(), 'a small report, in bytes');
+  const refused = await new ShardchatRest({ baseUrl: engine.httpUrl, user: 'mia' }).mediaLinks(ack.conv, ack.seq).catch((e: ShardchatError) => e.code);
+  assert.equal(refused, 'forbidden', 'a stranger gets no link');
+  kim.close();
+  lou.close();
 });
