@@ -201,6 +201,20 @@ async fn two_browsers_chat_and_see_the_read_receipt() {
     wait_text(&bob, "#log .msg", |t| t.contains("↪") && t.contains("bob: answering you"), "the reply from history").await;
     screenshot(&bob, "chat-revisions").await;
 
+    // A picture attached on alice's page: uploaded, shared, shown to bob as its thumbnail.
+    let picture = profiles.path().join("dot.png");
+    let img = image::RgbImage::from_fn(600, 300, |x, _| image::Rgb([(x % 256) as u8, 90, 200]));
+    img.save(&picture).unwrap();
+    // The chooser is hidden behind the 📎 button; WebDriver types the path into the input itself.
+    alice.execute("document.getElementById('file').hidden = false; return 0", vec![]).await.unwrap();
+    alice.find(Locator::Id("text")).await.unwrap().send_keys("a picture").await.unwrap();
+    alice.find(Locator::Id("file")).await.unwrap().send_keys(picture.to_str().unwrap()).await.unwrap();
+    alice.execute("document.getElementById('file').hidden = true; return 0", vec![]).await.unwrap();
+    wait_text(&bob, "#log .msg", |t| t.contains("alice: a picture") && t.contains("📎 dot.png"), "the shared picture").await;
+    wait_eval(&bob, "return [...document.querySelectorAll('#log .msg .media img')].filter(i => i.complete && i.naturalWidth === 256).length", 1, "its thumbnail shown")
+        .await;
+    screenshot(&bob, "chat-media").await;
+
     // One long word wraps: the page never gets wider than the window.
     bob.find(Locator::Id("text")).await.unwrap().send_keys(&format!("{}\u{E007}", "w".repeat(400))).await.unwrap();
     wait_text(&alice, "#log .msg", |t| t.contains("wwwwwwwwww"), "the long word").await;
