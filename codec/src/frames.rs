@@ -534,7 +534,9 @@ fn check_media(kind: MsgKind, m: &Media) -> Result<(), FrameError> {
         return Err(FrameError::bad_request("media ids are 64 lowercase hex digits (the SHA-256 an upload answered)"));
     }
     if !ct_ok || m.size == 0 || m.name.chars().count() > MEDIA_NAME_CHARS_MAX || !side_ok(m.width) || !side_ok(m.height) {
-        return Err(FrameError::bad_request("media: a content type type/subtype, a size of at least 1, a name of at most 255 characters, sides of 1 to 100000"));
+        return Err(FrameError::bad_request(
+            "media: a content type type/subtype, a size of at least 1, a name of at most 255 characters, sides of 1 to 100000",
+        ));
     }
     Ok(())
 }

@@ -299,7 +299,7 @@ pub(crate) async fn sender(ws: Ws, dest: Dest, sh: Arc<Shared>, pad: String, sch
             kind: MsgKind::Text,
             target: None,
             reply_to: None,
-        media: None,
+            media: None,
         };
         if tx.send(client_msg(&frame, binary)).await.is_err() {
             sh.errors.fetch_add(1, Relaxed);

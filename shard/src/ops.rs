@@ -74,7 +74,20 @@ impl SendOp {
     /// A send as a home shard (or the bridge) hands it to the owner: id and time unassigned.
     pub fn new(reply_to: ConnRef, user: String, cmid: String, target: Target, body: String, kind: MsgKind) -> SendOp {
         let conv = target.conv(&user);
-        SendOp { reply_to, user, cmid, conv, target, body, kind, target_seq: None, reply_seq: None, media: None, id: UNASSIGNED, ts: UNASSIGNED }
+        SendOp {
+            reply_to,
+            user,
+            cmid,
+            conv,
+            target,
+            body,
+            kind,
+            target_seq: None,
+            reply_seq: None,
+            media: None,
+            id: UNASSIGNED,
+            ts: UNASSIGNED,
+        }
     }
 
     /// The same send with the seqs it refers to: an event's target, a reply's message.

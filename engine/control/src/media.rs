@@ -63,11 +63,22 @@ impl MediaMetrics {
         let _ = writeln!(out, "# HELP shardchat_media_uploads_total Uploads stored (new objects and deduplicated ones).\n# TYPE shardchat_media_uploads_total counter\nshardchat_media_uploads_total {}", get(&self.uploads));
         let _ = writeln!(out, "# HELP shardchat_media_uploaded_bytes_total Bytes of uploads stored.\n# TYPE shardchat_media_uploaded_bytes_total counter\nshardchat_media_uploaded_bytes_total {}", get(&self.bytes));
         let _ = writeln!(out, "# HELP shardchat_media_deduplicated_total Uploads whose bytes were stored already.\n# TYPE shardchat_media_deduplicated_total counter\nshardchat_media_deduplicated_total {}", get(&self.deduplicated));
-        let _ = writeln!(out, "# HELP shardchat_media_refused_total Uploads and downloads refused, by why.\n# TYPE shardchat_media_refused_total counter");
-        for (why, a) in [("too_large", &self.refused_too_large), ("quota", &self.refused_quota), ("link", &self.refused_link), ("incomplete", &self.incomplete)] {
+        let _ = writeln!(
+            out,
+            "# HELP shardchat_media_refused_total Uploads and downloads refused, by why.\n# TYPE shardchat_media_refused_total counter"
+        );
+        for (why, a) in [
+            ("too_large", &self.refused_too_large),
+            ("quota", &self.refused_quota),
+            ("link", &self.refused_link),
+            ("incomplete", &self.incomplete),
+        ] {
             let _ = writeln!(out, "shardchat_media_refused_total{{why=\"{why}\"}} {}", get(a));
         }
-        let _ = writeln!(out, "# HELP shardchat_media_thumbnails_total Thumbnails attempted, by result.\n# TYPE shardchat_media_thumbnails_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP shardchat_media_thumbnails_total Thumbnails attempted, by result.\n# TYPE shardchat_media_thumbnails_total counter"
+        );
         let _ = writeln!(out, "shardchat_media_thumbnails_total{{result=\"made\"}} {}", get(&self.thumbnails_made));
         let _ = writeln!(out, "shardchat_media_thumbnails_total{{result=\"failed\"}} {}", get(&self.thumbnails_failed));
         let _ = writeln!(out, "# HELP shardchat_media_downloads_total Downloads served.\n# TYPE shardchat_media_downloads_total counter\nshardchat_media_downloads_total {}", get(&self.downloads));
@@ -123,6 +134,7 @@ pub(crate) struct NewUpload {
     #[schema(pattern = "^[a-z0-9+.-]+/[a-z0-9+.-]+$", max_length = 127, example = "image/png")]
     content_type: String,
     /// The file's exact size in bytes (the server's bound: `--media-bytes-max`).
+    #[serde(deserialize_with = "crate::rest::integral")]
     #[schema(minimum = 1)]
     size: u64,
     /// The file's name, at most 255 characters.
@@ -132,13 +144,18 @@ pub(crate) struct NewUpload {
 
 #[utoipa::path(post, path = "/v1/uploads", tag = "media", request_body = NewUpload, responses((status = 200, description = "where to PUT the bytes: a signed URL for this size and content type, until `expires_at`", body = crate::openapi::UploadGrant)), security(("bearer" = [])))]
 pub(crate) async fn new_upload(State(ctx): State<Ctx>, Caller(me): Caller, Json(u): Json<NewUpload>) -> ApiResult<Json<Value>> {
-    if !shardchat_media::valid_content_type(&u.content_type) || u.size == 0 || u.name.chars().count() > shardchat_codec::MEDIA_NAME_CHARS_MAX {
+    if !shardchat_media::valid_content_type(&u.content_type)
+        || u.size == 0
+        || u.name.chars().count() > shardchat_codec::MEDIA_NAME_CHARS_MAX
+    {
         return Err(FrameError::bad_request("content_type type/subtype, size of at least 1, name of at most 255 characters").into());
     }
     let m = &ctx.media;
     if u.size > ctx.cfg.media_bytes_max {
         m.metrics.refused_too_large.fetch_add(1, Ordering::Relaxed);
-        return Err(FrameError::new(ErrorCode::TooLarge, format!("a file of {} bytes; the limit is {}", u.size, ctx.cfg.media_bytes_max)).into());
+        return Err(
+            FrameError::new(ErrorCode::TooLarge, format!("a file of {} bytes; the limit is {}", u.size, ctx.cfg.media_bytes_max)).into()
+        );
     }
     if !within_quota(&ctx, &me.user, u.size, false) {
         m.metrics.refused_quota.fetch_add(1, Ordering::Relaxed);
@@ -176,7 +193,12 @@ fn within_quota(ctx: &Ctx, user: &str, size: u64, count: bool) -> bool {
               (status = 413, description = "too_large: more bytes than granted", body = crate::openapi::ErrorBody),
               (status = 429, description = "rate_limited: the uploader's bytes for today are used up", body = crate::openapi::ErrorBody),
               (status = 503, description = "unavailable: media storage failed", body = crate::openapi::ErrorBody)))]
-pub(crate) async fn put_upload(State(ctx): State<Ctx>, Path(token): Path<String>, headers: HeaderMap, body: Body) -> ApiResult<Json<Value>> {
+pub(crate) async fn put_upload(
+    State(ctx): State<Ctx>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
     let m = &ctx.media;
     let Ok(Grant::Put { user, size, ct, name, .. }) = m.signer.check(&token, now_s()) else {
         m.metrics.refused_link.fetch_add(1, Ordering::Relaxed);
@@ -289,7 +311,12 @@ pub(crate) async fn links(State(ctx): State<Ctx>, Caller(me): Caller, Path((conv
             if seq == 0 || seq > upto {
                 return Err(FrameError::new(ErrorCode::NotFound, "no such message for this caller"));
             }
-            store.messages_after(&conv, seq - 1, 1).map_err(unavailable)?.pop().filter(|m| m.seq == seq).ok_or_else(|| FrameError::new(ErrorCode::NotFound, "no such message"))
+            store
+                .messages_after(&conv, seq - 1, 1)
+                .map_err(unavailable)?
+                .pop()
+                .filter(|m| m.seq == seq)
+                .ok_or_else(|| FrameError::new(ErrorCode::NotFound, "no such message"))
         })
         .await?;
     let Some(media) = record.media else {
@@ -315,7 +342,8 @@ pub(crate) async fn download(State(ctx): State<Ctx>, Path(token): Path<String>) 
     let m = &ctx.media;
     let Ok(Grant::Get { id, ct, name, .. }) = m.signer.check(&token, now_s()) else {
         m.metrics.refused_link.fetch_add(1, Ordering::Relaxed);
-        return crate::ApiError(FrameError::new(ErrorCode::Forbidden, "not a valid download link (expired, or not this server's)")).into_response();
+        return crate::ApiError(FrameError::new(ErrorCode::Forbidden, "not a valid download link (expired, or not this server's)"))
+            .into_response();
     };
     let store = m.store.clone();
     let file = match tokio::task::spawn_blocking(move || store.open(&id)).await {

@@ -33,6 +33,7 @@ use utoipa::ToSchema;
         super::rest::edit_message,
         super::rest::delete_message,
         super::rest::react,
+        super::rest::send_file,
         super::media::new_upload,
         super::media::put_upload,
         super::media::links,
@@ -53,6 +54,8 @@ use utoipa::ToSchema;
         super::rest::EditMessage,
         super::rest::React,
         super::media::NewUpload,
+        super::rest::NewFileMessage,
+        super::rest::MediaIn,
         UploadGrant,
         MediaLinks,
         MessageKind,
@@ -565,11 +568,19 @@ pub struct ClientConfig {
 }
 
 /// The document for a server whose message bodies are at most `body_bytes_max` bytes.
-pub fn document(body_bytes_max: usize) -> openapi::OpenApi {
+pub fn document(body_bytes_max: usize, media_bytes_max: u64) -> openapi::OpenApi {
     use utoipa::OpenApi;
     let mut api = ApiDoc::openapi();
-    // A message's body, and an edit's.
-    for schema in ["NewMessage", "EditMessage"] {
+    // This server's upload bound.
+    match api.components.as_mut().and_then(|c| c.schemas.get_mut("NewUpload")) {
+        Some(RefOr::T(openapi::schema::Schema::Object(o))) => match o.properties.get_mut("size") {
+            Some(RefOr::T(openapi::schema::Schema::Object(size))) => size.maximum = Some((media_bytes_max as f64).into()),
+            _ => unreachable!("NewUpload has a size"),
+        },
+        _ => unreachable!("NewUpload is an object"),
+    }
+    // A message's body, an edit's, a file's caption.
+    for schema in ["NewMessage", "EditMessage", "NewFileMessage"] {
         let body = api.components.as_mut().and_then(|c| c.schemas.get_mut(schema)).and_then(|s| match s {
             RefOr::T(openapi::schema::Schema::Object(o)) => o.properties.get_mut("body"),
             _ => None,

@@ -33,6 +33,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/conversations/{conv}/messages/{seq}", axum::routing::patch(edit_message).delete(delete_message))
         .route("/v1/conversations/{conv}/messages/{seq}/reaction", axum::routing::put(react))
         .route("/v1/conversations/{conv}/messages/{seq}/media", get(crate::media::links))
+        .route("/v1/conversations/{conv}/files", post(send_file))
         .route("/v1/uploads", post(crate::media::new_upload))
         .route("/v1/uploads/{token}", axum::routing::put(crate::media::put_upload))
         .route("/v1/media/{token}", get(crate::media::download))
@@ -133,7 +134,7 @@ pub(crate) async fn library(Path(file): Path<String>) -> Response {
 
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "ops", responses((status = 200, description = "this document", body = Object)))]
 pub(crate) async fn openapi_json(State(ctx): State<Ctx>) -> Json<utoipa::openapi::OpenApi> {
-    Json(crate::openapi::document(ctx.cfg.body_bytes_max))
+    Json(crate::openapi::document(ctx.cfg.body_bytes_max, ctx.cfg.media_bytes_max))
 }
 
 /// What the browser client needs to find the WebSocket: its port (the host is the page's).
@@ -332,16 +333,92 @@ pub(crate) struct NewMessage {
     #[serde(default, deserialize_with = "present_seq")]
     #[schema(minimum = 1, nullable = false)]
     reply_to: Option<u64>,
-    /// For `image` and `file`: the upload it shares (`POST /v1/uploads`, then the PUT's answer).
+}
+
+/// A message sharing an upload: `image` when its content type is an image's, else `file`.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct NewFileMessage {
+    #[schema(min_length = 1, max_length = 64)]
+    cmid: String,
+    /// The caption (may be empty); at most the server's body limit in bytes.
+    body: String,
+    /// What the upload's PUT answered.
+    media: MediaIn,
+    #[serde(default, deserialize_with = "present_seq")]
+    #[schema(minimum = 1, nullable = false)]
+    reply_to: Option<u64>,
+}
+
+/// The media object as a request carries it (numbers as JSON Schema reads them: `5.0` is 5).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = MediaIn)]
+pub(crate) struct MediaIn {
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    id: String,
+    #[schema(pattern = "^[a-z0-9+.-]+/[a-z0-9+.-]+$", max_length = 127)]
+    content_type: String,
+    #[serde(deserialize_with = "integral")]
+    #[schema(minimum = 1)]
+    size: u64,
+    #[schema(max_length = 255)]
+    name: String,
+    #[serde(default, deserialize_with = "present_int")]
+    #[schema(nullable = false, minimum = 1, maximum = 100000)]
+    width: Option<u32>,
+    #[serde(default, deserialize_with = "present_int")]
+    #[schema(nullable = false, minimum = 1, maximum = 100000)]
+    height: Option<u32>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = crate::openapi::Media, nullable = false)]
-    media: Option<shardchat_codec::Media>,
+    #[schema(nullable = false, pattern = "^[0-9a-f]{64}$")]
+    thumbnail: Option<String>,
 }
 
 /// An optional field that, when given, is a value: `null` is refused (the document says the
 /// field is not nullable).
 fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
     T::deserialize(d).map(Some)
+}
+
+/// An integer as JSON Schema reads one: `5` or `5.0`.
+pub(crate) fn integral<'de, D: serde::Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Int(u64),
+        Float(f64),
+    }
+    let n = match Number::deserialize(d)? {
+        Number::Int(n) => n,
+        Number::Float(f) if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) => f as u64,
+        Number::Float(f) => return Err(serde::de::Error::custom(format!("{f} is not an integer"))),
+    };
+    T::try_from(n).map_err(|_| serde::de::Error::custom(format!("{n} is out of range")))
+}
+
+fn present_int<'de, D: serde::Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<Option<T>, D::Error> {
+    integral(d).map(Some)
+}
+
+#[utoipa::path(post, path = "/v1/conversations/{conv}/files", tag = "media", params(crate::openapi::ConvPath), request_body = NewFileMessage, responses((status = 200, description = "the ack: the message sharing the file is durably stored", body = crate::openapi::Ack)), security(("bearer" = [])))]
+pub(crate) async fn send_file(
+    State(ctx): State<Ctx>,
+    Caller(me): Caller,
+    Path(conv): Path<String>,
+    Json(f): Json<NewFileMessage>,
+) -> ApiResult<Json<Value>> {
+    check_conv(&conv)?;
+    let m = f.media;
+    let kind = if m.content_type.starts_with("image/") { MsgKind::Image } else { MsgKind::File };
+    let media = shardchat_codec::Media {
+        id: m.id,
+        content_type: m.content_type,
+        size: m.size,
+        name: m.name,
+        width: m.width,
+        height: m.height,
+        thumbnail: m.thumbnail,
+    };
+    sent(&ctx, &me.user, conv, Sending { cmid: f.cmid, body: f.body, kind, target: None, reply_to: f.reply_to, media: Some(media) }).await
 }
 
 /// An optional seq that, when given, is a value: `null` is refused like any wrong type (the
@@ -404,7 +481,7 @@ pub(crate) async fn send(
             FrameError::bad_request("kind is text, image or file here; edits, deletes and reactions have their own operations").into()
         );
     }
-    sent(&ctx, &me.user, conv, Sending { cmid: m.cmid, body: m.body, kind: m.kind, target: None, reply_to: m.reply_to, media: m.media }).await
+    sent(&ctx, &me.user, conv, Sending { cmid: m.cmid, body: m.body, kind: m.kind, target: None, reply_to: m.reply_to, media: None }).await
 }
 
 /// One send over REST, as the WebSocket's `send` frame carries it.
@@ -444,7 +521,8 @@ pub(crate) async fn edit_message(
     Json(e): Json<EditMessage>,
 ) -> ApiResult<Json<Value>> {
     check_conv(&conv)?;
-    sent(&ctx, &me.user, conv, Sending { cmid: e.cmid, body: e.body, kind: MsgKind::Edit, target: Some(seq), reply_to: None, media: None }).await
+    sent(&ctx, &me.user, conv, Sending { cmid: e.cmid, body: e.body, kind: MsgKind::Edit, target: Some(seq), reply_to: None, media: None })
+        .await
 }
 
 #[utoipa::path(delete, path = "/v1/conversations/{conv}/messages/{seq}", tag = "messages", params(crate::openapi::ConvPath, ("seq" = i64, Path, minimum = 1), CmidQuery), responses((status = 200, description = "the delete's ack: it is durably stored, with a seq of its own", body = crate::openapi::Ack)), security(("bearer" = [])))]

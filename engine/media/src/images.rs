@@ -36,7 +36,8 @@ pub fn dimensions<R: Read + Seek>(r: R) -> Result<(u32, u32), String> {
 /// A JPEG of the image fitted in [`THUMBNAIL_SIDE`] pixels (never enlarged).
 pub fn thumbnail<R: Read + Seek>(r: R) -> Result<Vec<u8>, String> {
     let img = reader(r)?.decode().map_err(|e| e.to_string())?;
-    let small = if img.width() > THUMBNAIL_SIDE || img.height() > THUMBNAIL_SIDE { img.thumbnail(THUMBNAIL_SIDE, THUMBNAIL_SIDE) } else { img };
+    let small =
+        if img.width() > THUMBNAIL_SIDE || img.height() > THUMBNAIL_SIDE { img.thumbnail(THUMBNAIL_SIDE, THUMBNAIL_SIDE) } else { img };
     let mut out = Cursor::new(Vec::new());
     image::DynamicImage::ImageRgb8(small.to_rgb8()).write_to(&mut out, image::ImageOutputFormat::Jpeg(80)).map_err(|e| e.to_string())?;
     Ok(out.into_inner())

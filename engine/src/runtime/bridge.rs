@@ -158,7 +158,8 @@ pub async fn run(me: usize, shards: usize, node: usize, mesh: MeshBuilder<Wire, 
             let msgs: Vec<(usize, PeerMsg)> = match req.op {
                 BridgeOp::Send { conv, cmid, body, kind, target, reply_to: answers, media } => {
                     let reply_to = conn();
-                    let op = SendOp::new(reply_to, user, cmid, Target::Conv(conv.clone()), body, kind).refers(target, answers).with_media(media);
+                    let op =
+                        SendOp::new(reply_to, user, cmid, Target::Conv(conv.clone()), body, kind).refers(target, answers).with_media(media);
                     vec![(owner_shard(&conv, shards), PeerMsg::Op(Op::Send(op)))]
                 }
                 BridgeOp::Group { conv, change } => {

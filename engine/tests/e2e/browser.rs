@@ -211,8 +211,13 @@ async fn two_browsers_chat_and_see_the_read_receipt() {
     alice.find(Locator::Id("file")).await.unwrap().send_keys(picture.to_str().unwrap()).await.unwrap();
     alice.execute("document.getElementById('file').hidden = true; return 0", vec![]).await.unwrap();
     wait_text(&bob, "#log .msg", |t| t.contains("alice: a picture") && t.contains("📎 dot.png"), "the shared picture").await;
-    wait_eval(&bob, "return [...document.querySelectorAll('#log .msg .media img')].filter(i => i.complete && i.naturalWidth === 256).length", 1, "its thumbnail shown")
-        .await;
+    wait_eval(
+        &bob,
+        "return [...document.querySelectorAll('#log .msg .media img')].filter(i => i.complete && i.naturalWidth === 256).length",
+        1,
+        "its thumbnail shown",
+    )
+    .await;
     screenshot(&bob, "chat-media").await;
 
     // One long word wraps: the page never gets wider than the window.

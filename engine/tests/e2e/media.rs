@@ -22,12 +22,23 @@ fn sha256(b: &[u8]) -> String {
 
 /// Asks for an upload URL; the status and the answer.
 async fn grant(s: &Server, user: &str, ct: &str, size: usize, name: &str) -> (u16, Value) {
-    let r = reqwest::Client::new().post(s.rest("/v1/uploads", user)).json(&json!({"content_type":ct,"size":size,"name":name})).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(s.rest("/v1/uploads", user))
+        .json(&json!({"content_type":ct,"size":size,"name":name}))
+        .send()
+        .await
+        .unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or_default())
 }
 
 async fn put(s: &Server, url: &str, ct: &str, bytes: Vec<u8>) -> (u16, Value) {
-    let r = reqwest::Client::new().put(format!("http://127.0.0.1:{}{url}", s.http)).header("content-type", ct).body(bytes).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .put(format!("http://127.0.0.1:{}{url}", s.http))
+        .header("content-type", ct)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or_default())
 }
 
@@ -70,7 +81,10 @@ async fn files_are_shared_with_members_by_signed_links_and_stored_once() {
     let picture = png(800, 600);
     let media = upload(&s, "alice", "image/png", "sunset.png", &picture).await;
     assert_eq!(media["id"], sha256(&picture), "the id is the bytes' SHA-256");
-    assert_eq!((media["width"].as_u64(), media["height"].as_u64(), media["size"].as_u64()), (Some(800), Some(600), Some(picture.len() as u64)));
+    assert_eq!(
+        (media["width"].as_u64(), media["height"].as_u64(), media["size"].as_u64()),
+        (Some(800), Some(600), Some(picture.len() as u64))
+    );
     assert!(media["thumbnail"].is_string(), "{media}");
     alice.send(json!({"t":"send","cmid":"p1","conv":g,"kind":"image","body":"look","media":media})).await;
     let first = seq(&alice.recv_where(|v| v["t"] == "ack").await);
@@ -121,6 +135,25 @@ async fn files_are_shared_with_members_by_signed_links_and_stored_once() {
     assert_eq!(r.headers()["content-disposition"], "attachment; filename*=UTF-8''report+final.pdf");
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     assert!(r.bytes().await.unwrap() == big);
+
+    // Over REST: a file message by POST, its kind from the content type.
+    let r = reqwest::Client::new()
+        .post(s.rest(&format!("/v1/conversations/{g}/files"), "bob"))
+        .json(&json!({"cmid":"f2","body":"again, over REST","media":doc}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let fourth = seq(&r.json::<Value>().await.unwrap());
+    let (status, l) = links(&s, "alice", &g, fourth).await;
+    assert_eq!((status, &l["media"]), (200, &doc));
+    let r = reqwest::Client::new()
+        .post(s.rest(&format!("/v1/conversations/{g}/files"), "bob"))
+        .json(&json!({"cmid":"f3","body":"","media":{"id":"nothex","content_type":"a/b","size":1,"name":"x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
 
     // `media` goes with image and file messages only, well formed.
     alice.send(json!({"t":"send","cmid":"x1","conv":g,"body":"hi","media":doc})).await;
