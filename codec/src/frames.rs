@@ -229,9 +229,10 @@ wire! {
         /// One per user who reacted, ordered by user.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         pub reactions: Vec<Reaction>,
-        /// The file an `image` or `file` message shares (gone with a delete).
+        /// The file an `image` or `file` message shares (gone with a delete). Boxed: most
+        /// messages share none, and the record stays small on the message path.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub media: Option<Media>,
+        pub media: Option<Box<Media>>,
         /// The store's own bookkeeping, never on the wire: the seqs of this message's `edit`
         /// events, whose bodies a delete erases too.
         #[serde(skip)]

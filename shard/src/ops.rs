@@ -60,7 +60,7 @@ pub struct SendOp {
     pub reply_seq: Option<u64>,
     /// An `image` or `file` message's upload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media: Option<shardchat_codec::Media>,
+    pub media: Option<Box<shardchat_codec::Media>>,
     /// Assigned when the owner accepted the op, so ids follow acceptance order.
     pub id: u64,
     pub ts: u64,
@@ -96,7 +96,7 @@ impl SendOp {
     }
 
     /// The same send sharing an upload.
-    pub fn with_media(self, media: Option<shardchat_codec::Media>) -> SendOp {
+    pub fn with_media(self, media: Option<Box<shardchat_codec::Media>>) -> SendOp {
         SendOp { media, ..self }
     }
 }

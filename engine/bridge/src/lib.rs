@@ -32,7 +32,7 @@ pub enum BridgeOp {
         target: Option<u64>,
         reply_to: Option<u64>,
         /// An `image` or `file` message's upload.
-        media: Option<shardchat_codec::Media>,
+        media: Option<Box<shardchat_codec::Media>>,
     },
     /// `conv` is None for a create (the bridge assigns the id).
     Group {
@@ -169,8 +169,8 @@ pub struct BridgeRequest {
 
 /// What reaches the bridge from other threads.
 pub enum Input {
-    /// From the control plane.
-    Request(BridgeRequest),
+    /// From the control plane (boxed: a request is far larger than the cluster link's batch).
+    Request(Box<BridgeRequest>),
     /// From the cluster link: messages other nodes sent here (or the link's own word, such as
     /// the live nodes), each with the local peer it is for.
     Peers(Vec<(usize, PeerMsg)>),
@@ -194,8 +194,8 @@ const BRIDGE_QUEUE_REQUESTS_MAX: usize = 65_536;
 impl Bridge {
     /// Hands `req` to the bridge; `Err` gives it back when the bridge is gone or full.
     pub fn submit(&self, req: BridgeRequest) -> Result<(), Box<BridgeRequest>> {
-        self.tx.try_send(Input::Request(req)).map_err(|e| match e.into_inner() {
-            Input::Request(r) => Box::new(r),
+        self.tx.try_send(Input::Request(Box::new(req))).map_err(|e| match e.into_inner() {
+            Input::Request(r) => r,
             Input::Peers(_) => unreachable!("sent a request"),
         })?;
         self.ring();

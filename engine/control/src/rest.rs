@@ -418,7 +418,13 @@ pub(crate) async fn send_file(
         height: m.height,
         thumbnail: m.thumbnail,
     };
-    sent(&ctx, &me.user, conv, Sending { cmid: f.cmid, body: f.body, kind, target: None, reply_to: f.reply_to, media: Some(media) }).await
+    sent(
+        &ctx,
+        &me.user,
+        conv,
+        Sending { cmid: f.cmid, body: f.body, kind, target: None, reply_to: f.reply_to, media: Some(Box::new(media)) },
+    )
+    .await
 }
 
 /// An optional seq that, when given, is a value: `null` is refused like any wrong type (the
@@ -491,7 +497,7 @@ struct Sending {
     kind: MsgKind,
     target: Option<u64>,
     reply_to: Option<u64>,
-    media: Option<shardchat_codec::Media>,
+    media: Option<Box<shardchat_codec::Media>>,
 }
 
 /// Checks a send as the WebSocket does, hands it to its owner and answers its ack.
@@ -505,7 +511,7 @@ async fn sent(ctx: &Ctx, user: &str, conv: String, s: Sending) -> ApiResult<Json
         kind,
         target,
         reply_to,
-        media: media.clone(),
+        media: media.as_deref().cloned(),
     };
     frame.validate(&Limits { body_bytes_max: ctx.cfg.body_bytes_max })?;
     let op = BridgeOp::Send { conv, cmid, body, kind, target, reply_to, media };

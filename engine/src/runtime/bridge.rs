@@ -131,7 +131,7 @@ pub async fn run(me: usize, shards: usize, node: usize, mesh: MeshBuilder<Wire, 
         let mut out: Vec<(usize, PeerMsg)> = Vec::new();
         loop {
             let req = match end.rx.try_recv() {
-                Ok(Input::Request(r)) => r,
+                Ok(Input::Request(r)) => *r,
                 Ok(Input::Peers(msgs)) => {
                     for (to, m) in msgs {
                         if to == me {

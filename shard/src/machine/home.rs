@@ -125,7 +125,7 @@ impl Shard {
                     (None, Some(conv)) => Target::Conv(conv),
                     (None, None) => unreachable!("validated by the codec"),
                 };
-                Op::Send(SendOp::new(me, user, cmid, target, body, kind).refers(target_seq, reply_to).with_media(media))
+                Op::Send(SendOp::new(me, user, cmid, target, body, kind).refers(target_seq, reply_to).with_media(media.map(Box::new)))
             }
             ClientFrame::Delivered { conv, seq } => Op::Mark(MarkOp { reply_to: me, user, conv, kind: ReceiptKind::Delivered, seq }),
             ClientFrame::Read { conv, seq } => Op::Mark(MarkOp { reply_to: me, user, conv, kind: ReceiptKind::Read, seq }),

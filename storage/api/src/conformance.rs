@@ -42,7 +42,7 @@ fn updates(store: &dyn MessageStore, c: &str) {
     let reacted = MsgRecord {
         reactions: vec![shardchat_codec::Reaction { user: "alice".into(), emoji: "👍".into() }],
         reply_to: Some(1),
-        media: Some(shardchat_codec::Media {
+        media: Some(Box::new(shardchat_codec::Media {
             id: "0f".repeat(32),
             content_type: "image/jpeg".into(),
             size: 1234,
@@ -50,7 +50,7 @@ fn updates(store: &dyn MessageStore, c: &str) {
             width: Some(640),
             height: Some(480),
             thumbnail: Some("1e".repeat(32)),
-        }),
+        })),
         ..rec(c, 2, "bob", "m2")
     };
     store

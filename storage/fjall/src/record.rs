@@ -111,7 +111,7 @@ mod tests {
             deleted: false,
             reactions: vec![Reaction { user: "bob".into(), emoji: "👍".into() }],
             edits: vec![10, 11],
-            media: Some(shardchat_codec::Media {
+            media: Some(Box::new(shardchat_codec::Media {
                 id: "ab".repeat(32),
                 content_type: "image/png".into(),
                 size: 9,
@@ -119,7 +119,7 @@ mod tests {
                 width: Some(4),
                 height: Some(3),
                 thumbnail: None,
-            }),
+            })),
         };
         assert_eq!(decode(&encode(&r)).unwrap(), r);
         assert!(decode(&[RECORD_V2, 1, 2, 3]).is_err(), "a damaged record is corrupt, not garbage");

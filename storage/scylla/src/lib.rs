@@ -359,7 +359,7 @@ fn msg_values(m: &MsgRecord) -> Vec<CqlValue> {
         deleted: m.deleted,
         reactions: m.reactions.iter().map(|r| (r.user.clone(), r.emoji.clone())).collect(),
         edits: m.edits.clone(),
-        media: m.media.clone(),
+        media: m.media.as_deref().cloned(),
     };
     // Most messages have none: an empty string, not `{}`, costs the row the least.
     let meta = if meta == Meta::default() { String::new() } else { serde_json::to_string(&meta).expect("meta always serializes") };
@@ -387,7 +387,7 @@ fn msg_of(r: MsgRow) -> Result<MsgRecord, StoreError> {
         deleted: meta.deleted,
         reactions: meta.reactions.into_iter().map(|(user, emoji)| Reaction { user, emoji }).collect(),
         edits: meta.edits,
-        media: meta.media,
+        media: meta.media.map(Box::new),
     })
 }
 
