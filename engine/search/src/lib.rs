@@ -316,6 +316,13 @@ mod tests {
         index.search(q, &[("g:1".to_string(), u64::MAX)], 100, 0).unwrap().len()
     }
 
+    /// The indexer over `store` on a thread of its own, and what stops it.
+    fn indexer(index: &Arc<SearchIndex>, store: &Arc<MemStore>) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let (index, store, stop) = (index.clone(), store.clone(), shutdown.clone());
+        (shutdown, std::thread::spawn(move || index.run_indexer(store, stop)))
+    }
+
     fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
         for _ in 0..200 {
             if done() {
@@ -334,11 +341,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = Arc::new(SearchIndex::open(dir.path()).unwrap());
         let store = Arc::new(MemStore::new());
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let indexer = {
-            let (index, store, shutdown) = (index.clone(), store.clone(), shutdown.clone());
-            std::thread::spawn(move || index.run_indexer(store, shutdown))
-        };
+        let (shutdown, indexer) = indexer(&index, &store);
         // The indexer finds the queue empty first (its first read is at once), then plain adds.
         std::thread::sleep(Duration::from_millis(100));
         store.faults.reads_held.store(true, Ordering::Release);
@@ -372,11 +375,7 @@ mod tests {
             })
             .collect();
         store.commit(&WriteBatch { messages: msgs, ..Default::default() }).unwrap();
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let indexer = {
-            let (index, store, shutdown) = (index.clone(), store.clone(), shutdown.clone());
-            std::thread::spawn(move || index.run_indexer(store, shutdown))
-        };
+        let (shutdown, indexer) = indexer(&index, &store);
         wait_for("never indexed", || hits(&index, "needle") == 30);
         let former = [("g:1".to_string(), 10)];
         let mut seen = Vec::new();
@@ -441,11 +440,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = Arc::new(SearchIndex::open(dir.path()).unwrap());
         let store = Arc::new(MemStore::new());
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let indexer = {
-            let (index, store, shutdown) = (index.clone(), store.clone(), shutdown.clone());
-            std::thread::spawn(move || index.run_indexer(store, shutdown))
-        };
+        let (shutdown, indexer) = indexer(&index, &store);
         // Indexed first, and the queue seen empty, so the indexer is past its start-up upserts.
         let first = MsgRecord { body: "apple pie".into(), ..rec("g:1", 1, "a", "c1") };
         let second = MsgRecord { body: "banana bread".into(), ..rec("g:1", 2, "a", "c2") };
