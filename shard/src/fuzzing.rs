@@ -4,7 +4,8 @@
 //!
 //! An input is read as: the number of shards, a seed for the interleaving, a settings byte, then
 //! steps, each an opcode byte and its arguments. Three users with two devices each send direct and
-//! group messages, retry them, mark receipts, create and change groups, read history, reconnect,
+//! group messages, retry them, edit, delete, react to and answer earlier seqs, mark receipts,
+//! create and change groups, read history, reconnect,
 //! let time pass, and send arbitrary frames (the input's own bytes, when they decode). Shards run
 //! some of the time only, so frames pile up and interleave across shards and commits.
 //!
@@ -12,7 +13,9 @@
 //! cmid) is stored at most once per conversation, and every ack names exactly what is stored
 //! (a retry gets its first ack again); what was stored was sent; live `msg` frames on one
 //! connection come in strictly increasing seq per conversation and match the store; watermarks
-//! never pass the last seq. And nothing panics on the way.
+//! never pass the last seq; an edit, delete, reaction or reply names an earlier message proper; a
+//! deleted message keeps no text, reactions or file, nor do its edits; reactions are one per user.
+//! And nothing panics on the way.
 
 use crate::sim::{store, Dev, Sim};
 use shardchat_codec::{decode_text, ClientFrame, Limits, ReceiptKind, ServerFrame};
@@ -120,6 +123,8 @@ pub struct Reached {
     pub delivered: usize,
     pub groups: usize,
     pub stored: usize,
+    /// Edits, deletes and reactions stored.
+    pub revisions: usize,
 }
 
 /// Runs one input; panics when an invariant breaks.
@@ -171,10 +176,22 @@ pub fn run(data: &[u8], trace: bool) -> (Reached, Option<Vec<String>>, std::sync
             }
             2 => {
                 n += 1;
-                let conv = seen.group(input.byte() as usize);
                 let cmid = format!("m{n}");
-                mine[dev].push((format!("\"conv\":\"{conv}\""), cmid.clone()));
-                frame(format!(r#"{{"t":"send","cmid":"{cmid}","conv":"{conv}","body":"y"}}"#))
+                if input.below(3) == 0 {
+                    // An edit, delete or reaction of some seq, or a reply to one: the owner
+                    // decides whether the target exists and the sender may.
+                    let conv = match input.below(2) {
+                        0 => direct(user, USERS[input.below(3)]),
+                        _ => seen.group(input.byte() as usize),
+                    };
+                    let at = 1 + input.below(8);
+                    let (kind, body) = [("edit", "e"), ("delete", ""), ("reaction", "👍"), ("reaction", "")][input.below(4)];
+                    return_frame_or_reply(&frame, input.below(4) == 0, &cmid, &conv, kind, at, body)
+                } else {
+                    let conv = seen.group(input.byte() as usize);
+                    mine[dev].push((format!("\"conv\":\"{conv}\""), cmid.clone()));
+                    frame(format!(r#"{{"t":"send","cmid":"{cmid}","conv":"{conv}","body":"y"}}"#))
+                }
             }
             3 => {
                 // A retry of something this device sent (its ack may not have come yet).
@@ -249,20 +266,38 @@ pub fn run(data: &[u8], trace: bool) -> (Reached, Option<Vec<String>>, std::sync
     sim.run();
     sim.tick(5_000);
     seen.observe(&mut sim, &devs);
-    let stored = check(&*store, &seen);
-    let reached = Reached { acks: seen.acks.len(), delivered: seen.delivered.len(), groups: seen.groups.len(), stored };
+    let (stored, revisions) = check(&*store, &seen);
+    let reached = Reached { acks: seen.acks.len(), delivered: seen.delivered.len(), groups: seen.groups.len(), stored, revisions };
     (reached, sim.trace.take(), store)
 }
 
-/// Checks the store against what the clients saw; returns how many messages are stored.
-fn check(store: &dyn MessageStore, seen: &Seen) -> usize {
+/// An event frame (`kind` about seq `at`), or with `reply` a message answering seq `at`.
+fn return_frame_or_reply(
+    frame: &dyn Fn(String) -> Option<ClientFrame>,
+    reply: bool,
+    cmid: &str,
+    conv: &str,
+    kind: &str,
+    at: usize,
+    body: &str,
+) -> Option<ClientFrame> {
+    if reply {
+        frame(format!(r#"{{"t":"send","cmid":"{cmid}","conv":"{conv}","body":"r","reply_to":{at}}}"#))
+    } else {
+        frame(format!(r#"{{"t":"send","cmid":"{cmid}","conv":"{conv}","kind":"{kind}","target":{at},"body":"{body}"}}"#))
+    }
+}
+
+/// Checks the store against what the clients saw; returns how many messages are stored, and how
+/// many of them are edits, deletes and reactions.
+fn check(store: &dyn MessageStore, seen: &Seen) -> (usize, usize) {
     let mut convs = seen.convs.clone();
     for (i, a) in USERS.iter().enumerate() {
         for b in &USERS[i..] {
             convs.insert(direct(a, b));
         }
     }
-    let (mut acked, mut stored) = (0, 0);
+    let (mut acked, mut stored, mut revisions) = (0, 0, 0);
     for conv in &convs {
         let msgs = store.messages_after(conv, 0, 100_000).expect("store read");
         stored += msgs.len();
@@ -275,6 +310,23 @@ fn check(store: &dyn MessageStore, seen: &Seen) -> usize {
             if m.kind != shardchat_codec::MsgKind::System {
                 assert!(seen.sent.contains(&(m.from.clone(), m.cmid.clone())), "{} from {} stored but never sent", m.cmid, m.from);
             }
+            // Events and replies name an earlier message; a deleted message keeps no text, nor do
+            // its edits; reactions are one per user, ordered.
+            if let Some(t) = m.target.or(m.reply_to) {
+                assert!(t < m.seq, "{} names seq {t}, not before its own {}", m.cmid, m.seq);
+            }
+            if m.kind.is_event() {
+                revisions += 1;
+                let target = &msgs[m.target.expect("an event names its target") as usize - 1];
+                assert!(target.kind.is_content(), "{} is about {:?}, not a message", m.cmid, target.kind);
+                if m.kind == shardchat_codec::MsgKind::Edit && target.deleted {
+                    assert!(m.body.is_empty() && m.deleted, "an edit of a deleted message keeps its text: {m:?}");
+                }
+            }
+            if m.deleted {
+                assert!(m.body.is_empty() && m.reactions.is_empty() && m.media.is_none(), "a tombstone keeps something: {m:?}");
+            }
+            assert!(m.reactions.windows(2).all(|w| w[0].user < w[1].user), "reactions not one per user in order: {m:?}");
             if let Some(seq) = seen.acks.get(&(m.from.clone(), conv.clone(), m.cmid.clone())) {
                 assert_eq!(*seq, m.seq, "{} acked as seq {seq} but stored as {} in {conv}", m.cmid, m.seq);
                 acked += 1;
@@ -298,7 +350,7 @@ fn check(store: &dyn MessageStore, seen: &Seen) -> usize {
             "delivered {cmid} from {from} as seq {seq} of {conv}, stored {m:?}"
         );
     }
-    stored
+    (stored, revisions)
 }
 
 #[cfg(test)]
@@ -308,11 +360,16 @@ mod tests {
     /// The committed corpus and mutations of it, on the stable toolchain.
     #[test]
     fn shard_machine_corpus_and_mutations_hold_every_invariant() {
+        let revisions = std::cell::Cell::new(0);
         assert!(
             shardchat_codec::fuzzing::replay_corpus("shard_machine", 20_000, |d| {
-                events(d);
+                revisions.set(revisions.get() + events(d).revisions);
             }) > 20_000
         );
+        let revisions = revisions.get();
+        // The mutations reach edits, deletes and reactions that the owner stored, so the
+        // invariants about them were checked on real ones.
+        assert!(revisions > 100, "only {revisions} edits, deletes and reactions stored");
     }
 
     /// A seed replays exactly: the same actions in the same order and the same store, run after
