@@ -251,10 +251,12 @@ pub async fn accept_loop(d: Rc<Driver>, listener: TcpListener, slots: Arc<Slots>
 /// Refuses a connection at a bound, before reading anything and without a task or a timer, so a
 /// flood costs an accept and a close each and never a descriptor held.
 fn refuse_full(d: &Driver, stream: TcpStream) {
+    // Counted before the client can see the refusal: a client that reads its 503 and then asks
+    // /metrics finds it counted, even when this thread is preempted right after the send.
+    ShardMetrics::add(&d.metrics.connections_refused_full, 1);
     // SAFETY: a send on a socket we own; MSG_DONTWAIT never blocks the shard.
     unsafe { libc::send(stream.as_raw_fd(), FULL_RESPONSE.as_ptr().cast(), FULL_RESPONSE.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     drop(stream);
-    ShardMetrics::add(&d.metrics.connections_refused_full, 1);
 }
 
 /// Reads until the request head is complete. `Err` carries the response to send.
