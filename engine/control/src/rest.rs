@@ -330,7 +330,7 @@ pub(crate) struct NewMessage {
     #[schema(value_type = crate::openapi::MessageKind, example = "text")]
     kind: MsgKind,
     /// The seq of the earlier message this one answers.
-    #[serde(default, deserialize_with = "present_seq")]
+    #[serde(default, deserialize_with = "present_int")]
     #[schema(minimum = 1, nullable = false)]
     reply_to: Option<u64>,
 }
@@ -344,7 +344,7 @@ pub(crate) struct NewFileMessage {
     body: String,
     /// What the upload's PUT answered.
     media: MediaIn,
-    #[serde(default, deserialize_with = "present_seq")]
+    #[serde(default, deserialize_with = "present_int")]
     #[schema(minimum = 1, nullable = false)]
     reply_to: Option<u64>,
 }
@@ -395,6 +395,8 @@ pub(crate) fn integral<'de, D: serde::Deserializer<'de>, T: TryFrom<u64>>(d: D) 
     T::try_from(n).map_err(|_| serde::de::Error::custom(format!("{n} is out of range")))
 }
 
+/// An optional integer that, when given, is a value: `null` is refused like any wrong type (the
+/// document says the field is not nullable); `5.0` is 5, as JSON Schema reads it.
 fn present_int<'de, D: serde::Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<Option<T>, D::Error> {
     integral(d).map(Some)
 }
@@ -425,23 +427,6 @@ pub(crate) async fn send_file(
         Sending { cmid: f.cmid, body: f.body, kind, target: None, reply_to: f.reply_to, media: Some(Box::new(media)) },
     )
     .await
-}
-
-/// An optional seq that, when given, is a value: `null` is refused like any wrong type (the
-/// document says the field is not nullable). JSON Schema counts `5.0` as the integer 5, and so
-/// does this (a JSON encoder may write any number with a fraction).
-fn present_seq<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Number {
-        Int(u64),
-        Float(f64),
-    }
-    match Number::deserialize(d)? {
-        Number::Int(n) => Ok(Some(n)),
-        Number::Float(f) if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) => Ok(Some(f as u64)),
-        Number::Float(f) => Err(serde::de::Error::custom(format!("reply_to: {f} is not a seq"))),
-    }
 }
 
 /// An edit: the message's new text.
