@@ -48,11 +48,18 @@ export declare class ShardchatRest {
         delivered: string[];
         read: string[];
     }>;
-    /** Uploads a file (asks for a signed URL, PUTs the bytes there) and resolves with the media
-     * object to send with an `image` or `file` message: `chat.send({conv}, caption, {kind: 'image',
-     * media})`. */
+    /** Uploads a file and resolves with the media object to send with an `image` or `file`
+     * message: `chat.send({conv}, caption, {kind: 'image', media})`. Asks for a signed URL naming
+     * the bytes' SHA-256, PUTs them there with the headers the grant names (to this server, or
+     * straight to the object store when the server keeps media in S3), then completes the upload.
+     * Where WebCrypto is missing (a page served over plain HTTP from another host) it names no
+     * SHA-256, which only a server with the embedded store accepts. */
     upload(bytes: Blob | Uint8Array, contentType: string, name: string): Promise<Media>;
-    /** Signed download URLs (paths on the control plane) for the file message `seq` shares. */
+    /** A URL the server answered, as fetch takes it: paths are on the control plane; object store
+     * URLs (`--media-s3`) are absolute. */
+    resolve(url: string): string;
+    /** Signed download URLs for the file message `seq` shares: paths on the control plane, or the
+     * object store's own URLs (see {@link ShardchatRest.resolve}). */
     mediaLinks(conv: ConvId, seq: number): Promise<{
         url: string;
         thumbnail_url: string | null;

@@ -25,16 +25,31 @@ export class ShardchatRest {
     async receipts(conv, seq) {
         return this.get(`/v1/conversations/${encodeURIComponent(conv)}/messages/${seq}/receipts`);
     }
-    /** Uploads a file (asks for a signed URL, PUTs the bytes there) and resolves with the media
-     * object to send with an `image` or `file` message: `chat.send({conv}, caption, {kind: 'image',
-     * media})`. */
+    /** Uploads a file and resolves with the media object to send with an `image` or `file`
+     * message: `chat.send({conv}, caption, {kind: 'image', media})`. Asks for a signed URL naming
+     * the bytes' SHA-256, PUTs them there with the headers the grant names (to this server, or
+     * straight to the object store when the server keeps media in S3), then completes the upload.
+     * Where WebCrypto is missing (a page served over plain HTTP from another host) it names no
+     * SHA-256, which only a server with the embedded store accepts. */
     async upload(bytes, contentType, name) {
         const blob = bytes instanceof Blob ? bytes : new Blob([bytes]);
-        const grant = await this.call('POST', '/v1/uploads', { content_type: contentType, size: blob.size, name });
-        const r = await fetch(this.o.baseUrl + grant.url, { method: 'PUT', headers: { 'Content-Type': contentType }, body: blob });
-        return ShardchatRest.answer(r);
+        const sha256 = await sha256Hex(blob);
+        const grant = await this.call('POST', '/v1/uploads', { content_type: contentType, size: blob.size, name, ...(sha256 ? { sha256 } : {}) });
+        const headers = grant.headers ?? { 'content-type': contentType };
+        const r = await fetch(this.resolve(grant.url), { method: 'PUT', headers, body: blob });
+        if (!grant.complete_url)
+            return ShardchatRest.answer(r);
+        if (!r.ok)
+            throw new ShardchatError(r.status === 403 ? 'forbidden' : 'bad_request', `upload refused by the store: HTTP ${r.status}`);
+        return ShardchatRest.answer(await fetch(this.resolve(grant.complete_url), { method: 'POST' }));
     }
-    /** Signed download URLs (paths on the control plane) for the file message `seq` shares. */
+    /** A URL the server answered, as fetch takes it: paths are on the control plane; object store
+     * URLs (`--media-s3`) are absolute. */
+    resolve(url) {
+        return /^https?:\/\//.test(url) ? url : this.o.baseUrl + url;
+    }
+    /** Signed download URLs for the file message `seq` shares: paths on the control plane, or the
+     * object store's own URLs (see {@link ShardchatRest.resolve}). */
     async mediaLinks(conv, seq) {
         return this.get(`/v1/conversations/${encodeURIComponent(conv)}/messages/${seq}/media`);
     }
@@ -58,4 +73,12 @@ export class ShardchatRest {
             throw new ShardchatError(body.code ?? 'internal', body.msg ?? `HTTP ${r.status}`);
         return body;
     }
+}
+/** The SHA-256 of `blob`, lowercase hex; null where WebCrypto is not available. */
+async function sha256Hex(blob) {
+    const subtle = globalThis.crypto?.subtle;
+    if (!subtle)
+        return null;
+    const digest = new Uint8Array(await subtle.digest('SHA-256', await blob.arrayBuffer()));
+    return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
 }

@@ -3,7 +3,7 @@
 // and typing, token refresh, several devices of one user.
 
 import { test, after, before } from 'node:test';
-import { createHmac } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
 import assert from 'node:assert/strict';
 import { applyEvent, isEvent, MemoryStorage, ShardchatRest, ShardchatError, type Ack, type Message, type Group, type Presence, type ReceiptCounts, type SendFailure, type Typing } from '../dist/index.js';
 import { Engine, sleep } from './engine.js';
@@ -264,12 +264,12 @@ test('a file uploaded through the REST client is shared by a message and downloa
   const bytes = new TextEncoder().encode('a small report, in bytes');
   const media = await kimRest.upload(bytes, 'text/plain', 'report.txt');
   assert.equal(media.size, bytes.length);
-  assert.match(media.id, /^[0-9a-f]{64}$/);
+  assert.equal(media.id, createHash('sha256').update(bytes).digest('hex'), 'named by its SHA-256, completed at complete_url');
   const ack = await kim.send({ to: 'lou' }, 'the report', { kind: 'file', media });
   await until(() => louIn.messages.length === 1, 'lou to get the file message');
   assert.deepEqual(louIn.messages[0].media, media);
   const links = await louRest.mediaLinks(ack.conv, ack.seq);
-  const got = await fetch(engine.httpUrl + links.url);
+  const got = await fetch(louRest.resolve(links.url));
   assert.equal(got.headers.get('content-type'), 'text/plain');
   assert.equal(await got.text(), 'a small report, in bytes');
   const refused = await new ShardchatRest({ baseUrl: engine.httpUrl, user: 'mia' }).mediaLinks(ack.conv, ack.seq).catch((e: ShardchatError) => e.code);

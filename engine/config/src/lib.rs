@@ -28,6 +28,11 @@ macro_rules! settings {
             pub jwt_secret: Option<String>,
             /// Webhook (http://) that receives push notifications for offline users.
             pub push_webhook: Option<String>,
+            /// Media in an S3-compatible object store (`http[s]://HOST[:PORT]/BUCKET`); None keeps
+            /// it under `data_dir`.
+            pub media_s3: Option<String>,
+            pub media_s3_access_key: Option<String>,
+            pub media_s3_secret_key: Option<String>,
             $( $(#[doc = $doc])* pub $name: $ty, )*
         }
 
@@ -40,6 +45,9 @@ macro_rules! settings {
                     dev_auth: false,
                     jwt_secret: None,
                     push_webhook: None,
+                    media_s3: None,
+                    media_s3_access_key: None,
+                    media_s3_secret_key: None,
                     $( $name: $default, )*
                 }
             }
@@ -74,6 +82,17 @@ macro_rules! settings {
             /// Push notifications for offline users are POSTed here (http://; batched, retried, durable).
             #[arg(long, value_name = "URL")]
             pub push_webhook: Option<String>,
+            /// Media (uploads, thumbnails) in an S3-compatible object store instead of under
+            /// --data-dir: `http[s]://HOST[:PORT]/BUCKET` (path-style), `?style=virtual-host` for
+            /// BUCKET.HOST. Clients upload to and download from it directly, by signed URLs.
+            #[arg(long, value_name = "URL")]
+            pub media_s3: Option<String>,
+            /// Access key of the S3 media store.
+            #[arg(long, env = "SHARDCHAT_MEDIA_S3_ACCESS_KEY", hide_env_values = true)]
+            pub media_s3_access_key: Option<String>,
+            /// Secret key of the S3 media store.
+            #[arg(long, env = "SHARDCHAT_MEDIA_S3_SECRET_KEY", hide_env_values = true)]
+            pub media_s3_secret_key: Option<String>,
             $( $(#[doc = $doc])* #[arg(long)] pub $name: Option<$ty>, )*
         }
 
@@ -113,6 +132,15 @@ macro_rules! settings {
                 if args.store.is_some() {
                     self.store = args.store.clone();
                 }
+                for (to, from) in [
+                    (&mut self.media_s3, &args.media_s3),
+                    (&mut self.media_s3_access_key, &args.media_s3_access_key),
+                    (&mut self.media_s3_secret_key, &args.media_s3_secret_key),
+                ] {
+                    if from.is_some() {
+                        *to = from.clone();
+                    }
+                }
                 if args.jwt_secret.is_some() {
                     self.jwt_secret = args.jwt_secret.clone();
                 }
@@ -121,6 +149,9 @@ macro_rules! settings {
         }
     };
 }
+
+/// Longest life S3 gives a signed URL, in seconds (7 days).
+pub const S3_URL_TTL_S_MAX: u64 = 7 * 24 * 3600;
 
 /// A default as `--help` shows it: paths and addresses without their quotes.
 fn show(v: &dyn std::fmt::Debug) -> String {
@@ -226,6 +257,8 @@ settings! {
     media_user_bytes_per_day: u64 = 1024 * 1024 * 1024;
     /// Life of a signed media URL (upload or download), in seconds.
     media_url_ttl_s: u64 = 600;
+    /// Region the S3 media store signs for (`--media-s3`).
+    media_s3_region: String = "us-east-1".to_string();
 }
 
 impl Config {
@@ -299,6 +332,9 @@ impl Config {
         }
         if let Some(uri) = &self.store {
             shardchat_storage_scylla::ScyllaConfig::from_uri(uri).map_err(|e| format!("store: {e}"))?;
+        }
+        if self.media_s3.is_some() && !(1..=S3_URL_TTL_S_MAX).contains(&self.media_url_ttl_s) {
+            return Err(format!("with --media-s3, media_url_ttl_s must be 1 to {S3_URL_TTL_S_MAX} (S3 signs URLs for at most 7 days)"));
         }
         if self.http_connections_max == 0 || self.poll_sessions_per_user_max == 0 {
             return Err("http_connections_max and poll_sessions_per_user_max must be at least 1".into());

@@ -1,11 +1,17 @@
 //! Media over HTTP (docs/protocol.md, "Media"): upload URLs, the uploads themselves, download
 //! URLs for those who may read the message that shares a file, and the downloads.
 //!
-//! The bytes go to the media store (`engine/media`, embedded: files under the data directory,
-//! by content) on the control plane's blocking pool; the shards never see them. An upload is
-//! granted by a signed URL naming its user, size and content type, so the PUT needs no other
-//! credential and the store holds no half-made state; a download URL names one object and how
-//! it is served. Every bound is a flag: bytes per file, bytes per user per day, a URL's life.
+//! Two stores, by content (`engine/media`), never touched by the shards:
+//! - embedded (the default): files under the data directory. The bytes come through this
+//!   server, to the store on the control plane's blocking pool.
+//! - S3-compatible (`--media-s3`): the URLs this server hands out are the object store's own,
+//!   signed, so clients move the bytes to and from it directly; this server only checks an
+//!   upload when it completes (size and SHA-256), and reads images to make their thumbnails.
+//!
+//! An upload is granted by a signed token naming its user, size, content type and (needed by
+//! S3, optional on the embedded store) SHA-256, so the PUT needs no other credential and the
+//! store holds no half-made state; a download URL names one object and how it is served. Every
+//! bound is a flag: bytes per file, bytes per user per day, a URL's life.
 
 use crate::{ApiResult, Caller, Ctx};
 use axum::body::Body;
@@ -16,7 +22,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shardchat_codec::{ErrorCode, FrameError, Media};
-use shardchat_media::{images, FsMediaStore, Grant, MediaError, MediaStore, Signer};
+use shardchat_media::{images, FsMediaStore, Grant, MediaError, MediaStore, S3Media, Signer};
 use shardchat_shard::read::{readable_upto, unavailable};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,10 +37,23 @@ const THUMBNAIL_TIMEOUT: Duration = Duration::from_secs(10);
 const UPLOAD_CHUNKS_IN_FLIGHT: usize = 8;
 /// How often unfinished uploads are looked for.
 const RECLAIM_EVERY: Duration = Duration::from_secs(60);
+/// Longest one request of this server to the S3 store may take (a HEAD, or a GET or PUT of at
+/// most `--media-bytes-max`).
+const S3_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Life of the URLs this server signs for its own requests to the S3 store.
+const S3_OWN_URL_TTL: Duration = Duration::from_secs(300);
+
+/// Where the bytes are.
+enum Backend {
+    /// Embedded: this server receives and serves the bytes.
+    Fs(Arc<dyn MediaStore>),
+    /// An S3-compatible object store: clients move the bytes, by URLs signed here.
+    S3 { s3: Arc<S3Media>, http: reqwest::Client },
+}
 
 /// The media part of the control plane's state.
 pub struct MediaCtx {
-    store: Arc<dyn MediaStore>,
+    backend: Backend,
     signer: Signer,
     /// (user) → (UTC day, bytes uploaded that day), on this node.
     quota: Mutex<HashMap<String, (u64, u64)>>,
@@ -51,6 +70,7 @@ pub struct MediaMetrics {
     refused_quota: AtomicU64,
     refused_link: AtomicU64,
     incomplete: AtomicU64,
+    mismatched: AtomicU64,
     thumbnails_made: AtomicU64,
     thumbnails_failed: AtomicU64,
     downloads: AtomicU64,
@@ -72,6 +92,7 @@ impl MediaMetrics {
             ("quota", &self.refused_quota),
             ("link", &self.refused_link),
             ("incomplete", &self.incomplete),
+            ("mismatched", &self.mismatched),
         ] {
             let _ = writeln!(out, "shardchat_media_refused_total{{why=\"{why}\"}} {}", get(a));
         }
@@ -89,13 +110,21 @@ impl MediaCtx {
     /// The embedded media store under `<data dir>/media`, URLs signed with a key derived from
     /// the JWT secret (a random one per process without it).
     pub fn open(cfg: &shardchat_config::Config) -> Result<MediaCtx, String> {
-        let store = FsMediaStore::open(&cfg.data_dir.join("media")).map_err(|e| e.to_string())?;
+        let backend = match &cfg.media_s3 {
+            None => Backend::Fs(Arc::new(FsMediaStore::open(&cfg.data_dir.join("media")).map_err(|e| e.to_string())?)),
+            Some(url) => {
+                let key = |k: &Option<String>| k.clone().unwrap_or_default();
+                let s3 = S3Media::new(url, &cfg.media_s3_region, &key(&cfg.media_s3_access_key), &key(&cfg.media_s3_secret_key))?;
+                let http = reqwest::Client::builder().timeout(S3_REQUEST_TIMEOUT).build().map_err(|e| format!("media: {e}"))?;
+                Backend::S3 { s3: Arc::new(s3), http }
+            }
+        };
         let signer = match cfg.jwt_secret.as_deref().filter(|s| !s.is_empty()) {
             Some(secret) => Signer::from_secret(secret.as_bytes()),
             None => Signer::random().map_err(|e| format!("media signing key: {e}"))?,
         };
         Ok(MediaCtx {
-            store: Arc::new(store),
+            backend,
             signer,
             quota: Mutex::default(),
             thumbnails: tokio::sync::Semaphore::new(THUMBNAILS_AT_ONCE),
@@ -118,7 +147,9 @@ pub async fn reclaim(ctx: Ctx) {
     let mut every = tokio::time::interval(RECLAIM_EVERY);
     loop {
         every.tick().await;
-        let store = ctx.media.store.clone();
+        // Nothing to reclaim in S3: a PUT stores a whole object or none.
+        let Backend::Fs(store) = &ctx.media.backend else { return };
+        let store = store.clone();
         let older_than = Duration::from_secs(ctx.cfg.media_url_ttl_s + 60);
         match tokio::task::spawn_blocking(move || store.reclaim(older_than)).await {
             Ok(Ok(n)) if n > 0 => tracing::info!(files = n, "media: unfinished uploads reclaimed"),
@@ -140,6 +171,12 @@ pub(crate) struct NewUpload {
     /// The file's name, at most 255 characters.
     #[schema(max_length = 255, example = "cat.png")]
     name: String,
+    /// The SHA-256 of the file's bytes, lowercase hex: the PUT must carry exactly those bytes,
+    /// and the upload is then completed at `complete_url`. Required when the server keeps media
+    /// in S3 (`--media-s3`); optional on the embedded store, whose PUT answers the media object.
+    #[schema(pattern = "^[0-9a-f]{64}$", min_length = 64, max_length = 64)]
+    #[serde(default)]
+    sha256: Option<String>,
 }
 
 #[utoipa::path(post, path = "/v1/uploads", tag = "media", request_body = NewUpload, responses((status = 200, description = "where to PUT the bytes: a signed URL for this size and content type, until `expires_at`", body = crate::openapi::UploadGrant)), security(("bearer" = [])))]
@@ -147,8 +184,15 @@ pub(crate) async fn new_upload(State(ctx): State<Ctx>, Caller(me): Caller, Json(
     if !shardchat_media::valid_content_type(&u.content_type)
         || u.size == 0
         || u.name.chars().count() > shardchat_codec::MEDIA_NAME_CHARS_MAX
+        || u.sha256.as_deref().is_some_and(|h| !shardchat_media::valid_media_id(h))
     {
-        return Err(FrameError::bad_request("content_type type/subtype, size of at least 1, name of at most 255 characters").into());
+        return Err(FrameError::bad_request(
+            "content_type type/subtype, size of at least 1, name of at most 255 characters, sha256 of 64 lowercase hex digits",
+        )
+        .into());
+    }
+    if matches!(ctx.media.backend, Backend::S3 { .. }) && u.sha256.is_none() {
+        return Err(FrameError::bad_request("this server keeps media in S3: name the file's sha256 (lowercase hex)").into());
     }
     let m = &ctx.media;
     if u.size > ctx.cfg.media_bytes_max {
@@ -157,14 +201,32 @@ pub(crate) async fn new_upload(State(ctx): State<Ctx>, Caller(me): Caller, Json(
             FrameError::new(ErrorCode::TooLarge, format!("a file of {} bytes; the limit is {}", u.size, ctx.cfg.media_bytes_max)).into()
         );
     }
-    if !within_quota(&ctx, &me.user, u.size, false) {
+    // The embedded store counts the bytes it receives; S3 receives them unseen, so what is
+    // granted counts.
+    let count_now = matches!(m.backend, Backend::S3 { .. });
+    if !within_quota(&ctx, &me.user, u.size, count_now) {
         m.metrics.refused_quota.fetch_add(1, Ordering::Relaxed);
         return Err(FrameError::new(ErrorCode::RateLimited, "today's media bytes are used up; retry tomorrow (UTC)").into());
     }
     let exp = now_s() + ctx.cfg.media_url_ttl_s;
-    let grant = Grant::Put { user: me.user, size: u.size, ct: u.content_type.clone(), name: u.name, exp };
-    let url = format!("/v1/uploads/{}", m.signer.sign(&grant));
-    Ok(Json(json!({ "url": url, "method": "PUT", "content_type": u.content_type, "size": u.size, "expires_at": exp })))
+    let sha256 = u.sha256.clone();
+    let grant = Grant::Put { user: me.user, size: u.size, ct: u.content_type.clone(), name: u.name, sha256: u.sha256, exp };
+    let token = m.signer.sign(&grant);
+    let mut headers = serde_json::Map::new();
+    headers.insert("content-type".into(), u.content_type.clone().into());
+    let url = match (&m.backend, &sha256) {
+        (Backend::S3 { s3, .. }, Some(id)) => {
+            let put = s3.put(id, u.size, &u.content_type, Duration::from_secs(ctx.cfg.media_url_ttl_s));
+            headers.extend(put.headers.into_iter().map(|(k, v)| (k.to_string(), v.into())));
+            put.url
+        }
+        _ => format!("/v1/uploads/{token}"),
+    };
+    let complete_url = sha256.map(|_| format!("/v1/uploads/{token}/complete"));
+    Ok(Json(json!({
+        "url": url, "method": "PUT", "headers": headers, "content_type": u.content_type, "size": u.size,
+        "expires_at": exp, "complete_url": complete_url,
+    })))
 }
 
 /// Whether `user` may upload `size` more bytes today; with `count`, counts them.
@@ -200,9 +262,12 @@ pub(crate) async fn put_upload(
     body: Body,
 ) -> ApiResult<Json<Value>> {
     let m = &ctx.media;
-    let Ok(Grant::Put { user, size, ct, name, .. }) = m.signer.check(&token, now_s()) else {
+    let Ok(Grant::Put { user, size, ct, name, sha256, .. }) = m.signer.check(&token, now_s()) else {
         m.metrics.refused_link.fetch_add(1, Ordering::Relaxed);
         return Err(FrameError::new(ErrorCode::Forbidden, "not a valid upload link (expired, or not this server's)").into());
+    };
+    let Backend::Fs(store) = &m.backend else {
+        return Err(FrameError::new(ErrorCode::NotFound, "this server keeps media in S3: PUT the bytes to the URL the grant gave").into());
     };
     let sent_ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if sent_ct != ct {
@@ -215,8 +280,8 @@ pub(crate) async fn put_upload(
     // The bytes go to a writer on the blocking pool as they come (a bounded channel: a slow disk
     // slows the client, never fills memory); the upload's life bounds how long it may take.
     let upload = {
-        let store = m.store.clone();
-        tokio::task::spawn_blocking(move || store.begin(size)).await.map_err(failed)?.map_err(failed)?
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.begin(size, sha256)).await.map_err(failed)?.map_err(failed)?
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<axum::body::Bytes>(UPLOAD_CHUNKS_IN_FLIGHT);
     let writer = tokio::task::spawn_blocking(move || {
@@ -250,6 +315,10 @@ pub(crate) async fn put_upload(
             m.metrics.incomplete.fetch_add(1, Ordering::Relaxed);
             return Err(FrameError::bad_request(format!("the upload ended short of its {size} bytes; nothing was stored")).into());
         }
+        (true, Err(e @ MediaError::Mismatch { .. })) => {
+            m.metrics.mismatched.fetch_add(1, Ordering::Relaxed);
+            return Err(FrameError::bad_request(format!("{e}; nothing was stored")).into());
+        }
         (true, Err(e)) => return Err(failed(e).into()),
         (true, Ok(s)) => s,
     };
@@ -260,33 +329,202 @@ pub(crate) async fn put_upload(
         m.metrics.deduplicated.fetch_add(1, Ordering::Relaxed);
     }
     let mut media = Media { id: stored.id, content_type: ct, size, name, width: None, height: None, thumbnail: None };
-    if matches!(media.content_type.as_str(), "image/png" | "image/jpeg") {
-        image_extras(&ctx, &mut media).await;
+    if is_image(&media.content_type) {
+        let (store, id) = (store.clone(), media.id.clone());
+        let source = move || -> Result<ImageSource, String> {
+            store.open(&id).map_err(|e| e.to_string())?.map(ImageSource::File).ok_or_else(|| "stored object missing".to_string())
+        };
+        image_extras(&ctx, &mut media, source).await;
     }
     Ok(Json(serde_json::to_value(&media).expect("media serializes")))
+}
+
+/// An image's (width, height), its thumbnail's bytes, and the thumbnail's id once stored.
+type Shrunk = ((u32, u32), Vec<u8>, Option<String>);
+
+/// Images this server measures and shrinks.
+fn is_image(content_type: &str) -> bool {
+    matches!(content_type, "image/png" | "image/jpeg")
+}
+
+/// An image's bytes, for its dimensions and thumbnail.
+enum ImageSource {
+    File(std::fs::File),
+    Bytes(Vec<u8>),
+}
+
+#[utoipa::path(post, path = "/v1/uploads/{token}/complete", tag = "media",
+    params(("token" = String, Path, max_length = 2048, description = "the signed grant `POST /v1/uploads` answered (its `complete_url`)")),
+    responses((status = 200, description = "the bytes are stored and are those the grant named: the `media` object for the message that shares it", body = crate::openapi::Media),
+              (status = 400, description = "bad_request: the bytes stored are not those named (they are removed), or the grant named no sha256", body = crate::openapi::ErrorBody),
+              (status = 403, description = "forbidden: a link that is not this server's, or has expired", body = crate::openapi::ErrorBody),
+              (status = 404, description = "not_found: nothing was uploaded to this link yet", body = crate::openapi::ErrorBody),
+              (status = 503, description = "unavailable: media storage failed", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn complete_upload(State(ctx): State<Ctx>, Path(token): Path<String>) -> ApiResult<Json<Value>> {
+    let m = &ctx.media;
+    let Ok(Grant::Put { size, ct, name, sha256, .. }) = m.signer.check(&token, now_s()) else {
+        m.metrics.refused_link.fetch_add(1, Ordering::Relaxed);
+        return Err(FrameError::new(ErrorCode::Forbidden, "not a valid upload link (expired, or not this server's)").into());
+    };
+    let Some(id) = sha256 else {
+        return Err(FrameError::bad_request("this upload named no sha256: its PUT answered the media object").into());
+    };
+    let nothing = || FrameError::new(ErrorCode::NotFound, "nothing was uploaded to this link yet: PUT the bytes first");
+    let mut media = Media { id: id.clone(), content_type: ct, size, name, width: None, height: None, thumbnail: None };
+    match &m.backend {
+        Backend::Fs(store) => {
+            let store = store.clone();
+            let (found, probe) = (id.clone(), store.clone());
+            // Content-addressed: an object under this id holds exactly the bytes named.
+            let file = tokio::task::spawn_blocking(move || probe.open(&found)).await.map_err(failed)?.map_err(failed)?;
+            let file = file.ok_or_else(nothing)?;
+            if is_image(&media.content_type) {
+                let mut file = Some(file);
+                let source = move || -> Result<ImageSource, String> {
+                    match file.take() {
+                        Some(f) => Ok(ImageSource::File(f)),
+                        None => {
+                            store.open(&id).map_err(|e| e.to_string())?.map(ImageSource::File).ok_or_else(|| "stored object missing".into())
+                        }
+                    }
+                };
+                image_extras(&ctx, &mut media, source).await;
+            }
+        }
+        Backend::S3 { s3, http } => {
+            let bytes = s3_check_upload(&ctx, s3, http, &id, size).await?.ok_or_else(nothing)?;
+            m.metrics.uploads.fetch_add(1, Ordering::Relaxed);
+            m.metrics.bytes.fetch_add(size, Ordering::Relaxed);
+            if is_image(&media.content_type) {
+                let bytes = match bytes {
+                    Some(b) => b,
+                    None => s3_get(http, &s3.get(&id, &media.content_type, "inline", S3_OWN_URL_TTL), size).await.map_err(failed)?,
+                };
+                let mut bytes = Some(bytes);
+                let source =
+                    move || -> Result<ImageSource, String> { bytes.take().map(ImageSource::Bytes).ok_or_else(|| "read once".into()) };
+                image_extras(&ctx, &mut media, source).await;
+            }
+        }
+    }
+    Ok(Json(serde_json::to_value(&media).expect("media serializes")))
+}
+
+/// Whether object `id` is in S3 holding exactly the `size` bytes whose SHA-256 is `id`: None if
+/// absent, Some(bytes read) if present and right (the bytes when this server had to read them
+/// to hash them). Wrong bytes under the name are deleted and refused.
+async fn s3_check_upload(
+    ctx: &Ctx,
+    s3: &S3Media,
+    http: &reqwest::Client,
+    id: &str,
+    size: u64,
+) -> Result<Option<Option<Vec<u8>>>, FrameError> {
+    let head = s3.head(id, S3_OWN_URL_TTL);
+    let mut req = http.head(&head.url);
+    for (k, v) in &head.headers {
+        req = req.header(*k, v);
+    }
+    let answer = req.send().await.map_err(failed)?;
+    match answer.status() {
+        reqwest::StatusCode::NOT_FOUND => return Ok(None),
+        s if !s.is_success() => return Err(failed(format!("S3 HEAD: {s}"))),
+        _ => {}
+    }
+    let stored_size = answer.headers().get(reqwest::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let checksum = answer.headers().get("x-amz-checksum-sha256").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let want = shardchat_media::checksum_header(id).expect("a media id");
+    let (right, read) = match (stored_size, checksum) {
+        (Some(n), _) if n != size => (false, None),
+        // The store verified the bytes against this checksum when it took them.
+        (_, Some(sum)) => (sum == want, None),
+        // A store that keeps no checksum: hash the bytes here.
+        _ => {
+            let bytes = s3_get(http, &s3.get(id, "application/octet-stream", "attachment", S3_OWN_URL_TTL), size).await.map_err(failed)?;
+            let got = shardchat_media::sha256_hex(&bytes);
+            (got == id && bytes.len() as u64 == size, Some(bytes))
+        }
+    };
+    if !right {
+        ctx.media.metrics.mismatched.fetch_add(1, Ordering::Relaxed);
+        let _ = http.delete(s3.delete(id, S3_OWN_URL_TTL)).send().await;
+        return Err(FrameError::bad_request(format!("the bytes uploaded are not the {size} bytes of SHA-256 {id}; they were removed")));
+    }
+    Ok(Some(read))
+}
+
+/// Object bytes from a signed S3 GET: at most `size_max` of them.
+async fn s3_get(http: &reqwest::Client, url: &str, size_max: u64) -> Result<Vec<u8>, String> {
+    let mut answer = http.get(url).send().await.map_err(|e| e.to_string())?;
+    if !answer.status().is_success() {
+        return Err(format!("S3 GET: {}", answer.status()));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = answer.chunk().await.map_err(|e| e.to_string())? {
+        if (out.len() + chunk.len()) as u64 > size_max {
+            return Err(format!("S3 object larger than its {size_max} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// Stores a thumbnail's bytes (a JPEG) in S3 under its SHA-256; answers that id.
+async fn s3_put(s3: &S3Media, http: &reqwest::Client, bytes: Vec<u8>) -> Result<String, String> {
+    let id = shardchat_media::sha256_hex(&bytes);
+    let put = s3.put(&id, bytes.len() as u64, "image/jpeg", S3_OWN_URL_TTL);
+    let mut req = http.put(&put.url).body(bytes);
+    for (k, v) in &put.headers {
+        req = req.header(*k, v);
+    }
+    let answer = req.send().await.map_err(|e| e.to_string())?;
+    if !answer.status().is_success() {
+        return Err(format!("S3 PUT: {}", answer.status()));
+    }
+    Ok(id)
 }
 
 /// An image's dimensions and thumbnail, off the shards, bounded in pixels, memory and time; an
 /// image that cannot be measured or shrunk (malformed, a decompression bomb) is stored without
 /// them.
-async fn image_extras(ctx: &Ctx, media: &mut Media) {
+async fn image_extras(ctx: &Ctx, media: &mut Media, mut source: impl FnMut() -> Result<ImageSource, String> + Send + 'static) {
     let m = &ctx.media;
     let Ok(_permit) = m.thumbnails.acquire().await else { return };
-    let (store, id) = (m.store.clone(), media.id.clone());
-    let job = tokio::task::spawn_blocking(move || -> Result<((u32, u32), shardchat_media::Stored), String> {
-        let open = || store.open(&id).map_err(|e| e.to_string())?.ok_or_else(|| "stored object missing".to_string());
-        let dims = images::dimensions(open()?)?;
-        let thumb = images::thumbnail(open()?)?;
-        let mut up = store.begin(thumb.len() as u64).map_err(|e| e.to_string())?;
+    let fs = match &m.backend {
+        Backend::Fs(store) => Some(store.clone()),
+        Backend::S3 { .. } => None,
+    };
+    // Measured and shrunk on the blocking pool; stored there too on the embedded store, by the
+    // S3 client here otherwise.
+    let job = tokio::task::spawn_blocking(move || -> Result<Shrunk, String> {
+        let (dims, thumb) = match source()? {
+            ImageSource::File(mut f) => {
+                use std::io::Seek as _;
+                let dims = images::dimensions(&mut f)?;
+                f.rewind().map_err(|e| e.to_string())?;
+                (dims, images::thumbnail(f)?)
+            }
+            ImageSource::Bytes(b) => (images::dimensions(std::io::Cursor::new(&b))?, images::thumbnail(std::io::Cursor::new(&b))?),
+        };
+        let Some(store) = fs else { return Ok((dims, thumb, None)) };
+        let mut up = store.begin(thumb.len() as u64, None).map_err(|e| e.to_string())?;
         up.write(&thumb).map_err(|e| e.to_string())?;
-        Ok((dims, up.finish().map_err(|e| e.to_string())?))
+        Ok((dims, Vec::new(), Some(up.finish().map_err(|e| e.to_string())?.id)))
     });
-    match tokio::time::timeout(THUMBNAIL_TIMEOUT, job).await {
-        Ok(Ok(Ok(((w, h), thumb)))) => {
-            m.metrics.thumbnails_made.fetch_add(1, Ordering::Relaxed);
-            (media.width, media.height, media.thumbnail) = (Some(w), Some(h), Some(thumb.id));
+    let stored = async {
+        let (dims, thumb, id) = job.await.map_err(|e| e.to_string())??;
+        match (id, &m.backend) {
+            (Some(id), _) => Ok::<_, String>((dims, id)),
+            (None, Backend::S3 { s3, http }) => Ok((dims, s3_put(s3, http, thumb).await?)),
+            (None, Backend::Fs(_)) => unreachable!("the embedded store stored the thumbnail on the pool"),
         }
-        Ok(Ok(Err(e))) => {
+    };
+    match tokio::time::timeout(THUMBNAIL_TIMEOUT, stored).await {
+        Ok(Ok(((w, h), thumb))) => {
+            m.metrics.thumbnails_made.fetch_add(1, Ordering::Relaxed);
+            (media.width, media.height, media.thumbnail) = (Some(w), Some(h), Some(thumb));
+        }
+        Ok(Err(e)) => {
             m.metrics.thumbnails_failed.fetch_add(1, Ordering::Relaxed);
             tracing::info!(error = %e, "media: no thumbnail for an image");
         }
@@ -323,8 +561,12 @@ pub(crate) async fn links(State(ctx): State<Ctx>, Caller(me): Caller, Path((conv
         return Err(FrameError::new(ErrorCode::NotFound, "this message shares no file").into());
     };
     let exp = now_s() + ctx.cfg.media_url_ttl_s;
-    let sign = |id: &str, ct: &str, name: &str| {
-        format!("/v1/media/{}", ctx.media.signer.sign(&Grant::Get { id: id.into(), ct: ct.into(), name: name.into(), exp }))
+    let sign = |id: &str, ct: &str, name: &str| match &ctx.media.backend {
+        Backend::Fs(_) => {
+            format!("/v1/media/{}", ctx.media.signer.sign(&Grant::Get { id: id.into(), ct: ct.into(), name: name.into(), exp }))
+        }
+        // The object store serves it, as this server would: type and disposition are signed.
+        Backend::S3 { s3, .. } => s3.get(id, ct, &disposition(ct, name), Duration::from_secs(ctx.cfg.media_url_ttl_s)),
     };
     let url = sign(&media.id, &media.content_type, &media.name);
     let thumbnail_url = media.thumbnail.as_deref().map(|t| sign(t, "image/jpeg", "thumbnail.jpg"));
@@ -345,7 +587,14 @@ pub(crate) async fn download(State(ctx): State<Ctx>, Path(token): Path<String>) 
         return crate::ApiError(FrameError::new(ErrorCode::Forbidden, "not a valid download link (expired, or not this server's)"))
             .into_response();
     };
-    let store = m.store.clone();
+    let store = match &m.backend {
+        Backend::Fs(store) => store.clone(),
+        Backend::S3 { s3, .. } => {
+            // A link signed here for a file S3 holds: S3 serves it.
+            let url = s3.get(&id, &ct, &disposition(&ct, &name), Duration::from_secs(ctx.cfg.media_url_ttl_s));
+            return (StatusCode::FOUND, [(header::LOCATION, url)]).into_response();
+        }
+    };
     let file = match tokio::task::spawn_blocking(move || store.open(&id)).await {
         Ok(Ok(Some(f))) => f,
         Ok(Ok(None)) => return crate::ApiError(FrameError::new(ErrorCode::NotFound, "no such file here")).into_response(),
@@ -354,10 +603,7 @@ pub(crate) async fn download(State(ctx): State<Ctx>, Path(token): Path<String>) 
     let len = file.metadata().map(|md| md.len()).unwrap_or(0);
     m.metrics.downloads.fetch_add(1, Ordering::Relaxed);
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file)));
-    // Images show in the page; anything else downloads (never rendered as a page of this site).
-    let inline = matches!(ct.as_str(), "image/png" | "image/jpeg" | "image/gif" | "image/webp");
-    let encoded: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
-    let disposition = format!("{}; filename*=UTF-8''{encoded}", if inline { "inline" } else { "attachment" });
+    let disposition = disposition(&ct, &name);
     (
         StatusCode::OK,
         [
@@ -370,4 +616,12 @@ pub(crate) async fn download(State(ctx): State<Ctx>, Path(token): Path<String>) 
         body,
     )
         .into_response()
+}
+
+/// How a file is served: images show in the page; anything else downloads (never rendered as a
+/// page of this site).
+fn disposition(content_type: &str, name: &str) -> String {
+    let inline = matches!(content_type, "image/png" | "image/jpeg" | "image/gif" | "image/webp");
+    let encoded: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
+    format!("{}; filename*=UTF-8''{encoded}", if inline { "inline" } else { "attachment" })
 }

@@ -36,6 +36,7 @@ use utoipa::ToSchema;
         super::rest::send_file,
         super::media::new_upload,
         super::media::put_upload,
+        super::media::complete_upload,
         super::media::links,
         super::media::download,
         super::rest::receipts,
@@ -361,14 +362,21 @@ pub struct Media {
 /// Where to upload: PUT exactly `size` bytes with `content_type` to `url` before `expires_at`.
 #[derive(Serialize, ToSchema)]
 pub struct UploadGrant {
-    /// A path on this server (its signed token is the grant).
+    /// Where to PUT the bytes: a path on this server (the embedded store; its signed token is
+    /// the grant), or the object store's own signed URL (`--media-s3`).
     url: String,
     /// Always `PUT`.
     method: String,
+    /// Headers the PUT must carry, exactly (some are signed): `content-type`, and with S3
+    /// `x-amz-checksum-sha256`.
+    headers: std::collections::BTreeMap<String, String>,
     content_type: String,
     size: u64,
     /// Unix seconds.
     expires_at: u64,
+    /// Where to POST once the PUT is done, for the `media` object; null when no sha256 was
+    /// named (the PUT to this server answers it).
+    complete_url: Option<String>,
 }
 
 /// Signed download links for a message's file.

@@ -36,6 +36,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/conversations/{conv}/files", post(send_file))
         .route("/v1/uploads", post(crate::media::new_upload))
         .route("/v1/uploads/{token}", axum::routing::put(crate::media::put_upload))
+        .route("/v1/uploads/{token}/complete", post(crate::media::complete_upload))
         .route("/v1/media/{token}", get(crate::media::download))
         // Between the nodes of a cluster (node tokens; not in the OpenAPI document).
         .route("/internal/search/stats", get(crate::cluster_search::stats))

@@ -16,9 +16,11 @@
 //! Everything here blocks on disk or CPU: callers run it on a blocking pool, never on a shard.
 
 pub mod images;
+mod s3;
 mod signer;
 mod store;
 
+pub use s3::{checksum_header, S3Media, Signed};
 pub use signer::{Grant, Signer};
 pub use store::{FsMediaStore, MediaError, MediaStore, Stored, Upload};
 
@@ -36,6 +38,12 @@ pub fn valid_content_type(ct: &str) -> bool {
 
 /// Longest content type, in bytes.
 pub const CONTENT_TYPE_BYTES_MAX: usize = 127;
+
+/// The media id of `bytes`: their SHA-256, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex(&sha2::Sha256::digest(bytes))
+}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -13,8 +13,17 @@ type HmacSha256 = Hmac<Sha256>;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "do", rename_all = "snake_case")]
 pub enum Grant {
-    /// Upload exactly `size` bytes of `ct` as `user`, named `name`.
-    Put { user: String, size: u64, ct: String, name: String, exp: u64 },
+    /// Upload exactly `size` bytes of `ct` as `user`, named `name`; with `sha256`, exactly the
+    /// bytes of that digest (required by the S3 store, whose object it names).
+    Put {
+        user: String,
+        size: u64,
+        ct: String,
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+        exp: u64,
+    },
     /// Download object `id`, served as `ct` (named `name`).
     Get { id: String, ct: String, name: String, exp: u64 },
 }

@@ -15,6 +15,9 @@ pub enum MediaError {
     /// The upload ended short of the bytes it was granted.
     #[error("the upload ended after {got} of its {want} bytes")]
     Short { got: u64, want: u64 },
+    /// The bytes are not those the upload named by their SHA-256.
+    #[error("the bytes uploaded have SHA-256 {got}, not the {want} the upload named")]
+    Mismatch { got: String, want: String },
 }
 
 /// An object stored.
@@ -37,8 +40,9 @@ pub trait Upload: Send {
 
 /// The media storage contract. All methods may block on disk.
 pub trait MediaStore: Send + Sync + 'static {
-    /// Starts an upload of exactly `size` bytes.
-    fn begin(&self, size: u64) -> Result<Box<dyn Upload>, MediaError>;
+    /// Starts an upload of exactly `size` bytes; with `sha256` (lowercase hex), of exactly the
+    /// bytes with that digest ([`MediaError::Mismatch`] otherwise, and nothing stored).
+    fn begin(&self, size: u64, sha256: Option<String>) -> Result<Box<dyn Upload>, MediaError>;
     /// Object `id`'s bytes, if stored.
     fn open(&self, id: &str) -> Result<Option<std::fs::File>, MediaError>;
     /// Removes what uploads left unfinished (a crash, a client gone mid-upload) that is older
@@ -81,6 +85,7 @@ struct FsUpload {
     hash: Sha256,
     got: u64,
     want: u64,
+    want_sha256: Option<String>,
     objects: PathBuf,
 }
 
@@ -99,10 +104,14 @@ impl Upload for FsUpload {
         if self.got != self.want {
             return Err(MediaError::Short { got: self.got, want: self.want });
         }
+        let id = super::hex(&std::mem::take(&mut self.hash).finalize());
+        if let Some(want) = self.want_sha256.take().filter(|w| *w != id) {
+            // Dropped: the temporary file goes, nothing is stored.
+            return Err(MediaError::Mismatch { got: id, want });
+        }
         let file = self.file.take().expect("finished once");
         file.sync_all()?;
         drop(file);
-        let id = super::hex(&std::mem::take(&mut self.hash).finalize());
         let dir = self.objects.join(&id[..2]);
         let target = dir.join(&id);
         let existed = target.exists();
@@ -129,13 +138,21 @@ impl Drop for FsUpload {
 }
 
 impl MediaStore for FsMediaStore {
-    fn begin(&self, size: u64) -> Result<Box<dyn Upload>, MediaError> {
+    fn begin(&self, size: u64, sha256: Option<String>) -> Result<Box<dyn Upload>, MediaError> {
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let name = format!("{}-{}.part", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let tmp = self.dir.join("tmp").join(name);
         let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        Ok(Box::new(FsUpload { tmp, file: Some(file), hash: Sha256::new(), got: 0, want: size, objects: self.dir.join("objects") }))
+        Ok(Box::new(FsUpload {
+            tmp,
+            file: Some(file),
+            hash: Sha256::new(),
+            got: 0,
+            want: size,
+            want_sha256: sha256,
+            objects: self.dir.join("objects"),
+        }))
     }
 
     fn open(&self, id: &str) -> Result<Option<std::fs::File>, MediaError> {
@@ -168,7 +185,7 @@ mod tests {
     use std::io::Read;
 
     fn put(store: &FsMediaStore, bytes: &[u8]) -> Result<Stored, MediaError> {
-        let mut u = store.begin(bytes.len() as u64)?;
+        let mut u = store.begin(bytes.len() as u64, None)?;
         for chunk in bytes.chunks(7) {
             u.write(chunk)?;
         }
@@ -195,21 +212,38 @@ mod tests {
     }
 
     #[test]
+    fn an_upload_that_named_its_sha256_stores_only_those_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsMediaStore::open(dir.path()).unwrap();
+        let id = "d28d2954ff97ac68052c4beff8c84ad0960d1408540fc486256cdd7cd68dd1fe".to_string();
+        let mut u = store.begin(11, Some(id.clone())).unwrap();
+        u.write(b"hello mediA").unwrap();
+        match u.finish() {
+            Err(MediaError::Mismatch { want, .. }) => assert_eq!(want, id),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!((store.count(), store.unfinished()), (0, 0), "other bytes leave nothing");
+        let mut u = store.begin(11, Some(id.clone())).unwrap();
+        u.write(b"hello media").unwrap();
+        assert_eq!(u.finish().unwrap().id, id);
+    }
+
+    #[test]
     fn an_upload_that_is_too_long_short_or_abandoned_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsMediaStore::open(dir.path()).unwrap();
-        let mut u = store.begin(4).unwrap();
+        let mut u = store.begin(4, None).unwrap();
         assert!(matches!(u.write(b"12345"), Err(MediaError::TooLarge(4))));
         drop(u);
-        let mut u = store.begin(4).unwrap();
+        let mut u = store.begin(4, None).unwrap();
         u.write(b"12").unwrap();
         assert!(matches!(u.finish(), Err(MediaError::Short { got: 2, want: 4 })));
-        let mut u = store.begin(4).unwrap();
+        let mut u = store.begin(4, None).unwrap();
         u.write(b"12").unwrap();
         drop(u); // the client went away
         assert_eq!((store.count(), store.unfinished()), (0, 0));
         // What a crash leaves (no drop ran) is reclaimed once old enough.
-        let u = store.begin(4).unwrap();
+        let u = store.begin(4, None).unwrap();
         std::mem::forget(u);
         assert_eq!(store.unfinished(), 1);
         assert_eq!(store.reclaim(Duration::from_secs(3600)).unwrap(), 0, "not old yet");

@@ -3,6 +3,7 @@
 //! uploads (too long, short, cut off, forged, expired, over the day's quota, a decompression
 //! bomb) leave: nothing, and an engine that goes on.
 
+use crate::common::s3::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
 use crate::common::*;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -210,4 +211,167 @@ async fn links_expire() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let (status, e) = put(&s, g["url"].as_str().unwrap(), "text/plain", b"hello".to_vec()).await;
     assert_eq!((status, e["code"].as_str()), (403, Some("forbidden")), "{e}");
+}
+
+/// The flags that put an engine's media in `s3`.
+/// `x-amz-checksum-sha256` of `bytes`.
+fn checksum_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha2::Digest;
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(bytes))
+}
+
+fn s3_flags(s3: &S3Server) -> Vec<String> {
+    ["--media-s3", &s3.url(), "--media-s3-access-key", S3_ACCESS_KEY, "--media-s3-secret-key", S3_SECRET_KEY].map(String::from).to_vec()
+}
+
+/// Asks for an upload URL naming the bytes' SHA-256.
+async fn grant_named(s: &Server, user: &str, ct: &str, bytes: &[u8], name: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(s.rest("/v1/uploads", user))
+        .json(&json!({"content_type":ct,"size":bytes.len(),"name":name,"sha256":sha256(bytes)}))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or_default())
+}
+
+/// PUTs `bytes` where grant `g` says, with the headers it names, optionally one of them changed.
+async fn put_granted(g: &Value, bytes: Vec<u8>, change: Option<(&str, &str)>) -> u16 {
+    let mut req = reqwest::Client::new().put(g["url"].as_str().unwrap()).body(bytes);
+    for (k, v) in g["headers"].as_object().unwrap() {
+        let v = match change {
+            Some((name, to)) if name == k => to.to_string(),
+            _ => v.as_str().unwrap().to_string(),
+        };
+        req = req.header(k.as_str(), v);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+async fn complete(s: &Server, g: &Value) -> (u16, Value) {
+    let url = format!("http://127.0.0.1:{}{}", s.http, g["complete_url"].as_str().expect("a complete_url"));
+    let r = reqwest::Client::new().post(url).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn with_an_s3_store_clients_move_the_bytes_by_its_signed_urls_and_the_engine_checks_them() {
+    let Some(s3) = S3Server::start() else { return };
+    let flags = s3_flags(&s3);
+    let s = Server::start(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut alice = Client::connect(&s, "alice", "d").await;
+    alice.send(json!({"t":"group_create","name":"pics","members":["bob"],"ref":"g"})).await;
+    let g = alice.recv_where(|v| v["t"] == "group").await["conv"].as_str().unwrap().to_string();
+    let picture = png(800, 600);
+
+    // S3 needs the name of the bytes up front; the engine's own PUT path is not there.
+    assert_eq!(grant(&s, "alice", "image/png", picture.len(), "a.png").await.0, 400);
+    let (status, up) = grant_named(&s, "alice", "image/png", &picture, "sunset.png").await;
+    assert_eq!(status, 200, "{up}");
+    let url = up["url"].as_str().unwrap();
+    assert!(url.starts_with(&format!("{}/objects/{}?", s3.url(), sha256(&picture))), "the object store's own URL: {url}");
+    assert_eq!(put(&s, &format!("/v1/uploads/{}", url.rsplit('/').next().unwrap()), "image/png", vec![1]).await.0, 403);
+    assert_eq!(complete(&s, &up).await.0, 404, "nothing uploaded yet");
+
+    // What the URL signs holds: another type or size is refused by the store itself.
+    assert_eq!(put_granted(&up, picture.clone(), Some(("content-type", "text/html"))).await, 403);
+    assert_eq!(put_granted(&up, picture[..picture.len() - 1].to_vec(), None).await, 403);
+    assert_eq!(s3.objects(), 0);
+    assert_eq!(put_granted(&up, picture.clone(), None).await, 200);
+    let (status, media) = complete(&s, &up).await;
+    assert_eq!(status, 200, "{media}");
+    assert_eq!(
+        (media["id"].as_str(), media["width"].as_u64(), media["height"].as_u64()),
+        (Some(sha256(&picture).as_str()), Some(800), Some(600))
+    );
+    assert!(media["thumbnail"].is_string(), "{media}");
+    assert_eq!(s3.objects(), 2, "the picture and its thumbnail, in the object store");
+
+    // Shared, then downloaded by a member from the object store directly; a stranger gets no link.
+    alice.send(json!({"t":"send","cmid":"p1","conv":g,"kind":"image","body":"look","media":media})).await;
+    let first = seq(&alice.recv_where(|v| v["t"] == "ack").await);
+    let (status, l) = links(&s, "bob", &g, first).await;
+    assert_eq!(status, 200, "{l}");
+    assert_eq!(links(&s, "zed", &g, first).await.0, 403);
+    let get = |url: String| async move {
+        let r = reqwest::get(url).await.unwrap();
+        let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+        (r.status().as_u16(), ct, r.bytes().await.unwrap().to_vec())
+    };
+    let file_url = l["url"].as_str().unwrap().to_string();
+    assert!(file_url.starts_with(&s3.url()), "{file_url}");
+    let (status, ct, bytes) = get(file_url.clone()).await;
+    assert_eq!((status, ct.as_deref(), bytes == picture), (200, Some("image/png"), true));
+    let (status, ct, thumb) = get(l["thumbnail_url"].as_str().unwrap().to_string()).await;
+    assert_eq!((status, ct.as_deref()), (200, Some("image/jpeg")));
+    assert_eq!(image::load_from_memory(&thumb).unwrap().width(), 256);
+    // A link changed by its holder (another object, or a forged signature) is the store's 403.
+    let other = file_url.replace(&sha256(&picture), &"00".repeat(32));
+    assert_eq!(get(other).await.0, 403);
+    let sig = file_url.rfind("X-Amz-Signature=").unwrap() + "X-Amz-Signature=".len();
+    let flipped = format!("{}{}{}", &file_url[..sig], if &file_url[sig..sig + 1] == "0" { "1" } else { "0" }, &file_url[sig + 1..]);
+    assert_eq!(get(flipped).await.0, 403);
+
+    // Other bytes under a name: the store itself refuses them against the signed checksum.
+    let named = b"the bytes the grant names".to_vec();
+    let mut other = named.clone();
+    other[0] ^= 1;
+    let (_, up) = grant_named(&s, "alice", "application/octet-stream", &named, "n.bin").await;
+    assert_eq!(put_granted(&up, other.clone(), None).await, 400, "BadDigest");
+    assert_eq!(put_granted(&up, named.clone(), Some(("x-amz-checksum-sha256", &checksum_of(&other)))).await, 403, "the checksum is signed");
+    // A store that took them anyway (one that verifies no checksum, or bytes changed behind its
+    // back): the engine finds them out at completion, removes them and answers 400.
+    let impostor = s3.dir.path().join("media/objects").join(sha256(&named));
+    std::fs::write(&impostor, &other).unwrap();
+    let (status, e) = complete(&s, &up).await;
+    assert_eq!((status, e["code"].as_str()), (400, Some("bad_request")), "{e}");
+    assert!(!impostor.exists(), "the impostor is gone");
+    assert_eq!(metric_sum(&s, "shardchat_media_refused_total", "why=\"mismatched\"").await, 1.0);
+    assert_eq!(put_granted(&up, named.clone(), None).await, 200);
+    let (status, m) = complete(&s, &up).await;
+    assert_eq!((status, m["id"].as_str(), m["thumbnail"].is_null()), (200, Some(sha256(&named).as_str()), true), "{m}");
+    assert_eq!(s3.objects(), 3);
+
+    // A second engine on the same store, with short-lived URLs and a small daily quota: the
+    // store refuses an expired URL; S3 uploads count against the quota when granted.
+    let mut short = flags.clone();
+    short.extend(["--media-url-ttl-s", "1", "--media-user-bytes-per-day", "100"].map(String::from));
+    let s2 = Server::start(&short.iter().map(String::as_str).collect::<Vec<_>>());
+    let (status, up) = grant_named(&s2, "carol", "text/plain", &[b'x'; 60], "x.txt").await;
+    assert_eq!(status, 200, "{up}");
+    assert_eq!(grant_named(&s2, "carol", "text/plain", &[b'y'; 60], "y.txt").await.0, 429, "60 + 60 bytes granted > 100");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(put_granted(&up, vec![b'x'; 60], None).await, 403, "expired");
+    assert_eq!(complete(&s2, &up).await.0, 403, "the completion link expired too");
+}
+
+#[tokio::test]
+async fn on_the_embedded_store_an_upload_that_names_its_sha256_takes_only_those_bytes_and_completes() {
+    let s = Server::start(&[]);
+    let named = b"the bytes named up front".to_vec();
+    let (status, up) = grant_named(&s, "alice", "text/plain", &named, "a.txt").await;
+    assert_eq!(status, 200, "{up}");
+    assert_eq!(up["headers"]["content-type"], "text/plain");
+    assert_eq!(complete(&s, &up).await.0, 404, "nothing uploaded yet");
+    let mut other = named.clone();
+    other[3] ^= 1;
+    let (status, e) = put(&s, up["url"].as_str().unwrap(), "text/plain", other).await;
+    assert_eq!((status, e["code"].as_str()), (400, Some("bad_request")), "{e}");
+    assert_eq!((objects(&s), unfinished(&s)), (0, 0), "other bytes leave nothing");
+    assert_eq!(metric_sum(&s, "shardchat_media_refused_total", "why=\"mismatched\"").await, 1.0);
+    let (status, media) = put(&s, up["url"].as_str().unwrap(), "text/plain", named.clone()).await;
+    assert_eq!((status, media["id"].as_str()), (200, Some(sha256(&named).as_str())), "{media}");
+    let (status, completed) = complete(&s, &up).await;
+    assert_eq!((status, &completed), (200, &media), "completing answers the same media object");
+    // Without a name there is nothing to complete; a malformed name is refused.
+    let (_, plain) = grant(&s, "alice", "text/plain", 3, "b.txt").await;
+    assert!(plain["complete_url"].is_null(), "{plain}");
+    let r = reqwest::Client::new()
+        .post(s.rest("/v1/uploads", "alice"))
+        .json(&json!({"content_type":"text/plain","size":3,"name":"c.txt","sha256":"ABC"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod raw;
+pub mod s3;
 pub mod webhook;
 
 use futures::{SinkExt, StreamExt};
