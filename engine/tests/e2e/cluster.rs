@@ -799,3 +799,63 @@ async fn a_search_on_any_node_covers_every_node_ranked_and_paged_as_one() {
     let (status, v) = search_from(&cl.nodes[0], "alice", "q=needle").await;
     assert!(status == 503 || v["hits"].as_array().is_some_and(|h| h.len() == 8), "short answer with a node gone: {status} {v}");
 }
+
+/// Media in a cluster lives in one S3 store: a file uploaded through one node is completed and
+/// linked by another, and downloaded from the store, whichever node a member asks.
+#[tokio::test]
+async fn with_an_s3_store_every_node_serves_the_files_any_node_took() {
+    use crate::common::s3::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
+    let Some(s3) = S3Server::start() else { return };
+    let url = s3.url();
+    let flags = [
+        "--jwt-secret",
+        CLUSTER_SECRET,
+        "--media-s3",
+        &url,
+        "--media-s3-access-key",
+        S3_ACCESS_KEY,
+        "--media-s3-secret-key",
+        S3_SECRET_KEY,
+    ];
+    let Some(cl) = Cluster::start_with(2, &flags) else { return };
+    cl.settle(2).await;
+    let (n0, n1) = (&cl.nodes[0], &cl.nodes[1]);
+    let http = reqwest::Client::new();
+    let bytes = b"minutes of the meeting, as a file".to_vec();
+    let sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let grant: serde_json::Value = http
+        .post(n0.rest("/v1/uploads", "alice"))
+        .json(&serde_json::json!({"content_type":"text/plain","size":bytes.len(),"name":"minutes.txt","sha256":sha}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut put = http.put(grant["url"].as_str().unwrap()).body(bytes.clone());
+    for (k, v) in grant["headers"].as_object().unwrap() {
+        put = put.header(k.as_str(), v.as_str().unwrap());
+    }
+    assert_eq!(put.send().await.unwrap().status().as_u16(), 200);
+    // Completed on the other node: the grant is signed with the key every node shares.
+    let done = http.post(format!("http://127.0.0.1:{}{}", n1.http, grant["complete_url"].as_str().unwrap())).send().await.unwrap();
+    assert_eq!(done.status().as_u16(), 200);
+    let media: serde_json::Value = done.json().await.unwrap();
+    assert_eq!(media["id"], sha.as_str());
+
+    let mut alice = Client::connect(n0, "alice", "d").await;
+    let ack =
+        send_acked(&mut alice, serde_json::json!({"t":"send","cmid":"f1","to":"bob","kind":"file","body":"minutes","media":media})).await;
+    let (conv, seq) = (ack["conv"].as_str().unwrap().to_string(), ack["seq"].as_u64().unwrap());
+    for node in [n0, n1] {
+        let links: serde_json::Value =
+            reqwest::get(node.rest(&format!("/v1/conversations/{conv}/messages/{seq}/media"), "bob")).await.unwrap().json().await.unwrap();
+        let file = reqwest::get(links["url"].as_str().unwrap()).await.unwrap();
+        assert_eq!(file.status().as_u16(), 200, "{links}");
+        assert_eq!(file.bytes().await.unwrap().to_vec(), bytes, "node {}'s link", node.http);
+    }
+    assert_eq!(s3.objects(), 1);
+}
