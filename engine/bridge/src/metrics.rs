@@ -47,6 +47,8 @@ impl Histogram {
 pub struct ShardMetrics {
     pub connections: AtomicU64,
     pub connections_total: AtomicU64,
+    /// Connections parked: idle, held without a task (see `park_idle_ms`).
+    pub connections_parked: AtomicU64,
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
     /// `msg` frames queued to connections.
@@ -104,9 +106,12 @@ type HistogramSpec = (&'static str, &'static str, fn(&ShardMetrics) -> &Histogra
 /// The Prometheus text exposition of every shard's metrics.
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
     let mut out = String::new();
-    let counters: [CounterSpec; 20] = [
+    let counters: [CounterSpec; 21] = [
         ("shardchat_connections", "gauge", "Open WebSocket connections.", |m| &m.connections),
         ("shardchat_connections_total", "counter", "WebSocket connections accepted.", |m| &m.connections_total),
+        ("shardchat_connections_parked", "gauge", "Open connections parked: idle, held without a task or a reactor source.", |m| {
+            &m.connections_parked
+        }),
         ("shardchat_frames_in_total", "counter", "Frames received from clients.", |m| &m.frames_in),
         ("shardchat_frames_out_total", "counter", "Frames queued to clients.", |m| &m.frames_out),
         ("shardchat_deliveries_total", "counter", "Messages queued to connections.", |m| &m.deliveries),

@@ -190,6 +190,10 @@ settings! {
     /// generator, other services) the spin takes the CPU the work needs, and at low traffic it is
     /// most of the engine's CPU. Dedicated hosts chasing latency set 50 (see `tuning/`).
     spin_before_park_us: u64 = 0;
+    /// A connection silent and with nothing to send for this many ms is parked: its task and its
+    /// reactor source are dropped and its socket waits in the shard's epoll set, at a few dozen
+    /// bytes, until it speaks or something is sent to it (0: never park).
+    park_idle_ms: u64 = 5_000;
     /// Blocking threads per shard for storage jobs (commits and reads).
     storage_threads_per_shard: usize = 2;
     /// Ops waiting on one owner shard for its next commit (a commit runs at a time): when the

@@ -1,5 +1,6 @@
 //! One WebSocket connection on its home shard: a single task that writes the outbound queue in
-//! batches and reads frames on readiness.
+//! batches and reads frames on readiness; once idle for `park_idle_ms`, no task at all (its
+//! socket waits in the shard's lot, `lot.rs`) until it speaks or is spoken to.
 //!
 //! An idle connection owns no buffer: reads go into the shard's read buffer and are parsed there
 //! by [`FrameReader`] (which allocates only for a frame split across reads), writes are encoded
@@ -73,6 +74,12 @@ pub struct ConnHandle {
     /// Set when an ephemeral frame was dropped; once the queue drains the shard re-sends the
     /// current presence of everything this connection watches.
     dropped_ephemeral: Cell<bool>,
+    /// The connection has no task: its socket is in the shard's lot, and a wake unparks it.
+    parked: Cell<bool>,
+    /// The driver found the connection idle: its task parks it if it still is.
+    park_requested: Cell<bool>,
+    /// When the task last ran (the driver's coarse clock, ms): what idleness is measured from.
+    active_ms: Cell<u64>,
 }
 
 impl ConnHandle {
@@ -86,7 +93,25 @@ impl ConnHandle {
             fd,
             finished: Cell::new(false),
             dropped_ephemeral: Cell::new(false),
+            parked: Cell::new(false),
+            park_requested: Cell::new(false),
+            active_ms: Cell::new(0),
         }
+    }
+
+    /// When the connection's task last ran, or since when it is parked (ms, the driver's clock).
+    pub fn active_ms(&self) -> u64 {
+        self.active_ms.get()
+    }
+
+    pub fn is_parked(&self) -> bool {
+        self.parked.get()
+    }
+
+    /// Asks the connection's task to park it if it is still idle when it next runs (now).
+    pub fn request_park(&self) {
+        self.park_requested.set(true);
+        self.wake();
     }
 
     pub fn queued_bytes(&self) -> usize {
@@ -104,6 +129,8 @@ impl ConnHandle {
     fn wake(&self) {
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
+        } else if self.parked.get() {
+            super::lot::wake_parked(self.fd);
         }
     }
 
@@ -208,35 +235,62 @@ pub fn start(d: &Rc<Driver>, stream: TcpStream, upgrade: Upgrade, identity: Iden
             let setup = setup;
             *setup
         };
-        // Given back when this task ends, however it ends.
-        let _slot = slot;
         let Some(stream) = Box::pin(answer_upgrade(stream, answer)).await else { return };
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let id = d.next_conn_id();
         let handle = Rc::new(ConnHandle::new(fd));
         d.register(id, handle.clone(), identity);
-        let mut conn = Conn {
-            d: d.clone(),
-            id,
-            h: handle.clone(),
-            stream,
-            reader: FrameReader::default(),
-            unsent: Vec::new(),
-            unsent_head: 0,
-            held: 0,
-            nap: None,
-        };
+        let mut conn = Conn::new(&d, id, handle, stream);
         let first = conn.on_bytes(&mut early);
         drop(early);
-        let exit = match first {
+        serve(conn, first, slot).await;
+    })
+    .detach();
+}
+
+/// Gives a parked connection (`lot.rs`) a task again, on its descriptor.
+pub fn resume(d: &Rc<Driver>, id: ConnId, fd: RawFd, slot: super::accept::Slot) {
+    let Some(handle) = d.handle(id) else {
+        // Not registered: cannot be (a parked connection ends only through a task); still, the
+        // descriptor is closed rather than leaked.
+        debug_assert!(false, "a parked connection without a handle");
+        // SAFETY: the lot owned `fd`.
+        drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        return;
+    };
+    handle.parked.set(false);
+    let d = d.clone();
+    glommio::spawn_local(async move {
+        // SAFETY: the lot handed over the descriptor it held.
+        let stream = unsafe { TcpStream::from_raw_fd(fd) };
+        serve(Conn::new(&d, id, handle, stream), None, slot).await;
+    })
+    .detach();
+}
+
+/// The connection's life from here: its turns until it ends (the close, then unregistered) or
+/// parks (the socket to the lot, the task ends, the handle stays registered).
+async fn serve(mut conn: Conn, first: Option<Exit>, mut slot: super::accept::Slot) {
+    // `slot` is given back when the connection ends, however it ends; the lot holds it while
+    // the connection is parked.
+    let mut first = first;
+    let exit = loop {
+        let exit = match first.take() {
             Some(exit) => exit,
             None => std::future::poll_fn(|cx| conn.poll_run(cx)).await,
         };
-        Box::pin(conn.finish(exit)).await;
-        handle.finished.set(true);
-        d.unregister(id);
-    })
-    .detach();
+        let Exit::Park = exit else { break exit };
+        match conn.park(slot) {
+            Ok(()) => return,
+            // The lot could not take it: it goes on with a task.
+            Err((c, s)) => (conn, slot) = (c, s),
+        }
+    };
+    let (d, id, handle) = (conn.d.clone(), conn.id, conn.h.clone());
+    Box::pin(conn.finish(exit)).await;
+    handle.finished.set(true);
+    d.unregister(id);
+    drop(slot);
 }
 
 /// Sends the `101`; `None` if the client is already gone.
@@ -252,6 +306,8 @@ enum Exit {
     Gone,
     /// Send a close frame with this code and reason, then end.
     Close(u16, &'static str),
+    /// Idle: the socket goes to the shard's lot, the connection stays open.
+    Park,
 }
 
 /// Reads a connection may do in one turn before letting other tasks run.
@@ -264,11 +320,15 @@ const CONGESTED_NAP_MS: u64 = 1;
 /// before closing the socket; a closed socket with unread input resets, losing the frame.
 const CLOSE_DRAIN_MS: u64 = 1_000;
 
+/// Why `Conn::stream` is always there: only parking takes it, and parking ends the `Conn`.
+const STREAM: &str = "a connection's stream is there until it parks";
+
 struct Conn {
     d: Rc<Driver>,
     id: ConnId,
     h: Rc<ConnHandle>,
-    stream: TcpStream,
+    /// None only on the way to the lot (`park`).
+    stream: Option<TcpStream>,
     reader: FrameReader,
     /// Encoded bytes the socket did not take yet (a client slower than we write); empty, and
     /// unallocated, for nearly every connection.
@@ -290,8 +350,62 @@ impl Drop for Conn {
 }
 
 impl Conn {
-    /// One turn: write what is queued, then read what arrived. Ready when the connection ends.
+    fn new(d: &Rc<Driver>, id: ConnId, h: Rc<ConnHandle>, stream: TcpStream) -> Conn {
+        h.active_ms.set(d.clock_ms());
+        d.idle_watch(id, h.active_ms.get());
+        Conn {
+            d: d.clone(),
+            id,
+            h,
+            stream: Some(stream),
+            reader: FrameReader::default(),
+            unsent: Vec::new(),
+            unsent_head: 0,
+            held: 0,
+            nap: None,
+        }
+    }
+
+    /// Whether nothing of the connection lives in its task: nothing queued or half-sent, no
+    /// half-read message, no close asked, not napping, and the socket said "no input now".
+    fn parkable(&self, read_parked: bool) -> bool {
+        read_parked
+            && self.unsent.is_empty()
+            && self.h.queue.borrow().is_empty()
+            && self.h.closing.get().is_none()
+            && self.reader.is_idle()
+            && self.held == 0
+            && self.nap.is_none()
+            && !self.h.dropped_ephemeral.get()
+    }
+
+    /// Hands the socket to the shard's lot (the task then ends); the connection back if the lot
+    /// could not take it.
+    fn park(self, slot: super::accept::Slot) -> Result<(), (Conn, super::accept::Slot)> {
+        use std::os::fd::IntoRawFd;
+        let (d, id, h) = (self.d.clone(), self.id, self.h.clone());
+        // `Conn`'s drop has nothing to give back: a parkable connection holds no partial bytes.
+        debug_assert_eq!(self.held, 0);
+        let mut me = self;
+        let fd = me.stream.take().expect("a connection's stream is taken only here").into_raw_fd();
+        drop(me);
+        let Some(lot) = d.lot.as_ref() else { unreachable!("park requests come only from a driver with a lot") };
+        match lot.park(fd, id, slot) {
+            Ok(()) => {
+                h.waker.borrow_mut().take();
+                h.parked.set(true);
+                d.metrics.connections_parked.store(lot.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            // SAFETY: the lot gave the descriptor back untouched.
+            Err((fd, slot)) => Err((Conn::new(&d, id, h, unsafe { TcpStream::from_raw_fd(fd) }), slot)),
+        }
+    }
+
+    /// One turn: write what is queued, then read what arrived. Ready when the connection ends
+    /// or parks.
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
+        self.h.active_ms.set(self.d.clock_ms());
         loop {
             if let Some((code, reason)) = self.h.closing.get() {
                 return Poll::Ready(Exit::Close(code, reason));
@@ -309,6 +423,7 @@ impl Conn {
                 // The socket is full; glommio wakes us when it drains.
                 Poll::Pending => true,
             };
+            let mut read_parked = false;
             if self.d.congested() {
                 // Keep writing, stop reading: the client's TCP window carries the backpressure.
                 let nap = self.nap.get_or_insert_with(|| glommio::timer::Timer::new(Duration::from_millis(CONGESTED_NAP_MS)));
@@ -321,7 +436,7 @@ impl Conn {
                 // Whether the socket said "nothing more now" (and so will wake us when more
                 // comes). If every read of the turn returned data, nothing is registered to wake
                 // this task for the rest: it must ask to be polled again itself.
-                let mut read_parked = false;
+                read_parked = false;
                 for _ in 0..READS_PER_TURN {
                     match self.poll_read_once(cx) {
                         Poll::Ready(Some(exit)) => return Poll::Ready(exit),
@@ -342,6 +457,13 @@ impl Conn {
             // arrived while reading and the socket can take them.
             *self.h.waker.borrow_mut() = Some(cx.waker().clone());
             if self.h.closing.get().is_none() && (write_blocked || self.h.queue.borrow().is_empty()) {
+                if self.h.park_requested.replace(false) {
+                    if !write_blocked && self.parkable(read_parked) {
+                        return Poll::Ready(Exit::Park);
+                    }
+                    // Busy after all: watched again, asked again once idle.
+                    self.d.idle_watch(self.id, self.h.active_ms.get());
+                }
                 return Poll::Pending;
             }
         }
@@ -351,7 +473,7 @@ impl Conn {
     fn poll_read_once(&mut self, cx: &mut Context<'_>) -> Poll<Option<Exit>> {
         let d = self.d.clone();
         let mut buf = d.read_buf.borrow_mut();
-        match Pin::new(&mut self.stream).poll_read(cx, &mut buf[..]) {
+        match Pin::new(self.stream.as_mut().expect(STREAM)).poll_read(cx, &mut buf[..]) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Some(Exit::Gone)),
             Poll::Ready(Ok(n)) => Poll::Ready(self.on_bytes(&mut buf[..n])),
@@ -400,7 +522,7 @@ impl Conn {
     fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             if !self.unsent.is_empty() {
-                let n = std::task::ready!(poll_write_some(&mut self.stream, cx, &self.unsent))?;
+                let n = std::task::ready!(poll_write_some(self.stream.as_mut().expect(STREAM), cx, &self.unsent))?;
                 self.unsent.drain(..n);
                 self.unsent_head = self.unsent_head.saturating_sub(n);
                 if self.unsent.is_empty() {
@@ -424,7 +546,7 @@ impl Conn {
             }
             let mut off = 0;
             while off < batch.len() {
-                match poll_write_some(&mut self.stream, cx, &batch[off..]) {
+                match poll_write_some(self.stream.as_mut().expect(STREAM), cx, &batch[off..]) {
                     Poll::Ready(Ok(n)) => off += n,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
@@ -464,16 +586,16 @@ impl Conn {
         // Up to the grace a close request gives (`ConnHandle::close`): a client that reads
         // slowly still gets its close frame.
         let grace = close_grace(code);
-        let sent = glommio::timer::timeout(grace, async { Ok(self.stream.write_all(&out).await) }).await;
+        let sent = glommio::timer::timeout(grace, async { Ok(self.stream.as_mut().expect(STREAM).write_all(&out).await) }).await;
         if !matches!(sent, Ok(Ok(()))) {
             return;
         }
         let grace = Duration::from_millis(CLOSE_DRAIN_MS);
-        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
+        let _ = self.stream.as_mut().expect(STREAM).shutdown(std::net::Shutdown::Write).await;
         let d = self.d.clone();
         let drain = std::future::poll_fn(|cx| loop {
             let mut buf = d.read_buf.borrow_mut();
-            match Pin::new(&mut self.stream).poll_read(cx, &mut buf[..]) {
+            match Pin::new(self.stream.as_mut().expect(STREAM)).poll_read(cx, &mut buf[..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Pending => return Poll::Pending,

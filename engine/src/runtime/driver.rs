@@ -98,6 +98,15 @@ pub struct Driver {
     /// Jobs on the blocking pool; shutdown waits for them.
     jobs_in_flight: Cell<usize>,
     started: Instant,
+    /// Where idle connections are parked (`lot.rs`); None with `park_idle_ms` 0.
+    pub lot: Option<Rc<super::lot::Lot>>,
+    /// Connections with a task, oldest stamp first: (connection, when it was last seen active,
+    /// ms). Each connection with a task is here once; the tick asks those idle for
+    /// `park_idle_ms` to park, and puts back those active since.
+    idle: RefCell<std::collections::VecDeque<(ConnId, u64)>>,
+    /// The coarse clock connections stamp their activity with: ms since the shard started, as of
+    /// the last tick or connection start (no clock read per turn of a connection).
+    clock_ms: Cell<u64>,
 }
 
 fn now(started: Instant) -> Now {
@@ -138,7 +147,63 @@ impl Driver {
             metrics,
             jobs_in_flight: Cell::new(0),
             started,
+            lot: (cfg.park_idle_ms > 0)
+                .then(|| {
+                    super::lot::Lot::new().map_err(|e| tracing::warn!(error = %e, "no epoll instance: connections are never parked")).ok()
+                })
+                .flatten()
+                .map(Rc::new),
+            idle: RefCell::new(std::collections::VecDeque::new()),
+            clock_ms: Cell::new(0),
             cfg,
+        }
+    }
+
+    /// Starts the task that unparks connections (with a lot).
+    pub fn start_lot(self: &Rc<Self>) {
+        if let Some(lot) = &self.lot {
+            glommio::spawn_local(lot.clone().run(self.clone())).detach();
+        }
+    }
+
+    /// The coarse clock (see `clock_ms`).
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms.get()
+    }
+
+    /// Watches a connection with a task for idleness, from `since` (ms).
+    pub fn idle_watch(&self, conn: ConnId, since: u64) {
+        if self.lot.is_some() {
+            self.idle.borrow_mut().push_back((conn, since));
+        }
+    }
+
+    /// A registered connection's handle.
+    pub fn handle(&self, conn: ConnId) -> Option<Rc<ConnHandle>> {
+        self.conns.borrow().get(&conn).cloned()
+    }
+
+    /// Asks connections idle for `park_idle_ms` to park; the rest are watched on.
+    fn park_idle(&self) {
+        let now = self.clock_ms.get();
+        let after = self.cfg.park_idle_ms;
+        loop {
+            let Some(&(conn, since)) = self.idle.borrow().front() else { break };
+            if since + after > now {
+                break;
+            }
+            self.idle.borrow_mut().pop_front();
+            // Gone, or parked (and so not watched): nothing to do.
+            let Some(h) = self.handle(conn) else { continue };
+            if h.is_finished() || h.is_parked() {
+                continue;
+            }
+            if h.active_ms() + after <= now {
+                // The task parks it, or (busy after all) watches it again.
+                h.request_park();
+            } else {
+                self.idle.borrow_mut().push_back((conn, h.active_ms()));
+            }
         }
     }
 
@@ -217,6 +282,8 @@ impl Driver {
     }
 
     pub fn tick(self: &Rc<Self>) {
+        self.clock_ms.set(self.started.elapsed().as_millis() as u64);
+        self.park_idle();
         self.close_overdue_partials();
         self.dispatch(Event::Tick);
     }

@@ -7,6 +7,7 @@ mod accept;
 pub mod bridge;
 mod conn;
 mod driver;
+mod lot;
 #[cfg(test)]
 mod park_tests;
 
@@ -290,6 +291,7 @@ async fn shard_main(id: usize, sh: Shared) -> Result<(), String> {
     let listener = bind_listener(cfg.listen).map_err(|e| format!("binding {}: {e}", cfg.listen))?;
     let d = Rc::new(Driver::new(id, cfg.clone(), store, cluster, senders, metrics));
     d.start_mesh(receivers);
+    d.start_lot();
     let acceptor = glommio::spawn_local(accept::accept_loop(d.clone(), listener, slots, handshakes_max));
     // The shard serves from here: its listener accepts (the kernel queues connections before
     // the accept loop first runs) and its loop runs. Readiness and, in cluster mode, this node's

@@ -16,6 +16,7 @@ mod liveness;
 mod logs;
 mod media;
 mod messaging;
+mod parking;
 mod poll;
 mod push;
 mod rest;

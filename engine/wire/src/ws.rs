@@ -96,6 +96,11 @@ impl Fragmented {
 
 impl FrameReader {
     /// Bytes this reader holds between reads (0 for a connection between frames).
+    /// Whether no frame or message is half read: the reader holds no state at all.
+    pub fn is_idle(&self) -> bool {
+        self.partial.is_none()
+    }
+
     pub fn held_bytes(&self) -> usize {
         self.partial.as_ref().map_or(0, |p| p.pending.capacity() + p.message.as_ref().map_or(0, |m| m.body.capacity()))
     }

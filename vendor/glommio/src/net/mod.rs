@@ -117,3 +117,10 @@ pub use self::{
     udp_socket::UdpSocket,
     unix::{AcceptedUnixStream, UnixDatagram, UnixListener, UnixStream},
 };
+
+/// shardchat patch: waits until `fd` is readable (one io_uring poll, cancelled if this future
+/// is dropped first), for descriptors glommio does not wrap, such as an epoll instance.
+pub async fn readable(fd: std::os::unix::io::RawFd) -> io::Result<()> {
+    let source = crate::executor().reactor().poll_read_ready(fd);
+    source.collect_rw().await.map(|_| ())
+}

@@ -225,6 +225,22 @@ pub(crate) struct NonBufferedStream<S> {
     read_timeout: Timeout,
 }
 
+impl<S: std::os::unix::io::IntoRawFd> NonBufferedStream<S> {
+    /// shardchat patch: the descriptor, still open, once this stream's readiness polls are
+    /// dropped (cancelled) and its timers removed: what holding a socket without a stream costs
+    /// nothing of the reactor's.
+    pub(crate) fn into_raw_fd(self) -> RawFd {
+        if let Some(reactor) = self.reactor.upgrade() {
+            self.read_timeout.cancel_timer(&reactor);
+            self.write_timeout.cancel_timer(&reactor);
+        }
+        let NonBufferedStream { stream, source_tx, source_rx, .. } = self;
+        drop(source_tx);
+        drop(source_rx);
+        stream.into_raw_fd()
+    }
+}
+
 impl<S: AsRawFd> NonBufferedStream<S> {
     fn init(&mut self) {
         let reactor = self.reactor.upgrade().unwrap();
@@ -391,6 +407,13 @@ where
     unsafe fn from_raw_fd(fd: RawFd) -> Self {
         let socket = socket2::Socket::from_raw_fd(fd);
         GlommioStream::from(socket)
+    }
+}
+
+impl<S: std::os::unix::io::IntoRawFd> GlommioStream<S, NonBuffered> {
+    /// shardchat patch: see [`NonBufferedStream::into_raw_fd`].
+    pub(crate) fn into_raw_fd(self) -> RawFd {
+        self.stream.into_raw_fd()
     }
 }
 

@@ -386,6 +386,14 @@ impl<B: RxBuf> AsRawFd for TcpStream<B> {
     }
 }
 
+/// shardchat patch: the socket's descriptor, left open, with nothing of the stream left in the
+/// reactor (its pending readiness polls are cancelled). `from_raw_fd` takes it back.
+impl IntoRawFd for TcpStream {
+    fn into_raw_fd(self) -> RawFd {
+        self.stream.into_raw_fd()
+    }
+}
+
 impl FromRawFd for TcpStream {
     unsafe fn from_raw_fd(fd: RawFd) -> Self {
         let socket = socket2::Socket::from_raw_fd(fd);
