@@ -697,3 +697,14 @@ mod tests {
         });
     }
 }
+
+#[cfg(test)]
+mod size {
+    /// What every connection, parked or not, pays for its handle (ARCHITECTURE.md's budget).
+    #[test]
+    fn a_connection_handle_stays_within_its_budget() {
+        let bytes = std::mem::size_of::<super::ConnHandle>();
+        eprintln!("ConnHandle: {bytes} bytes");
+        assert!(bytes <= 120, "ConnHandle grew to {bytes} bytes: recount the memory budget");
+    }
+}
