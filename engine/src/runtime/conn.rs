@@ -283,7 +283,7 @@ async fn serve(mut conn: Conn, first: Option<Exit>, mut slot: super::accept::Slo
         match conn.park(slot) {
             Ok(()) => return,
             // The lot could not take it: it goes on with a task.
-            Err((c, s)) => (conn, slot) = (c, s),
+            Err(back) => (conn, slot) = *back,
         }
     };
     let (d, id, handle) = (conn.d.clone(), conn.id, conn.h.clone());
@@ -381,7 +381,7 @@ impl Conn {
 
     /// Hands the socket to the shard's lot (the task then ends); the connection back if the lot
     /// could not take it.
-    fn park(self, slot: super::accept::Slot) -> Result<(), (Conn, super::accept::Slot)> {
+    fn park(self, slot: super::accept::Slot) -> Result<(), Box<(Conn, super::accept::Slot)>> {
         use std::os::fd::IntoRawFd;
         let (d, id, h) = (self.d.clone(), self.id, self.h.clone());
         // `Conn`'s drop has nothing to give back: a parkable connection holds no partial bytes.
@@ -398,7 +398,7 @@ impl Conn {
                 Ok(())
             }
             // SAFETY: the lot gave the descriptor back untouched.
-            Err((fd, slot)) => Err((Conn::new(&d, id, h, unsafe { TcpStream::from_raw_fd(fd) }), slot)),
+            Err((fd, slot)) => Err(Box::new((Conn::new(&d, id, h, unsafe { TcpStream::from_raw_fd(fd) }), slot))),
         }
     }
 
