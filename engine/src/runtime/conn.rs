@@ -406,10 +406,15 @@ impl Conn {
     /// or parks.
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
         self.h.active_ms.set(self.d.clock_ms());
+        // Whether this turn moved anything (read a frame, wrote one): a connection asked to park
+        // that turns out busy in the same turn (its client spoke just then; a send whose ack is
+        // still to come) keeps its task.
+        let mut busy = false;
         loop {
             if let Some((code, reason)) = self.h.closing.get() {
                 return Poll::Ready(Exit::Close(code, reason));
             }
+            busy |= !self.unsent.is_empty() || !self.h.queue.borrow().is_empty();
             let write_blocked = match self.poll_write_queue(cx) {
                 Poll::Ready(Err(_)) => return Poll::Ready(Exit::Gone),
                 Poll::Ready(Ok(())) => {
@@ -436,11 +441,10 @@ impl Conn {
                 // Whether the socket said "nothing more now" (and so will wake us when more
                 // comes). If every read of the turn returned data, nothing is registered to wake
                 // this task for the rest: it must ask to be polled again itself.
-                read_parked = false;
                 for _ in 0..READS_PER_TURN {
                     match self.poll_read_once(cx) {
                         Poll::Ready(Some(exit)) => return Poll::Ready(exit),
-                        Poll::Ready(None) => {}
+                        Poll::Ready(None) => busy = true,
                         Poll::Pending => {
                             read_parked = true;
                             break;
@@ -458,7 +462,7 @@ impl Conn {
             *self.h.waker.borrow_mut() = Some(cx.waker().clone());
             if self.h.closing.get().is_none() && (write_blocked || self.h.queue.borrow().is_empty()) {
                 if self.h.park_requested.replace(false) {
-                    if !write_blocked && self.parkable(read_parked) {
+                    if !busy && !write_blocked && self.parkable(read_parked) {
                         return Poll::Ready(Exit::Park);
                     }
                     // Busy after all: watched again, asked again once idle.
