@@ -525,22 +525,37 @@ fn check_media(kind: MsgKind, m: &Media) -> Result<(), FrameError> {
     if !matches!(kind, MsgKind::Image | MsgKind::File) {
         return Err(FrameError::bad_request("`media` goes with kind `image` or `file`"));
     }
-    let hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    let ct_ok = {
-        let part = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
-        m.content_type.len() <= 127 && m.content_type.split_once('/').is_some_and(|(t, s)| part(t) && part(s))
-    };
     let side_ok = |s: Option<u32>| s.is_none_or(|s| (1..=MEDIA_SIDE_MAX).contains(&s));
-    if !hex64(&m.id) || m.thumbnail.as_deref().is_some_and(|t| !hex64(t)) {
+    if !valid_media_id(&m.id) || m.thumbnail.as_deref().is_some_and(|t| !valid_media_id(t)) {
         return Err(FrameError::bad_request("media ids are 64 lowercase hex digits (the SHA-256 an upload answered)"));
     }
-    if !ct_ok || m.size == 0 || m.name.chars().count() > MEDIA_NAME_CHARS_MAX || !side_ok(m.width) || !side_ok(m.height) {
+    if !valid_content_type(&m.content_type)
+        || m.size == 0
+        || m.name.chars().count() > MEDIA_NAME_CHARS_MAX
+        || !side_ok(m.width)
+        || !side_ok(m.height)
+    {
         return Err(FrameError::bad_request(
             "media: a content type type/subtype, a size of at least 1, a name of at most 255 characters, sides of 1 to 100000",
         ));
     }
     Ok(())
 }
+
+/// A media id: the SHA-256 of the bytes, 64 lowercase hex digits.
+pub fn valid_media_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A content type as uploads and downloads carry it: `type/subtype`, lowercase, at most
+/// [`CONTENT_TYPE_BYTES_MAX`] bytes, no parameters.
+pub fn valid_content_type(ct: &str) -> bool {
+    let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+    ct.len() <= CONTENT_TYPE_BYTES_MAX && ct.split_once('/').is_some_and(|(t, s)| ok(t) && ok(s))
+}
+
+/// Longest content type, in bytes.
+pub const CONTENT_TYPE_BYTES_MAX: usize = 127;
 
 /// Longest media file name, in characters.
 pub const MEDIA_NAME_CHARS_MAX: usize = 255;

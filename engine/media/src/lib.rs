@@ -24,20 +24,9 @@ pub use s3::{checksum_header, S3Media, Signed};
 pub use signer::{Grant, Signer};
 pub use store::{FsMediaStore, MediaError, MediaStore, Stored, Upload};
 
-/// A media id: the SHA-256 of the bytes, 64 lowercase hex digits.
-pub fn valid_media_id(id: &str) -> bool {
-    id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// A content type as uploads and downloads carry it: `type/subtype`, lowercase, at most
-/// [`CONTENT_TYPE_BYTES_MAX`] bytes, no parameters.
-pub fn valid_content_type(ct: &str) -> bool {
-    let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
-    ct.len() <= CONTENT_TYPE_BYTES_MAX && ct.split_once('/').is_some_and(|(t, s)| ok(t) && ok(s))
-}
-
-/// Longest content type, in bytes.
-pub const CONTENT_TYPE_BYTES_MAX: usize = 127;
+// What a media id and a content type look like is the wire's rule (a `media` object in a
+// message is checked by the codec): one definition, used here too.
+pub use shardchat_codec::{valid_content_type, valid_media_id, CONTENT_TYPE_BYTES_MAX};
 
 /// The media id of `bytes`: their SHA-256, lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
