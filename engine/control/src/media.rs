@@ -330,10 +330,7 @@ pub(crate) async fn put_upload(
     }
     let mut media = Media { id: stored.id, content_type: ct, size, name, width: None, height: None, thumbnail: None };
     if is_image(&media.content_type) {
-        let (store, id) = (store.clone(), media.id.clone());
-        let source = move || -> Result<ImageSource, String> {
-            store.open(&id).map_err(|e| e.to_string())?.map(ImageSource::File).ok_or_else(|| "stored object missing".to_string())
-        };
+        let source = ImageSource::Stored(media.id.clone());
         image_extras(&ctx, &mut media, source).await;
     }
     Ok(Json(serde_json::to_value(&media).expect("media serializes")))
@@ -349,7 +346,11 @@ fn is_image(content_type: &str) -> bool {
 
 /// An image's bytes, for its dimensions and thumbnail.
 enum ImageSource {
+    /// Object `id` of the embedded store, opened on the blocking pool.
+    Stored(String),
+    /// An object of the embedded store, open.
     File(std::fs::File),
+    /// An object read from S3.
     Bytes(Vec<u8>),
 }
 
@@ -373,22 +374,12 @@ pub(crate) async fn complete_upload(State(ctx): State<Ctx>, Path(token): Path<St
     let mut media = Media { id: id.clone(), content_type: ct, size, name, width: None, height: None, thumbnail: None };
     match &m.backend {
         Backend::Fs(store) => {
-            let store = store.clone();
-            let (found, probe) = (id.clone(), store.clone());
+            let (store, found) = (store.clone(), id.clone());
             // Content-addressed: an object under this id holds exactly the bytes named.
-            let file = tokio::task::spawn_blocking(move || probe.open(&found)).await.map_err(failed)?.map_err(failed)?;
+            let file = tokio::task::spawn_blocking(move || store.open(&found)).await.map_err(failed)?.map_err(failed)?;
             let file = file.ok_or_else(nothing)?;
             if is_image(&media.content_type) {
-                let mut file = Some(file);
-                let source = move || -> Result<ImageSource, String> {
-                    match file.take() {
-                        Some(f) => Ok(ImageSource::File(f)),
-                        None => {
-                            store.open(&id).map_err(|e| e.to_string())?.map(ImageSource::File).ok_or_else(|| "stored object missing".into())
-                        }
-                    }
-                };
-                image_extras(&ctx, &mut media, source).await;
+                image_extras(&ctx, &mut media, ImageSource::File(file)).await;
             }
         }
         Backend::S3 { s3, http } => {
@@ -400,10 +391,7 @@ pub(crate) async fn complete_upload(State(ctx): State<Ctx>, Path(token): Path<St
                     Some(b) => b,
                     None => s3_get(http, &s3.get(&id, &media.content_type, "inline", S3_OWN_URL_TTL), size).await.map_err(failed)?,
                 };
-                let mut bytes = Some(bytes);
-                let source =
-                    move || -> Result<ImageSource, String> { bytes.take().map(ImageSource::Bytes).ok_or_else(|| "read once".into()) };
-                image_extras(&ctx, &mut media, source).await;
+                image_extras(&ctx, &mut media, ImageSource::Bytes(bytes)).await;
             }
         }
     }
@@ -421,11 +409,7 @@ async fn s3_check_upload(
     size: u64,
 ) -> Result<Option<Option<Vec<u8>>>, FrameError> {
     let head = s3.head(id, S3_OWN_URL_TTL);
-    let mut req = http.head(&head.url);
-    for (k, v) in &head.headers {
-        req = req.header(*k, v);
-    }
-    let answer = req.send().await.map_err(failed)?;
+    let answer = with_signed_headers(http.head(&head.url), &head).send().await.map_err(failed)?;
     match answer.status() {
         reqwest::StatusCode::NOT_FOUND => return Ok(None),
         s if !s.is_success() => return Err(failed(format!("S3 HEAD: {s}"))),
@@ -453,6 +437,14 @@ async fn s3_check_upload(
     Ok(Some(read))
 }
 
+/// `req` with the headers its signature covers.
+fn with_signed_headers(mut req: reqwest::RequestBuilder, signed: &shardchat_media::Signed) -> reqwest::RequestBuilder {
+    for (k, v) in &signed.headers {
+        req = req.header(*k, v);
+    }
+    req
+}
+
 /// Object bytes from a signed S3 GET: at most `size_max` of them.
 async fn s3_get(http: &reqwest::Client, url: &str, size_max: u64) -> Result<Vec<u8>, String> {
     let mut answer = http.get(url).send().await.map_err(|e| e.to_string())?;
@@ -473,11 +465,7 @@ async fn s3_get(http: &reqwest::Client, url: &str, size_max: u64) -> Result<Vec<
 async fn s3_put(s3: &S3Media, http: &reqwest::Client, bytes: Vec<u8>) -> Result<String, String> {
     let id = shardchat_media::sha256_hex(&bytes);
     let put = s3.put(&id, bytes.len() as u64, "image/jpeg", S3_OWN_URL_TTL);
-    let mut req = http.put(&put.url).body(bytes);
-    for (k, v) in &put.headers {
-        req = req.header(*k, v);
-    }
-    let answer = req.send().await.map_err(|e| e.to_string())?;
+    let answer = with_signed_headers(http.put(&put.url).body(bytes), &put).send().await.map_err(|e| e.to_string())?;
     if !answer.status().is_success() {
         return Err(format!("S3 PUT: {}", answer.status()));
     }
@@ -487,7 +475,7 @@ async fn s3_put(s3: &S3Media, http: &reqwest::Client, bytes: Vec<u8>) -> Result<
 /// An image's dimensions and thumbnail, off the shards, bounded in pixels, memory and time; an
 /// image that cannot be measured or shrunk (malformed, a decompression bomb) is stored without
 /// them.
-async fn image_extras(ctx: &Ctx, media: &mut Media, mut source: impl FnMut() -> Result<ImageSource, String> + Send + 'static) {
+async fn image_extras(ctx: &Ctx, media: &mut Media, source: ImageSource) {
     let m = &ctx.media;
     let Ok(_permit) = m.thumbnails.acquire().await else { return };
     let fs = match &m.backend {
@@ -497,13 +485,18 @@ async fn image_extras(ctx: &Ctx, media: &mut Media, mut source: impl FnMut() -> 
     // Measured and shrunk on the blocking pool; stored there too on the embedded store, by the
     // S3 client here otherwise.
     let job = tokio::task::spawn_blocking(move || -> Result<Shrunk, String> {
-        let (dims, thumb) = match source()? {
-            ImageSource::File(mut f) => {
-                use std::io::Seek as _;
-                let dims = images::dimensions(&mut f)?;
-                f.rewind().map_err(|e| e.to_string())?;
-                (dims, images::thumbnail(f)?)
+        let from_file = |mut f: std::fs::File| -> Result<((u32, u32), Vec<u8>), String> {
+            use std::io::Seek as _;
+            let dims = images::dimensions(&mut f)?;
+            f.rewind().map_err(|e| e.to_string())?;
+            Ok((dims, images::thumbnail(f)?))
+        };
+        let (dims, thumb) = match source {
+            ImageSource::Stored(id) => {
+                let store = fs.as_ref().expect("only the embedded store names its objects so");
+                from_file(store.open(&id).map_err(|e| e.to_string())?.ok_or_else(|| "stored object missing".to_string())?)?
             }
+            ImageSource::File(f) => from_file(f)?,
             ImageSource::Bytes(b) => (images::dimensions(std::io::Cursor::new(&b))?, images::thumbnail(std::io::Cursor::new(&b))?),
         };
         let Some(store) = fs else { return Ok((dims, thumb, None)) };

@@ -396,7 +396,7 @@ impl Driver {
             }
             Action::Send { conn, payload, class } => {
                 let m = &self.metrics;
-                let Some(c) = self.conns.borrow().get(&conn).cloned() else { return };
+                let Some(c) = self.handle(conn) else { return };
                 match c.push(&payload, class, self.cfg.outbound_queue_bytes_max) {
                     Pushed::Queued => {
                         ShardMetrics::add(&m.frames_out, 1);
@@ -421,7 +421,7 @@ impl Driver {
                 .detach();
             }
             Action::Close { conn, code, reason } => {
-                if let Some(c) = self.conns.borrow().get(&conn) {
+                if let Some(c) = self.handle(conn) {
                     c.close(code, reason);
                 }
             }
@@ -455,7 +455,7 @@ impl Driver {
             Action::Read { conn, job } => {
                 let (d, store) = (self.clone(), self.store.clone());
                 // A socket of this shard, or (None) a long-poll session the bridge holds.
-                let handle = self.conns.borrow().get(&conn).cloned();
+                let handle = self.handle(conn);
                 self.jobs_in_flight.set(self.jobs_in_flight.get() + 1);
                 glommio::spawn_local(async move {
                     // Pace reads by the reader: a sync streams only as fast as the client takes
