@@ -1344,12 +1344,16 @@ impl LocalExecutor {
             }
             if !self.run_one_task_queue() {
                 // No queue is runnable (as before the patch, whatever ran earlier in the loop).
+                if ran {
+                    self.reactor.sys.note_work();
+                }
                 return RunOutcome::Idle;
             } else {
                 ran = true;
             }
         }
         if ran {
+            self.reactor.sys.note_work();
             RunOutcome::Ran
         } else {
             RunOutcome::Preempted
