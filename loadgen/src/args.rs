@@ -99,7 +99,9 @@ pub(crate) struct Args {
     /// ends in .png, else SVG).
     #[arg(long)]
     pub(crate) plot: Option<std::path::PathBuf>,
-    /// Threads (glommio executors, one per core) in each process; 0: the cores divided by --procs.
+    /// Threads (glommio executors, one per core) in each process; 0: the cores divided by
+    /// --procs, or half the cores (the last ones) when every --target is on this host, so the
+    /// server keeps the others.
     #[arg(long, default_value_t = 0)]
     pub(crate) threads: usize,
     /// Which of this process's threads these arguments are for (set at run time).
