@@ -124,12 +124,19 @@ impl Timers {
     fn process_timers(&mut self) -> (Option<Duration>, usize) {
         let now = Instant::now();
 
-        // Split timers into ready and pending timers.
-        let pending = self.timers.split_off(&(now, 0));
-        let ready = mem::replace(&mut self.timers, pending);
-        let woke = ready.len();
-        for (_, waker) in ready {
+        // shardchat patch (see vendor/README.md): the ready timers (due before `now`) are taken
+        // off the front one by one. Upstream split the whole map at `now` on every call (every
+        // pass of the reactor, whether or not anything was due), which allocates the split
+        // path's nodes each time: 3% of the load generator's CPU at 1,000 msg/s, with a timer
+        // per connection.
+        let mut woke = 0;
+        while let Some(first) = self.timers.first_entry() {
+            if first.key().0 >= now {
+                break;
+            }
+            let waker = first.remove();
             wake!(waker);
+            woke += 1;
         }
 
         // Calculate the duration until the next event.
