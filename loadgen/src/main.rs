@@ -27,7 +27,8 @@
 //!
 //! Prints a table, optionally writes `--json` and `--plot` (PNG or SVG: latency by percentile beside
 //! deliveries per second). Thread-per-core like the engine: `--threads` glommio executors
-//! (default: one per core) each run the scenario with their share of the work (`rt.rs`).
+//! (default: one per core, or half the cores when the server is on this host: `procs.rs`) each
+//! run the scenario with their share of the work (`rt.rs`).
 
 mod args;
 mod echo;
