@@ -1912,6 +1912,10 @@ impl Reactor {
                 if !self.latency_timer_fires_by(None) {
                     self.arm_latency_timer(&mut lat_ring, dur);
                     assert!(flush_rings!(lat_ring)? > 0);
+                } else {
+                    // A kept timer whose submission was refused earlier (EBUSY) goes in now;
+                    // with nothing waiting this enters no kernel.
+                    flush_rings!(lat_ring)?;
                 }
             }
             // From this moment on the remote executors are aware that we are sleeping
