@@ -60,8 +60,14 @@ pub fn direct_conv_id(a: &str, b: &str) -> String {
 /// (`a`, `x:a:y`): the contract's scheme is ambiguous there. This returns the leftmost split that
 /// gives two valid ids in byte-wise order. It is a hint for creating a conversation, never an
 /// authorization: membership is what the store recorded when the conversation was created.
+///
+/// No id is built to compare: a split of `d:<rest>` at one of its `:` gives back `conv` when
+/// joined, so byte order is the only thing left to check. (Every op's owner shard is found
+/// through this, so it allocates nothing.)
 pub fn direct_members(conv: &str) -> Option<(&str, &str)> {
-    direct_splits(conv).find(|&(a, b)| a.as_bytes() <= b.as_bytes() && direct_conv_id(a, b) == conv)
+    let found = direct_splits(conv).find(|&(a, b)| a.as_bytes() <= b.as_bytes());
+    debug_assert!(found.is_none_or(|(a, b)| direct_conv_id(a, b) == conv), "a split of {conv} does not join back");
+    found
 }
 
 /// Every way to read `d:<a>:<b>` as two valid user ids, leftmost first, in either order: what a
