@@ -130,6 +130,8 @@ mod tests {
         assert!(first * 10 > apart * 4 && first * 10 < apart * 6, "a's home owned {first} of {apart}");
         assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
         // Groups are placed by their id's hash, as before.
-        assert_eq!(owner_shard("g:7", shards), (mix(stable_hash("g:7")) % 4) as usize);
+        for g in (0..200).map(|i| format!("g:{i}")) {
+            assert_eq!(owner_shard(&g, shards), (mix(stable_hash(&g)) % 4) as usize, "{g} moved");
+        }
     }
 }
