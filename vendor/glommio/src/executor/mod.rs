@@ -1337,27 +1337,22 @@ impl LocalExecutor {
     // will ever wake (the work is this executor's own), so the executor hangs for good.
     fn run_task_queues(&self) -> RunOutcome {
         let mut ran = false;
-        loop {
+        let outcome = loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
-                break;
+                break if ran { RunOutcome::Ran } else { RunOutcome::Preempted };
             }
             if !self.run_one_task_queue() {
                 // No queue is runnable (as before the patch, whatever ran earlier in the loop).
-                if ran {
-                    self.reactor.sys.note_work();
-                }
-                return RunOutcome::Idle;
-            } else {
-                ran = true;
+                break RunOutcome::Idle;
             }
-        }
+            ran = true;
+        };
+        // shardchat patch (fifth, see vendor/README.md): what keeps the latency timer through a park.
         if ran {
             self.reactor.sys.note_work();
-            RunOutcome::Ran
-        } else {
-            RunOutcome::Preempted
         }
+        outcome
     }
 
     /// Whether any task queue has runnable tasks (the park site asserts there is none).

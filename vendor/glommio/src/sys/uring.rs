@@ -1913,8 +1913,9 @@ impl Reactor {
                     self.arm_latency_timer(&mut lat_ring, dur);
                     assert!(flush_rings!(lat_ring)? > 0);
                 } else {
-                    // A kept timer whose submission was refused earlier (EBUSY) goes in now;
-                    // with nothing waiting this enters no kernel.
+                    // The flush above was refused (EBUSY) if the completion queue was full; the
+                    // completions are reaped now, so a kept timer still waiting to go in is
+                    // submitted here, before the sleep. With nothing waiting this enters no kernel.
                     flush_rings!(lat_ring)?;
                 }
             }
