@@ -60,16 +60,16 @@ run() { # name server-port server-pid loadgen-args...
   # A server that loses messages (one that cannot keep up loses deliveries past the receivers'
   # deadline) is a result for the table, not the end of the benchmark: the load generator then
   # exits 2 after writing its report.
-  local logged=0
-  [[ $name == shardchat-* ]] && logged=$(grep -c 'slow commit' "$out/shardchat.log" || true)
+  # shardchat logs each commit that took over 50 ms (a stall inside the store shows there before
+  # it shows in p99): how many this scenario added goes in the table.
+  local slow_before=
+  [[ $name == shardchat-* ]] && slow_before=$(slow_commits)
   lg --target "ws://127.0.0.1:$port/ws" --server-pid "$pid" --json "$out/$name.json" "$@" | tail -n 20 \
     || echo "== $name: the load generator reported loss (see the table)"
-  # shardchat logs each commit that took over 50 ms (a stall inside the store shows here before
-  # it shows in p99): how many this scenario added, for the table.
-  if [[ $name == shardchat-* ]]; then
-    echo $(( $(grep -c 'slow commit' "$out/shardchat.log" || true) - logged )) > "$out/$name.slow-commits"
-  fi
+  if [ -n "$slow_before" ]; then echo $(( $(slow_commits) - slow_before )) > "$out/$name.slow-commits"; fi
 }
+# Lines of shardchat's log that say "slow commit" so far (grep -c prints 0 but fails when none).
+slow_commits() { grep -c 'slow commit' "$out/shardchat.log" || true; }
 
 for who in $servers; do
   case $who in
