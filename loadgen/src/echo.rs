@@ -2,7 +2,7 @@
 //! connection sends text frames on an open-loop schedule, stamped with the time each was due;
 //! the round trip is measured when the echo comes back. Echoes missing at the end are lost.
 
-use crate::{connect_all, hist, now_us, progress, Args, Report, Schedule, Shared};
+use crate::{connect_all, progress, Args, Report, Schedule, Shared};
 use futures::StreamExt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -33,16 +33,15 @@ pub async fn run(args: &Args, report: &mut Report) {
             let (mut tx, mut rx) = ws.split();
             let sh2 = sh.clone();
             let reader = crate::rt::spawn(async move {
-                let mut local = hist();
                 let mut got = 0;
-                let deadline = schedule.end() + ECHO_GRACE;
+                let mut deadline = crate::rt::Deadline::at(schedule.end() + ECHO_GRACE);
                 while got < schedule.total {
-                    match crate::rt::timeout_at(deadline, rx.next()).await {
+                    match deadline.run(rx.next()).await {
                         Ok(Some(Ok(Message::Text(t)))) => {
                             if let Some(sent) = t.split('|').next().and_then(|s| s.parse::<u64>().ok()) {
                                 got += 1;
                                 sh2.delivered.fetch_add(1, Relaxed);
-                                let _ = local.record(now_us().saturating_sub(sent).max(1));
+                                sh2.record(&sh2.latency, sent);
                             }
                         }
                         Ok(Some(Ok(_))) => {}
@@ -50,7 +49,6 @@ pub async fn run(args: &Args, report: &mut Report) {
                     }
                 }
                 sh2.lost.fetch_add(schedule.total - got, Relaxed);
-                sh2.latency.lock().unwrap().as_mut().unwrap().add(&local).unwrap();
             });
             let mut ticks = schedule.ticks();
             while let Some((_, stamp)) = ticks.next().await {

@@ -4,7 +4,7 @@
 //! sends, open loop, at an equal share of `--rate`. Delivery latency, loss and duplicates are
 //! counted as in the other scenarios; typing, receipt and presence frames are counted too.
 
-use crate::{connect_all, create_group, frame_json, hist, now_us, progress, Args, Report, Schedule, Shared, Ws};
+use crate::{connect_all, create_group, frame_json, progress, Args, Report, Schedule, Shared, Ws};
 use futures::StreamExt;
 use serde_json::json;
 use std::collections::HashSet;
@@ -87,12 +87,11 @@ async fn member(
     let sh2 = sh.clone();
     let conv2 = conv.clone();
     let reader = crate::rt::spawn(async move {
-        let (mut lat, mut ack) = (hist(), hist());
         let mut seen = HashSet::new();
-        let deadline = s.end() + GRACE;
+        let mut deadline = crate::rt::Deadline::at(s.end() + GRACE);
         let mut acks = 0;
         while (seen.len() as u64) < expect || acks < s.total {
-            let v = match crate::rt::timeout_at(deadline, rx.next()).await {
+            let v = match deadline.run(rx.next()).await {
                 Ok(Some(Ok(m))) => match frame_json(&m) {
                     Some(v) => v,
                     None => continue,
@@ -108,7 +107,7 @@ async fn member(
                     }
                     sh2.delivered.fetch_add(1, Relaxed);
                     if let Some(sent) = v["body"].as_str().and_then(|b| b.split('|').next()).and_then(|x| x.parse::<u64>().ok()) {
-                        let _ = lat.record(now_us().saturating_sub(sent).max(1));
+                        sh2.record(&sh2.latency, sent);
                     }
                     if (seen.len() as u64).is_multiple_of(READ_EVERY) {
                         let _ = reads_tx.unbounded_send(seq);
@@ -118,7 +117,7 @@ async fn member(
                     acks += 1;
                     sh2.acked.fetch_add(1, Relaxed);
                     if let Some(sent) = v["cmid"].as_str().and_then(|c| c.split(':').nth(1)).and_then(|x| x.parse::<u64>().ok()) {
-                        let _ = ack.record(now_us().saturating_sub(sent).max(1));
+                        sh2.record(&sh2.ack_latency, sent);
                     }
                 }
                 Some("typing") => {
@@ -138,8 +137,6 @@ async fn member(
             }
         }
         sh2.lost.fetch_add(expect.saturating_sub(seen.len() as u64), Relaxed);
-        sh2.latency.lock().unwrap().as_mut().unwrap().add(&lat).unwrap();
-        sh2.ack_latency.lock().unwrap().as_mut().unwrap().add(&ack).unwrap();
     });
     let _ = tx.send(Message::Text(json!({"t":"presence_sub","users":watch}).to_string().into())).await;
     let mut ticks = s.ticks();
