@@ -27,6 +27,10 @@ struct State {
     /// writers get the error: after a failed fsync the kernel may have dropped the dirty pages, so
     /// a later successful fsync proves nothing about them (the "fsyncgate" lesson).
     failed: Option<(u64, String)>,
+    /// Writers asleep on `done`. A leader wakes them only when there are any: a `notify_all`
+    /// is a futex syscall even with nobody waiting, and with traffic light enough that each
+    /// fsync covers one batch (1,000 msg/s) nobody is.
+    waiters: usize,
 }
 
 /// Counts what group commit did, for metrics and tests.
@@ -34,6 +38,8 @@ struct State {
 pub struct GroupStats {
     pub commits: AtomicU64,
     pub fsyncs: AtomicU64,
+    /// Times a leader woke the writers waiting on its fsync.
+    pub wakeups: AtomicU64,
 }
 
 pub struct GroupCommit {
@@ -104,10 +110,15 @@ impl GroupCommit {
                     Ok(()) => st.synced = st.synced.max(target),
                     Err(e) => st.failed = Some((target, e.clone())),
                 }
-                self.done.notify_all();
+                if st.waiters > 0 {
+                    self.stats.wakeups.fetch_add(1, Ordering::Relaxed);
+                    self.done.notify_all();
+                }
                 return result;
             }
+            st.waiters += 1;
             st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+            st.waiters -= 1;
         }
     }
 }
@@ -140,8 +151,34 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// Runs `f` on a thread of its own and fails if it has not returned within `limit`: a writer
+    /// left asleep on the condition variable must fail the test, not hang it.
+    fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(limit).expect("a writer waiting on an fsync was never woken")
+    }
+
+    /// One writer at a time (traffic light enough that every fsync covers one batch): nobody
+    /// waits, so no leader pays for waking anybody.
+    #[test]
+    fn a_lone_writer_wakes_nobody() {
+        let gc = GroupCommit::new(Duration::ZERO);
+        for _ in 0..100 {
+            gc.begin_write().wait_durable(|| Ok(())).unwrap();
+        }
+        assert_eq!(gc.stats.fsyncs.load(Ordering::Relaxed), 100);
+        assert_eq!(gc.stats.wakeups.load(Ordering::Relaxed), 0);
+    }
+
     #[test]
     fn concurrent_writers_share_fsyncs_and_all_become_durable() {
+        within(Duration::from_secs(60), concurrent_writers_share_fsyncs_and_all_become_durable_inner)
+    }
+
+    fn concurrent_writers_share_fsyncs_and_all_become_durable_inner() {
         let gc = Arc::new(GroupCommit::new(Duration::from_millis(2)));
         let durable = Arc::new(AtomicU64::new(0));
         let threads: Vec<_> = (0..8)
@@ -165,6 +202,7 @@ mod tests {
         assert_eq!(durable.load(Ordering::Relaxed), 400);
         let fsyncs = gc.stats.fsyncs.load(Ordering::Relaxed);
         assert!(fsyncs < 400, "group commit shared no fsync: {fsyncs} fsyncs for 400 commits");
+        assert!(gc.stats.wakeups.load(Ordering::Relaxed) > 0, "writers that shared an fsync waited for it");
     }
 
     /// The journal's lock is held through an fsync (as fjall's is): writers queue behind it and
@@ -172,6 +210,10 @@ mod tests {
     /// commit interval.
     #[test]
     fn writers_queued_behind_an_fsync_share_the_next_one() {
+        within(Duration::from_secs(60), writers_queued_behind_an_fsync_share_the_next_one_inner)
+    }
+
+    fn writers_queued_behind_an_fsync_share_the_next_one_inner() {
         let gc = Arc::new(GroupCommit::new(Duration::ZERO));
         let journal = Arc::new(Mutex::new(()));
         let (writers, each) = (4, 100);
