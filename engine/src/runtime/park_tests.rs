@@ -77,3 +77,113 @@ fn a_parked_executor_is_woken_by_every_cross_executor_message() {
         assert!(rx_done.recv_timeout(Duration::from_secs(60)).is_ok(), "side {side}: a wake-up was lost and the exchange hung");
     }
 }
+
+/// This thread's voluntary context switches so far: each time it slept and was woken.
+fn voluntary_switches() -> u64 {
+    let status = std::fs::read_to_string("/proc/thread-self/status").expect("read /proc/thread-self/status");
+    let line = status.lines().find(|l| l.starts_with("voluntary_ctxt_switches:")).expect("a voluntary_ctxt_switches line");
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("a count")
+}
+
+/// Two executors over the channel mesh: the first (the producer) runs `produce`, the second
+/// receives `items` and runs `consume` on each. Returns what `produce` returned, or `None` if
+/// the two had not finished within `within` (a wake-up lost for good).
+fn over_the_mesh<P: Send + 'static>(
+    capacity: usize,
+    items: u64,
+    within: Duration,
+    produce: impl FnOnce(glommio::channels::channel_mesh::Senders<u64>) -> std::pin::Pin<Box<dyn std::future::Future<Output = P>>>
+        + Send
+        + 'static,
+    consume: impl Fn(u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send + 'static,
+) -> Option<P> {
+    use glommio::channels::channel_mesh::MeshBuilder;
+    let mesh = MeshBuilder::<u64, _>::full(2, capacity);
+    let (tx_out, rx_out) = mpsc::channel();
+    let (tx_done, rx_done) = mpsc::channel();
+    let m = mesh.clone();
+    std::thread::spawn(move || {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("executor");
+        let out = ex.run(async move {
+            let (tx, _rx) = m.join().await.unwrap();
+            assert_eq!(tx.peer_id(), 0, "the producer joins first");
+            produce(tx).await
+        });
+        let _ = tx_out.send(out);
+    });
+    // The producer takes peer 0: let it join first.
+    std::thread::sleep(Duration::from_millis(50));
+    std::thread::spawn(move || {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("executor");
+        ex.run(async move {
+            let (_tx, mut rx) = mesh.join().await.unwrap();
+            let (_, inbox) = rx.streams().pop().unwrap();
+            for i in 0..items {
+                assert_eq!(inbox.recv().await.unwrap(), i);
+                consume(i).await;
+            }
+        });
+        let _ = tx_done.send(());
+    });
+    let out = rx_out.recv_timeout(within).ok()?;
+    rx_done.recv_timeout(within).ok()?;
+    Some(out)
+}
+
+/// The third patch (vendor/README.md): a consumer wakes the producer's executor only when its
+/// pop frees a full queue. Here the queue holds 2 and the producer sends 20,000 as fast as it
+/// can, so it waits for room all the time while the consumer, pausing now and then, parks: a
+/// producer that registered for room and was not woken hangs the exchange. (With pops never
+/// waking the producer, it hangs at once.)
+#[test]
+fn a_producer_waiting_for_room_is_woken_by_the_pop_that_frees_it() {
+    const ITEMS: u64 = 20_000;
+    let sent = over_the_mesh(
+        2,
+        ITEMS,
+        Duration::from_secs(60),
+        |tx| {
+            Box::pin(async move {
+                for i in 0..ITEMS {
+                    tx.send_to(1, i).await.unwrap();
+                }
+                ITEMS
+            })
+        },
+        |i| {
+            Box::pin(async move {
+                if i % 64 == 0 {
+                    glommio::timer::sleep(Duration::from_micros(200)).await;
+                }
+            })
+        },
+    );
+    assert_eq!(sent, Some(ITEMS), "a producer waiting for room was never woken and the exchange hung");
+}
+
+/// ... and a pop from a queue with room wakes nobody. The producer sends 100 (the queue holds
+/// 256) and sleeps 400 ms while the consumer takes them one every 2 ms: the producer's thread
+/// should sleep through it. Upstream, every pop wrote the producer's eventfd: 100 wakes for
+/// nothing, one per cross-shard message in the engine.
+#[test]
+fn a_pop_from_a_queue_with_room_does_not_wake_the_producer() {
+    const ITEMS: u64 = 100;
+    let woken = over_the_mesh(
+        256,
+        ITEMS,
+        Duration::from_secs(60),
+        |tx| {
+            Box::pin(async move {
+                for i in 0..ITEMS {
+                    tx.send_to(1, i).await.unwrap();
+                }
+                let before = voluntary_switches();
+                glommio::timer::sleep(Duration::from_millis(400)).await;
+                voluntary_switches() - before
+            })
+        },
+        |_| Box::pin(glommio::timer::sleep(Duration::from_millis(2))),
+    )
+    .expect("the exchange finished");
+    assert!(woken < ITEMS / 4, "the producer was woken {woken} times while the consumer took {ITEMS} items");
+}

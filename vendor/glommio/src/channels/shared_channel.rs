@@ -303,6 +303,13 @@ impl<T: Send + Sized> ConnectedSender<T> {
                     .upgrade()
                     .unwrap()
                     .add_shared_channel_waker(self.id, cx.waker().clone());
+                // shardchat patch (see vendor/README.md): the consumer now wakes this executor
+                // only when a pop frees a full queue, so look again once the waker is in place:
+                // a pop that raced the look above is seen here, or sees the queue full and
+                // wakes us. The waker left registered costs one spurious poll at most.
+                if self.state.buffer.room_after_waiting() {
+                    return Poll::Ready(());
+                }
                 Poll::Pending
             }
         }
@@ -403,7 +410,7 @@ impl<T: Send + Sized> ConnectedReceiver<T> {
     }
 
     fn do_recv_one(&self, cx: &mut Context<'_>, disconnected: bool) -> Poll<Option<T>> {
-        match self.state.buffer.try_pop() {
+        match self.state.buffer.try_pop_freeing() {
             None => {
                 if disconnected {
                     Poll::Ready(None)
@@ -419,9 +426,16 @@ impl<T: Send + Sized> ConnectedReceiver<T> {
                     Poll::Pending
                 }
             }
-            res => {
-                self.notifier.notify(false);
-                Poll::Ready(res)
+            Some((v, was_full)) => {
+                // shardchat patch (see vendor/README.md): upstream notified the producer's
+                // executor after every pop, and a notify writes its eventfd whenever it sleeps:
+                // one wake of the sending shard, for nothing, per cross-shard message. A
+                // producer waits for room only on a full queue, so only a pop that frees one
+                // needs to wake it.
+                if was_full {
+                    self.notifier.notify(false);
+                }
+                Poll::Ready(Some(v))
             }
         }
     }

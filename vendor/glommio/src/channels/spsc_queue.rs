@@ -131,15 +131,34 @@ impl<T> Buffer<T> {
     /// decide what to do next (e.g. spin-wait, sleep, process something
     /// else, etc.)
     fn try_pop(&self) -> Option<T> {
+        self.try_pop_freeing().map(|(v, _)| v)
+    }
+
+    /// shardchat patch (see vendor/README.md): [`Buffer::try_pop`], and whether the queue was
+    /// full before this pop, so that only then the consumer wakes the producer's executor (a
+    /// producer waits for room only on a full queue). The consumer's half of a Dekker pairing
+    /// with [`Buffer::room_after_waiting`]: the new head is published, a SeqCst fence, then the
+    /// tail is read; the producer registers its waker, fences, then reads the head. Either the
+    /// producer sees this pop's room, or this sees every push that filled the queue and says so.
+    fn try_pop_freeing(&self) -> Option<(T, bool)> {
         let head = self.ccache.head.load(Ordering::Relaxed);
         let slot = unsafe { &*self.buffer_storage.add(head & self.mask) };
         if !slot.has_value.load(Ordering::Acquire) {
             return None;
         }
-        let v = Some(unsafe { slot.value.get().read().assume_init() });
+        let v = unsafe { slot.value.get().read().assume_init() };
         slot.has_value.store(false, Ordering::Release);
         self.ccache.head.store(head + 1, Ordering::Relaxed);
-        v
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let was_full = self.pcache.tail.load(Ordering::Relaxed).saturating_sub(head) >= self.capacity;
+        Some((v, was_full))
+    }
+
+    /// shardchat patch: the producer's half of the pairing in [`Buffer::try_pop_freeing`], called
+    /// after its waker is registered: whether there is room now.
+    fn room_after_waiting(&self) -> bool {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.size() < self.capacity
     }
 
     fn has_space(&self, tail: usize) -> bool {
@@ -357,6 +376,11 @@ impl<T> Producer<T> {
     pub fn free_space(&self) -> usize {
         self.capacity() - self.size()
     }
+
+    /// shardchat patch: see [`Buffer::room_after_waiting`].
+    pub(crate) fn room_after_waiting(&self) -> bool {
+        (*self.buffer).room_after_waiting()
+    }
 }
 
 impl<T> BufferHalf for Consumer<T> {
@@ -398,6 +422,11 @@ impl<T> Consumer<T> {
     /// return `Some(v)`, where `v` is the value being popped off the queue.
     pub fn try_pop(&self) -> Option<T> {
         (*self.buffer).try_pop()
+    }
+
+    /// shardchat patch: see [`Buffer::try_pop_freeing`].
+    pub(crate) fn try_pop_freeing(&self) -> Option<(T, bool)> {
+        (*self.buffer).try_pop_freeing()
     }
 }
 
