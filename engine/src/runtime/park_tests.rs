@@ -85,16 +85,15 @@ fn voluntary_switches() -> u64 {
     line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("a count")
 }
 
-/// Two executors over the channel mesh: the first (the producer) runs `produce`, the second
-/// receives `items` and runs `consume` on each. Returns what `produce` returned, or `None` if
-/// the two had not finished within `within` (a wake-up lost for good).
+/// Two executors over the channel mesh, with queues of `capacity`: the first (the producer)
+/// sends `items` as fast as it can and then runs `then`; the second receives them and runs
+/// `consume` on each. Returns what `then` returned, or `None` if the two had not finished within
+/// `within` (a wake-up lost for good).
 fn over_the_mesh<P: Send + 'static>(
     capacity: usize,
     items: u64,
     within: Duration,
-    produce: impl FnOnce(glommio::channels::channel_mesh::Senders<u64>) -> std::pin::Pin<Box<dyn std::future::Future<Output = P>>>
-        + Send
-        + 'static,
+    then: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = P>>> + Send + 'static,
     consume: impl Fn(u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send + 'static,
 ) -> Option<P> {
     use glommio::channels::channel_mesh::MeshBuilder;
@@ -107,7 +106,10 @@ fn over_the_mesh<P: Send + 'static>(
         let out = ex.run(async move {
             let (tx, _rx) = m.join().await.unwrap();
             assert_eq!(tx.peer_id(), 0, "the producer joins first");
-            produce(tx).await
+            for i in 0..items {
+                tx.send_to(1, i).await.unwrap();
+            }
+            then().await
         });
         let _ = tx_out.send(out);
     });
@@ -142,14 +144,7 @@ fn a_producer_waiting_for_room_is_woken_by_the_pop_that_frees_it() {
         2,
         ITEMS,
         Duration::from_secs(60),
-        |tx| {
-            Box::pin(async move {
-                for i in 0..ITEMS {
-                    tx.send_to(1, i).await.unwrap();
-                }
-                ITEMS
-            })
-        },
+        || Box::pin(async { ITEMS }),
         |i| {
             Box::pin(async move {
                 if i % 64 == 0 {
@@ -172,11 +167,8 @@ fn a_pop_from_a_queue_with_room_does_not_wake_the_producer() {
         256,
         ITEMS,
         Duration::from_secs(60),
-        |tx| {
-            Box::pin(async move {
-                for i in 0..ITEMS {
-                    tx.send_to(1, i).await.unwrap();
-                }
+        || {
+            Box::pin(async {
                 let before = voluntary_switches();
                 glommio::timer::sleep(Duration::from_millis(400)).await;
                 voluntary_switches() - before
