@@ -189,7 +189,14 @@ mod tests {
         let interval = Duration::from_millis(300);
         let gc = GroupCommit::new(interval);
         let starts = Mutex::new(Vec::new());
-        let commit = || gc.begin_write().wait_durable(|| Ok(starts.lock().unwrap().push(Instant::now()))).unwrap();
+        let commit = || {
+            gc.begin_write()
+                .wait_durable(|| {
+                    starts.lock().unwrap().push(Instant::now());
+                    Ok(())
+                })
+                .unwrap()
+        };
         let t0 = Instant::now();
         commit();
         commit();

@@ -155,12 +155,12 @@ impl FjallStore {
         self.db.persist(PersistMode::SyncAll).map_err(io)
     }
 
-    /// A group commit's sync: the journal's data, by `fdatasync`. fjall creates each journal
-    /// file at its full size (64 MiB, `set_len`) and fsyncs it and its folder, and a rotation
-    /// fsyncs the sealed file whole, so appends change no size: `fsync` would also write the
-    /// inode for its modification time on every commit (an extra write, and on a journaled
-    /// ext4 a journal commit), which `fdatasync` skips, while still writing what the data needs
-    /// to be read back (the blocks an append allocates). The shutdown flush
+    /// A group commit's sync: the journal's data, by `fdatasync`. `fsync` would also write the
+    /// inode for its modification time on every commit (an extra write, and on a journaled ext4
+    /// a journal commit), which `fdatasync` writes only when reading the data back needs it: when
+    /// an append allocated blocks (fjall's `set_len` preallocation leaves the first 64 MiB of a
+    /// journal a hole) or moved the end of the file (past those 64 MiB, until the journal rotates
+    /// at the next memtable flush). See ARCHITECTURE.md, group commit. The shutdown flush
     /// ([`FjallStore::persist`]) keeps `fsync`.
     fn sync_journal(&self) -> Result<(), String> {
         self.db.persist(PersistMode::SyncData).map_err(|e| e.to_string())
