@@ -149,6 +149,10 @@ mod version;
 // shardchat patch: retired versions are dropped off the lock holder's thread.
 #[doc(hidden)]
 pub use version::retire::retired_batches_dropped;
+
+// shardchat patch: a table's writeback is started every MiB as it is written.
+#[doc(hidden)]
+pub use table::writer::writeback::writebacks_started;
 mod vlog;
 
 /// User defined key (byte array)

@@ -5,6 +5,8 @@
 mod filter;
 mod index;
 mod meta;
+// shardchat patch: writeback started every MiB (see `writeback`).
+pub(crate) mod writeback;
 
 use super::{
     block::Header as BlockHeader, filter::BloomConstructionPolicy, Block, BlockOffset, DataBlock,
@@ -89,6 +91,9 @@ pub struct Writer {
     /// Tracks the previously written item to detect weak tombstone/value pairs
     previous_item: Option<(UserKey, ValueType)>,
 
+    /// shardchat patch: the file position up to which writeback has been started.
+    written_back_to: u64,
+
     linked_blob_files: Vec<LinkedFile>,
 
     initial_level: u8,
@@ -138,6 +143,8 @@ impl Writer {
             bloom_policy: BloomConstructionPolicy::default(),
 
             previous_item: None,
+
+            written_back_to: 0,
 
             linked_blob_files: Vec::new(),
         })
@@ -340,6 +347,13 @@ impl Writer {
         self.meta.file_pos += u64::from(bytes_written);
         self.meta.item_count += self.chunk.len();
         self.meta.data_block_count += 1;
+
+        // shardchat patch (see `writeback`): start the writeback of every MiB written.
+        if *self.meta.file_pos - self.written_back_to >= writeback::EVERY_BYTES {
+            let file = self.file_writer.get_mut().inner_mut().get_ref();
+            writeback::start(file, self.written_back_to.saturating_sub(writeback::BUFFERED_BYTES));
+            self.written_back_to = *self.meta.file_pos;
+        }
 
         // Back link stuff
         self.prev_pos.0 = self.prev_pos.1;
