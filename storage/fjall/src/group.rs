@@ -104,8 +104,7 @@ impl GroupCommit {
                     std::thread::sleep(wait);
                 }
                 let started = Instant::now();
-                let waiting_since = Instant::now();
-                while self.writing.load(Ordering::Acquire) > 0 && waiting_since.elapsed() < LEADER_WAIT_FOR_WRITERS {
+                while self.writing.load(Ordering::Acquire) > 0 && started.elapsed() < LEADER_WAIT_FOR_WRITERS {
                     std::thread::yield_now();
                 }
                 // Everything with a ticket up to `target` was written before this load.

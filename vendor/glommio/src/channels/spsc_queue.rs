@@ -131,7 +131,15 @@ impl<T> Buffer<T> {
     /// decide what to do next (e.g. spin-wait, sleep, process something
     /// else, etc.)
     fn try_pop(&self) -> Option<T> {
-        self.try_pop_freeing().map(|(v, _)| v)
+        let head = self.ccache.head.load(Ordering::Relaxed);
+        let slot = unsafe { &*self.buffer_storage.add(head & self.mask) };
+        if !slot.has_value.load(Ordering::Acquire) {
+            return None;
+        }
+        let v = Some(unsafe { slot.value.get().read().assume_init() });
+        slot.has_value.store(false, Ordering::Release);
+        self.ccache.head.store(head + 1, Ordering::Relaxed);
+        v
     }
 
     /// shardchat patch (see vendor/README.md): [`Buffer::try_pop`], and whether the queue was
@@ -141,14 +149,9 @@ impl<T> Buffer<T> {
     /// tail is read; the producer registers its waker, fences, then reads the head. Either the
     /// producer sees this pop's room, or this sees every push that filled the queue and says so.
     fn try_pop_freeing(&self) -> Option<(T, bool)> {
+        // Only the consumer moves the head: the one `try_pop` reads is this one.
         let head = self.ccache.head.load(Ordering::Relaxed);
-        let slot = unsafe { &*self.buffer_storage.add(head & self.mask) };
-        if !slot.has_value.load(Ordering::Acquire) {
-            return None;
-        }
-        let v = unsafe { slot.value.get().read().assume_init() };
-        slot.has_value.store(false, Ordering::Release);
-        self.ccache.head.store(head + 1, Ordering::Relaxed);
+        let v = self.try_pop()?;
         std::sync::atomic::fence(Ordering::SeqCst);
         let was_full = self.pcache.tail.load(Ordering::Relaxed).saturating_sub(head) >= self.capacity;
         Some((v, was_full))

@@ -350,8 +350,11 @@ impl Writer {
 
         // shardchat patch (see `writeback`): start the writeback of every MiB written.
         if *self.meta.file_pos - self.written_back_to >= writeback::EVERY_BYTES {
-            let file = self.file_writer.get_mut().inner_mut().get_ref();
-            writeback::start(file, self.written_back_to.saturating_sub(writeback::BUFFERED_BYTES));
+            // Each range starts as far back as the writer's buffer holds: what it held at the
+            // last start had not reached the kernel then.
+            let buffered = self.file_writer.get_mut().inner_mut();
+            let from = self.written_back_to.saturating_sub(buffered.capacity() as u64);
+            writeback::start(buffered.get_ref(), from);
             self.written_back_to = *self.meta.file_pos;
         }
 

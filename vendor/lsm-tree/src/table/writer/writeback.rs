@@ -19,10 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Bytes of a table written before their writeback is started.
 pub(crate) const EVERY_BYTES: u64 = 1 << 20;
 
-/// Bytes the table writer's buffer may hold that have not reached the kernel yet: each range
-/// started begins this far back, so no written byte is left to the final `sync_all` alone.
-pub(crate) const BUFFERED_BYTES: u64 = u16::MAX as u64;
-
 /// Writebacks started (for tests).
 static STARTED: AtomicU64 = AtomicU64::new(0);
 
