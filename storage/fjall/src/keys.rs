@@ -11,6 +11,32 @@ pub fn message(conv: &str, seq: u64) -> Vec<u8> {
     k
 }
 
+/// The first byte of an `index_queue` value that points at its message: [`INDEX_POINTER`], then
+/// the message's `messages` key. Earlier releases stored a copy of the record there, whose first
+/// byte is `record::RECORD_V2` (0xFF) or, in version 1, the first byte of an ASCII string; UTF-8
+/// never holds 0xFE either, so the two never meet.
+pub const INDEX_POINTER: u8 = 0xFE;
+
+/// `index_queue`: id(u64 BE) → [`INDEX_POINTER`] conv 0x00 seq(u64 BE). A pointer, not a second
+/// copy of the record: the copy doubled the bytes every message put through the journal, the
+/// memtables and their flushes (a 54 MB `index_queue` table beside each 50 MB `messages` one).
+pub fn index_pointer(conv: &str, seq: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + conv.len() + 9);
+    v.push(INDEX_POINTER);
+    v.extend_from_slice(conv.as_bytes());
+    v.push(SEP);
+    v.extend_from_slice(&seq.to_be_bytes());
+    v
+}
+
+/// The `messages` key an `index_queue` value points at; None for a stored copy of the record.
+pub fn pointed_message(value: &[u8]) -> Option<&[u8]> {
+    match value.split_first() {
+        Some((&INDEX_POINTER, key)) => Some(key),
+        _ => None,
+    }
+}
+
 /// `conv 0x00`: the prefix of every key of one conversation (or one user) in a keyspace.
 pub fn prefix(id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.len() + 9);

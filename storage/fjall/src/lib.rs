@@ -166,6 +166,18 @@ impl FjallStore {
         self.db.persist(PersistMode::SyncData).map_err(|e| e.to_string())
     }
 
+    /// The record an index queue entry stands for: the message it points at, as stored now (the
+    /// latest edit or delete, which re-queues the same id anyway), or, in a data directory from
+    /// before entries were pointers, the copy the entry holds.
+    fn queued_record(&self, entry: &[u8]) -> Result<MsgRecord, StoreError> {
+        let Some(key) = keys::pointed_message(entry) else { return decode_record(entry) };
+        match self.messages.get(key).map_err(io)? {
+            Some(v) => decode_record(&v),
+            // Messages are never removed, and an entry is written in its message's batch.
+            None => Err(StoreError::Corrupt("an index queue entry names a message that is not stored".into())),
+        }
+    }
+
     fn message(&self, conv: &str, seq: u64) -> Result<Option<MsgRecord>, StoreError> {
         match self.messages.get(keys::message(conv, seq)).map_err(io)? {
             Some(v) => decode_record(&v).map(Some),
@@ -182,17 +194,15 @@ impl MessageStore for FjallStore {
         let writer = self.group.begin_write();
         let mut b = self.db.batch();
         for m in &batch.messages {
-            let rec = encode_record(m);
-            b.insert(&self.index_queue, m.id.to_be_bytes(), rec.clone());
-            b.insert(&self.messages, keys::message(&m.conv, m.seq), rec);
+            b.insert(&self.index_queue, m.id.to_be_bytes(), keys::index_pointer(&m.conv, m.seq));
+            b.insert(&self.messages, keys::message(&m.conv, m.seq), encode_record(m));
             b.insert(&self.dedup, keys::dedup(&m.conv, &m.from, &m.cmid), m.seq.to_be_bytes());
         }
         for m in &batch.updates {
-            let rec = encode_record(m);
             if shardchat_storage::reindexed(m) {
-                b.insert(&self.index_queue, m.id.to_be_bytes(), rec.clone());
+                b.insert(&self.index_queue, m.id.to_be_bytes(), keys::index_pointer(&m.conv, m.seq));
             }
-            b.insert(&self.messages, keys::message(&m.conv, m.seq), rec);
+            b.insert(&self.messages, keys::message(&m.conv, m.seq), encode_record(m));
         }
         for Joined { conv, member: m } in &batch.members {
             b.insert(&self.members, keys::pair(conv, &m.user), membership_value(m));
@@ -350,16 +360,17 @@ impl MessageStore for FjallStore {
         let mut out = Vec::new();
         for g in self.index_queue.range(scan.from.to_be_bytes()..) {
             let (k, v) = g.into_inner().map_err(io)?;
+            let id = be_u64(&k)?;
             if first == u64::MAX {
-                first = be_u64(&k)?;
+                first = id;
             }
-            let m = decode_record(&v)?;
             // Not searchable until durable.
-            if !self.undurable.hides(m.id) {
-                out.push(m);
-                if out.len() == limit {
-                    break;
-                }
+            if self.undurable.hides(id) {
+                continue;
+            }
+            out.push(self.queued_record(&v)?);
+            if out.len() == limit {
+                break;
             }
         }
         scan.done(first, registered);

@@ -76,6 +76,8 @@ mod tests {
                     };
                     let bytes = rkyv::to_bytes::<rancor::Error>(&v1).unwrap();
                     assert_ne!(bytes[0], RECORD_V2, "{v1:?}");
+                    // Nor as an index queue pointer: a queued copy of this age reads as a copy.
+                    assert_ne!(bytes[0], crate::keys::INDEX_POINTER, "{v1:?}");
                     let back = decode(&bytes).unwrap();
                     let want = MsgRecord {
                         conv: conv.into(),
