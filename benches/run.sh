@@ -8,8 +8,12 @@
 #   benches/run.sh                 # the default set (about 2 minutes)
 #   IDLE=15000 DURATION=10 benches/run.sh
 #
-# Both servers run with their default thread counts on all cores, and so does the load generator:
-# on a small machine all three compete for the same cores, which is the same for both servers.
+# Client and server get cores of their own, as on any benchmark rig: the load generator pins
+# itself to the last half of the cores when its target is on this host, and every server runs
+# confined (taskset) to the first half, with its default thread count there (shardchat one shard
+# per core it is given, tokio one worker per core, Node its one thread). Sharing cores, the
+# server's threads and the load generator's preempted each other for milliseconds at a time.
+# On a 1-core machine everything shares the one core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +46,14 @@ if command -v node > /dev/null && command -v npm > /dev/null; then
 else
   echo "== node-relay skipped: no node/npm on this machine"
 fi
+cores=$(nproc --all)
+server_cores=$(( cores / 2 ))
+# A prefix, not a function: `$!` must be the server's pid (taskset execs it), not a subshell's.
+confine=()
+if [ "$server_cores" -ge 1 ]; then
+  confine=(taskset -c "0-$(( server_cores - 1 ))")
+  echo "== servers on cores 0-$(( server_cores - 1 )), the load generator on the other $(( cores - server_cores ))"
+fi
 data=$(mktemp -d)
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$data"; }
 pids=()
@@ -49,13 +61,13 @@ trap cleanup EXIT
 
 # The per-connection and per-user send limits (200 and 400 a second by default) are off: one
 # sender per group offers up to 400 messages a second here, which a real client would not.
-"$bin/shardchat" serve --dev-auth --no-http --listen 127.0.0.1:$port_sc --data-dir "$data/sc" \
+"${confine[@]}" "$bin/shardchat" serve --dev-auth --no-http --listen 127.0.0.1:$port_sc --data-dir "$data/sc" \
     --send-rate-per-s 0 --user-send-rate-per-s 0 >"$out/shardchat.log" 2>&1 &
 pids+=($!); sc_pid=$!
-"$bin/tokio-relay" --listen 127.0.0.1:$port_relay >"$out/relay.log" 2>&1 &
+"${confine[@]}" "$bin/tokio-relay" --listen 127.0.0.1:$port_relay >"$out/relay.log" 2>&1 &
 pids+=($!); relay_pid=$!
 if [[ $servers == *node* ]]; then
-  node benches/baselines/node-relay/relay.js --listen 127.0.0.1:$port_node >"$out/node.log" 2>&1 &
+  "${confine[@]}" node benches/baselines/node-relay/relay.js --listen 127.0.0.1:$port_node >"$out/node.log" 2>&1 &
   pids+=($!); node_pid=$!
 fi
 sleep 2

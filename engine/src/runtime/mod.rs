@@ -92,7 +92,8 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, shutdown.clone()).map_err(|e| format!("installing signal handler: {e}"))?;
     }
-    let cpus: Vec<usize> = CpuSet::online().map_err(|e| format!("reading CPUs: {e}"))?.into_iter().map(|l| l.cpu).collect();
+    let online: Vec<usize> = CpuSet::online().map_err(|e| format!("reading CPUs: {e}"))?.into_iter().map(|l| l.cpu).collect();
+    let cpus = shard_cpus(&online, &allowed_cpus());
     // Peers 0..shards are the shards, peer `shards` the control plane's bridge. glommio numbers
     // mesh peers by executor creation order, so shards are created first, in order.
     let mesh = MeshBuilder::<Wire, _>::full(cfg.shards + 1, MESH_CHANNEL_BATCHES_MAX);
@@ -184,6 +185,32 @@ pub fn serve(cfg: Config) -> Result<(), String> {
 
 /// The embedded store in `data_dir`, or ScyllaDB when `store` names a cluster. The search index
 /// stays in `data_dir` either way: each node indexes the messages it commits.
+/// The CPUs this process may run on: its affinity mask, as `taskset`, a cgroup cpuset or
+/// systemd's `CPUAffinity=` left it. Empty if it cannot be read.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bit set that sched_getaffinity fills; CPU_ISSET reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
+/// The CPUs shards are pinned to, shard `i` to the `i`th (modulo their number): the online CPUs
+/// the process was allowed. Pinning a shard outside that mask would override the operator's
+/// choice (a core kept for interrupts or for another process, a container's cpuset); every
+/// online CPU when nothing is allowed (an unreadable mask).
+fn shard_cpus(online: &[usize], allowed: &[usize]) -> Vec<usize> {
+    let both: Vec<usize> = online.iter().copied().filter(|c| allowed.contains(c)).collect();
+    if both.is_empty() {
+        online.to_vec()
+    } else {
+        both
+    }
+}
+
 fn open_store(cfg: &Config) -> Result<Arc<dyn MessageStore>, String> {
     match &cfg.store {
         None => {
@@ -321,4 +348,16 @@ async fn shard_main(id: usize, sh: Shared) -> Result<(), String> {
     d.tick();
     d.wait_idle(Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::shard_cpus;
+
+    #[test]
+    fn shards_go_to_the_online_cpus_the_process_was_allowed() {
+        assert_eq!(shard_cpus(&[0, 1, 2, 3], &[2, 3]), vec![2, 3]);
+        assert_eq!(shard_cpus(&[0, 1, 2, 3], &[1, 3, 7]), vec![1, 3], "an allowed CPU that is offline is skipped");
+        assert_eq!(shard_cpus(&[0, 1], &[]), vec![0, 1], "an unreadable mask: every online CPU");
+    }
 }

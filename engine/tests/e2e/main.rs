@@ -17,6 +17,7 @@ mod logs;
 mod media;
 mod messaging;
 mod parking;
+mod placement;
 mod poll;
 mod push;
 mod rest;

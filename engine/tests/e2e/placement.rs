@@ -1,0 +1,53 @@
+//! Where the engine's threads run: its shards stay on the CPUs the process was given.
+
+use crate::common::*;
+
+/// The CPUs the calling thread may run on.
+fn allowed() -> Vec<usize> {
+    // SAFETY: `set` is a plain bit set that sched_getaffinity fills; CPU_ISSET reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
+/// Restricts the calling thread (and the processes it starts) to `cpus`.
+fn allow(cpus: &[usize]) {
+    // SAFETY: as above; sched_setaffinity reads the set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+    }
+}
+
+/// Started on its last allowed CPU alone (as `taskset -c N` or a cgroup cpuset would), the engine
+/// pins all three shards there: pinned by the online CPUs' numbers, shard 0 went to CPU 0,
+/// outside the mask, onto a core the operator kept for something else.
+#[test]
+fn shards_stay_on_the_cpus_the_process_was_given() {
+    let mine = allowed();
+    if mine.len() < 2 {
+        return skip("a second CPU to leave out");
+    }
+    let last = *mine.last().unwrap();
+    allow(&[last]);
+    let server = Server::start(&[]);
+    allow(&mine);
+    let mut shards = 0;
+    for task in std::fs::read_dir(format!("/proc/{}/task", server.pid())).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if !comm.starts_with("shard-") {
+            continue;
+        }
+        shards += 1;
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let cpus = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim().to_string();
+        assert_eq!(cpus, last.to_string(), "{} runs on CPUs {cpus}, not the process's {last}", comm.trim());
+    }
+    assert!(shards >= 3, "found {shards} shard threads");
+}
