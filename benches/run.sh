@@ -50,9 +50,11 @@ cores=$(nproc --all)
 server_cores=$(( cores / 2 ))
 # A prefix, not a function: `$!` must be the server's pid (taskset execs it), not a subshell's.
 confine=()
-if [ "$server_cores" -ge 1 ]; then
+if [ "$server_cores" -ge 1 ] && command -v taskset > /dev/null; then
   confine=(taskset -c "0-$(( server_cores - 1 ))")
   echo "== servers on cores 0-$(( server_cores - 1 )), the load generator on the other $(( cores - server_cores ))"
+elif [ "$server_cores" -ge 1 ]; then
+  echo "== no taskset (util-linux) here: servers share every core with the load generator"
 fi
 data=$(mktemp -d)
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$data"; }
