@@ -183,8 +183,6 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     result
 }
 
-/// The embedded store in `data_dir`, or ScyllaDB when `store` names a cluster. The search index
-/// stays in `data_dir` either way: each node indexes the messages it commits.
 /// The CPUs this process may run on: its affinity mask, as `taskset`, a cgroup cpuset or
 /// systemd's `CPUAffinity=` left it. Empty if it cannot be read.
 fn allowed_cpus() -> Vec<usize> {
@@ -211,6 +209,8 @@ fn shard_cpus(online: &[usize], allowed: &[usize]) -> Vec<usize> {
     }
 }
 
+/// The embedded store in `data_dir`, or ScyllaDB when `store` names a cluster. The search index
+/// stays in `data_dir` either way: each node indexes the messages it commits.
 fn open_store(cfg: &Config) -> Result<Arc<dyn MessageStore>, String> {
     match &cfg.store {
         None => {

@@ -17,15 +17,14 @@ pub fn message(conv: &str, seq: u64) -> Vec<u8> {
 /// never holds 0xFE either, so the two never meet.
 pub const INDEX_POINTER: u8 = 0xFE;
 
-/// `index_queue`: id(u64 BE) → [`INDEX_POINTER`] conv 0x00 seq(u64 BE). A pointer, not a second
-/// copy of the record: the copy doubled the bytes every message put through the journal, the
-/// memtables and their flushes (a 54 MB `index_queue` table beside each 50 MB `messages` one).
-pub fn index_pointer(conv: &str, seq: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(1 + conv.len() + 9);
+/// `index_queue`: id(u64 BE) → [`INDEX_POINTER`] then the message's key ([`message`]). A
+/// pointer, not a second copy of the record: the copy doubled the bytes every message put
+/// through the journal, the memtables and their flushes (a 54 MB `index_queue` table beside each
+/// 50 MB `messages` one).
+pub fn index_pointer(message_key: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + message_key.len());
     v.push(INDEX_POINTER);
-    v.extend_from_slice(conv.as_bytes());
-    v.push(SEP);
-    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(message_key);
     v
 }
 

@@ -194,15 +194,17 @@ impl MessageStore for FjallStore {
         let writer = self.group.begin_write();
         let mut b = self.db.batch();
         for m in &batch.messages {
-            b.insert(&self.index_queue, m.id.to_be_bytes(), keys::index_pointer(&m.conv, m.seq));
-            b.insert(&self.messages, keys::message(&m.conv, m.seq), encode_record(m));
+            let key = keys::message(&m.conv, m.seq);
+            b.insert(&self.index_queue, m.id.to_be_bytes(), keys::index_pointer(&key));
+            b.insert(&self.messages, key, encode_record(m));
             b.insert(&self.dedup, keys::dedup(&m.conv, &m.from, &m.cmid), m.seq.to_be_bytes());
         }
         for m in &batch.updates {
+            let key = keys::message(&m.conv, m.seq);
             if shardchat_storage::reindexed(m) {
-                b.insert(&self.index_queue, m.id.to_be_bytes(), keys::index_pointer(&m.conv, m.seq));
+                b.insert(&self.index_queue, m.id.to_be_bytes(), keys::index_pointer(&key));
             }
-            b.insert(&self.messages, keys::message(&m.conv, m.seq), encode_record(m));
+            b.insert(&self.messages, key, encode_record(m));
         }
         for Joined { conv, member: m } in &batch.members {
             b.insert(&self.members, keys::pair(conv, &m.user), membership_value(m));
