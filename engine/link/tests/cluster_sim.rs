@@ -611,6 +611,9 @@ fn presence_crosses_nodes_and_only_watching_nodes_hear_of_changes() {
         c.send(k, r#"{"t":"presence_sub","users":["bob"]}"#);
         assert_eq!(presence(&c.take(k), "bob"), vec!["online"], "seed {seed}: bob is on node 1");
         assert_eq!(c.watchers["bob"], BTreeSet::from([2]), "only node 2 watches bob");
+        // The first answer counts as told: no second "online" follows it.
+        c.tick(1_100);
+        assert_eq!(presence(&c.take(k), "bob"), Vec::<String>::new(), "seed {seed}: nothing changed");
         // Bob leaves node 1: carol hears it once the coalescing interval passes.
         c.nodes[1].inbox[b.1].push_back(Event::Disconnected { conn: b.2 });
         c.run();

@@ -423,6 +423,9 @@ async fn three_nodes_carry_direct_and_group_messages_and_receipts_across_nodes_i
     let p = carol.recv_where(|v| v["t"] == "presence").await;
     assert_eq!((p["user"].as_str(), p["status"].as_str()), (Some("dave"), Some("online")), "{p}");
     assert_eq!(cl.redis.set("shardchat:watch:dave"), BTreeSet::from(["2".to_string()]), "only the watching node is listed");
+    // Past a few ticks: the first answer is not followed by a second "online" (the next
+    // presence frame must be the departure).
+    tokio::time::sleep(Duration::from_millis(600)).await;
     drop(dave);
     let p = carol.recv_where(|v| v["t"] == "presence").await;
     assert_eq!(p["status"], "offline", "{p}");

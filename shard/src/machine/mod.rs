@@ -282,7 +282,8 @@ struct Presence {
     /// Cluster mode: whether the link has answered for the other nodes yet (a first answer
     /// waits for it, so a user online elsewhere is never first reported offline).
     elsewhere_known: bool,
-    /// The status last published to all subscribers.
+    /// The status every answered subscriber last heard (published, or told as a first
+    /// answer); None before anyone is told, or when they heard different ones.
     published: Option<bool>,
     last_publish_ms: u64,
 }

@@ -102,6 +102,7 @@ impl Shard {
         let p = &self.presence[&target];
         if online || self.answerable(p) {
             let payload = frame(&target, online, p.last_seen);
+            self.told(&target, &[sub], online);
             self.send_to(sub.shard, PeerMsg::Deliver { conns: vec![sub.conn], payload, class: Class::Ephemeral });
             return;
         }
@@ -168,8 +169,26 @@ impl Shard {
         if p.subs.is_empty() {
             // Only one-off queries asked: keep nothing.
             self.presence_drop(user);
+        } else {
+            self.told(user, &waiting, online);
         }
         self.deliver_to_subs(&waiting, payload);
+    }
+
+    /// `answered` (new subscribers, or one asking again) are told `online` as a first answer.
+    /// If every other subscriber last heard the same, that status now counts as published, so
+    /// the change that made it answerable (the other nodes' answer, a connection arriving while
+    /// the last-seen read ran) is not published again to those who were just told. If they
+    /// heard otherwise, the subscribers disagree and the next publication goes to all.
+    fn told(&mut self, user: &str, answered: &[ConnRef], online: bool) {
+        let Some(p) = self.presence.get_mut(user) else { return };
+        let waiting = p.waiting.as_deref().unwrap_or_default();
+        let others = p.subs.iter().any(|s| !answered.contains(s) && !waiting.contains(s));
+        if !others || p.published == Some(online) {
+            p.published = Some(online);
+        } else {
+            p.published = None;
+        }
     }
 
     /// Cluster link: the other nodes holding `user` now (its answer to a watch).

@@ -67,6 +67,38 @@ fn presence_by_interest_with_coalescing_and_last_seen_that_survives_restart() {
     assert!(sim.take(w).is_empty());
 }
 
+/// The first answer counts as told. Alice connects while her last-seen time is being read
+/// for a new subscriber; the answer (online) comes after, and the change behind it is not
+/// published again. A second subscriber told "online" while the first still holds "offline"
+/// does not stop the first from hearing the change.
+#[test]
+fn a_first_answer_is_not_followed_by_the_same_status() {
+    let mut sim = Sim::new(1, 14, store());
+    let w = sim.connect("w");
+    sim.push(w, r#"{"t":"presence_sub","users":["alice"]}"#);
+    sim.inbox[0].push_back(Event::Connected { conn: ConnId(99), user: "alice".into(), device: "d".into(), expires_unix_ms: None });
+    sim.run();
+    assert_eq!(presence(&sim.take(w)), vec![("alice".into(), "online".into(), None)]);
+    sim.tick(1_100);
+    assert_eq!(presence(&sim.take(w)), vec![], "alice was online all along");
+
+    // Mixed: w2 hears "online" while w last heard "offline" (not yet published, coalesced).
+    sim.disconnect(Dev(0, ConnId(99)));
+    sim.tick(1_100);
+    assert_eq!(presence(&sim.take(w))[0].1, "offline");
+    let a = sim.connect("alice");
+    let w2 = sim.connect("w2");
+    sim.send(w2, r#"{"t":"presence_sub","users":["alice"]}"#);
+    assert_eq!(presence(&sim.take(w2))[0].1, "online");
+    sim.tick(1_100);
+    assert_eq!(presence(&sim.take(w))[0].1, "online", "w still hears the change");
+    sim.disconnect(a);
+    sim.tick(1_100);
+    assert_eq!(presence(&sim.take(w))[0].1, "offline");
+    // w2 may have heard "online" twice: a publication after a mixed state goes to everyone.
+    assert_eq!(presence(&sim.take(w2)).last().unwrap().1, "offline");
+}
+
 #[test]
 fn presence_flips_when_heartbeats_stop() {
     let mut sim = Sim::new(2, 13, store());
