@@ -25,7 +25,8 @@ pub(crate) static ALL_CONNECTED: std::sync::OnceLock<std::sync::Barrier> = std::
 /// Runs the scenario on `--threads` glommio executors, one pinned to each core, each with its
 /// share of the work, and merges their reports into `report`.
 pub(crate) fn run_threads(args: &Args, report: &mut Report) {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = allowed_cpus();
+    let cores = cpus.len();
     let (threads, first_core) = placement(cores, args.procs, worker_index(args), args.threads, colocated(&args.target));
     let _ = ALL_CONNECTED.set(std::sync::Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
@@ -36,7 +37,7 @@ pub(crate) fn run_threads(args: &Args, report: &mut Report) {
             a.threads = threads;
             let mut r =
                 Report { scenario: report.scenario.clone(), server_rss_before_bytes: report.server_rss_before_bytes, ..Default::default() };
-            glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed((first_core + t) % cores))
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpus[(first_core + t) % cores]))
                 .name(&format!("loadgen-{t}"))
                 .spawn(move || async move {
                     run_scenario(&a, &mut r).await;
@@ -56,7 +57,19 @@ pub(crate) fn run_threads(args: &Args, report: &mut Report) {
     report.loadgen_cpu_seconds = this_process;
 }
 
-/// This process's threads and the core the first is pinned to (the others follow, modulo
+/// The CPUs this process may run on (its affinity mask: `taskset`, a cgroup cpuset), in order;
+/// threads are pinned among these only. Numbered 0.. up to the available parallelism if the
+/// mask cannot be read. Pinned by plain numbers, `taskset -c 1 shardchat-loadgen` put its
+/// thread on CPU 0, the server's.
+fn allowed_cpus() -> Vec<usize> {
+    match core_affinity::get_core_ids() {
+        Some(ids) if !ids.is_empty() => ids.into_iter().map(|c| c.id).collect(),
+        _ => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
+/// This process's threads and the index (among the allowed CPUs) of the core the first is
+/// pinned to (the others follow, modulo
 /// `cores`), for worker `worker` of `procs`, with `--threads` `asked` (0: the default).
 ///
 /// By default a load generator whose server runs on this host (`colocated`) takes half the

@@ -299,3 +299,53 @@ fn several_targets_share_the_connections() {
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(n(&r, "connected"), 200);
 }
+
+/// Started on its last allowed CPU alone (as `taskset -c N` or a cgroup cpuset would), the load
+/// generator pins its threads there. Pinned by plain core numbers, its one thread went to CPU 0,
+/// onto the server's core, and every figure of the run was of two programs sharing one core.
+#[test]
+fn threads_stay_on_the_cpus_the_process_was_given() {
+    let mine: Vec<usize> = core_affinity::get_core_ids().expect("read the affinity mask").into_iter().map(|c| c.id).collect();
+    if mine.len() < 2 {
+        eprintln!("SKIPPED threads_stay_on_the_cpus_the_process_was_given: one CPU, none to leave out");
+        return;
+    }
+    let last = *mine.last().unwrap();
+    let e = Engine::start();
+    let mut cmd = Command::new(LOADGEN);
+    cmd.args(["--target", &e.url(), "--scenario", "direct", "--connections", "20", "--rate", "100", "--duration", "3"]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: between fork and exec only sched_setaffinity runs, on a set built before the fork.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(last, &mut set);
+        cmd.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while seen.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", child.id())) else { continue };
+        for task in tasks.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if !comm.starts_with("loadgen-") {
+                continue;
+            }
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            let cpus = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap_or_default().trim().to_string();
+            seen.push((comm.trim().to_string(), cpus));
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    assert!(!seen.is_empty(), "no loadgen thread seen");
+    for (comm, cpus) in &seen {
+        assert_eq!(cpus, &last.to_string(), "{comm} runs on CPUs {cpus}, not the process's {last}");
+    }
+}

@@ -186,14 +186,7 @@ pub fn serve(cfg: Config) -> Result<(), String> {
 /// The CPUs this process may run on: its affinity mask, as `taskset`, a cgroup cpuset or
 /// systemd's `CPUAffinity=` left it. Empty if it cannot be read.
 fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: `set` is a plain bit set that sched_getaffinity fills; CPU_ISSET reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
-    }
+    core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect()
 }
 
 /// The CPUs shards are pinned to, shard `i` to the `i`th (modulo their number): the online CPUs

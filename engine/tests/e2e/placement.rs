@@ -4,17 +4,12 @@ use crate::common::*;
 
 /// The CPUs the calling thread may run on.
 fn allowed() -> Vec<usize> {
-    // SAFETY: `set` is a plain bit set that sched_getaffinity fills; CPU_ISSET reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);
-        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
-    }
+    core_affinity::get_core_ids().expect("read the affinity mask").into_iter().map(|c| c.id).collect()
 }
 
 /// Restricts the calling thread (and the processes it starts) to `cpus`.
 fn allow(cpus: &[usize]) {
-    // SAFETY: as above; sched_setaffinity reads the set.
+    // SAFETY: `set` is a plain bit set that CPU_SET fills and sched_setaffinity reads.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         for &c in cpus {
