@@ -5,7 +5,7 @@
 # table with the ratios to benches/results/<date>-<host>/. The Node relay runs when `node` and
 # `npm` are installed (its one package, `ws`, is installed from the registry on first use).
 #
-#   benches/run.sh                 # the default set (about 2 minutes)
+#   benches/run.sh                 # the default set (about 9 minutes)
 #   IDLE=15000 DURATION=10 benches/run.sh
 #
 # Client and server get cores of their own, as on any benchmark rig: the load generator pins
@@ -18,6 +18,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 IDLE=${IDLE:-10000}
+# How long the idle connections are held before the second weighing: past shardchat's parking
+# delay (--park-idle-ms, 5 s) and jemalloc's page decay (10 s), so "idle" is an engine's steady
+# state with idle clients, not the moment after they connected.
+IDLE_HOLD=${IDLE_HOLD:-20}
 DURATION=${DURATION:-6}
 DIRECT_RATE=${DIRECT_RATE:-10000}
 # 8,000 msg/s in 100-member groups is 792,000 deliveries a second: issue 16's fan-out bar.
@@ -97,7 +101,7 @@ for who in $servers; do
     relay) port=$port_relay; pid=$relay_pid ;;
     node) port=$port_node; pid=$node_pid ;;
   esac
-  run "$who-idle" $port $pid --scenario idle --connections "$IDLE" --duration 3 --prefix "i$who"
+  run "$who-idle" $port $pid --scenario idle --connections "$IDLE" --duration "$IDLE_HOLD" --prefix "i$who"
   run "$who-direct" $port $pid --scenario direct --connections 1000 --rate "$DIRECT_RATE" --duration "$DURATION" --prefix "d$who"
   run "$who-direct-low" $port $pid --scenario direct --connections 1000 --rate "$LOW_RATE" --duration "$DURATION" --prefix "l$who"
   for r in $GROUP_RATES; do
@@ -119,7 +123,7 @@ except Exception:
   if [ -n "$SUSTAIN_RATES" ]; then echo "{\"rate\": $best}" > "$out/$who-sustained.json"; fi
 done
 
-python3 - "$out" "$GROUP_RATES" "$servers" <<'PY'
+IDLE_HOLD="$IDLE_HOLD" python3 - "$out" "$GROUP_RATES" "$servers" <<'PY'
 import json, sys, os, platform
 out, rates, servers = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 names = {"shardchat": "shardchat", "relay": "tokio-relay", "node": "node-relay"}
@@ -147,7 +151,8 @@ def row(n, label, values, unit, lower_is_better):
 if os.path.exists(os.path.join(out, f"{servers[0]}-sustained.json")):
     row("direct", "highest msg/s with no loss, p99 < 50 ms", [load(w, "sustained")["rate"] or None for w in servers], "", False)
 idle = [load(w, "idle") for w in servers]
-row(f"idle ({idle[0]['connected']} conns)", "RSS bytes per connection", [r["server_bytes_per_connection"] for r in idle], "", True)
+row(f"idle ({idle[0]['connected']} conns)", "RSS bytes per connection, connected", [r["server_bytes_per_connection"] for r in idle], "", True)
+row(f"idle ({idle[0]['connected']} conns)", f"RSS bytes per connection, idle {os.environ.get('IDLE_HOLD', '20')} s", [r.get("server_bytes_per_connection_idle") for r in idle], "", True)
 low = [load(w, "direct-low") for w in servers]
 # Cores the server burns at a light load: its CPU per message times the messages sent a second.
 rate = lambda r: r["sent"] / r["send_seconds"]

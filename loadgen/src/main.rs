@@ -114,7 +114,8 @@ async fn idle(args: &Args, report: &mut Report) {
     // The threads of this process meet once all have connected (a blocking wait, but nothing
     // runs on these executors yet); one of them then weighs the server.
     CONNECTED_HERE.fetch_add(report.connected, Relaxed);
-    if ALL_CONNECTED.get().is_none_or(|b| b.wait().is_leader()) {
+    let leader = ALL_CONNECTED.get().is_none_or(|b| b.wait().is_leader());
+    if leader {
         let here = CONNECTED_HERE.load(Relaxed);
         if args.worker.is_some() {
             println!("{WORKER_CONNECTED}{here}");
@@ -156,9 +157,21 @@ async fn idle(args: &Args, report: &mut Report) {
             true
         }));
     }
-    for _ in 0..args.duration {
+    for second in 1..=args.duration {
         glommio::timer::sleep(Duration::from_secs(1)).await;
         pb.inc(1);
+        // A second before the hold ends (a second into it at the least): the server's memory
+        // once the connections have been idle (a server that parks idle connections has parked
+        // them by then, if the hold is longer than its parking delay).
+        if leader && args.worker.is_none() && second == args.duration.saturating_sub(1).max(1) {
+            if let Some(pid) = args.server_pid {
+                report.server_rss_idle_bytes = rss_bytes(pid);
+                if let (Some(a), Some(b)) = (report.server_rss_idle_bytes, report.server_rss_before_bytes) {
+                    let here = CONNECTED_HERE.load(Relaxed);
+                    report.server_bytes_per_connection_idle = Some(a.saturating_sub(b) as f64 / here.max(1) as f64);
+                }
+            }
+        }
     }
     pb.finish();
     for t in tasks {

@@ -132,6 +132,7 @@ pub(crate) async fn parent(args: &Args, report: &mut Report) {
     }
     drop(tx);
     let (mut connected, mut reported) = (0, 0);
+    let mut idle_weight: Option<tokio::task::JoinHandle<Option<u64>>> = None;
     while let Some((k, line)) = rx.recv().await {
         if let Some(n) = line.strip_prefix(WORKER_CONNECTED) {
             connected += 1;
@@ -140,6 +141,14 @@ pub(crate) async fn parent(args: &Args, report: &mut Report) {
                 // Everyone holds their connections now: the moment to weigh the server.
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 report.server_rss_after_bytes = args.server_pid.and_then(rss_bytes);
+                // And again a second before the workers' hold ends (they started it on
+                // connecting, two seconds ago): the idle figure.
+                let pid = args.server_pid;
+                let wait = Duration::from_secs(args.duration.saturating_sub(3).max(1));
+                idle_weight = Some(tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    pid.and_then(rss_bytes)
+                }));
             }
         } else if let Some(json) = line.strip_prefix(WORKER_REPORT) {
             match serde_json::from_str::<Report>(json) {
@@ -157,6 +166,12 @@ pub(crate) async fn parent(args: &Args, report: &mut Report) {
     }
     if let (Some(a), Some(b)) = (report.server_rss_after_bytes, report.server_rss_before_bytes) {
         report.server_bytes_per_connection = Some((a as f64 - b as f64) / report.connected.max(1) as f64);
+    }
+    if let Some(w) = idle_weight {
+        report.server_rss_idle_bytes = w.await.ok().flatten();
+    }
+    if let (Some(a), Some(b)) = (report.server_rss_idle_bytes, report.server_rss_before_bytes) {
+        report.server_bytes_per_connection_idle = Some((a as f64 - b as f64) / report.connected.max(1) as f64);
     }
     if let Some(pid) = args.server_pid {
         report.server_peak_rss_bytes = peak_rss_bytes(pid);

@@ -17,6 +17,10 @@ pub(crate) struct Report {
     pub(crate) server_rss_before_bytes: Option<u64>,
     pub(crate) server_rss_after_bytes: Option<u64>,
     pub(crate) server_bytes_per_connection: Option<f64>,
+    /// `idle`: the server's RSS a second before the hold ends (the connections idle for the
+    /// duration: parked, if the server parks idle connections), and its growth per connection.
+    pub(crate) server_rss_idle_bytes: Option<u64>,
+    pub(crate) server_bytes_per_connection_idle: Option<f64>,
     pub(crate) sent: u64,
     pub(crate) acked: u64,
     pub(crate) delivered: u64,
@@ -140,6 +144,7 @@ pub(crate) fn print_table(r: &Report) {
         ("server RSS before", r.server_rss_before_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)).unwrap_or("-".into())),
         ("server RSS after", r.server_rss_after_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)).unwrap_or("-".into())),
         ("bytes per connection", r.server_bytes_per_connection.map(|b| format!("{b:.0}")).unwrap_or("-".into())),
+        ("bytes per connection, idle", r.server_bytes_per_connection_idle.map(|b| format!("{b:.0}")).unwrap_or("-".into())),
         ("sent / acked / delivered", format!("{} / {} / {}", r.sent, r.acked, r.delivered)),
         ("lost / duplicates / errors", format!("{} / {} / {}", r.lost, r.duplicates, r.errors)),
         ("delivered per second", format!("{:.0}", r.delivered_per_second)),
@@ -214,6 +219,8 @@ pub(crate) fn merge(into: &mut Report, w: Report) {
     // Server figures are taken by one thread of the process that weighs the server.
     into.server_rss_after_bytes = into.server_rss_after_bytes.or(w.server_rss_after_bytes);
     into.server_bytes_per_connection = into.server_bytes_per_connection.or(w.server_bytes_per_connection);
+    into.server_rss_idle_bytes = into.server_rss_idle_bytes.or(w.server_rss_idle_bytes);
+    into.server_bytes_per_connection_idle = into.server_bytes_per_connection_idle.or(w.server_bytes_per_connection_idle);
     into.server_cpu_seconds = combine(into.server_cpu_seconds, w.server_cpu_seconds, f64::max);
     into.server_peak_rss_bytes = into.server_peak_rss_bytes.max(w.server_peak_rss_bytes);
     // Each worker measures its own CPU: the load generator's is their sum.

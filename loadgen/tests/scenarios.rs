@@ -218,6 +218,15 @@ fn idle_reports_server_memory_per_connection() {
     let r = loadgen(&e.url(), &["--scenario", "idle", "--connections", "200", "--duration", "1", "--server-pid", &pid, "--ramp", "1000"]);
     assert_eq!(n(&r, "connected"), 200);
     assert!(r["server_bytes_per_connection"].as_f64().is_some(), "{r}");
+    // Weighed twice: on connecting and once idle, from one process and from several.
+    for procs in ["1", "2"] {
+        let r =
+            loadgen(&e.url(), &["--scenario", "idle", "--connections", "200", "--duration", "4", "--server-pid", &pid, "--procs", procs]);
+        assert_eq!(n(&r, "connected"), 200, "{r}");
+        let idle = r["server_rss_idle_bytes"].as_u64().unwrap_or_else(|| panic!("--procs {procs}: no idle weighing in {r}"));
+        assert!(idle > n(&r, "server_rss_before_bytes") / 2, "{r}");
+        assert!(r["server_bytes_per_connection_idle"].as_f64().is_some(), "{r}");
+    }
 }
 
 #[test]
