@@ -157,7 +157,9 @@ fn presence_of(v: &Value) -> (String, String) {
 
 #[tokio::test]
 async fn presence_flips_on_connect_disconnect_and_heartbeat_timeout() {
-    let s = Server::start(&["--heartbeat-timeout-ms", "1500"]);
+    // The watcher is silent until its pinger starts below, through a change and a coalescing
+    // interval (1 s): the timeout leaves it room for that on a loaded machine.
+    let s = Server::start(&["--heartbeat-timeout-ms", "3000"]);
     let mut w = Client::connect(&s, "watcher", "d").await;
     w.send(json!({"t":"presence_sub","users":["alice"]})).await;
     assert_eq!(presence_of(&w.recv().await), ("alice".into(), "offline".into()));

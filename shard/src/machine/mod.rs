@@ -285,7 +285,9 @@ struct Presence {
     /// The status every answered subscriber last heard (published, or told as a first
     /// answer); None before anyone is told, or when they heard different ones.
     published: Option<bool>,
-    last_publish_ms: u64,
+    /// When a change was last published (monotonic ms); None before the first. A first answer
+    /// is not a publication: the first change after it goes out at once, as it always did.
+    last_publish_ms: Option<u64>,
 }
 
 /// Counts of what a shard refused or dropped, for metrics: the runtime copies them, it does not

@@ -252,7 +252,11 @@ impl Shard {
         let due: Vec<String> = self
             .presence_dirty
             .iter()
-            .filter(|u| self.presence.get(u.as_str()).is_some_and(|p| p.published.is_none() || now >= p.last_publish_ms + interval))
+            .filter(|u| {
+                self.presence
+                    .get(u.as_str())
+                    .is_some_and(|p| p.published.is_none() || p.last_publish_ms.is_none_or(|t| now >= t + interval))
+            })
             .cloned()
             .collect();
         for user in due {
@@ -263,7 +267,7 @@ impl Shard {
                 continue;
             }
             p.published = Some(online);
-            p.last_publish_ms = now;
+            p.last_publish_ms = Some(now);
             let subs = p.subs.clone();
             let payload = frame(&user, online, p.last_seen);
             self.deliver_to_subs(&subs, payload);

@@ -99,6 +99,20 @@ fn a_first_answer_is_not_followed_by_the_same_status() {
     assert_eq!(presence(&sim.take(w2)).last().unwrap().1, "offline");
 }
 
+/// A first answer is not a publication for the coalescing interval: the first change after it
+/// goes out at the next tick, even in an engine's first second (its monotonic clock near 0).
+#[test]
+fn the_first_change_after_a_first_answer_is_not_held_back() {
+    let mut sim = Sim::new(2, 15, store());
+    sim.now.mono_ms = 0;
+    let w = sim.connect("w");
+    sim.send(w, r#"{"t":"presence_sub","users":["alice"]}"#);
+    assert_eq!(presence(&sim.take(w))[0].1, "offline");
+    sim.connect("alice");
+    sim.tick(250);
+    assert_eq!(presence(&sim.take(w)).last().map(|p| p.1.clone()), Some("online".to_string()));
+}
+
 #[test]
 fn presence_flips_when_heartbeats_stop() {
     let mut sim = Sim::new(2, 13, store());
