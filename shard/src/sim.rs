@@ -40,6 +40,9 @@ pub struct Sim {
     pub rng: Rng,
     pub now: Now,
     pub next_conn: u64,
+    /// Per shard, the wake-up it asked for ([`Action::WakeAt`]), delivered by the tick that
+    /// reaches it.
+    pub wakes: Vec<Option<u64>>,
     /// When Some, every action every shard took, in order (shard, then the action as `Debug`):
     /// what a replay of the same seed must reproduce exactly.
     pub trace: Option<Vec<String>>,
@@ -51,7 +54,7 @@ impl Sim {
     }
 
     pub fn with(shards: usize, seed: u64, store: Arc<dyn MessageStore>, tweak: impl Fn(&mut ShardConfig)) -> Sim {
-        let now = Now { unix_ms: 1_800_000_000_000, mono_ms: 1_000 };
+        let now = Now { unix_ms: 1_800_000_000_000, mono_ms: 1_000, mono_us: 1_000_000 };
         let config = |i| {
             let mut c = ShardConfig::new(i, shards);
             tweak(&mut c);
@@ -68,6 +71,7 @@ impl Sim {
             rng: Rng(seed | 1),
             now,
             next_conn: 1,
+            wakes: vec![None; shards],
             trace: None,
         }
     }
@@ -104,8 +108,15 @@ impl Sim {
 
     pub fn tick(&mut self, advance_ms: u64) {
         self.now.mono_ms += advance_ms;
+        self.now.mono_us += advance_ms * 1000;
         self.now.unix_ms += advance_ms;
-        for q in &mut self.inbox {
+        let now = self.now.mono_us;
+        for (s, q) in self.inbox.iter_mut().enumerate() {
+            // Wake-ups that came due in the advance, then the tick.
+            if self.wakes[s].is_some_and(|due| due <= now) {
+                self.wakes[s] = None;
+                q.push_back(Event::Wake);
+            }
             q.push_back(Event::Tick);
         }
         self.run();
@@ -148,6 +159,10 @@ impl Sim {
                     Action::Lookup(job) => {
                         let outcome = run_read(&*self.store, job);
                         self.inbox[s].push_back(Event::LookupDone(outcome));
+                    }
+                    Action::WakeAt { mono_us } => {
+                        assert!(self.wakes[s].is_none(), "one wake-up outstanding at most");
+                        self.wakes[s] = Some(mono_us);
                     }
                     Action::Directory { user, here } => self.directory.push((user, here)),
                     Action::Remote { .. } | Action::RemoteFanout { .. } | Action::PresenceWatch { .. } => {

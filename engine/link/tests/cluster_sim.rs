@@ -58,7 +58,7 @@ fn base(n: usize) -> String {
 
 impl Cluster {
     fn new(nodes: usize, seed: u64, store: Arc<dyn MessageStore>, push: bool) -> Cluster {
-        let now = Now { unix_ms: 1_800_000_000_000, mono_ms: 1_000 };
+        let now = Now { unix_ms: 1_800_000_000_000, mono_ms: 1_000, mono_us: 1_000_000 };
         let node = |n: usize| Node {
             shards: (0..SHARDS)
                 .map(|i| {
@@ -197,6 +197,7 @@ impl Cluster {
 
     fn tick(&mut self, advance_ms: u64) {
         self.now.mono_ms += advance_ms;
+        self.now.mono_us += advance_ms * 1000;
         self.now.unix_ms += advance_ms;
         for node in self.nodes.iter_mut().filter(|n| n.alive) {
             for q in &mut node.inbox {
@@ -265,6 +266,7 @@ impl Cluster {
                         let outcome = run_read(&*self.store, job);
                         self.nodes[n].inbox[s].push_back(Event::LookupDone(outcome));
                     }
+                    Action::WakeAt { .. } => panic!("these shards do not pace their commits"),
                     Action::Directory { user, here } => {
                         let nodes = self.directory.entry(user.clone()).or_default();
                         if here {

@@ -111,7 +111,8 @@ pub struct Driver {
 
 fn now(started: Instant) -> Now {
     let unix_ms = shardchat_bridge::clock::unix_ms();
-    Now { unix_ms, mono_ms: started.elapsed().as_millis() as u64 }
+    let mono_us = started.elapsed().as_micros() as u64;
+    Now { unix_ms, mono_ms: mono_us / 1000, mono_us }
 }
 
 impl Driver {
@@ -417,6 +418,14 @@ impl Driver {
                     let outcome = glommio::executor().spawn_blocking(move || run_read(&*store, job)).await;
                     d.jobs_in_flight.set(d.jobs_in_flight.get() - 1);
                     d.dispatch(Event::LookupDone(outcome));
+                })
+                .detach();
+            }
+            Action::WakeAt { mono_us } => {
+                let d = self.clone();
+                glommio::spawn_local(async move {
+                    glommio::timer::sleep((d.started + Duration::from_micros(mono_us)).saturating_duration_since(Instant::now())).await;
+                    d.dispatch(Event::Wake);
                 })
                 .detach();
             }

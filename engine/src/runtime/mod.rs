@@ -207,7 +207,7 @@ fn shard_cpus(online: &[usize], allowed: &[usize]) -> Vec<usize> {
 fn open_store(cfg: &Config) -> Result<Arc<dyn MessageStore>, String> {
     match &cfg.store {
         None => {
-            let sc = StoreConfig { dir: cfg.data_dir.clone(), commit_interval: Duration::from_micros(cfg.commit_interval_us) };
+            let sc = StoreConfig { dir: cfg.data_dir.clone(), commit_interval: cfg.store_commit_interval() };
             let store = FjallStore::open(&sc).map_err(|e| format!("opening the store in {}: {e}", cfg.data_dir.display()))?;
             Ok(Arc::new(store))
         }

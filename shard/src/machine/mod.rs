@@ -28,6 +28,9 @@ use thin_vec::ThinVec;
 pub struct Now {
     pub unix_ms: u64,
     pub mono_ms: u64,
+    /// The same monotonic clock in µs (`mono_ms` is `mono_us / 1000`): commit pacing is finer
+    /// than a millisecond.
+    pub mono_us: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -58,6 +61,11 @@ pub struct ShardConfig {
     pub receipts_coalesce_ms: u64,
     /// Whether messages for users with no connection go to the push outbox.
     pub push_enabled: bool,
+    /// Commit pacing: the least time between the starts of two commit jobs of this shard, in
+    /// µs (0: none). Ops that come sooner after the last start wait for the rest in the shard
+    /// and go out together in the next job; ops that come later wait nothing. The engine paces
+    /// here only when it runs one shard (`Config::shard`).
+    pub commit_interval_us: u64,
     /// Per connection: `send`s and group changes (each a durable write).
     pub send_rate: crate::rate::Rate,
     /// Per connection: `history` reads (each a store read).
@@ -102,6 +110,7 @@ impl ShardConfig {
             typing_interval_ms: 2_000,
             receipts_coalesce_ms: 500,
             push_enabled: false,
+            commit_interval_us: 0,
             send_rate: crate::rate::Rate::UNLIMITED,
             history_rate: crate::rate::Rate::UNLIMITED,
             presence_rate: crate::rate::Rate::UNLIMITED,
@@ -152,6 +161,8 @@ pub enum Event {
     LookupDone(ReadOutcome),
     /// The coarse timer: heartbeat timeouts, presence and receipt coalescing, lazy writes.
     Tick,
+    /// The time an [`Action::WakeAt`] asked for has come (or passed).
+    Wake,
 }
 
 /// What a shard asks the runtime to do.
@@ -165,6 +176,9 @@ pub enum Action {
     Peer { to: ShardId, msg: PeerMsg },
     /// Run a commit job (blocking) and feed back [`Event::CommitDone`]. At most one in flight.
     Commit(CommitJob),
+    /// Feed back [`Event::Wake`] once the monotonic clock reaches `mono_us` (commit pacing). At
+    /// most one outstanding.
+    WakeAt { mono_us: u64 },
     /// Run a read job (blocking) for `conn` and feed back [`Event::ReadDone`].
     Read { conn: ConnId, job: ReadJob },
     /// Run a read job for the shard itself and feed back [`Event::LookupDone`].
@@ -326,6 +340,10 @@ pub struct Shard {
     pending: Vec<Op>,
     /// True exactly while a commit job is out; the next one waits (seq order across batches).
     committing: bool,
+    /// When the last commit job went out (monotonic µs), for pacing.
+    last_commit_us: Option<u64>,
+    /// True exactly while an [`Action::WakeAt`] is outstanding.
+    wake_pending: bool,
     /// What was refused or dropped, for metrics.
     counters: Counters,
     /// Group conversations whose watermarks moved since their counts were last sent (ordered).
@@ -372,6 +390,8 @@ impl Shard {
             convs: HashMap::new(),
             pending: Vec::new(),
             committing: false,
+            last_commit_us: None,
+            wake_pending: false,
             counters: Counters::default(),
             receipts_dirty: BTreeSet::new(),
             receipts_last_ms: HashMap::new(),
@@ -421,6 +441,7 @@ impl Shard {
             Event::CommitDone(out) => self.commit_done(out),
             Event::ReadDone { conn, outcome } => self.read_done(conn, outcome),
             Event::LookupDone(outcome) => self.lookup_done(outcome),
+            Event::Wake => self.wake_pending = false,
             Event::Tick => {
                 self.expire_connections();
                 self.publish_presence();

@@ -134,6 +134,18 @@ impl Shard {
         if self.committing || self.pending.is_empty() {
             return;
         }
+        // Paced: within the interval of the last job's start, the ops wait here (and whatever
+        // comes meanwhile joins them) until a wake-up at its end. Every return with ops pending
+        // and no job out leaves a wake-up outstanding: nothing else is sure to come.
+        let interval = self.cfg.commit_interval_us;
+        if let Some(due) = self.last_commit_us.filter(|_| interval > 0).map(|t| t + interval).filter(|&due| self.now.mono_us < due) {
+            if !self.wake_pending {
+                self.wake_pending = true;
+                self.actions.push(Action::WakeAt { mono_us: due });
+            }
+            return;
+        }
+        self.last_commit_us = Some(self.now.mono_us);
         let ops = std::mem::take(&mut self.pending);
         let mut convs = crate::commit::Convs::new();
         for op in &ops {

@@ -312,3 +312,44 @@ fn large_messages_make_smaller_history_and_sync_frames() {
     let frames = sim.take(b);
     assert_eq!(frames.len(), 11, "ten frames of three, then synced");
 }
+
+fn acked(frames: &[ServerFrame]) -> Vec<String> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Ack { cmid, .. } => Some(cmid.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Commit pacing: a send that comes within the interval of the last job's start waits in the
+/// shard, with whatever comes meanwhile, for a wake-up at its end, and they go out in one job;
+/// one that comes later goes out at once.
+#[test]
+fn paced_commits_hold_sends_until_the_interval_ends_and_take_them_together() {
+    let mut sim = Sim::with(1, 9, store(), |c| c.commit_interval_us = 5_000);
+    sim.trace = Some(Vec::new());
+    let (a, b) = (sim.connect("alice"), sim.connect("bob"));
+    let jobs = |sim: &Sim| sim.trace.as_ref().unwrap().iter().filter(|a| a.starts_with("0 Commit(")).count();
+    sim.send(a, &send("bob", "c1", "first"));
+    assert_eq!(acked(&sim.take(a)), ["c1"], "the first job goes out at once");
+    let start = sim.now.mono_us;
+    sim.send(a, &send("bob", "c2", "x"));
+    sim.send(b, &send("alice", "c3", "y"));
+    assert!(acked(&sim.take(a)).is_empty() && acked(&sim.take(b)).is_empty(), "held: within 5 ms of the first job");
+    assert_eq!(sim.wakes[0], Some(start + 5_000), "one wake-up, at the interval's end");
+    sim.tick(1);
+    assert!(sim.take(a).is_empty(), "still held at 1 ms");
+    sim.tick(4);
+    assert_eq!(acked(&sim.take(a)), ["c2"]);
+    assert_eq!(acked(&sim.take(b)), ["c3"]);
+    assert_eq!(jobs(&sim), 2, "the two held sends went out in one job");
+    // Past the interval a send goes out at once again.
+    sim.tick(10);
+    sim.send(a, &send("bob", "c4", "z"));
+    assert_eq!(acked(&sim.take(a)), ["c4"]);
+    assert_eq!(sim.wakes[0], None);
+    let stored = sim.store.messages_after("d:alice:bob", 0, 10).unwrap();
+    assert_eq!(stored.iter().map(|m| (m.seq, m.cmid.as_str())).collect::<Vec<_>>(), [(1, "c1"), (2, "c2"), (3, "c3"), (4, "c4")]);
+}
