@@ -331,10 +331,11 @@ impl Driver {
         }
     }
 
-    /// Waits until no storage job is running (bounded).
+    /// Waits until no storage job is running and no op waits for one (bounded): a paced shard
+    /// holds its ops until its wake-up, which runs meanwhile.
     pub async fn wait_idle(&self, max: Duration) {
         let deadline = Instant::now() + max;
-        while self.jobs_in_flight.get() > 0 && Instant::now() < deadline {
+        while (self.jobs_in_flight.get() > 0 || self.shard.borrow().pending_ops() > 0) && Instant::now() < deadline {
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
     }

@@ -337,8 +337,10 @@ async fn shard_main(id: usize, sh: Shared) -> Result<(), String> {
     while d.connections() > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
-    // Write what is kept lazily (last-seen times of the users who just went offline).
+    // Write what is kept lazily (last-seen times of the users who just went offline), and what
+    // commit pacing holds, now.
     d.tick();
+    d.dispatch(shardchat_shard::Event::Drain);
     d.wait_idle(Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
     Ok(())
 }

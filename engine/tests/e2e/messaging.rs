@@ -217,3 +217,24 @@ async fn sigterm_closes_clients_with_1001() {
     assert_eq!(a.closed(Duration::from_secs(10)).await, Some(1001));
     stop.join().unwrap();
 }
+
+/// A clean stop writes what a paced shard still holds: the last-seen time of a user who left
+/// just before it, held (one shard, a 5 s commit interval) behind a commit that had just
+/// gone out, is read back after the restart.
+#[tokio::test]
+async fn a_clean_stop_writes_what_a_paced_shard_holds() {
+    let mut s = Server::start(&["--shards", "1", "--commit-interval-us", "5000000"]);
+    // Nobody else connected: the stop does not wait for a close handshake past the interval.
+    let mut alice = Client::connect(&s, "alice", "d").await;
+    let ack = alice.dm("bob", "c1", "hi").await;
+    assert_eq!(ack["t"], "ack", "{ack}");
+    drop(alice);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    s.stop();
+    s.restart();
+    let mut w = Client::connect(&s, "watcher", "d").await;
+    w.send(json!({"t":"presence_sub","users":["alice"]})).await;
+    let p = w.recv_where(|v| v["t"] == "presence").await;
+    assert_eq!(p["status"], "offline", "{p}");
+    assert!(p["last_seen"].as_u64().is_some(), "alice's last-seen time was lost at the stop: {p}");
+}

@@ -163,6 +163,9 @@ pub enum Event {
     Tick,
     /// The time an [`Action::WakeAt`] asked for has come (or passed).
     Wake,
+    /// The engine is stopping: what commit pacing holds goes out now, and nothing is held
+    /// again.
+    Drain,
 }
 
 /// What a shard asks the runtime to do.
@@ -442,6 +445,7 @@ impl Shard {
             Event::ReadDone { conn, outcome } => self.read_done(conn, outcome),
             Event::LookupDone(outcome) => self.lookup_done(outcome),
             Event::Wake => self.wake_pending = false,
+            Event::Drain => self.cfg.commit_interval_us = 0,
             Event::Tick => {
                 self.expire_connections();
                 self.publish_presence();

@@ -350,6 +350,15 @@ fn paced_commits_hold_sends_until_the_interval_ends_and_take_them_together() {
     sim.send(a, &send("bob", "c4", "z"));
     assert_eq!(acked(&sim.take(a)), ["c4"]);
     assert_eq!(sim.wakes[0], None);
+    // Held again, then the engine stops: what is held goes out at once.
+    sim.send(a, &send("bob", "c5", "w"));
+    assert!(acked(&sim.take(a)).is_empty());
+    sim.inbox[0].push_back(Event::Drain);
+    sim.run();
+    assert_eq!(acked(&sim.take(a)), ["c5"]);
     let stored = sim.store.messages_after("d:alice:bob", 0, 10).unwrap();
-    assert_eq!(stored.iter().map(|m| (m.seq, m.cmid.as_str())).collect::<Vec<_>>(), [(1, "c1"), (2, "c2"), (3, "c3"), (4, "c4")]);
+    assert_eq!(
+        stored.iter().map(|m| (m.seq, m.cmid.as_str())).collect::<Vec<_>>(),
+        [(1, "c1"), (2, "c2"), (3, "c3"), (4, "c4"), (5, "c5")]
+    );
 }
