@@ -54,7 +54,7 @@ impl Sim {
     }
 
     pub fn with(shards: usize, seed: u64, store: Arc<dyn MessageStore>, tweak: impl Fn(&mut ShardConfig)) -> Sim {
-        let now = Now { unix_ms: 1_800_000_000_000, mono_ms: 1_000, mono_us: 1_000_000 };
+        let now = Now { unix_ms: 1_800_000_000_000, mono_us: 1_000_000 };
         let config = |i| {
             let mut c = ShardConfig::new(i, shards);
             tweak(&mut c);
@@ -107,7 +107,6 @@ impl Sim {
     }
 
     pub fn tick(&mut self, advance_ms: u64) {
-        self.now.mono_ms += advance_ms;
         self.now.mono_us += advance_ms * 1000;
         self.now.unix_ms += advance_ms;
         let now = self.now.mono_us;
@@ -148,7 +147,7 @@ impl Sim {
                         }
                     }
                     Action::Commit(job) => {
-                        let mono_ms = self.now.mono_ms;
+                        let mono_ms = self.now.mono_ms();
                         let out = run_commit(&*self.store, job, &|| mono_ms);
                         self.inbox[s].push_back(Event::CommitDone(out));
                     }

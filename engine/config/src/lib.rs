@@ -417,9 +417,10 @@ impl Config {
         }
     }
 
-    /// The store's part of `--commit-interval-us` (see [`Config::shard_commit_interval_us`]).
+    /// The store's part of `--commit-interval-us`: what the shard does not pace (see
+    /// [`Config::shard_commit_interval_us`]).
     pub fn store_commit_interval(&self) -> std::time::Duration {
-        std::time::Duration::from_micros(if self.shards == 1 { 0 } else { self.commit_interval_us })
+        std::time::Duration::from_micros(self.commit_interval_us - self.shard_commit_interval_us())
     }
 
     /// Connections in their handshake held at once, under `connections_max` connections.

@@ -58,7 +58,7 @@ fn base(n: usize) -> String {
 
 impl Cluster {
     fn new(nodes: usize, seed: u64, store: Arc<dyn MessageStore>, push: bool) -> Cluster {
-        let now = Now { unix_ms: 1_800_000_000_000, mono_ms: 1_000, mono_us: 1_000_000 };
+        let now = Now { unix_ms: 1_800_000_000_000, mono_us: 1_000_000 };
         let node = |n: usize| Node {
             shards: (0..SHARDS)
                 .map(|i| {
@@ -196,7 +196,6 @@ impl Cluster {
     }
 
     fn tick(&mut self, advance_ms: u64) {
-        self.now.mono_ms += advance_ms;
         self.now.mono_us += advance_ms * 1000;
         self.now.unix_ms += advance_ms;
         for node in self.nodes.iter_mut().filter(|n| n.alive) {
@@ -254,7 +253,7 @@ impl Cluster {
                     Action::Close { .. } => {}
                     Action::Peer { to, msg } => self.nodes[n].inbox[to].push_back(Event::Peer(msg)),
                     Action::Commit(job) => {
-                        let mono_ms = self.now.mono_ms;
+                        let mono_ms = self.now.mono_ms();
                         let out = run_commit(&*self.store, job, &|| mono_ms);
                         self.nodes[n].inbox[s].push_back(Event::CommitDone(out));
                     }

@@ -16,10 +16,10 @@ impl Shard {
             }
         }
         // Expiry is given on the wall clock and kept on the monotonic one, like every timeout here.
-        let expires_mono_ms = expires_unix_ms.map_or(u64::MAX, |e| self.now.mono_ms.saturating_add(e.saturating_sub(self.now.unix_ms)));
+        let expires_mono_ms = expires_unix_ms.map_or(u64::MAX, |e| self.now.mono_ms().saturating_add(e.saturating_sub(self.now.unix_ms)));
         let c = Conn {
             user,
-            last_active_ms: self.now.mono_ms,
+            last_active_ms: self.now.mono_ms(),
             live_first: ThinVec::new(),
             sync: None,
             presence_targets: ThinVec::new(),
@@ -28,7 +28,7 @@ impl Shard {
             limits: Default::default(),
         };
         self.conns.insert(conn, c);
-        self.wheel.insert(conn, (self.now.mono_ms + self.cfg.heartbeat_timeout_ms).min(expires_mono_ms));
+        self.wheel.insert(conn, (self.now.mono_ms() + self.cfg.heartbeat_timeout_ms).min(expires_mono_ms));
     }
 
     pub(super) fn disconnected(&mut self, conn: ConnId) {
@@ -55,19 +55,19 @@ impl Shard {
 
     pub(super) fn touch(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.last_active_ms = self.now.mono_ms;
+            c.last_active_ms = self.now.mono_ms();
         }
     }
 
     pub(super) fn expire_connections(&mut self) {
-        for conn in self.wheel.advance(self.now.mono_ms) {
+        for conn in self.wheel.advance(self.now.mono_ms()) {
             let Some(c) = self.conns.get(&conn) else { continue };
             let deadline = c.last_active_ms + self.cfg.heartbeat_timeout_ms;
-            if c.expires_mono_ms <= self.now.mono_ms {
+            if c.expires_mono_ms <= self.now.mono_ms() {
                 // The client reconnects with a fresh token and syncs; nothing is lost.
                 self.actions.push(Action::Close { conn, code: 1008, reason: "token expired" });
                 self.disconnected(conn);
-            } else if deadline <= self.now.mono_ms {
+            } else if deadline <= self.now.mono_ms() {
                 match c.remote {
                     // A session nobody polled: tell its holder it is gone.
                     Some(remote) => self.send_to(remote.shard, PeerMsg::Detach { remote }),
@@ -100,7 +100,7 @@ impl Shard {
         };
         let mut limited = None;
         if let Some(l) = limit {
-            let (now, (per_conn, per_user, what)) = (self.now.mono_ms, self.cfg.rates(l));
+            let (now, (per_conn, per_user, what)) = (self.now.mono_ms(), self.cfg.rates(l));
             if !c.limits.get(l).allow(now, per_conn) {
                 limited = Some(format!("{what} on this connection"));
             } else if let Some(u) = self.by_user.get_mut(&c.user) {
@@ -142,11 +142,11 @@ impl Shard {
                 // At most one relayed per user and conversation per interval: the rest are
                 // dropped here, before they cost a hop.
                 let key = (user.clone(), conv.clone());
-                if self.typing_last.get(&key).is_some_and(|t| self.now.mono_ms < t + self.cfg.typing_interval_ms) {
+                if self.typing_last.get(&key).is_some_and(|t| self.now.mono_ms() < t + self.cfg.typing_interval_ms) {
                     self.counters.typing_dropped += 1;
                     return;
                 }
-                self.typing_last.insert(key, self.now.mono_ms);
+                self.typing_last.insert(key, self.now.mono_ms());
                 Op::Typing { reply_to: me, user, conv }
             }
             ClientFrame::Sync { cursors, limit } => {

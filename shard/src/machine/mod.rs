@@ -27,10 +27,15 @@ use thin_vec::ThinVec;
 #[derive(Clone, Copy, Debug)]
 pub struct Now {
     pub unix_ms: u64,
-    pub mono_ms: u64,
-    /// The same monotonic clock in µs (`mono_ms` is `mono_us / 1000`): commit pacing is finer
-    /// than a millisecond.
+    /// The monotonic clock in µs: commit pacing is finer than a millisecond.
     pub mono_us: u64,
+}
+
+impl Now {
+    /// The monotonic clock in ms, what timeouts and coalescing count in.
+    pub fn mono_ms(&self) -> u64 {
+        self.mono_us / 1000
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -377,7 +382,7 @@ pub struct Shard {
 
 impl Shard {
     pub fn new(cfg: ShardConfig, now: Now) -> Self {
-        let wheel = TimerWheel::new(now.mono_ms, cfg.wheel_slot_ms, cfg.heartbeat_timeout_ms);
+        let wheel = TimerWheel::new(now.mono_ms(), cfg.wheel_slot_ms, cfg.heartbeat_timeout_ms);
         Shard {
             ids: Snowflake::new(cfg.node, cfg.id),
             cfg,
@@ -451,7 +456,7 @@ impl Shard {
                 self.publish_presence();
                 self.emit_receipt_counts();
                 self.flush_last_seen();
-                let horizon = self.now.mono_ms.saturating_sub(self.cfg.typing_interval_ms);
+                let horizon = self.now.mono_ms().saturating_sub(self.cfg.typing_interval_ms);
                 self.typing_last.retain(|_, t| *t > horizon);
             }
         }

@@ -28,7 +28,7 @@ impl Shard {
         let me = self.node();
         let why = match self.view.as_deref().map(|v| crate::route::owner_node(conv, v)) {
             Some(Some(owner)) if owner == me => match &self.handover {
-                Some((before, until)) if self.now.mono_ms < *until && crate::route::owner_node(conv, before) != Some(me) => {
+                Some((before, until)) if self.now.mono_ms() < *until && crate::route::owner_node(conv, before) != Some(me) => {
                     "conversation is moving to this node; retry shortly"
                 }
                 _ => return self.accept_op(op),
@@ -79,7 +79,7 @@ impl Shard {
         // The first view of an incarnation is a handover too: a node back from a crash or a
         // pause takes back conversations the others sequenced meanwhile.
         let before = self.view.replace(live).unwrap_or_default();
-        self.handover = Some((before, self.now.mono_ms + HANDOVER_MS));
+        self.handover = Some((before, self.now.mono_ms() + HANDOVER_MS));
         for op in moved {
             self.route_op(op, false);
         }
@@ -266,7 +266,7 @@ impl Shard {
     /// watermarks moved, at most once per `receipts_coalesce_ms` per conversation, and only the
     /// counts that changed since the last time.
     pub(super) fn emit_receipt_counts(&mut self) {
-        let now = self.now.mono_ms;
+        let now = self.now.mono_ms();
         let interval = self.cfg.receipts_coalesce_ms;
         // Due: sent long enough ago, and its state is here (not inside a running commit job).
         let due: Vec<String> = self

@@ -247,7 +247,7 @@ impl Shard {
     /// Publishes coalesced changes: a user whose status differs from the last published one,
     /// and who was not published within the coalescing interval.
     pub(super) fn publish_presence(&mut self) {
-        let now = self.now.mono_ms;
+        let now = self.now.mono_ms();
         let interval = self.cfg.presence_coalesce_ms;
         let due: Vec<String> = self
             .presence_dirty

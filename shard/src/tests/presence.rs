@@ -104,7 +104,7 @@ fn a_first_answer_is_not_followed_by_the_same_status() {
 #[test]
 fn the_first_change_after_a_first_answer_is_not_held_back() {
     let mut sim = Sim::new(2, 15, store());
-    sim.now.mono_ms = 0;
+    sim.now.mono_us = 0;
     let w = sim.connect("w");
     sim.send(w, r#"{"t":"presence_sub","users":["alice"]}"#);
     assert_eq!(presence(&sim.take(w))[0].1, "offline");
