@@ -91,7 +91,7 @@ for k, v in heads.items():
 write("upgrade_head", "tls-hello", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
 
 # shard_machine input: shards (mod 3), an 8-byte seed, a settings byte (1: a tiny commit queue,
-# 2: a tight send rate), then steps: an opcode byte (mod 12) and its argument bytes (see
+# 2: a tight send rate, 4: commit pacing, 8: a clean stop at the end), then steps: an opcode byte (mod 12) and its argument bytes (see
 # shard/src/fuzzing.rs). Hand-written scenarios, then pseudo-random ones from a fixed seed.
 import random
 def steps(*ops):
@@ -102,6 +102,11 @@ write("shard_machine", "direct", head(2, 0) + steps(*[(SEND, d, t) for d in rang
 write("shard_machine", "retries", head(1, 1) + steps(*[(SEND, 0, 1), (RETRY, 0, 0), (SEND, 2, 0), (RETRY, 2, 0)] * 6))
 write("shard_machine", "groups", head(3, 0) + steps((CREATE, 0, 1, 1, 1), (GSEND, 2, 0), (CHANGE, 0, 0, 2, 1), (GSEND, 4, 0), (CHANGE, 0, 0, 2, 0), (GSEND, 5, 0), (LEAVE, 3, 0), (MARK, 2, 1, 0, 0, 2), (READ, 4, 1, 0, 2, 1)))
 write("shard_machine", "reconnects", head(2, 2) + steps(*[(SEND, 1, 2), (RECONNECT, 1), (SEND, 4, 0), (READ, 4, 0, 0, 1, 0), (TICK, 3, 200)] * 4))
+# Paced commits: sends pile up behind the wake-up between ticks; one run ends on its wake-ups,
+# the other on a clean stop.
+paced = steps(*[(SEND, d, t) for d in range(6) for t in range(3)], (RETRY, 0, 0), (CREATE, 0, 1, 1, 1), (GSEND, 2, 1, 0), (TICK, 0, 1), (SEND, 1, 2), (GSEND, 4, 1, 0))
+write("shard_machine", "paced", head(1, 4) + paced)
+write("shard_machine", "paced-stop", head(2, 4 | 8) + paced)
 raw = b'{"t":"send","cmid":"r1","to":"cat","body":"raw"}'
 write("shard_machine", "raw", head(1, 0) + bytes([RAW, 2, len(raw)]) + raw + steps((SEND, 2, 2)))
 rng = random.Random(7)
