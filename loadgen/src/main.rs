@@ -124,9 +124,7 @@ async fn idle(args: &Args, report: &mut Report) {
         glommio::timer::sleep(Duration::from_secs(2)).await;
         if let Some(pid) = args.server_pid {
             report.server_rss_after_bytes = rss_bytes(pid);
-            if let (Some(a), Some(b)) = (report.server_rss_after_bytes, report.server_rss_before_bytes) {
-                report.server_bytes_per_connection = Some(a.saturating_sub(b) as f64 / here.max(1) as f64);
-            }
+            report.server_bytes_per_connection = growth_per_connection(report.server_rss_after_bytes, report.server_rss_before_bytes, here);
         }
     }
     let pb = progress(args.duration, "hold");
@@ -166,10 +164,9 @@ async fn idle(args: &Args, report: &mut Report) {
         if leader && args.worker.is_none() && second == args.duration.saturating_sub(1).max(1) {
             if let Some(pid) = args.server_pid {
                 report.server_rss_idle_bytes = rss_bytes(pid);
-                if let (Some(a), Some(b)) = (report.server_rss_idle_bytes, report.server_rss_before_bytes) {
-                    let here = CONNECTED_HERE.load(Relaxed);
-                    report.server_bytes_per_connection_idle = Some(a.saturating_sub(b) as f64 / here.max(1) as f64);
-                }
+                let here = CONNECTED_HERE.load(Relaxed);
+                report.server_bytes_per_connection_idle =
+                    growth_per_connection(report.server_rss_idle_bytes, report.server_rss_before_bytes, here);
             }
         }
     }

@@ -164,15 +164,13 @@ pub(crate) async fn parent(args: &Args, report: &mut Report) {
         report.errors += (args.procs - reported) as u64;
         eprintln!("{} worker(s) exited without a report", args.procs - reported);
     }
-    if let (Some(a), Some(b)) = (report.server_rss_after_bytes, report.server_rss_before_bytes) {
-        report.server_bytes_per_connection = Some((a as f64 - b as f64) / report.connected.max(1) as f64);
-    }
+    report.server_bytes_per_connection =
+        growth_per_connection(report.server_rss_after_bytes, report.server_rss_before_bytes, report.connected);
     if let Some(w) = idle_weight {
         report.server_rss_idle_bytes = w.await.ok().flatten();
     }
-    if let (Some(a), Some(b)) = (report.server_rss_idle_bytes, report.server_rss_before_bytes) {
-        report.server_bytes_per_connection_idle = Some((a as f64 - b as f64) / report.connected.max(1) as f64);
-    }
+    report.server_bytes_per_connection_idle =
+        growth_per_connection(report.server_rss_idle_bytes, report.server_rss_before_bytes, report.connected);
     if let Some(pid) = args.server_pid {
         report.server_peak_rss_bytes = peak_rss_bytes(pid);
     }

@@ -5,6 +5,13 @@ use crate::*;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+/// The server's RSS growth from `before` to `after`, per connection: signed, so that a server
+/// that gave memory back over the run shows it (a negative figure says the weighing measured
+/// noise, not connections) instead of a 0 that reads as "free".
+pub(crate) fn growth_per_connection(after: Option<u64>, before: Option<u64>, connections: u64) -> Option<f64> {
+    Some((after? as f64 - before? as f64) / connections.max(1) as f64)
+}
+
 #[derive(Serialize, Deserialize, Default)]
 pub(crate) struct Report {
     pub(crate) scenario: String,
@@ -232,5 +239,20 @@ pub(crate) fn combine(a: Option<f64>, b: Option<f64>, f: fn(f64, f64) -> f64) ->
     match (a, b) {
         (Some(a), Some(b)) => Some(f(a, b)),
         (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::growth_per_connection;
+
+    #[test]
+    fn growth_is_per_connection_signed_and_needs_both_weighings() {
+        assert_eq!(growth_per_connection(Some(3_000), Some(1_000), 2), Some(1_000.0));
+        // Memory given back shows as such, not as a free connection.
+        assert_eq!(growth_per_connection(Some(1_000), Some(3_000), 4), Some(-500.0));
+        assert_eq!(growth_per_connection(Some(3_000), Some(1_000), 0), Some(2_000.0));
+        assert_eq!(growth_per_connection(None, Some(1_000), 2), None);
+        assert_eq!(growth_per_connection(Some(1_000), None, 2), None);
     }
 }

@@ -307,7 +307,11 @@ pub fn run(data: &[u8], trace: bool) -> (Reached, Option<Vec<String>>, std::sync
 /// or on a shard with no other traffic nothing.
 fn held_ops_are_woken(sim: &Sim) {
     for (s, shard) in sim.shards.iter().enumerate() {
-        assert!(shard.pending_ops() == 0 || sim.wakes[s].is_some(), "shard {s} holds {} ops with no wake-up asked for", shard.pending_ops());
+        assert!(
+            shard.pending_ops() == 0 || sim.wakes[s].is_some(),
+            "shard {s} holds {} ops with no wake-up asked for",
+            shard.pending_ops()
+        );
     }
 }
 
