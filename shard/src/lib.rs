@@ -25,7 +25,7 @@ pub mod wheel;
 pub use commit::{run_commit, CommitJob, CommitOutcome};
 pub use machine::owner::HANDOVER_MS;
 pub use machine::{Action, Counters, Event, Now, Shard, ShardConfig};
-pub use ops::{ConnRef, Op, RemoteOp};
+pub use ops::{ConnMap, ConnRef, Op, RemoteOp};
 pub use payload::{Class, Payload};
 pub use peer::PeerMsg;
 pub use read::{run_read, ReadJob, ReadOutcome};

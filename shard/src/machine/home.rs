@@ -197,15 +197,17 @@ impl Shard {
         class: Class,
     ) {
         for user in users {
-            // By index: pushing does not change `by_user`, and this path runs per delivery.
-            let n = self.by_user.get(user).map_or(0, |u| u.conns.len());
+            // One lookup of the user a delivery (a copy of their few ids, inline): user ids are a
+            // client's choice, so `by_user` hashes with SipHash, and this path runs per delivery.
+            let Some(conns) = self.by_user.get(user).map(|u| u.conns.iter().copied().collect::<smallvec::SmallVec<[ConnId; 4]>>()) else {
+                continue;
+            };
             // The owner wrote this user's push in the message's batch; it is withdrawn for a user
             // who gets the message live (on whichever node: the store is shared in a cluster).
-            if n > 0 && msg.is_some() && self.cfg.push_enabled {
+            if !conns.is_empty() && msg.is_some() && self.cfg.push_enabled {
                 self.push_delivered(user, &payload);
             }
-            for i in 0..n {
-                let conn = self.by_user[user].conns[i];
+            for conn in conns {
                 if except == Some(self.me(conn)) {
                     continue;
                 }

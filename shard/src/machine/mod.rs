@@ -329,7 +329,7 @@ pub struct Shard {
     cfg: ShardConfig,
     ids: Snowflake,
     // Home role.
-    conns: HashMap<ConnId, Conn>,
+    conns: ConnMap<Conn>,
     by_user: HashMap<String, UserConns>,
     /// Remote sessions: holder's ref → connection id here.
     remote_conns: HashMap<ConnRef, ConnId>,
@@ -386,7 +386,7 @@ impl Shard {
         Shard {
             ids: Snowflake::new(cfg.node, cfg.id),
             cfg,
-            conns: HashMap::new(),
+            conns: ConnMap::default(),
             by_user: HashMap::new(),
             remote_conns: HashMap::new(),
             next_remote: 0,
