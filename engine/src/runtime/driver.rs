@@ -13,7 +13,6 @@ use shardchat_shard::{run_commit, run_read};
 use shardchat_shard::{Action, ConnMap, Event, Now, PeerMsg, Shard};
 use shardchat_storage::MessageStore;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::Future;
 use std::os::fd::RawFd;
 use std::rc::Rc;
