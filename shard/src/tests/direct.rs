@@ -313,16 +313,6 @@ fn large_messages_make_smaller_history_and_sync_frames() {
     assert_eq!(frames.len(), 11, "ten frames of three, then synced");
 }
 
-fn acked(frames: &[ServerFrame]) -> Vec<String> {
-    frames
-        .iter()
-        .filter_map(|f| match f {
-            ServerFrame::Ack { cmid, .. } => Some(cmid.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Commit pacing: a send that comes within the interval of the last job's start waits in the
 /// shard, with whatever comes meanwhile, for a wake-up at its end, and they go out in one job;
 /// one that comes later goes out at once.

@@ -14,8 +14,7 @@ fn sends_and_history_reads_beyond_a_connections_rate_are_refused_with_their_cmid
     }
     sim.run();
     let frames = sim.take(a);
-    let acked: Vec<String> =
-        frames.iter().filter_map(|f| if let ServerFrame::Ack { cmid, .. } = f { Some(cmid.clone()) } else { None }).collect();
+    let acked = acked(&frames);
     let refused: Vec<(ErrorCode, Option<String>)> = frames
         .iter()
         .filter_map(|f| if let ServerFrame::Error { code, cmid, .. } = f { Some((*code, cmid.clone())) } else { None })

@@ -11,6 +11,11 @@ pub(super) fn send(to: &str, cmid: &str, body: &str) -> String {
     format!(r#"{{"t":"send","cmid":"{cmid}","to":"{to}","body":"{body}"}}"#)
 }
 
+/// The cmids the acks among `frames` name, in order.
+pub(super) fn acked(frames: &[ServerFrame]) -> Vec<String> {
+    frames.iter().filter_map(|f| if let ServerFrame::Ack { cmid, .. } = f { Some(cmid.clone()) } else { None }).collect()
+}
+
 pub(super) fn err_code(frames: &[ServerFrame]) -> Vec<ErrorCode> {
     frames.iter().filter_map(|f| if let ServerFrame::Error { code, .. } = f { Some(*code) } else { None }).collect()
 }
