@@ -203,3 +203,72 @@ fn a_pop_from_a_queue_with_room_does_not_wake_the_producer() {
     .expect("the exchange finished");
     assert!(woken < ITEMS / 4, "the producer was woken {woken} times while the consumer took {ITEMS} items");
 }
+
+/// Runs `task` on an executor of its own (spinning `spin` before each park) while another thread
+/// connects a TCP client to it and, 50 ms later, writes one byte. `task` gets the accepted
+/// stream. `false` if the executor had not finished within `within`.
+fn with_a_byte_from_another_thread(
+    spin: Option<Duration>,
+    within: Duration,
+    task: impl FnOnce(glommio::net::TcpStream) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send + 'static,
+) -> bool {
+    let (tx_addr, rx_addr) = mpsc::channel();
+    let (tx_done, rx_done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut b = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound);
+        if let Some(spin) = spin {
+            b = b.spin_before_park(spin);
+        }
+        b.make().expect("executor").run(async move {
+            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            tx_addr.send(listener.local_addr().expect("addr")).unwrap();
+            let stream = listener.accept().await.expect("accept");
+            task(stream).await;
+        });
+        let _ = tx_done.send(());
+    });
+    let addr = rx_addr.recv_timeout(within).expect("the executor listens");
+    let mut client = std::net::TcpStream::connect(addr).expect("connect");
+    std::thread::sleep(Duration::from_millis(50));
+    std::io::Write::write_all(&mut client, b"x").expect("write");
+    rx_done.recv_timeout(within).is_ok()
+}
+
+/// The eighth patch (vendor/README.md): the rings run with `COOP_TASKRUN`, so a completion that
+/// another core raises (here a socket made readable by a client thread) is posted only when the
+/// executor's thread next enters the kernel, not by interrupting it. An executor spinning before
+/// it parks enters no kernel on its own: it must still see the byte while it spins (the spin is
+/// 60 s, the limit 20 s). With the rings' task work deferred to an explicit wait for events
+/// (`DEFER_TASKRUN` without the enter that `run_task_work` makes) this waits out the spin.
+#[test]
+fn a_spinning_executor_sees_what_another_core_completes() {
+    let read = with_a_byte_from_another_thread(Some(Duration::from_secs(60)), Duration::from_secs(20), |mut s| {
+        Box::pin(async move {
+            let mut b = [0u8; 1];
+            assert_eq!(futures_lite::AsyncReadExt::read(&mut s, &mut b).await.expect("read"), 1);
+        })
+    });
+    assert!(read, "the spinning executor did not see the byte within 20 s");
+}
+
+/// ... and an executor that never runs out of work, so never parks, sees it too: one task yields
+/// in a loop until the reader task has the byte.
+#[test]
+fn an_executor_that_never_parks_sees_what_another_core_completes() {
+    let read = with_a_byte_from_another_thread(None, Duration::from_secs(20), |mut s| {
+        Box::pin(async move {
+            let got = std::rc::Rc::new(std::cell::Cell::new(false));
+            let flag = got.clone();
+            let busy = glommio::spawn_local(async move {
+                while !flag.get() {
+                    futures_lite::future::yield_now().await;
+                }
+            });
+            let mut b = [0u8; 1];
+            assert_eq!(futures_lite::AsyncReadExt::read(&mut s, &mut b).await.expect("read"), 1);
+            got.set(true);
+            busy.await;
+        })
+    });
+    assert!(read, "the busy executor did not see the byte within 20 s");
+}

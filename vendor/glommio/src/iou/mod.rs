@@ -92,6 +92,10 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
+        // shardchat patch (see vendor/README.md): completions for a running task without an IPI
+        // (Linux 5.19), and a flag in the SQ ring that says some are waiting to be posted.
+        const COOP_TASKRUN = 1 << 8;
+        const TASKRUN_FLAG = 1 << 9;
     }
 }
 

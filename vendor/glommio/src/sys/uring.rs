@@ -697,7 +697,13 @@ pub(crate) trait UringCommon {
         self.consume_sqe_queue(&mut queue.submissions, true)
     }
 
+    /// shardchat patch (see vendor/README.md): posts the completions the kernel holds back as
+    /// task work for this thread. Rings without `COOP_TASKRUN` have none: the kernel posts
+    /// their completions at once (interrupting this thread if it runs).
+    fn run_task_work(&mut self) {}
+
     fn consume_completion_queue(&mut self, woke: &mut usize) -> usize {
+        self.run_task_work();
         let mut completed = 0;
         loop {
             match self.consume_one_event() {
@@ -889,6 +895,8 @@ impl UringCommon for PollRing {
 
 struct SleepableRing {
     ring: iou::IoUring,
+    /// shardchat patch: set up with `COOP_TASKRUN | TASKRUN_FLAG`.
+    coop: bool,
     size: usize,
     submission_queue: ReactorQueue,
     name: &'static str,
@@ -907,8 +915,27 @@ impl SleepableRing {
         source_map: Rc<RefCell<SourceMap>>,
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
+        // shardchat patch (see vendor/README.md): cooperative task running. Without it, each
+        // completion that another core raises for this thread while it runs (a socket became
+        // readable, a timer in another ring) interrupts it with an IPI so that the kernel can
+        // post the completion at once; under a VM each IPI is a trap to the hypervisor, on both
+        // cores. With it the kernel posts them the next time this thread enters the kernel
+        // (any syscall, an interrupt, or the park), sets `IORING_SQ_TASKRUN` meanwhile, and
+        // still wakes the thread if it sleeps. `run_task_work` enters for them when the flag
+        // is up, so a spinning or busy executor sees them as soon as it looks. Linux 5.19 and
+        // later; older kernels refuse the flags (EINVAL) and get the ring as before.
+        let (ring, coop) = match iou::IoUring::new_with_flags(
+            size as _,
+            iou::SetupFlags::COOP_TASKRUN | iou::SetupFlags::TASKRUN_FLAG,
+            iou::SetupFeatures::empty(),
+        ) {
+            Ok(ring) => (ring, true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (iou::IoUring::new(size as _)?, false),
+            Err(e) => return Err(e),
+        };
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring,
+            coop,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
@@ -1132,9 +1159,34 @@ impl UringCommon for SleepableRing {
         false
     }
 
+    fn run_task_work(&mut self) {
+        if !self.coop {
+            return;
+        }
+        // SAFETY: `kflags` points into the SQ ring, mapped for as long as `self.ring` lives; the
+        // kernel updates it atomically from other cores.
+        let flags = unsafe { &*(self.ring.raw().sq.kflags as *const std::sync::atomic::AtomicU32) };
+        if flags.load(std::sync::atomic::Ordering::Acquire) & uring_sys::IORING_SQ_TASKRUN != 0 {
+            // Entering runs this thread's task work, which posts the completions. Nothing to
+            // submit and nothing to wait for: an error (EINTR, EBUSY) leaves them for the next
+            // enter, at the latest the park's, which runs task work before it sleeps.
+            // SAFETY: a plain io_uring_enter on our own ring's descriptor.
+            unsafe {
+                uring_sys::syscalls::io_uring_enter(
+                    self.ring.raw().ring_fd,
+                    0,
+                    0,
+                    uring_sys::IORING_ENTER_GETEVENTS,
+                    std::ptr::null(),
+                );
+            }
+        }
+    }
+
     fn needs_kernel_enter(&self) -> bool {
         // We only need to enter the kernel to submit SQEs, not to collect CQEs (the
-        // kernel posts the CQEs asynchronously for us)
+        // kernel posts the CQEs asynchronously for us; with COOP_TASKRUN, `run_task_work`
+        // enters when some wait to be posted)
         self.waiting_kernel_submission() > 0
     }
 
