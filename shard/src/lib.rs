@@ -24,7 +24,7 @@ pub mod wheel;
 
 pub use commit::{run_commit, CommitJob, CommitOutcome};
 pub use machine::owner::HANDOVER_MS;
-pub use machine::{Action, Counters, Event, Now, Shard, ShardConfig};
+pub use machine::{Action, Counters, Event, Now, RemoteFanout, Shard, ShardConfig, ACTIONS_KEPT_MAX, ACTION_BYTES_MAX};
 pub use ops::{ConnMap, ConnRef, Op, RemoteOp};
 pub use payload::{Class, Payload};
 pub use peer::PeerMsg;

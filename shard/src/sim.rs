@@ -131,7 +131,8 @@ impl Sim {
             let s = ready[self.rng.below(ready.len())];
             let ev = self.inbox[s].pop_front().expect("non-empty");
             self.shards[s].handle(self.now, ev);
-            for a in self.shards[s].take_actions() {
+            let mut actions = self.shards[s].take_actions();
+            for a in actions.drain(..) {
                 if let Some(t) = &mut self.trace {
                     t.push(format!("{s} {a:?}"));
                 }
@@ -141,22 +142,22 @@ impl Sim {
                     Action::Peer { to, msg } => {
                         assert_ne!(to, s, "a shard handles its own messages inline");
                         if to == self.shards.len() {
-                            self.bridge.push(msg);
+                            self.bridge.push(*msg);
                         } else {
-                            self.inbox[to].push_back(Event::Peer(msg));
+                            self.inbox[to].push_back(Event::Peer(*msg));
                         }
                     }
                     Action::Commit(job) => {
                         let mono_ms = self.now.mono_ms();
-                        let out = run_commit(&*self.store, job, &|| mono_ms);
+                        let out = run_commit(&*self.store, *job, &|| mono_ms);
                         self.inbox[s].push_back(Event::CommitDone(out));
                     }
                     Action::Read { conn, job } => {
-                        let outcome = run_read(&*self.store, job);
+                        let outcome = run_read(&*self.store, *job);
                         self.inbox[s].push_back(Event::ReadDone { conn, outcome });
                     }
                     Action::Lookup(job) => {
-                        let outcome = run_read(&*self.store, job);
+                        let outcome = run_read(&*self.store, *job);
                         self.inbox[s].push_back(Event::LookupDone(outcome));
                     }
                     Action::WakeAt { mono_us } => {
@@ -169,6 +170,8 @@ impl Sim {
                     }
                 }
             }
+            // As the runtime's driver does: the next event's actions go into this allocation.
+            self.shards[s].recycle_actions(actions);
         }
     }
 

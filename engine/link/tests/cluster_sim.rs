@@ -251,18 +251,18 @@ impl Cluster {
                 match a {
                     Action::Send { conn, payload, .. } => self.received.entry(Dev(n, s, conn)).or_default().push(payload.frame().clone()),
                     Action::Close { .. } => {}
-                    Action::Peer { to, msg } => self.nodes[n].inbox[to].push_back(Event::Peer(msg)),
+                    Action::Peer { to, msg } => self.nodes[n].inbox[to].push_back(Event::Peer(*msg)),
                     Action::Commit(job) => {
                         let mono_ms = self.now.mono_ms();
-                        let out = run_commit(&*self.store, job, &|| mono_ms);
+                        let out = run_commit(&*self.store, *job, &|| mono_ms);
                         self.nodes[n].inbox[s].push_back(Event::CommitDone(out));
                     }
                     Action::Read { conn, job } => {
-                        let outcome = run_read(&*self.store, job);
+                        let outcome = run_read(&*self.store, *job);
                         self.nodes[n].inbox[s].push_back(Event::ReadDone { conn, outcome });
                     }
                     Action::Lookup(job) => {
-                        let outcome = run_read(&*self.store, job);
+                        let outcome = run_read(&*self.store, *job);
                         self.nodes[n].inbox[s].push_back(Event::LookupDone(outcome));
                     }
                     Action::WakeAt { .. } => panic!("these shards do not pace their commits"),
@@ -298,8 +298,9 @@ impl Cluster {
                             assert!(w.remove(&n), "unwatched without a watch");
                         }
                     }
-                    Action::Remote { node, msg } => self.route(n, Outgoing::Remote(node, msg)),
-                    Action::RemoteFanout { users, payload, except, msg, class } => {
+                    Action::Remote { node, msg } => self.route(n, Outgoing::Remote(node, *msg)),
+                    Action::RemoteFanout(f) => {
+                        let shardchat_shard::RemoteFanout { users, payload, except, msg, class } = *f;
                         let frame = payload.frame().clone();
                         self.route(n, Outgoing::Fanout { users, frame, except, msg, class });
                     }

@@ -344,7 +344,7 @@ impl Driver {
         // latency) is this too, not a read of their own (two `clock_gettime` per delivery were
         // 2.6% of the engine's CPU in 100-member group fan-out).
         let now = now(self.started);
-        let actions = {
+        let mut actions = {
             let mut shard = self.shard.borrow_mut();
             shard.handle(now, ev);
             self.metrics.pending_ops.store(shard.pending_ops() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -354,9 +354,12 @@ impl Driver {
             self.metrics.rate_limited.store(counters.rate_limited, std::sync::atomic::Ordering::Relaxed);
             shard.take_actions()
         };
-        for a in actions {
+        for a in actions.drain(..) {
             self.act(a, now);
         }
+        // An action may dispatch again (its shard borrow is over by then); this one's buffer
+        // goes back for the next event's actions.
+        self.shard.borrow_mut().recycle_actions(actions);
     }
 
     /// Queues `msg` for peer `to` (another shard, or the bridge); one for this shard itself is
@@ -388,13 +391,14 @@ impl Driver {
             Action::Remote { node, msg } => {
                 if let Some(c) = &self.cluster {
                     // At the link's bound the op is answered `unavailable` here and now.
-                    for (to, msg) in c.remote(node, msg) {
+                    for (to, msg) in c.remote(node, *msg) {
                         self.to_peer(to, msg);
                     }
                 }
             }
-            Action::RemoteFanout { users, payload, except, msg, class } => {
+            Action::RemoteFanout(f) => {
                 if let Some(c) = &self.cluster {
+                    let shardchat_shard::RemoteFanout { users, payload, except, msg, class } = *f;
                     c.fanout(users, &payload, except, msg, class);
                 }
             }
@@ -418,7 +422,7 @@ impl Driver {
                 let (d, store) = (self.clone(), self.store.clone());
                 self.jobs_in_flight.set(self.jobs_in_flight.get() + 1);
                 glommio::spawn_local(async move {
-                    let outcome = glommio::executor().spawn_blocking(move || run_read(&*store, job)).await;
+                    let outcome = glommio::executor().spawn_blocking(move || run_read(&*store, *job)).await;
                     d.jobs_in_flight.set(d.jobs_in_flight.get() - 1);
                     d.dispatch(Event::LookupDone(outcome));
                 })
@@ -439,7 +443,7 @@ impl Driver {
             }
             Action::Peer { to, msg } => {
                 assert_ne!(to, self.id, "the shard handles its own messages itself");
-                self.to_peer(to, msg);
+                self.to_peer(to, *msg);
             }
             Action::Commit(job) => {
                 let (d, store) = (self.clone(), self.store.clone());
@@ -450,7 +454,7 @@ impl Driver {
                     // The job's clock: how old its fence read is (the shard's own monotonic ms).
                     let epoch = d.started;
                     let mono_ms = move || epoch.elapsed().as_millis() as u64;
-                    let out = glommio::executor().spawn_blocking(move || run_commit(&*store, job, &mono_ms)).await;
+                    let out = glommio::executor().spawn_blocking(move || run_commit(&*store, *job, &mono_ms)).await;
                     let took = started.elapsed();
                     d.metrics.commit_latency.observe_us(took.as_micros() as u64);
                     if took > SLOW_COMMIT {
@@ -479,7 +483,7 @@ impl Driver {
                             glommio::timer::sleep(Duration::from_millis(2)).await;
                         }
                     }
-                    let outcome = glommio::executor().spawn_blocking(move || run_read(&*store, job)).await;
+                    let outcome = glommio::executor().spawn_blocking(move || run_read(&*store, *job)).await;
                     d.jobs_in_flight.set(d.jobs_in_flight.get() - 1);
                     d.dispatch(Event::ReadDone { conn, outcome });
                 })

@@ -157,13 +157,13 @@ impl Shard {
                 }
                 let limit = u64::from(limit.unwrap_or(SYNC_LIMIT_DEFAULT));
                 c.sync = Some(Box::new(SyncRun { todo: VecDeque::new(), convs: Default::default(), limit }));
-                self.actions.push(Action::Read { conn, job: ReadJob::SyncPlan { user, cursors } });
+                self.actions.push(Action::Read { conn, job: Box::new(ReadJob::SyncPlan { user, cursors }) });
                 return;
             }
             ClientFrame::History { conv, before, limit, r#ref } => {
                 let limit = limit.unwrap_or(shardchat_codec::HISTORY_LIMIT_DEFAULT) as usize;
                 let bytes_max = self.cfg.read_frame_bytes_max;
-                self.actions.push(Action::Read { conn, job: ReadJob::History { user, conv, before, limit, bytes_max, r#ref } });
+                self.actions.push(Action::Read { conn, job: Box::new(ReadJob::History { user, conv, before, limit, bytes_max, r#ref }) });
                 return;
             }
             ClientFrame::Ping { r#ref } => {
@@ -300,7 +300,7 @@ impl Shard {
                 let limit = (todo.left as usize).min(SYNC_FRAME_MESSAGES_MAX);
                 let job =
                     ReadJob::SyncChunk { conv: todo.conv.clone(), after: todo.after, limit, bytes_max: self.cfg.read_frame_bytes_max };
-                self.actions.push(Action::Read { conn, job });
+                self.actions.push(Action::Read { conn, job: Box::new(job) });
             }
             None => {
                 let run = c.sync.take().expect("checked");

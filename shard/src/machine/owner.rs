@@ -35,7 +35,7 @@ impl Shard {
             },
             Some(Some(owner)) if !forwarded => {
                 let op = op.into_remote().expect("an op about a conversation may cross nodes");
-                self.actions.push(Action::Remote { node: owner, msg: crate::remote::RemoteMsg::Op(op) });
+                self.actions.push(Action::Remote { node: owner, msg: Box::new(crate::remote::RemoteMsg::Op(op)) });
                 return;
             }
             Some(Some(_)) => "conversation is changing nodes; retry shortly",
@@ -159,7 +159,7 @@ impl Shard {
         let fence = self.cfg.cluster.then_some((self.node(), self.incarnation));
         self.commit_incarnation = self.incarnation;
         let push = self.cfg.push_enabled;
-        self.actions.push(Action::Commit(CommitJob { ops, convs, fence, push }));
+        self.actions.push(Action::Commit(Box::new(CommitJob { ops, convs, fence, push })));
     }
 
     pub(super) fn commit_done(&mut self, out: CommitOutcome) {
@@ -250,7 +250,7 @@ impl Shard {
     pub(super) fn fanout(&mut self, users: &[String], payload: Payload, except: Option<ConnRef>, msg: Option<(String, u64)>, class: Class) {
         if self.cfg.cluster && !users.is_empty() {
             let (users, payload, msg) = (users.to_vec(), payload.clone(), msg.clone());
-            self.actions.push(Action::RemoteFanout { users, payload, except, msg, class });
+            self.actions.push(Action::RemoteFanout(Box::new(super::RemoteFanout { users, payload, except, msg, class })));
         }
         let mut by_shard: BTreeMap<ShardId, Vec<String>> = BTreeMap::new();
         for u in users {

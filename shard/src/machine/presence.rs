@@ -117,7 +117,7 @@ impl Shard {
             None => {
                 p.waiting = Some(vec![who]);
                 if !p.loaded {
-                    self.actions.push(Action::Lookup(ReadJob::LastSeen { user: target }));
+                    self.actions.push(Action::Lookup(Box::new(ReadJob::LastSeen { user: target })));
                 }
             }
         }

@@ -140,3 +140,18 @@ fn a_full_commit_queue_refuses_with_the_cmid_or_ref_and_the_retries_go_through()
     let acked: Vec<u64> = sim.take(a).iter().filter_map(|f| if let ServerFrame::Ack { seq, .. } = f { Some(*seq) } else { None }).collect();
     assert_eq!(acked, [5, 6, 7, 8]);
 }
+
+/// The buffer the runtime gives back after carrying out an event's actions takes the next
+/// event's (no growth from empty each time: a commit's few hundred acks and deliveries doubled
+/// their way up through fresh pages), unless it is past [`ACTIONS_KEPT_MAX`].
+#[test]
+fn the_action_buffer_goes_back_for_the_next_event_up_to_its_bound() {
+    let now = Now { unix_ms: 1_800_000_000_000, mono_us: 1_000_000 };
+    let mut shard = Shard::new(ShardConfig::new(0, 1), now);
+    shard.recycle_actions(Vec::with_capacity(100));
+    shard.handle(now, Event::Tick);
+    assert!(shard.take_actions().capacity() >= 100, "the next event's actions went into the buffer given back");
+    shard.recycle_actions(Vec::with_capacity(ACTIONS_KEPT_MAX + 1));
+    shard.handle(now, Event::Tick);
+    assert!(shard.take_actions().capacity() <= ACTIONS_KEPT_MAX, "a buffer past the bound is not kept");
+}
