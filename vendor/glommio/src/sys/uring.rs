@@ -895,8 +895,6 @@ impl UringCommon for PollRing {
 
 struct SleepableRing {
     ring: iou::IoUring,
-    /// shardchat patch: set up with `COOP_TASKRUN | TASKRUN_FLAG`.
-    coop: bool,
     size: usize,
     submission_queue: ReactorQueue,
     name: &'static str,
@@ -924,18 +922,16 @@ impl SleepableRing {
         // still wakes the thread if it sleeps. `run_task_work` enters for them when the flag
         // is up, so a spinning or busy executor sees them as soon as it looks. Linux 5.19 and
         // later; older kernels refuse the flags (EINVAL) and get the ring as before.
-        let (ring, coop) = match iou::IoUring::new_with_flags(
+        let ring = match iou::IoUring::new_with_flags(
             size as _,
             iou::SetupFlags::COOP_TASKRUN | iou::SetupFlags::TASKRUN_FLAG,
             iou::SetupFeatures::empty(),
         ) {
-            Ok(ring) => (ring, true),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (iou::IoUring::new(size as _)?, false),
-            Err(e) => return Err(e),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => iou::IoUring::new(size as _)?,
+            ring => ring?,
         };
         Ok(SleepableRing {
             ring,
-            coop,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
@@ -1160,7 +1156,9 @@ impl UringCommon for SleepableRing {
     }
 
     fn run_task_work(&mut self) {
-        if !self.coop {
+        // The setup flags the ring got, as liburing records them: without `COOP_TASKRUN` (an
+        // older kernel) completions are never held back.
+        if self.ring.raw().flags & iou::SetupFlags::COOP_TASKRUN.bits() == 0 {
             return;
         }
         // SAFETY: `kflags` points into the SQ ring, mapped for as long as `self.ring` lives; the
