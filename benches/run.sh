@@ -4,6 +4,9 @@
 # the same load generator scenarios, on this machine. Writes every run's JSON and a markdown
 # table with the ratios to benches/results/<date>-<host>/. The Node relay runs when `node` and
 # `npm` are installed (its one package, `ws`, is installed from the registry on first use).
+# First, with nothing else running, `fsync-floor` measures what one journal append and fdatasync
+# cost on this disk: at the light rate each of shardchat's commits holds one message, so its cores
+# there can go no lower than the cheapest relay's plus that (the table's "durable floor" row).
 #
 #   benches/run.sh                 # the default set (about 9 minutes)
 #   IDLE=15000 DURATION=10 benches/run.sh
@@ -39,6 +42,7 @@ mkdir -p "$out"
 
 echo "== building (release)"
 cargo build --release -q -p shardchat -p shardchat-loadgen -p tokio-relay
+cargo build --release -q -p shardchat-benches --bin fsync-floor
 bin=target/release
 lg() { "$bin/shardchat-loadgen" "$@"; }
 
@@ -64,6 +68,12 @@ data=$(mktemp -d)
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$data"; }
 pids=()
 trap cleanup EXIT
+
+# What durability alone costs here, measured before any server starts (so nothing else is busy),
+# on the servers' cores and filesystem: one append and fdatasync per message at the light rate,
+# the floor under shardchat's cores there beyond what a relay spends (see the table).
+echo "== fsync-floor"
+"${confine[@]}" "$bin/fsync-floor" --dir "$data" --rate "$LOW_RATE" --json "$out/fsync-floor.json"
 
 # The per-connection and per-user send limits (200 and 400 a second by default) are off: one
 # sender per group offers up to 400 messages a second here, which a real client would not.
@@ -159,6 +169,18 @@ rate = lambda r: r["sent"] / r["send_seconds"]
 low_name = f"direct-low ({rate(low[0]):,.0f} msg/s)"
 row(low_name, "server cores", [r.get("server_cpu_s_per_1000_msgs") and r["server_cpu_s_per_1000_msgs"] * rate(r) / 1000 for r in low], "", True)
 row(low_name, "p99", [r["latency_p99_ms"] for r in low], " ms", True)
+# The durable floor at that rate: the cheapest relay's cores plus one journal append and
+# fdatasync a message (fsync-floor, alone on the same cores and disk): at a light load each
+# commit holds one message, so shardchat can go no lower without holding messages back.
+floor_path = os.path.join(out, "fsync-floor.json")
+relay_low = [r.get("server_cpu_s_per_1000_msgs") and r["server_cpu_s_per_1000_msgs"] * rate(r) / 1000 for w, r in zip(servers, low) if w != "shardchat"]
+relay_low = [c for c in relay_low if c]
+if os.path.exists(floor_path) and relay_low:
+    fl = json.load(open(floor_path))
+    floor = min(relay_low) + fl["cpu_us_per_op"] * rate(low[0]) / 1e6
+    shard = low[0].get("server_cpu_s_per_1000_msgs") and low[0]["server_cpu_s_per_1000_msgs"] * rate(low[0]) / 1000
+    cells = " | ".join(cell(floor) if w == "shardchat" else "-" for w in servers)
+    lines.append(f"| {low_name} | durable floor: best relay's cores + one append and fdatasync a message ({fl['cpu_us_per_op']:.0f} µs, fsync-floor) | {cells} | shardchat / floor {ratio(shard, floor)} |")
 for n in runs:
     rs = [load(w, n) for w in servers]
     row(n, "delivered/s", [r["delivered_per_second"] for r in rs], "", False)

@@ -1,0 +1,136 @@
+//! `fsync-floor`: what durability alone costs on this machine's disk, in CPU.
+//!
+//! shardchat acks a message only once an `fdatasync` covers it; at light traffic every commit
+//! holds one message, so each message pays a whole journal append and sync. The in-memory relays
+//! `benches/run.sh` measures beside it pay neither, so "shardchat's cores at a light load" can go
+//! no lower than "a relay's cores plus one append and sync a message". This measures that second
+//! term alone, the way the engine pays it: appends of `--record-bytes` to a file grown with
+//! `set_len` (as fjall's journal is), each followed by `fdatasync`, paced at `--rate` a second.
+//!
+//! Three paced phases run in turn: the loop alone, appends, appends each followed by a sync. The
+//! figure is this process's CPU (user and system, the total `/proc/<pid>/stat` gives for the
+//! servers), for a paced loop that appends and syncs less the same paced loop that only
+//! sleeps: the pacing's own wake-ups are not durability's. Like the servers' figures it leaves out the
+//! block layer's worker threads and the interrupts that land on other cores.
+//!
+//!     fsync-floor --dir /var/lib/shardchat --rate 1000 --seconds 3 --json floor.json
+
+use clap::Parser;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "CPU one append and fdatasync costs on this disk (benches/run.sh's durability floor)")]
+struct Args {
+    /// A directory on the filesystem the engine's data directory would use.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Appends (and syncs) a second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Seconds each of the two phases runs.
+    #[arg(long, default_value_t = 3)]
+    seconds: u32,
+    /// Bytes an append writes: about one one-on-one message's journal entry.
+    #[arg(long, default_value_t = 300)]
+    record_bytes: usize,
+    /// Writes the figures here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// The journal's preallocated length (fjall's default journal size): appends land in a hole,
+/// as the engine's do.
+const FILE_BYTES: u64 = 64 << 20;
+
+/// This process's CPU time so far (user and system, every thread), in seconds: the same total
+/// `/proc/<pid>/stat` gives for the servers, read at nanosecond precision.
+fn cpu_s() -> f64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid clock id and a timespec to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+/// Runs `op(k)` at `rate` a second for `seconds`, on a schedule (not back to back), and gives
+/// the CPU it took and how many ops ran.
+fn paced(rate: u32, seconds: u32, label: &str, mut op: impl FnMut(u64)) -> (f64, u64) {
+    let interval = Duration::from_secs(1) / rate.max(1);
+    let total = u64::from(rate) * u64::from(seconds);
+    let (t0, c0) = (Instant::now(), cpu_s());
+    let mut next_report = 1;
+    for k in 0..total {
+        let due = t0 + interval * k as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        op(k);
+        if t0.elapsed() >= Duration::from_secs(next_report) {
+            eprintln!("   {label}: {next_report} of {seconds} s");
+            next_report += 1;
+        }
+    }
+    (cpu_s() - c0, total)
+}
+
+fn main() {
+    let args = Args::parse();
+    let dir = tempdir_in(&args.dir);
+    let path = dir.join("journal");
+    let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path).expect("create the probe file");
+    file.set_len(FILE_BYTES).expect("set_len");
+    let record = vec![b'x'; args.record_bytes];
+    let ops_max = FILE_BYTES / args.record_bytes.max(1) as u64;
+    assert!(
+        2 * u64::from(args.rate) * u64::from(args.seconds) <= ops_max,
+        "--rate × --seconds appends would pass the file's {FILE_BYTES} bytes"
+    );
+
+    eprintln!(
+        "== fsync-floor: {} appends of {} B a second, {} s a phase, in {}",
+        args.rate,
+        args.record_bytes,
+        args.seconds,
+        dir.display()
+    );
+    let (idle, n) = paced(args.rate, args.seconds, "paced loop alone", |_| {});
+    let append_at = |k: u64| file.write_all_at(&record, k * record.len() as u64).expect("append");
+    let (appended, _) = paced(args.rate, args.seconds, "append", append_at);
+    let (synced, _) = paced(args.rate, args.seconds, "append + fdatasync", |k| {
+        // Past the first phase's appends, so each lands in the hole as a journal's do.
+        append_at(n + k);
+        file.sync_data().expect("fdatasync");
+    });
+    let per_op = |cpu: f64| cpu.max(0.0) / n as f64 * 1e6;
+    let (append_us, total_us) = (per_op(appended - idle), per_op(synced - idle));
+    let sync_us = per_op(synced - appended);
+    let cores = total_us * f64::from(args.rate) / 1e6;
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| append, CPU | {append_us:.1} µs |");
+    println!("| fdatasync after it, CPU | {sync_us:.1} µs |");
+    println!("| append + fdatasync, CPU | {total_us:.1} µs |");
+    println!("| cores at {} a second | {cores:.3} |", args.rate);
+    if let Some(p) = &args.json {
+        let mut f = std::fs::File::create(p).expect("create --json");
+        writeln!(
+            f,
+            "{{\"rate\": {}, \"record_bytes\": {}, \"ops\": {n}, \"append_us_per_op\": {append_us:.2}, \"fdatasync_us_per_op\": {sync_us:.2}, \"cpu_us_per_op\": {total_us:.2}, \"cores\": {cores:.4}}}",
+            args.rate, args.record_bytes
+        )
+        .expect("write --json");
+    }
+    drop(file);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fresh directory under `parent`, named for this process.
+fn tempdir_in(parent: &std::path::Path) -> PathBuf {
+    let dir = parent.join(format!("fsync-floor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create the probe directory");
+    dir
+}
