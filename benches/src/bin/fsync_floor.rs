@@ -17,7 +17,6 @@
 
 use clap::Parser;
 use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -31,7 +30,7 @@ struct Args {
     /// Appends (and syncs) a second.
     #[arg(long, default_value_t = 1000)]
     rate: u32,
-    /// Seconds each of the two phases runs.
+    /// Seconds each of the three phases runs.
     #[arg(long, default_value_t = 3)]
     seconds: u32,
     /// Bytes an append writes: about one one-on-one message's journal entry.
@@ -79,15 +78,16 @@ fn paced(rate: u32, seconds: u32, label: &str, mut op: impl FnMut(u64)) -> (f64,
 
 fn main() {
     let args = Args::parse();
-    let dir = tempdir_in(&args.dir);
-    let path = dir.join("journal");
+    // Removed when it drops, also when a write or sync fails.
+    let dir = tempfile::Builder::new().prefix("fsync-floor-").tempdir_in(&args.dir).expect("create the probe directory");
+    let path = dir.path().join("journal");
     let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path).expect("create the probe file");
     file.set_len(FILE_BYTES).expect("set_len");
     let record = vec![b'x'; args.record_bytes];
     let ops_max = FILE_BYTES / args.record_bytes.max(1) as u64;
     assert!(
         2 * u64::from(args.rate) * u64::from(args.seconds) <= ops_max,
-        "--rate × --seconds appends would pass the file's {FILE_BYTES} bytes"
+        "two phases of --rate × --seconds appends would pass the file's {FILE_BYTES} bytes"
     );
 
     eprintln!(
@@ -95,7 +95,7 @@ fn main() {
         args.rate,
         args.record_bytes,
         args.seconds,
-        dir.display()
+        dir.path().display()
     );
     let (idle, n) = paced(args.rate, args.seconds, "paced loop alone", |_| {});
     let append_at = |k: u64| file.write_all_at(&record, k * record.len() as u64).expect("append");
@@ -116,21 +116,15 @@ fn main() {
     println!("| append + fdatasync, CPU | {total_us:.1} µs |");
     println!("| cores at {} a second | {cores:.3} |", args.rate);
     if let Some(p) = &args.json {
-        let mut f = std::fs::File::create(p).expect("create --json");
-        writeln!(
-            f,
-            "{{\"rate\": {}, \"record_bytes\": {}, \"ops\": {n}, \"append_us_per_op\": {append_us:.2}, \"fdatasync_us_per_op\": {sync_us:.2}, \"cpu_us_per_op\": {total_us:.2}, \"cores\": {cores:.4}}}",
-            args.rate, args.record_bytes
-        )
-        .expect("write --json");
+        let figures = serde_json::json!({
+            "rate": args.rate,
+            "record_bytes": args.record_bytes,
+            "ops": n,
+            "append_us_per_op": append_us,
+            "fdatasync_us_per_op": sync_us,
+            "cpu_us_per_op": total_us,
+            "cores": cores,
+        });
+        std::fs::write(p, figures.to_string()).expect("write --json");
     }
-    drop(file);
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A fresh directory under `parent`, named for this process.
-fn tempdir_in(parent: &std::path::Path) -> PathBuf {
-    let dir = parent.join(format!("fsync-floor-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create the probe directory");
-    dir
 }
