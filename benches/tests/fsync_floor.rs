@@ -25,7 +25,6 @@ fn the_probe_reports_what_an_append_and_sync_cost() {
         assert!(sync > append.max(2.0), "an fdatasync ({sync} µs) costs more than an append ({append} µs)");
         assert!(us > 1.0, "{us} µs per append and sync");
     }
-    assert!((us - (append + sync)).abs() < 0.1, "the total is the append and the sync");
     assert!((v["cores"].as_f64().unwrap() - us * 500.0 / 1e6).abs() < 1e-3, "cores are the rate times the cost");
     // It leaves nothing behind in the directory it was given.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().filter(|e| e.as_ref().unwrap().path() != json).count(), 0);
