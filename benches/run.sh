@@ -164,23 +164,23 @@ idle = [load(w, "idle") for w in servers]
 row(f"idle ({idle[0]['connected']} conns)", "RSS bytes per connection, connected", [r["server_bytes_per_connection"] for r in idle], "", True)
 row(f"idle ({idle[0]['connected']} conns)", f"RSS bytes per connection, idle {os.environ.get('IDLE_HOLD', '20')} s", [r.get("server_bytes_per_connection_idle") for r in idle], "", True)
 low = [load(w, "direct-low") for w in servers]
-# Cores the server burns at a light load: its CPU per message times the messages sent a second.
 rate = lambda r: r["sent"] / r["send_seconds"]
 low_name = f"direct-low ({rate(low[0]):,.0f} msg/s)"
-row(low_name, "server cores", [r.get("server_cpu_s_per_1000_msgs") and r["server_cpu_s_per_1000_msgs"] * rate(r) / 1000 for r in low], "", True)
+# Cores a server burns: its CPU per message times the messages sent a second (None if unmeasured).
+cores = lambda r: r.get("server_cpu_s_per_1000_msgs") and r["server_cpu_s_per_1000_msgs"] * rate(r) / 1000
+low_cores = [cores(r) for r in low]
+row(low_name, "server cores", low_cores, "", True)
 row(low_name, "p99", [r["latency_p99_ms"] for r in low], " ms", True)
 # The durable floor at that rate: the cheapest relay's cores plus one journal append and
 # fdatasync a message (fsync-floor, alone on the same cores and disk): at a light load each
 # commit holds one message, so shardchat can go no lower without holding messages back.
 floor_path = os.path.join(out, "fsync-floor.json")
-relay_low = [r.get("server_cpu_s_per_1000_msgs") and r["server_cpu_s_per_1000_msgs"] * rate(r) / 1000 for w, r in zip(servers, low) if w != "shardchat"]
-relay_low = [c for c in relay_low if c]
+relay_low = [c for w, c in zip(servers, low_cores) if w != "shardchat" and c]
 if os.path.exists(floor_path) and relay_low:
     fl = json.load(open(floor_path))
     floor = min(relay_low) + fl["cpu_us_per_op"] * rate(low[0]) / 1e6
-    shard = low[0].get("server_cpu_s_per_1000_msgs") and low[0]["server_cpu_s_per_1000_msgs"] * rate(low[0]) / 1000
     cells = " | ".join(cell(floor) if w == "shardchat" else "-" for w in servers)
-    lines.append(f"| {low_name} | durable floor: best relay's cores + one append and fdatasync a message ({fl['cpu_us_per_op']:.0f} µs, fsync-floor) | {cells} | shardchat / floor {ratio(shard, floor)} |")
+    lines.append(f"| {low_name} | durable floor: best relay's cores + one append and fdatasync a message ({fl['cpu_us_per_op']:.0f} µs, fsync-floor) | {cells} | shardchat / floor {ratio(low_cores[0], floor)} |")
 for n in runs:
     rs = [load(w, n) for w in servers]
     row(n, "delivered/s", [r["delivered_per_second"] for r in rs], "", False)
