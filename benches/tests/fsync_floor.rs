@@ -23,7 +23,6 @@ fn the_probe_reports_what_an_append_and_sync_cost() {
         (v["append_us_per_op"].as_f64().unwrap(), v["fdatasync_us_per_op"].as_f64().unwrap(), v["cpu_us_per_op"].as_f64().unwrap());
     if !on_tmpfs {
         assert!(sync > append.max(2.0), "an fdatasync ({sync} µs) costs more than an append ({append} µs)");
-        assert!(us > 1.0, "{us} µs per append and sync");
     }
     assert!((v["cores"].as_f64().unwrap() - us * 500.0 / 1e6).abs() < 1e-3, "cores are the rate times the cost");
     // It leaves nothing behind in the directory it was given.
