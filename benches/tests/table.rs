@@ -1,0 +1,55 @@
+//! `benches/table.py`, the table `benches/run.sh` writes, on runs made up for it: the row that says
+//! which side ran out of cores at each server's first failed rate.
+
+use serde_json::json;
+use std::path::Path;
+use std::process::Command;
+
+/// A run's report with the fields the table reads; `cpu` overrides the sending phase's CPU
+/// seconds (server, load generator) over 10 s.
+fn report(dir: &Path, name: &str, cpu: (f64, f64)) {
+    let r = json!({
+        "connected": 1000, "server_bytes_per_connection": 2000.0, "server_bytes_per_connection_idle": 600.0,
+        "sent": 10000, "send_seconds": 10.0, "delivered_per_second": 1000.0,
+        "latency_p50_ms": 1.0, "latency_p99_ms": 2.0, "latency_p999_ms": 3.0, "lost": 0, "duplicates": 0,
+        "server_cpu_s_per_1000_msgs": 0.05, "loadgen_cpu_s_per_1000_msgs": 0.04,
+        "server_cpu_seconds": cpu.0, "loadgen_cpu_seconds": cpu.1,
+    });
+    std::fs::write(dir.join(format!("{name}.json")), r.to_string()).unwrap();
+}
+
+#[test]
+fn the_table_names_the_side_that_ran_out_of_cores() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for who in ["shardchat", "relay", "node"] {
+        for run in ["idle", "direct-low", "direct", "group100-1000"] {
+            report(d, &format!("{who}-{run}"), (5.0, 4.0));
+        }
+    }
+    // shardchat failed at 30,000 with its one core full; the relay at 40,000 with the load
+    // generator's three cores full (not this machine's count: the cores it was given); the Node
+    // relay never failed.
+    report(d, "shardchat-sustain-30000", (9.9, 4.0));
+    report(d, "relay-sustain-40000", (6.0, 28.5));
+    std::fs::write(d.join("shardchat-sustained.json"), r#"{"rate": 20000, "failed_at": 30000}"#).unwrap();
+    std::fs::write(d.join("relay-sustained.json"), r#"{"rate": 30000, "failed_at": 40000}"#).unwrap();
+    std::fs::write(d.join("node-sustained.json"), r#"{"rate": 80000, "failed_at": null}"#).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("table.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([d.to_str().unwrap(), "1000", "shardchat relay node", "1", "3"])
+        .env("IDLE_HOLD", "20")
+        .output()
+        .expect("python3 runs the table");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = std::fs::read_to_string(d.join("README.md")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), table.trim_end(), "prints what it writes");
+    assert!(table.contains("| direct | highest msg/s with no loss, p99 < 50 ms | 20,000 | 30,000 | 80,000 | 0.25x |"), "{table}");
+    let busy = table.lines().find(|l| l.contains("first rate that failed")).expect("the row is there");
+    let cells: Vec<&str> = busy.split('|').map(str::trim).collect();
+    // Busy shares: CPU seconds over the 10 s phase over the cores that side had.
+    assert_eq!(cells[3], "30,000: 0.99 / 0.13 (server)");
+    assert_eq!(cells[4], "40,000: 0.60 / 0.95 (load generator)");
+    assert_eq!(cells[5], "none failed");
+}
