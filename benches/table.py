@@ -70,7 +70,10 @@ if os.path.exists(floor_path) and relay_low:
     fl = json.load(open(floor_path))
     floor = min(relay_low) + fl["cpu_us_per_op"] * rate(low[0]) / 1e6
     cells = " | ".join(cell(floor) if w == "shardchat" else "-" for w in servers)
-    lines.append(f"| {low_name} | durable floor: best relay's cores + one append and fdatasync a message ({fl['cpu_us_per_op']:.0f} µs, fsync-floor) | {cells} | shardchat / floor {ratio(low_cores[0], floor)} |")
+    # What one sync asked of the disk, where the probe could count it (a block device).
+    disk = "" if fl.get("device_writes_per_sync") is None else \
+        f"; a sync: {fl['device_writes_per_sync']:.1f} disk writes and {fl['device_flushes_per_sync']:.1f} cache flushes"
+    lines.append(f"| {low_name} | durable floor: best relay's cores + one append and fdatasync a message ({fl['cpu_us_per_op']:.0f} µs, fsync-floor{disk}) | {cells} | shardchat / floor {ratio(low_cores[0], floor)} |")
 for n in runs:
     rs = [load(w, n) for w in servers]
     row(n, "delivered/s", [r["delivered_per_second"] for r in rs], "", False)

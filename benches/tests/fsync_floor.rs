@@ -25,6 +25,11 @@ fn the_probe_reports_what_an_append_and_sync_cost() {
         assert!(sync > append.max(2.0), "an fdatasync ({sync} µs) costs more than an append ({append} µs)");
     }
     assert!((v["cores"].as_f64().unwrap() - us * 500.0 / 1e6).abs() < 1e-3, "cores are the rate times the cost");
+    // Where the directory is on a block device, every fdatasync of an append writes that data
+    // at least (device-wide counts: other writers only add).
+    if let Some(writes) = v["device_writes_per_sync"].as_f64().filter(|_| !on_tmpfs) {
+        assert!(writes >= 0.9, "a sync writes the appended data: {writes} device writes a sync");
+    }
     // It leaves nothing behind in the directory it was given.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().filter(|e| e.as_ref().unwrap().path() != json).count(), 0);
 }

@@ -1,5 +1,5 @@
 //! `benches/table.py`, the table `benches/run.sh` writes, on runs made up for it: the row that says
-//! which side ran out of cores at each server's first failed rate.
+//! which side ran out of cores at each server's first failed rate, and the light load's floor.
 
 use serde_json::json;
 use std::path::Path;
@@ -35,6 +35,13 @@ fn the_table_names_the_side_that_ran_out_of_cores() {
     std::fs::write(d.join("shardchat-sustained.json"), r#"{"rate": 20000, "failed_at": 30000}"#).unwrap();
     std::fs::write(d.join("relay-sustained.json"), r#"{"rate": 30000, "failed_at": 40000}"#).unwrap();
     std::fs::write(d.join("node-sustained.json"), r#"{"rate": 80000, "failed_at": null}"#).unwrap();
+    // The light load's floor: the cheapest relay's cores (0.05 a second at 1,000 msg/s, from
+    // 50 µs a message) plus the probe's 40 µs a sync.
+    std::fs::write(
+        d.join("fsync-floor.json"),
+        json!({"cpu_us_per_op": 40.0, "device_writes_per_sync": 2.3, "device_flushes_per_sync": 1.0}).to_string(),
+    )
+    .unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("table.py");
     let out = Command::new("python3")
         .arg(&script)
@@ -52,4 +59,7 @@ fn the_table_names_the_side_that_ran_out_of_cores() {
     assert_eq!(cells[3], "30,000: 0.99 / 0.13 (server)");
     assert_eq!(cells[4], "40,000: 0.60 / 0.95 (load generator)");
     assert_eq!(cells[5], "none failed");
+    let floor = table.lines().find(|l| l.contains("durable floor")).expect("the floor row is there");
+    assert!(floor.contains("(40 µs, fsync-floor; a sync: 2.3 disk writes and 1.0 cache flushes)"), "{floor}");
+    assert!(floor.contains("| 0.09 | - | - | shardchat / floor 0.56x |"), "{floor}");
 }

@@ -13,12 +13,18 @@
 //! sleeps: the pacing's own wake-ups are not durability's. Like the servers' figures it leaves out the
 //! block layer's worker threads and the interrupts that land on other cores.
 //!
+//! Beside the CPU it counts the requests the disk completed during the sync phase, a sync each
+//! (from `/sys/dev/block/<device>/stat`, device-wide): what one `fdatasync` asks of this
+//! filesystem and disk. Each request is a round trip the syncing thread sleeps through, so the
+//! count says much of why the figure is what it is (a data write, the inode's block when the
+//! filesystem dirtied it, a cache flush).
+//!
 //!     fsync-floor --dir /var/lib/shardchat --rate 1000 --seconds 3 --json floor.json
 
 use clap::Parser;
 use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -53,6 +59,22 @@ fn cpu_s() -> f64 {
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+/// The `stat` file of the block device `dir` is on; None where there is none (a tmpfs, an overlay
+/// or network filesystem).
+fn device_stat(dir: &Path) -> Option<PathBuf> {
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    let stat = PathBuf::from(format!("/sys/dev/block/{}:{}/stat", libc::major(dev), libc::minor(dev)));
+    stat.exists().then_some(stat)
+}
+
+/// Write and flush requests the device has completed so far (fields 5 and 16 of its `stat`,
+/// Documentation/block/stat.rst; a kernel before 5.5 has no flush count: 0).
+fn device_requests(stat: &Path) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    let fields: Vec<u64> = text.split_whitespace().map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    Some((*fields.get(4)?, fields.get(15).copied().unwrap_or(0)))
 }
 
 /// Runs `op(k)` at `rate` a second for `seconds`, on a schedule (not back to back), and gives
@@ -100,11 +122,18 @@ fn main() {
     let (idle, n) = paced(args.rate, args.seconds, "paced loop alone", |_| {});
     let append_at = |k: u64| file.write_all_at(&record, k * record.len() as u64).expect("append");
     let (appended, _) = paced(args.rate, args.seconds, "append", append_at);
+    let stat = device_stat(&args.dir);
+    let before = stat.as_deref().and_then(device_requests);
     let (synced, _) = paced(args.rate, args.seconds, "append + fdatasync", |k| {
         // Past the first phase's appends, so each lands in the hole as a journal's do.
         append_at(n + k);
         file.sync_data().expect("fdatasync");
     });
+    // Requests a sync: device-wide, so anything else writing meanwhile adds to them.
+    let requests = match (before, stat.as_deref().and_then(device_requests)) {
+        (Some((w0, f0)), Some((w1, f1))) => Some((w1.saturating_sub(w0) as f64 / n as f64, f1.saturating_sub(f0) as f64 / n as f64)),
+        _ => None,
+    };
     let per_op = |cpu: f64| cpu.max(0.0) / n as f64 * 1e6;
     // Each phase's CPU less the one before it. Noise can put a phase under the one before (the
     // append is a few µs, the loop's own wake-ups vary as much), so each difference stops at 0
@@ -118,6 +147,13 @@ fn main() {
     println!("| fdatasync after it, CPU | {sync_us:.1} µs |");
     println!("| append + fdatasync, CPU | {total_us:.1} µs |");
     println!("| cores at {} a second | {cores:.3} |", args.rate);
+    match requests {
+        Some((writes, flushes)) => {
+            println!("| disk writes a sync | {writes:.2} |");
+            println!("| disk cache flushes a sync | {flushes:.2} |");
+        }
+        None => println!("| disk requests a sync | not counted: no block device under {} |", args.dir.display()),
+    }
     if let Some(p) = &args.json {
         let figures = serde_json::json!({
             "rate": args.rate,
@@ -127,6 +163,8 @@ fn main() {
             "fdatasync_us_per_op": sync_us,
             "cpu_us_per_op": total_us,
             "cores": cores,
+            "device_writes_per_sync": requests.map(|r| r.0),
+            "device_flushes_per_sync": requests.map(|r| r.1),
         });
         std::fs::write(p, figures.to_string()).expect("write --json");
     }
