@@ -33,8 +33,8 @@ GROUP_RATES=${GROUP_RATES:-"1000 4000 8000"}
 LOW_RATE=${LOW_RATE:-1000}
 # One-on-one rates tried in turn, for the highest each server sustains with no loss and p99
 # under 50 ms (the first that fails ends the search; empty skips it). Steps of 5,000 up to
-# 40,000, where this kind of machine's limits lie: with steps of 10,000, 20,000 against 30,000
-# read as a 1.5x gap that may be one of 1.2x.
+# 40,000, where this kind of machine's limits lie: in steps of 10,000 a gap of 1.2x between two
+# servers could read as 1.5x (20,000 against 30,000).
 SUSTAIN_RATES=${SUSTAIN_RATES-"5000 10000 15000 20000 25000 30000 35000 40000 50000 60000 80000"}
 out="benches/results/$(date +%Y-%m-%d)-$(hostname -s)"
 # A second run on the same day replaces the first whole: a file the ladder did not reach this
