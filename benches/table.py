@@ -13,7 +13,6 @@ names = {"shardchat": "shardchat", "relay": "tokio-relay", "node": "node-relay"}
 def load(who, n):
     with open(os.path.join(out, f"{who}-{n}.json")) as f: return json.load(f)
 runs = ["direct"] + [f"group100-{r}" for r in rates]
-relays = [w for w in servers if w != "shardchat"]
 head = " | ".join(names[w] for w in servers)
 lines = [f"# shardchat vs baseline relays ({os.path.basename(out)}, {os.cpu_count()} cores, {platform.machine()})", "",
          "Same load generator, same scenarios, one run. The relays store nothing (they ack before any",
@@ -31,6 +30,12 @@ def row(n, label, values, unit, lower_is_better):
     best = (min(best) if lower_is_better else max(best)) if best else None
     cells = " | ".join(cell(v, unit) for v in values)
     lines.append(f"| {n} | {label} | {cells} | {ratio(values[0], best)} |")
+# Cores a side (the server, the load generator) burned over a run's sending phase: its CPU
+# seconds over the phase's (None if unmeasured). The CPU per message the report also gives is the
+# same CPU over the messages sent, so this is that times the rate.
+def cores(r, side="server"):
+    cpu = r.get(f"{side}_cpu_seconds")
+    return cpu and cpu / r["send_seconds"]
 if os.path.exists(os.path.join(out, f"{servers[0]}-sustained.json")):
     sustained = [load(w, "sustained") for w in servers]
     row("direct", "highest msg/s with no loss, p99 < 50 ms", [s["rate"] or None for s in sustained], "", False)
@@ -43,8 +48,8 @@ if os.path.exists(os.path.join(out, f"{servers[0]}-sustained.json")):
         if s["failed_at"] is None:
             return "none failed"
         r = load(who, f"sustain-{s['failed_at']}")
-        srv = r.get("server_cpu_seconds") and r["server_cpu_seconds"] / r["send_seconds"] / server_cores
-        lgen = r["loadgen_cpu_seconds"] / r["send_seconds"] / lg_cores
+        srv = cores(r) and cores(r) / server_cores
+        lgen = cores(r, "loadgen") / lg_cores
         full = [name for name, v in (("server", srv or 0), ("load generator", lgen)) if v >= 0.9]
         side = f" ({' and '.join(full)})" if full else ""
         return f"{s['failed_at']:,}: {cell(srv)} / {lgen:.2f}{side}"
@@ -56,8 +61,6 @@ row(f"idle ({idle[0]['connected']} conns)", f"RSS bytes per connection, idle {os
 low = [load(w, "direct-low") for w in servers]
 rate = lambda r: r["sent"] / r["send_seconds"]
 low_name = f"direct-low ({rate(low[0]):,.0f} msg/s)"
-# Cores a server burns: its CPU per message times the messages sent a second (None if unmeasured).
-cores = lambda r: r.get("server_cpu_s_per_1000_msgs") and r["server_cpu_s_per_1000_msgs"] * rate(r) / 1000
 low_cores = [cores(r) for r in low]
 row(low_name, "server cores", low_cores, "", True)
 row(low_name, "p99", [r["latency_p99_ms"] for r in low], " ms", True)
