@@ -40,7 +40,7 @@ fn batch(conv: &str, n: usize) -> WriteBatch {
 
 fn append(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FjallStore::open(&StoreConfig { dir: dir.path().into(), commit_interval: Duration::ZERO }).unwrap());
+    let store = Arc::new(FjallStore::open(&StoreConfig::new(dir.path())).unwrap());
     let mut g = c.benchmark_group("append");
     g.sample_size(10).measurement_time(Duration::from_secs(5));
     for writers in [1usize, 2, 8] {

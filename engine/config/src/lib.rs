@@ -198,6 +198,11 @@ settings! {
     /// reactor source are dropped and its socket waits in the shard's epoll set, at a few dozen
     /// bytes, until it speaks or something is sent to it (0: never park).
     park_idle_ms: u64 = 5_000;
+    /// Niceness added to the embedded store's background threads (memtable flushes,
+    /// compactions), 0 to 19: a flush is a burst of CPU, and at the shards' weight it takes the
+    /// core from the shard it lands beside, whose commits then queue (ARCHITECTURE.md, storage).
+    /// 0: the same weight as the shards; 10, a tenth of it.
+    store_maintenance_nice: u8 = 10;
     /// Blocking threads per shard for storage jobs (commits and reads).
     storage_threads_per_shard: usize = 2;
     /// Ops waiting on one owner shard for its next commit (a commit runs at a time): when the
@@ -355,6 +360,10 @@ impl Config {
                 "partial_bytes_per_shard_max must be at least {} (one message of the largest size)",
                 self.ws_message_bytes_max()
             ));
+        }
+        // 19: Linux's highest niceness.
+        if self.store_maintenance_nice > 19 {
+            return Err("store_maintenance_nice must be 0 to 19".into());
         }
         if self.heartbeat_timeout_ms < 1000 {
             return Err("heartbeat_timeout_ms must be at least 1000".into());
@@ -567,6 +576,14 @@ mod tests {
         let c = Config { connections_max: 5_000, ..Config::default() };
         assert_eq!(c.connections_bound(20_000), Ok(5_000));
         assert!(c.connections_bound(6_000).unwrap_err().contains("connections_max 5000"));
+    }
+
+    #[test]
+    fn the_store_s_maintenance_niceness_is_linux_s_range() {
+        let with = |nice: u8| Config::load(&ServeArgs { dev_auth: true, store_maintenance_nice: Some(nice), ..Default::default() });
+        assert_eq!(with(19).unwrap().store_maintenance_nice, 19);
+        assert_eq!(with(0).unwrap().store_maintenance_nice, 0);
+        assert!(with(20).unwrap_err().contains("store_maintenance_nice must be 0 to 19"));
     }
 
     #[test]

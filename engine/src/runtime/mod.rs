@@ -207,7 +207,11 @@ fn shard_cpus(online: &[usize], allowed: &[usize]) -> Vec<usize> {
 fn open_store(cfg: &Config) -> Result<Arc<dyn MessageStore>, String> {
     match &cfg.store {
         None => {
-            let sc = StoreConfig { dir: cfg.data_dir.clone(), commit_interval: cfg.store_commit_interval() };
+            let sc = StoreConfig {
+                commit_interval: cfg.store_commit_interval(),
+                maintenance_nice: cfg.store_maintenance_nice,
+                ..StoreConfig::new(&cfg.data_dir)
+            };
             let store = FjallStore::open(&sc).map_err(|e| format!("opening the store in {}: {e}", cfg.data_dir.display()))?;
             Ok(Arc::new(store))
         }

@@ -4,6 +4,7 @@
 
 pub mod group;
 mod keys;
+pub mod nice;
 mod queue_floor;
 pub mod record;
 mod undurable;
@@ -22,6 +23,17 @@ pub struct StoreConfig {
     /// How long a group-commit leader waits for more writers before its fsync (0: none; the
     /// fsync itself is the batching window).
     pub commit_interval: Duration,
+    /// Niceness added to fjall's background threads (flushes, compactions), so that their bursts
+    /// take idle CPU before the shards' (0: the engine's own; see [`nice`]).
+    pub maintenance_nice: u8,
+}
+
+impl StoreConfig {
+    /// The store in `dir`: no commit interval, background threads at the caller's niceness (the
+    /// engine's configuration raises it; see `store_maintenance_nice`).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        StoreConfig { dir: dir.into(), commit_interval: Duration::ZERO, maintenance_nice: 0 }
+    }
 }
 
 pub struct FjallStore {
@@ -129,7 +141,11 @@ impl FjallStore {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| StoreError::Io(format!("{}: {e}", cfg.dir.display())))?;
         // Durability is ours to decide: batches reach the journal buffer and one persist per
         // group commit fsyncs them.
-        let db = Database::builder(&cfg.dir).manual_journal_persist(true).open().map_err(io)?;
+        // fjall's worker pool starts inside `open` and inherits the opening thread's niceness.
+        let open = || Database::builder(&cfg.dir).manual_journal_persist(true).open();
+        let db = nice::open_at_nice(cfg.maintenance_nice, open)
+            .map_err(|e| StoreError::Io(format!("lowering the store's background threads' priority: {e}")))?
+            .map_err(io)?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(io);
         Ok(FjallStore {
             messages: ks("messages")?,

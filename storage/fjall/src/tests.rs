@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn open(dir: &std::path::Path) -> FjallStore {
-    FjallStore::open(&StoreConfig { dir: dir.into(), commit_interval: Duration::ZERO }).unwrap()
+    FjallStore::open(&StoreConfig::new(dir)).unwrap()
 }
 
 #[test]
@@ -35,7 +35,7 @@ fn commits_from_many_threads_share_fsyncs() {
     // A 2 ms commit interval: each fsync's leader waits that long, so the other threads' next
     // batches land in its window (on any but a machine that stalls every thread for 2 ms, 50
     // times over).
-    let s = Arc::new(FjallStore::open(&StoreConfig { dir: dir.path().to_path_buf(), commit_interval: Duration::from_millis(2) }).unwrap());
+    let s = Arc::new(FjallStore::open(&StoreConfig { commit_interval: Duration::from_millis(2), ..StoreConfig::new(dir.path()) }).unwrap());
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let s = s.clone();

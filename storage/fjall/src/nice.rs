@@ -1,0 +1,62 @@
+//! fjall's background threads (memtable flushes, compactions) at a lower CPU weight than the
+//! threads that answer clients.
+//!
+//! Why: a memtable flush is a burst of about a quarter of a second of CPU (a 64 MiB memtable
+//! encoded, compressed and written). At equal weight it takes its share of whatever core it lands
+//! on: on a core a shard keeps 85% busy, the shard was cut to 60% for the length of the flush,
+//! ops queued, commits grew to hundreds of ops and 20–40 ms each, and p99 went from under 10 ms to
+//! 60–130 ms (perf samples by thread against the log of slow commits, `direct` at 15,000 msg/s;
+//! ARCHITECTURE.md, storage). At niceness 10 (weight 110 against a shard's 1024, about a tenth)
+//! the flush takes the core's idle time and only a sliver of the shard's, and still finishes:
+//! fjall stops writers only when memtables pile up unflushed, which at the weight's share of a
+//! saturated core takes tens of seconds of a flush's work to reach.
+//!
+//! How: Linux gives a new thread its creator's niceness, and fjall starts its worker pool while
+//! the database opens. So the database is opened on a short-lived thread that first raises its
+//! own niceness; the workers it starts inherit it, and the caller's threads keep theirs (raising
+//! niceness needs no privilege; lowering it again would, which is why it is not done in place).
+
+use std::io;
+
+/// The highest niceness Linux has (the lowest weight).
+pub const NICE_MAX: u8 = 19;
+
+/// Runs `open` on a thread of its own whose niceness is the caller's plus `nice` (0: the
+/// caller's thread, unchanged), so that every thread `open` starts inherits it; returns what
+/// `open` returned.
+pub fn open_at_nice<T: Send>(nice: u8, open: impl FnOnce() -> T + Send) -> io::Result<T> {
+    assert!(nice <= NICE_MAX, "niceness {nice} is beyond {NICE_MAX}");
+    if nice == 0 {
+        return Ok(open());
+    }
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("store-open".into())
+            .spawn_scoped(s, move || {
+                raise_own_nice(nice)?;
+                Ok(open())
+            })?
+            .join()
+            .expect("opening the store panicked")
+    })
+}
+
+/// Adds `by` to the calling thread's niceness (the thread only: on Linux `PRIO_PROCESS` with a
+/// thread id names that thread).
+fn raise_own_nice(by: u8) -> io::Result<()> {
+    // SAFETY: plain syscalls with no pointers.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        // -1 is a valid niceness: errno tells a failure apart.
+        *libc::__errno_location() = 0;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if now == -1 && *libc::__errno_location() != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let to = (now + by as i32).min(NICE_MAX as i32);
+        if libc::setpriority(libc::PRIO_PROCESS, tid, to) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
