@@ -37,7 +37,8 @@ pub fn open_at_nice<T: Send>(nice: u8, open: impl FnOnce() -> T + Send) -> io::R
                 Ok(open())
             })?
             .join()
-            .expect("opening the store panicked")
+            // A panic inside `open` is the caller's, as if it had opened the store itself.
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
 
