@@ -201,7 +201,9 @@ settings! {
     /// Niceness added to the embedded store's background threads (memtable flushes,
     /// compactions), 0 to 19: a flush is a burst of CPU, and at the shards' weight it takes the
     /// core from the shard it lands beside, whose commits then queue (ARCHITECTURE.md, storage).
-    /// 0: the same weight as the shards; 10, a tenth of it.
+    /// 0: the same weight as the shards, for a host run at its limit for long, where the lower
+    /// weight lets flushes fall behind until fjall slows the writers (tuning/README.md); 10, a
+    /// tenth of it.
     store_maintenance_nice: u8 = 10;
     /// Blocking threads per shard for storage jobs (commits and reads).
     storage_threads_per_shard: usize = 2;

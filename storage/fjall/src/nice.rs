@@ -7,9 +7,14 @@
 //! ops queued, commits grew to hundreds of ops and 20–40 ms each, and p99 went from under 10 ms to
 //! 60–130 ms (perf samples by thread against the log of slow commits, `direct` at 15,000 msg/s;
 //! ARCHITECTURE.md, storage). At niceness 10 (weight 110 against a shard's 1024, about a tenth)
-//! the flush takes the core's idle time and only a sliver of the shard's, and still finishes:
-//! fjall stops writers only when memtables pile up unflushed, which at the weight's share of a
-//! saturated core takes tens of seconds of a flush's work to reach.
+//! the flush takes the core's idle time and only a sliver of the shard's.
+//!
+//! The price, under sustained saturation: with no idle time left, flushes and compactions fall
+//! behind, and fjall's own backpressure (writers slowed at 20 level-0 runs, stopped at 30 or at
+//! 4 sealed memtables) slows the commits. One-on-one at 30,000 msg/s for 60 s, past what one
+//! core holds, every message was acknowledged at niceness 0 (3 runs; p99 1.2–5.2 s), while at
+//! 3, 5 and 10 commits grew to the owner's 100,000-op bound and 71,000–197,000 sends were
+//! refused `unavailable` (p99 9–12 s). A host run at its limit for long sets 0.
 //!
 //! How: Linux gives a new thread its creator's niceness, and fjall starts its worker pool while
 //! the database opens. So the database is opened on a short-lived thread that first raises its
