@@ -51,31 +51,16 @@ fn shards_stay_on_the_cpus_the_process_was_given() {
     assert!(shards >= 3, "found {shards} shard threads");
 }
 
-/// (thread name, niceness) of each thread of process `pid`.
-fn niceness_by_thread(pid: u32) -> Vec<(String, i32)> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let task = task.unwrap().path();
-        let (Ok(comm), Ok(stat)) = (std::fs::read_to_string(task.join("comm")), std::fs::read_to_string(task.join("stat"))) else {
-            continue; // the thread ended while being read
-        };
-        // After the name (in parentheses, maybe with spaces) come state (field 3) to niceness (19).
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        out.push((comm.trim().to_string(), after.split(' ').nth(16).unwrap().parse().unwrap()));
-    }
-    out
-}
-
 /// `--store-maintenance-nice` reaches the store: fjall's threads run that much nicer than the
 /// engine's (10 by default), the shards at the engine's own; 0 leaves them all alike.
 #[test]
 fn the_store_s_background_threads_run_nicer_than_the_shards() {
-    // SAFETY: a plain syscall; the engine inherits this process's niceness.
-    let base = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    // The engine inherits this thread's niceness.
+    let base = shardchat_storage_fjall::nice::own().unwrap();
     for (flag, added) in [(None, 10), (Some("7"), 7), (Some("0"), 0)] {
         let extra: Vec<&str> = flag.map(|n| vec!["--store-maintenance-nice", n]).unwrap_or_default();
         let mut server = Server::start(&extra);
-        let threads = niceness_by_thread(server.pid());
+        let threads = shardchat_storage_fjall::nice::of_threads(server.pid()).unwrap();
         let of = |prefix: &str| threads.iter().filter(|(n, _)| n.starts_with(prefix)).map(|&(_, nice)| nice).collect::<Vec<_>>();
         let (store, shards) = (of("fjall"), of("shard-"));
         assert!(!store.is_empty() && !shards.is_empty(), "the store's and the shards' threads: {threads:?}");

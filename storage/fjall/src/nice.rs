@@ -47,22 +47,51 @@ pub fn open_at_nice<T: Send>(nice: u8, open: impl FnOnce() -> T + Send) -> io::R
     })
 }
 
-/// Adds `by` to the calling thread's niceness (the thread only: on Linux `PRIO_PROCESS` with a
-/// thread id names that thread).
+/// Adds `by` to the calling thread's niceness.
 fn raise_own_nice(by: u8) -> io::Result<()> {
-    // SAFETY: plain syscalls with no pointers.
+    let to = (own()? + by as i32).min(NICE_MAX as i32);
+    // SAFETY: a plain syscall with no pointers.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, gettid(), to) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The calling thread's niceness (the thread's only: on Linux `PRIO_PROCESS` with a thread id
+/// names that thread).
+pub fn own() -> io::Result<i32> {
+    // SAFETY: plain syscalls with no pointers; errno is this thread's.
     unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         // -1 is a valid niceness: errno tells a failure apart.
         *libc::__errno_location() = 0;
-        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        let now = libc::getpriority(libc::PRIO_PROCESS, gettid());
         if now == -1 && *libc::__errno_location() != 0 {
             return Err(io::Error::last_os_error());
         }
-        let to = (now + by as i32).min(NICE_MAX as i32);
-        if libc::setpriority(libc::PRIO_PROCESS, tid, to) != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        Ok(now)
     }
-    Ok(())
+}
+
+/// (name, niceness) of each thread of process `pid`, from `/proc`: where the tests see which
+/// threads run at which weight. A thread that ends while being read is left out.
+pub fn of_threads(pid: u32) -> io::Result<Vec<(String, i32)>> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path();
+        let (Ok(comm), Ok(stat)) = (std::fs::read_to_string(path.join("comm")), std::fs::read_to_string(path.join("stat"))) else {
+            continue;
+        };
+        // The name is in parentheses and may hold spaces: the fields after it run from the state
+        // (field 3) to the niceness (field 19).
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("{}: {stat:?}", path.display()));
+        let after = stat.rfind(')').and_then(|i| stat.get(i + 2..)).ok_or_else(bad)?;
+        let nice = after.split(' ').nth(16).and_then(|n| n.parse().ok()).ok_or_else(bad)?;
+        out.push((comm.trim().to_string(), nice));
+    }
+    Ok(out)
+}
+
+fn gettid() -> libc::id_t {
+    // SAFETY: a plain syscall with no arguments.
+    unsafe { libc::syscall(libc::SYS_gettid) as libc::id_t }
 }
