@@ -11,9 +11,9 @@
 #   benches/run.sh                 # the default set (about 9 minutes)
 #   IDLE=15000 DURATION=10 benches/run.sh
 #
-# Client and server get cores of their own, as on any benchmark rig: the load generator pins
-# itself to the last half of the cores when its target is on this host, and every server runs
-# confined (taskset) to the first half, with its default thread count there (shardchat one shard
+# Client and server get cores of their own, as on any benchmark rig: every server runs confined
+# (taskset) to half of the cores, the half that takes the data disk's interrupts (placement.py),
+# with its default thread count there, and the load generator to the other half, a thread a core (shardchat one shard
 # per core it is given, tokio one worker per core, Node its one thread). Sharing cores, the
 # server's threads and the load generator's preempted each other for milliseconds at a time.
 # On a 1-core machine everything shares the one core.
@@ -46,7 +46,8 @@ echo "== building (release)"
 cargo build --release -q -p shardchat -p shardchat-loadgen -p tokio-relay
 cargo build --release -q -p shardchat-benches --bin fsync-floor
 bin=target/release
-lg() { "$bin/shardchat-loadgen" "$@"; }
+# Confined to its CPUs, one thread on each (it would take half of what it is given otherwise).
+lg() { "${lg_confine[@]}" "$bin/shardchat-loadgen" ${lg_confine:+--threads "$(( cores - server_cores ))"} "$@"; }
 
 port_sc=17700; port_relay=17710; port_node=17720
 servers="shardchat relay"
@@ -56,17 +57,23 @@ if command -v node > /dev/null && command -v npm > /dev/null; then
 else
   echo "== node-relay skipped: no node/npm on this machine"
 fi
-cores=$(nproc --all)
-server_cores=$(( cores / 2 ))
-# A prefix, not a function: `$!` must be the server's pid (taskset execs it), not a subshell's.
-confine=()
-if [ "$server_cores" -ge 1 ] && command -v taskset > /dev/null; then
-  confine=(taskset -c "0-$(( server_cores - 1 ))")
-  echo "== servers on cores 0-$(( server_cores - 1 )), the load generator on the other $(( cores - server_cores ))"
-elif [ "$server_cores" -ge 1 ]; then
-  echo "== no taskset (util-linux) here: servers share every core with the load generator"
-fi
 data=$(mktemp -d)
+cores=$(nproc)
+server_cores=$(( cores / 2 ))
+# Prefixes, not functions: `$!` must be the server's pid (taskset execs it), not a subshell's.
+# The servers get the half of the cores that takes the data disk's interrupts (placement.py says
+# why: the other side would be charged for the servers' fsync completions).
+confine=() lg_confine=()
+if [ "$server_cores" -ge 1 ] && command -v taskset > /dev/null; then
+  read -r server_cpus lg_cpus < <(python3 benches/placement.py "$data")
+  confine=(taskset -c "$server_cpus")
+  lg_confine=(taskset -c "$lg_cpus")
+  placement="servers on CPUs $server_cpus, the load generator on CPUs $lg_cpus"
+  echo "== $placement"
+elif [ "$server_cores" -ge 1 ]; then
+  placement="no taskset (util-linux) here: servers share every core with the load generator"
+  echo "== $placement"
+fi
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$data"; }
 pids=()
 trap cleanup EXIT
@@ -139,5 +146,5 @@ done
 
 # One core: the servers and the load generator share it.
 lg_cores=$(( cores - server_cores )); [ "$server_cores" -ge 1 ] || { server_cores=$cores; lg_cores=$cores; }
-IDLE_HOLD="$IDLE_HOLD" python3 benches/table.py "$out" "$GROUP_RATES" "$servers" "$server_cores" "$lg_cores"
+PLACEMENT="${placement:-}" IDLE_HOLD="$IDLE_HOLD" python3 benches/table.py "$out" "$GROUP_RATES" "$servers" "$server_cores" "$lg_cores"
 echo "results in $out"

@@ -4,7 +4,8 @@
 
 SERVERS names the servers run (shardchat first); SERVER_CORES and LOADGEN_CORES are the cores
 each side had (on a 1-core machine both are 1: they share it). IDLE_HOLD in the environment is
-how long the idle connections were held (seconds), for the label.
+how long the idle connections were held (seconds), for the label; PLACEMENT, which CPUs each
+side ran on (run.sh's sentence), for the header.
 """
 import json, sys, os, platform
 out, rates, servers = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
@@ -19,7 +20,7 @@ lines = [f"# shardchat vs baseline relays ({os.path.basename(out)}, {os.cpu_coun
          "fsync); shardchat acks after its group-commit fsync. Latency is end to end, send to delivery,",
          "open loop. tokio-relay runs tokio-tungstenite's default configuration, whose read buffer is",
          "128 KiB a connection; node-relay is one Node.js process with `ws`. CPU per message is per",
-         "message sent, over the sending phase.", "",
+         "message sent, over the sending phase." + (f" Placement: {os.environ['PLACEMENT']}." if os.environ.get("PLACEMENT") else ""), "",
          f"| scenario | figure | {head} | shardchat / best relay |", "|---|---|" + "---|" * len(servers) + "---|"]
 def cell(v, unit=""):
     return "-" if v is None else (f"{v:,.0f}{unit}" if v >= 100 else f"{v:.2f}{unit}")

@@ -48,12 +48,14 @@ fn the_table_names_the_side_that_ran_out_of_cores() {
         .arg(&script)
         .args([d.to_str().unwrap(), "1000", "shardchat relay node", "1", "3"])
         .env("IDLE_HOLD", "20")
+        .env("PLACEMENT", "servers on CPUs 1, the load generator on CPUs 0")
         .output()
         .expect("python3 runs the table");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let table = std::fs::read_to_string(d.join("README.md")).unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), table.trim_end(), "prints what it writes");
     assert!(table.contains("| direct | highest msg/s with no loss, p99 < 50 ms | 20,000 | 30,000 | 80,000 | 0.25x |"), "{table}");
+    assert!(table.contains("over the sending phase. Placement: servers on CPUs 1, the load generator on CPUs 0."), "{table}");
     let busy = table.lines().find(|l| l.contains("first rate that failed")).expect("the row is there");
     let cells: Vec<&str> = busy.split('|').map(str::trim).collect();
     // Busy shares: CPU seconds over the 10 s phase over the cores that side had.
