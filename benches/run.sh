@@ -65,7 +65,8 @@ server_cores=$(( cores / 2 ))
 # why: the other side would be charged for the servers' fsync completions).
 confine=() lg_confine=()
 if [ "$server_cores" -ge 1 ] && command -v taskset > /dev/null; then
-  read -r server_cpus lg_cpus < <(python3 benches/placement.py "$data")
+  read -r server_cpus lg_cpus < <(python3 benches/placement.py "$data") || true
+  [ -n "${lg_cpus:-}" ] || { echo "benches/placement.py gave no placement" >&2; exit 1; }
   confine=(taskset -c "$server_cpus")
   lg_confine=(taskset -c "$lg_cpus")
   placement="servers on CPUs $server_cpus, the load generator on CPUs $lg_cpus"

@@ -58,6 +58,9 @@ fn this_machine_s_placement_covers_its_cpus() {
     s.extend(l);
     s.sort();
     assert_eq!(s, allowed);
+    // Where the disk cannot be read, the servers keep the first half.
+    let (s, l) = placement(&["/no/such/directory"]);
+    assert_eq!((cpus(&s), cpus(&l)), (allowed[..n / 2].to_vec(), allowed[n / 2..].to_vec()));
 }
 
 fn affinity_has(cpu: usize) -> bool {
