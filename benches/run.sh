@@ -13,9 +13,10 @@
 #
 # Client and server get cores of their own, as on any benchmark rig: every server runs confined
 # (taskset) to half of the cores, the half that takes the data disk's interrupts (placement.py),
-# with its default thread count there, and the load generator to the other half, a thread a core (shardchat one shard
-# per core it is given, tokio one worker per core, Node its one thread). Sharing cores, the
-# server's threads and the load generator's preempted each other for milliseconds at a time.
+# with its default thread count there (shardchat one shard per core it is given, tokio one
+# worker per core, Node its one thread), and the load generator, a thread a core, to the other
+# half. Sharing cores, the server's threads and the load generator's preempted each other for
+# milliseconds at a time.
 # On a 1-core machine everything shares the one core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +48,7 @@ cargo build --release -q -p shardchat -p shardchat-loadgen -p tokio-relay
 cargo build --release -q -p shardchat-benches --bin fsync-floor
 bin=target/release
 # Confined to its CPUs, one thread on each (it would take half of what it is given otherwise).
-lg() { "${lg_confine[@]}" "$bin/shardchat-loadgen" ${lg_confine:+--threads "$(( cores - server_cores ))"} "$@"; }
+lg() { "${lg_confine[@]}" "$bin/shardchat-loadgen" ${lg_confine:+--threads "$lg_cores"} "$@"; }
 
 port_sc=17700; port_relay=17710; port_node=17720
 servers="shardchat relay"
@@ -60,6 +61,7 @@ fi
 data=$(mktemp -d)
 cores=$(nproc)
 server_cores=$(( cores / 2 ))
+lg_cores=$(( cores - server_cores ))
 # Prefixes, not functions: `$!` must be the server's pid (taskset execs it), not a subshell's.
 # The servers get the half of the cores that takes the data disk's interrupts (placement.py says
 # why: the other side would be charged for the servers' fsync completions).
@@ -146,6 +148,6 @@ except Exception:
 done
 
 # One core: the servers and the load generator share it.
-lg_cores=$(( cores - server_cores )); [ "$server_cores" -ge 1 ] || { server_cores=$cores; lg_cores=$cores; }
+[ "$server_cores" -ge 1 ] || { server_cores=$cores; lg_cores=$cores; }
 PLACEMENT="${placement:-}" IDLE_HOLD="$IDLE_HOLD" python3 benches/table.py "$out" "$GROUP_RATES" "$servers" "$server_cores" "$lg_cores"
 echo "results in $out"

@@ -64,7 +64,7 @@ fn the_store_s_background_threads_run_nicer_than_the_shards() {
         let of = |prefix: &str| threads.iter().filter(|(n, _)| n.starts_with(prefix)).map(|&(_, nice)| nice).collect::<Vec<_>>();
         let (store, shards) = (of("fjall"), of("shard-"));
         assert!(!store.is_empty() && !shards.is_empty(), "the store's and the shards' threads: {threads:?}");
-        let want = (base + added).min(19);
+        let want = (base + added).min(shardchat_storage_fjall::nice::NICE_MAX.into());
         assert!(store.iter().all(|&n| n == want), "{flag:?}: the store's threads at {store:?}, not {want}");
         assert!(shards.iter().all(|&n| n == base), "{flag:?}: the shards at {shards:?}, not the engine's {base}");
         server.stop();
