@@ -47,7 +47,7 @@ fn this_machine_s_placement_covers_its_cpus() {
             .collect()
     };
     let (mut s, l) = (cpus(&s), cpus(&l));
-    let allowed: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|c| affinity_has(*c)).collect();
+    let allowed = allowed_cpus();
     let n = allowed.len();
     if n == 1 {
         assert_eq!(s, l, "one CPU is shared");
@@ -63,10 +63,14 @@ fn this_machine_s_placement_covers_its_cpus() {
     assert_eq!((cpus(&s), cpus(&l)), (allowed[..n / 2].to_vec(), allowed[n / 2..].to_vec()));
 }
 
-fn affinity_has(cpu: usize) -> bool {
+/// The CPUs this process may run on, in order (one `sched_getaffinity`).
+fn allowed_cpus() -> Vec<usize> {
     // SAFETY: a zeroed cpu_set_t is valid, and sched_getaffinity writes at most its size.
-    unsafe {
+    let set = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 && libc::CPU_ISSET(cpu, &set)
-    }
+        assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0, "sched_getaffinity");
+        set
+    };
+    // SAFETY: CPU_ISSET reads the set only, for indices below CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
 }
