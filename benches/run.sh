@@ -10,6 +10,7 @@
 #
 #   benches/run.sh                 # the default set (about 9 minutes)
 #   IDLE=15000 DURATION=10 benches/run.sh
+#   OUT=benches/results/mine benches/run.sh
 #
 # Client and server get cores of their own, as on any benchmark rig: every server runs confined
 # (taskset) to half of the cores, the half that takes the data disk's interrupts (placement.py),
@@ -37,7 +38,8 @@ LOW_RATE=${LOW_RATE:-1000}
 # 40,000, where this kind of machine's limits lie: in steps of 10,000 a gap of 1.2x between two
 # servers could read as 1.5x (20,000 against 30,000).
 SUSTAIN_RATES=${SUSTAIN_RATES-"5000 10000 15000 20000 25000 30000 35000 40000 50000 60000 80000"}
-out="benches/results/$(date +%Y-%m-%d)-$(hostname -s)"
+# OUT names another folder (a second run the same day that should not replace the first).
+out="${OUT:-benches/results/$(date +%Y-%m-%d)-$(hostname -s)}"
 # A second run on the same day replaces the first whole: a file the ladder did not reach this
 # time (a rate past the first failure) would otherwise stay beside the new ones.
 rm -rf "$out"

@@ -15,12 +15,23 @@ def load(who, n):
     with open(os.path.join(out, f"{who}-{n}.json")) as f: return json.load(f)
 runs = ["direct"] + [f"group100-{r}" for r in rates]
 head = " | ".join(names[w] for w in servers)
+# How the load generator paced its senders (`--send-tick-us`, in every report since it was added).
+def send_tick():
+    path = os.path.join(out, f"{servers[0]}-direct.json")
+    tick = json.load(open(path)).get("send_tick_us") if os.path.exists(path) else None
+    if tick is None:
+        return ""
+    if tick == 0:
+        return " The load generator sent each message at its own due time (`--send-tick-us 0`)."
+    return (f" The load generator's senders woke on a {tick:,} µs grid (`--send-tick-us`), each sending what fell"
+            " due before the next grid point, stamped with when it left.")
 lines = [f"# shardchat vs baseline relays ({os.path.basename(out)}, {os.cpu_count()} cores, {platform.machine()})", "",
          "Same load generator, same scenarios, one run. The relays store nothing (they ack before any",
          "fsync); shardchat acks after its group-commit fsync. Latency is end to end, send to delivery,",
          "open loop. tokio-relay runs tokio-tungstenite's default configuration, whose read buffer is",
          "128 KiB a connection; node-relay is one Node.js process with `ws`. CPU per message is per",
-         "message sent, over the sending phase." + (f" Placement: {os.environ['PLACEMENT']}." if os.environ.get("PLACEMENT") else ""), "",
+         "message sent, over the sending phase." + (f" Placement: {os.environ['PLACEMENT']}." if os.environ.get("PLACEMENT") else "")
+         + send_tick(), "",
          f"| scenario | figure | {head} | shardchat / best relay |", "|---|---|" + "---|" * len(servers) + "---|"]
 def cell(v, unit=""):
     return "-" if v is None else (f"{v:,.0f}{unit}" if v >= 100 else f"{v:.2f}{unit}")
@@ -56,6 +67,17 @@ if os.path.exists(os.path.join(out, f"{servers[0]}-sustained.json")):
         return f"{s['failed_at']:,}: {cell(srv)} / {lgen:.2f}{side}"
     lines.append(f"| direct | first rate that failed: share of its cores busy, server / load generator | "
                  + " | ".join(busy(w, s) for w, s in zip(servers, sustained)) + " | |")
+    # What measuring cost beside what it measured, at every rate of the ladder: the load
+    # generator's CPU a message over the server's (issue 16 asks for at most 0.5).
+    def lg_over_server(who):
+        rungs = sorted(int(f[len(who) + 9:-5]) for f in os.listdir(out) if f.startswith(f"{who}-sustain-") and f.endswith(".json"))
+        def one(r):
+            run = load(who, f"sustain-{r}")
+            srv, lgen = run.get("server_cpu_s_per_1000_msgs"), run.get("loadgen_cpu_s_per_1000_msgs")
+            return f"{r:,}: {lgen / srv:.2f}" if srv and lgen is not None else f"{r:,}: -"
+        return "; ".join(one(r) for r in rungs) or "-"
+    lines.append("| direct | load generator / server CPU a message, each rate tried | "
+                 + " | ".join(lg_over_server(w) for w in servers) + " | |")
 idle = [load(w, "idle") for w in servers]
 row(f"idle ({idle[0]['connected']} conns)", "RSS bytes per connection, connected", [r["server_bytes_per_connection"] for r in idle], "", True)
 row(f"idle ({idle[0]['connected']} conns)", f"RSS bytes per connection, idle {os.environ.get('IDLE_HOLD', '20')} s", [r.get("server_bytes_per_connection_idle") for r in idle], "", True)

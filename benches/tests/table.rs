@@ -1,5 +1,6 @@
 //! `benches/table.py`, the table `benches/run.sh` writes, on runs made up for it: the row that says
-//! which side ran out of cores at each server's first failed rate, and the light load's floor.
+//! which side ran out of cores at each server's first failed rate, the load generator's CPU over
+//! the server's at each rate, and the light load's floor.
 
 use serde_json::json;
 use std::path::Path;
@@ -14,7 +15,7 @@ fn report(dir: &Path, name: &str, cpu: (f64, f64)) {
         "sent": 10000, "send_seconds": 10.0, "delivered_per_second": 1000.0,
         "latency_p50_ms": 1.0, "latency_p99_ms": 2.0, "latency_p999_ms": 3.0, "lost": 0, "duplicates": 0,
         "server_cpu_s_per_1000_msgs": cpu.0 / 10.0, "loadgen_cpu_s_per_1000_msgs": cpu.1 / 10.0,
-        "server_cpu_seconds": cpu.0, "loadgen_cpu_seconds": cpu.1,
+        "server_cpu_seconds": cpu.0, "loadgen_cpu_seconds": cpu.1, "send_tick_us": 1000,
     });
     std::fs::write(dir.join(format!("{name}.json")), r.to_string()).unwrap();
 }
@@ -31,6 +32,7 @@ fn the_table_names_the_side_that_ran_out_of_cores() {
     // shardchat failed at 30,000 with its one core full; the relay at 40,000 with the load
     // generator's three cores full (not this machine's count: the cores it was given); the Node
     // relay never failed.
+    report(d, "shardchat-sustain-5000", (1.0, 0.5));
     report(d, "shardchat-sustain-30000", (9.9, 4.0));
     report(d, "relay-sustain-40000", (6.0, 28.5));
     std::fs::write(d.join("shardchat-sustained.json"), r#"{"rate": 20000, "failed_at": 30000}"#).unwrap();
@@ -62,6 +64,13 @@ fn the_table_names_the_side_that_ran_out_of_cores() {
     assert_eq!(cells[3], "30,000: 0.99 / 0.13 (server)");
     assert_eq!(cells[4], "40,000: 0.60 / 0.95 (load generator)");
     assert_eq!(cells[5], "none failed");
+    let ratios = table.lines().find(|l| l.contains("load generator / server CPU")).expect("the ratio row is there");
+    let cells: Vec<&str> = ratios.split('|').map(str::trim).collect();
+    // Every rate tried, in order (5,000 before 30,000, not as the names sort); none for Node.
+    assert_eq!(cells[3], "5,000: 0.50; 30,000: 0.40");
+    assert_eq!(cells[4], "40,000: 4.75");
+    assert_eq!(cells[5], "-");
+    assert!(table.contains("senders woke on a 1,000 µs grid (`--send-tick-us`)"), "{table}");
     let floor = table.lines().find(|l| l.contains("durable floor")).expect("the floor row is there");
     assert!(floor.contains("(40 µs, fsync-floor; a sync: 2.3 disk writes and 1.0 cache flushes)"), "{floor}");
     assert!(floor.contains("| 0.09 | - | - | shardchat / floor 0.56x |"), "{floor}");

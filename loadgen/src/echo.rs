@@ -28,7 +28,7 @@ pub async fn run(args: &Args, report: &mut Report) {
     let mut tasks = Vec::new();
     for (i, ws) in conns.into_iter().enumerate() {
         let (sh, pad, pb) = (shared.clone(), pad.clone(), pb.clone());
-        let schedule = Schedule { epoch, start: start + interval.mul_f64(i as f64 / n as f64), interval, total };
+        let schedule = Schedule { epoch, start: start + interval.mul_f64(i as f64 / n as f64), interval, total, tick: args.send_tick() };
         tasks.push(crate::rt::spawn(async move {
             let (mut tx, mut rx) = ws.split();
             let sh2 = sh.clone();

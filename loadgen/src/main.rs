@@ -278,6 +278,7 @@ fn main() {
             other => format!("{other:?}").to_lowercase(),
         },
         connections_requested: args.connections,
+        send_tick_us: args.send_tick_us,
         server_rss_before_bytes: args.server_pid.and_then(rss_bytes),
         procs,
         ..Default::default()

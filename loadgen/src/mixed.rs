@@ -55,7 +55,8 @@ pub async fn run(args: &Args, report: &mut Report) {
         for (m, ws) in members.into_iter().enumerate() {
             let i = g * size + m;
             let watch: Vec<String> = (1..=args.subs.min(n_users - 1)).map(|k| users[(i + k) % n_users].clone()).collect();
-            let schedule = Schedule { epoch, start: start + interval.mul_f64(i as f64 / n_users as f64), interval, total };
+            let schedule =
+                Schedule { epoch, start: start + interval.mul_f64(i as f64 / n_users as f64), interval, total, tick: args.send_tick() };
             let expect = total * (size as u64 - 1);
             let (conv, sh, pad, pb) = (conv.clone(), shared.clone(), pad.clone(), pb.clone());
             tasks.push(crate::rt::spawn(member(ws, conv, watch, schedule, expect, sh, pad, pb)));

@@ -35,6 +35,9 @@ pub(crate) struct Report {
     pub(crate) duplicates: u64,
     pub(crate) errors: u64,
     pub(crate) send_seconds: f64,
+    /// The grid senders woke on (`--send-tick-us`), 0 for none: a figure's context, as a burst
+    /// a tick costs both sides less than the same rate spread evenly.
+    pub(crate) send_tick_us: u64,
     pub(crate) delivered_per_second: f64,
     pub(crate) latency_p50_ms: f64,
     pub(crate) latency_p90_ms: f64,
@@ -155,6 +158,7 @@ pub(crate) fn print_table(r: &Report) {
         ("sent / acked / delivered", format!("{} / {} / {}", r.sent, r.acked, r.delivered)),
         ("lost / duplicates / errors", format!("{} / {} / {}", r.lost, r.duplicates, r.errors)),
         ("delivered per second", format!("{:.0}", r.delivered_per_second)),
+        ("send tick", if r.send_tick_us == 0 { "none (each message at its time)".into() } else { format!("{} µs", r.send_tick_us) }),
         ("latency p50 / p90 / p99", format!("{:.2} / {:.2} / {:.2} ms", r.latency_p50_ms, r.latency_p90_ms, r.latency_p99_ms)),
         ("latency p99.9 / max", format!("{:.2} / {:.2} ms", r.latency_p999_ms, r.latency_max_ms)),
         ("ack p50 / p99", format!("{:.2} / {:.2} ms", r.ack_p50_ms, r.ack_p99_ms)),
