@@ -57,8 +57,9 @@ pub(crate) struct Args {
     /// thread instead of one a message, on both sides of every socket (at 10,000 one-on-one
     /// msg/s this roughly halved the load generator's CPU a message). A message sent ahead of
     /// its due time is stamped with when it left, one sent late with when it was due. 0: each
-    /// message at its own time, a wake-up each.
-    #[arg(long, default_value_t = 1000)]
+    /// message at its own time, a wake-up each. At most 1 s: a tick is a pacing grain, not a
+    /// burst of the run.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=SEND_TICK_US_MAX))]
     pub(crate) send_tick_us: u64,
     /// Message body size in bytes (direct).
     #[arg(long, default_value_t = 64)]
@@ -146,9 +147,26 @@ pub(crate) fn parse_source_ips(s: &str) -> Result<SourceIps, String> {
     Ok(SourceIps(ips))
 }
 
+/// The coarsest send grid `--send-tick-us` takes, in microseconds.
+pub(crate) const SEND_TICK_US_MAX: u64 = 1_000_000;
+
 impl Args {
     /// The grid senders wake on (`--send-tick-us`); zero: none.
     pub(crate) fn send_tick(&self) -> std::time::Duration {
         std::time::Duration::from_micros(self.send_tick_us)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_send_tick_is_a_grain_of_at_most_a_second() {
+        let parse = |tick: &str| Args::try_parse_from(["shardchat-loadgen", "--send-tick-us", tick]);
+        assert_eq!(Args::try_parse_from(["shardchat-loadgen"]).unwrap().send_tick(), std::time::Duration::from_millis(1));
+        assert_eq!(parse("0").unwrap().send_tick(), std::time::Duration::ZERO);
+        assert_eq!(parse("1000000").unwrap().send_tick(), std::time::Duration::from_secs(1));
+        assert!(parse("1000001").is_err(), "a tick over a second is refused");
     }
 }
