@@ -7,6 +7,9 @@
 # First, with nothing else running, `fsync-floor` measures what one journal append and fdatasync
 # cost on this disk: at the light rate each of shardchat's commits holds one message, so its cores
 # there can go no lower than the cheapest relay's plus that (the table's "durable floor" row).
+# It then measures, on a glommio executor, a durable record the engine's way (a blocking-pool
+# job) and the way a log of a shard's own would take (an O_DSYNC DMA write on the executor's
+# ring): the row after the floor.
 #
 #   benches/run.sh                 # the default set (about 9 minutes)
 #   IDLE=15000 DURATION=10 benches/run.sh

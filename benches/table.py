@@ -100,6 +100,12 @@ if os.path.exists(floor_path) and relay_low:
     disk = "" if fl.get("device_writes_per_sync") is None else \
         f"; a sync: {fl['device_writes_per_sync']:.1f} disk writes and {fl['device_flushes_per_sync']:.1f} cache flushes"
     lines.append(f"| {low_name} | durable floor: best relay's cores + one append and fdatasync a message ({fl['cpu_us_per_op']:.0f} µs, fsync-floor{disk}) | {cells} | shardchat / floor {ratio(low_cores[0], floor)} |")
+    # The same durability on a shard's executor, the way the engine pays it (a blocking-pool hop
+    # a commit) and the way a log of the shard's own would (a DMA write on its ring).
+    if fl.get("pool_us_per_op") is not None:
+        dma = "-" if fl.get("dma_us_per_op") is None else f"{fl['dma_us_per_op']:.0f} µs"
+        lines.append(f"| {low_name} | a durable record on an executor (fsync-floor): blocking-pool append + fdatasync / O_DSYNC DMA write on its ring | "
+                     + " | ".join(f"{fl['pool_us_per_op']:.0f} µs / {dma}" if w == "shardchat" else "-" for w in servers) + " | |")
 for n in runs:
     rs = [load(w, n) for w in servers]
     row(n, "delivered/s", [r["delivered_per_second"] for r in rs], "", False)

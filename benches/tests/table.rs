@@ -42,7 +42,8 @@ fn the_table_names_the_side_that_ran_out_of_cores() {
     // 50 µs a message) plus the probe's 40 µs a sync.
     std::fs::write(
         d.join("fsync-floor.json"),
-        json!({"cpu_us_per_op": 40.0, "device_writes_per_sync": 2.3, "device_flushes_per_sync": 1.0}).to_string(),
+        json!({"cpu_us_per_op": 40.0, "device_writes_per_sync": 2.3, "device_flushes_per_sync": 1.0, "pool_us_per_op": 101.2, "dma_us_per_op": 53.4})
+            .to_string(),
     )
     .unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("table.py");
@@ -74,4 +75,6 @@ fn the_table_names_the_side_that_ran_out_of_cores() {
     let floor = table.lines().find(|l| l.contains("durable floor")).expect("the floor row is there");
     assert!(floor.contains("(40 µs, fsync-floor; a sync: 2.3 disk writes and 1.0 cache flushes)"), "{floor}");
     assert!(floor.contains("| 0.09 | - | - | shardchat / floor 0.56x |"), "{floor}");
+    let paths = table.lines().find(|l| l.contains("a durable record on an executor")).expect("the paths row is there");
+    assert!(paths.contains("| 101 µs / 53 µs | - | - | |"), "{paths}");
 }
