@@ -226,8 +226,8 @@ impl Epoch {
 /// its due time: every sender of a thread then wakes on the same grid, so a thread wakes once a
 /// tick (not once a message) and writes the tick's messages back to back, and the server reads
 /// them in one wake as well. Measured at 10,000 one-on-one msg/s on this 2-core VM, a 1 ms tick
-/// took the load generator from 52 to 34 µs of CPU a message and the engine from 73 to 60
-/// (against the tokio relay: 68 to 37-40 and 40 to 31): most of what a smooth schedule costs
+/// took the load generator from 57-61 to 37-46 µs of CPU a message and the engine from 73-78 to
+/// 63-78 (against the tokio relay: 68 to 37-40 and 39-41 to 31-32): most of what a smooth schedule costs
 /// is the wake-ups, each one an interrupt to the other core (`sock_def_readable` under `send`
 /// was 12% of the load generator's samples). See [`Ticks::next`] for the stamps.
 #[derive(Clone, Copy)]
