@@ -17,8 +17,7 @@ runs = ["direct"] + [f"group100-{r}" for r in rates]
 head = " | ".join(names[w] for w in servers)
 # How the load generator paced its senders (`--send-tick-us`, in every report since it was added).
 def send_tick():
-    path = os.path.join(out, f"{servers[0]}-direct.json")
-    tick = json.load(open(path)).get("send_tick_us") if os.path.exists(path) else None
+    tick = load(servers[0], "direct").get("send_tick_us") if os.path.exists(os.path.join(out, f"{servers[0]}-direct.json")) else None
     if tick is None:
         return ""
     if tick == 0:
@@ -70,7 +69,8 @@ if os.path.exists(os.path.join(out, f"{servers[0]}-sustained.json")):
     # What measuring cost beside what it measured, at every rate of the ladder: the load
     # generator's CPU a message over the server's (issue 16 asks for at most 0.5).
     def lg_over_server(who):
-        rungs = sorted(int(f[len(who) + 9:-5]) for f in os.listdir(out) if f.startswith(f"{who}-sustain-") and f.endswith(".json"))
+        prefix = f"{who}-sustain-"
+        rungs = sorted(int(f[len(prefix):-len(".json")]) for f in os.listdir(out) if f.startswith(prefix) and f.endswith(".json"))
         def one(r):
             run = load(who, f"sustain-{r}")
             srv, lgen = run.get("server_cpu_s_per_1000_msgs"), run.get("loadgen_cpu_s_per_1000_msgs")
