@@ -23,7 +23,7 @@ def send_tick():
     if tick == 0:
         return " The load generator sent each message at its own due time (`--send-tick-us 0`)."
     return (f" The load generator's senders woke on a {tick:,} µs grid (`--send-tick-us`), each sending what fell"
-            " due before the next grid point, stamped with when it left.")
+            " due within a tick of when it woke (on the grid, or earlier to read a frame), stamped with when it left.")
 lines = [f"# shardchat vs baseline relays ({os.path.basename(out)}, {os.cpu_count()} cores, {platform.machine()})", "",
          "Same load generator, same scenarios, one run. The relays store nothing (they ack before any",
          "fsync); shardchat acks after its group-commit fsync. Latency is end to end, send to delivery,",

@@ -36,16 +36,13 @@ pub async fn run(args: &Args, report: &mut Report) {
                 let mut got = 0;
                 let mut deadline = crate::rt::Deadline::at(schedule.end() + ECHO_GRACE);
                 while got < schedule.total {
-                    match deadline.run(rx.next()).await {
-                        Ok(Some(Ok(Message::Text(t)))) => {
-                            if let Some(sent) = t.split('|').next().and_then(|s| s.parse::<u64>().ok()) {
-                                got += 1;
-                                sh2.delivered.fetch_add(1, Relaxed);
-                                sh2.record(&sh2.latency, sent);
-                            }
-                        }
-                        Ok(Some(Ok(_))) => {}
-                        _ => break,
+                    let Ok(Some(Ok(m))) = deadline.run(rx.next()).await else { break };
+                    crate::early::awake(std::time::Instant::now());
+                    let Message::Text(t) = m else { continue };
+                    if let Some(sent) = t.split('|').next().and_then(|s| s.parse::<u64>().ok()) {
+                        got += 1;
+                        sh2.delivered.fetch_add(1, Relaxed);
+                        sh2.record(&sh2.latency, sent);
                     }
                 }
                 sh2.lost.fetch_add(schedule.total - got, Relaxed);

@@ -31,6 +31,7 @@
 //! run the scenario with their share of the work (`rt.rs`).
 
 mod args;
+mod early;
 mod echo;
 mod frames;
 mod mixed;

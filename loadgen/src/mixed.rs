@@ -92,13 +92,9 @@ async fn member(
         let mut deadline = crate::rt::Deadline::at(s.end() + GRACE);
         let mut acks = 0;
         while (seen.len() as u64) < expect || acks < s.total {
-            let v = match deadline.run(rx.next()).await {
-                Ok(Some(Ok(m))) => match frame_json(&m) {
-                    Some(v) => v,
-                    None => continue,
-                },
-                _ => break,
-            };
+            let Ok(Some(Ok(m))) = deadline.run(rx.next()).await else { break };
+            crate::early::awake(std::time::Instant::now());
+            let Some(v) = frame_json(&m) else { continue };
             match v["t"].as_str() {
                 Some("msg") if v["conv"] == conv2.as_str() && v["kind"] != "system" => {
                     let seq = v["seq"].as_u64().unwrap_or(0);

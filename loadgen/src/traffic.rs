@@ -229,7 +229,9 @@ impl Epoch {
 /// took the load generator from 57-61 to 37-46 µs of CPU a message and the engine from 73-78 to
 /// 63-78 (against the tokio relay: 68 to 37-40 and 39-41 to 31-32): most of what a smooth schedule costs
 /// is the wake-ups, each one an interrupt to the other core (`sock_def_readable` under `send`
-/// was 12% of the load generator's samples). See [`Ticks::next`] for the stamps.
+/// was 12% of the load generator's samples). A thread woken before a grid point to read a frame
+/// sends what falls due within a tick of then (see [`crate::early`]): the same bound on how early
+/// a message leaves, one wake fewer. See [`Ticks::next`] for the stamps.
 #[derive(Clone, Copy)]
 pub(crate) struct Schedule {
     pub(crate) epoch: Epoch,
@@ -273,7 +275,8 @@ pub(crate) struct Ticks {
 }
 
 impl Ticks {
-    /// Waits until send `k`'s tick and gives `k` and its stamp. A send that goes out late is
+    /// Waits until send `k`'s tick (or its thread is awake within a tick of its due time) and
+    /// gives `k` and its stamp. A send that goes out late is
     /// stamped with the wall-clock time it was due (from the run's epoch), not when it
     /// happened, so a stalled sender or server shows up as latency (coordinated omission
     /// corrected); one that goes out early, ahead of its due time within its tick, is stamped
@@ -285,7 +288,12 @@ impl Ticks {
             return None;
         }
         let due = self.s.due(k);
-        crate::rt::sleep_until(self.s.wake(due)).await;
+        let wake = self.s.wake(due);
+        match due.checked_sub(self.s.tick).filter(|_| !self.s.tick.is_zero()) {
+            // Its window opens a tick before it is due, never before the run's start.
+            Some(from) => crate::early::until(wake, from.max(self.s.epoch.at).min(wake)).await,
+            None => crate::rt::sleep_until(wake).await,
+        }
         self.k += 1;
         Some((k, self.s.epoch.wall_of(due).min(now_us())))
     }
@@ -302,22 +310,21 @@ pub(crate) async fn sender(ws: Ws, dest: Dest, sh: Arc<Shared>, pad: String, sch
         let mut n = 0;
         let mut deadline = crate::rt::Deadline::at(ack_deadline);
         while n < total {
-            match deadline.run(rx.next()).await {
-                Ok(Some(Ok(m))) => match crate::frames::answer(&m) {
-                    Some(crate::frames::Answer::Ack(sent)) => {
-                        n += 1;
-                        sh2.acked.fetch_add(1, Relaxed);
-                        if let Some(sent) = sent {
-                            sh2.record(&sh2.ack_latency, sent);
-                        }
+            let Ok(Some(Ok(m))) = deadline.run(rx.next()).await else { break };
+            crate::early::awake(Instant::now());
+            match crate::frames::answer(&m) {
+                Some(crate::frames::Answer::Ack(sent)) => {
+                    n += 1;
+                    sh2.acked.fetch_add(1, Relaxed);
+                    if let Some(sent) = sent {
+                        sh2.record(&sh2.ack_latency, sent);
                     }
-                    Some(crate::frames::Answer::Error) => {
-                        sh2.errors.fetch_add(1, Relaxed);
-                        n += 1;
-                    }
-                    None => {}
-                },
-                _ => break,
+                }
+                Some(crate::frames::Answer::Error) => {
+                    sh2.errors.fetch_add(1, Relaxed);
+                    n += 1;
+                }
+                None => {}
             }
         }
     });
@@ -363,6 +370,7 @@ pub(crate) async fn receiver(mut ws: Ws, sh: Arc<Shared>, total: u64, first_seq:
             Ok(Some(Ok(m))) => m,
             _ => break,
         };
+        crate::early::awake(Instant::now());
         if m.is_binary() {
             sh.binary_frames.fetch_add(1, Relaxed);
         }
@@ -433,6 +441,61 @@ mod tests {
             assert!(*stamp < epoch.wall_of(due), "send {k} left early and is stamped with its due time");
             assert!(*stamp >= epoch.wall_us && stamp <= sent, "send {k} is stamped with when it left");
         }
+    }
+
+    /// A thread woken inside a message's window (a tick before its due time) to read a frame
+    /// sends the message then, before its grid point, stamped when it leaves; woken before the
+    /// window opens, it sends nothing.
+    #[test]
+    fn a_thread_awake_inside_a_window_sends_then() {
+        let epoch = Epoch::after(Duration::from_millis(5));
+        let ms = |n: u64| epoch.at + Duration::from_millis(n);
+        // Due at 1,500 ms with a 1 s tick: the window opens at 500 ms, the grid point is 1,000.
+        let s = Schedule { epoch, start: ms(1_500), interval: Duration::from_secs(10), total: 1, tick: Duration::from_secs(1) };
+        let (k, stamp, at) = glommio::LocalExecutor::default().run(async move {
+            let wakes = [ms(200), ms(600)];
+            let _reader = crate::rt::spawn(async move {
+                for at in wakes {
+                    crate::rt::sleep_until(at).await;
+                    crate::early::awake(Instant::now());
+                }
+            });
+            let mut ticks = s.ticks();
+            let (k, stamp) = ticks.next().await.expect("one send");
+            (k, stamp, Instant::now())
+        });
+        assert_eq!(k, 0);
+        assert!(at >= ms(600), "the send left when the thread woke before its window: {:?}", at - epoch.at);
+        assert!(at < ms(1_000), "the send waited for its grid point: {:?}", at - epoch.at);
+        assert!(stamp >= epoch.wall_of(ms(600)) && stamp < epoch.wall_of(ms(1_000)), "stamped when it left");
+    }
+
+    /// A frame a receiver reads counts as the thread being awake: a send whose window is open
+    /// leaves then. (A server thread sends the frame 600 ms into the run.)
+    #[test]
+    fn a_frame_read_by_a_receiver_lets_a_waiting_send_leave() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        let epoch = Epoch::after(Duration::from_millis(5));
+        let ms = move |n: u64| epoch.at + Duration::from_millis(n);
+        let server = std::thread::spawn(move || {
+            let mut ws = tungstenite::accept(listener.accept().unwrap().0).unwrap();
+            std::thread::sleep(ms(600).saturating_duration_since(Instant::now()));
+            ws.send(Message::Text("{}".into())).unwrap();
+            // Until the client goes.
+            while ws.read().is_ok() {}
+        });
+        let s = Schedule { epoch, start: ms(1_500), interval: Duration::from_secs(10), total: 1, tick: Duration::from_secs(1) };
+        let at = glommio::LocalExecutor::default().run(async move {
+            let ws = crate::rt::connect(url, None).await.expect("connect");
+            let reader = crate::rt::spawn(receiver(ws, Arc::new(Shared::default()), 1, 1, ms(3_000), false));
+            s.ticks().next().await.expect("one send");
+            let at = Instant::now();
+            drop(reader);
+            at
+        });
+        server.join().unwrap();
+        assert!(at >= ms(600) && at < ms(1_000), "the send left at {:?}, not on the frame", at - epoch.at);
     }
 
     #[test]
