@@ -87,6 +87,11 @@ low_name = f"direct-low ({rate(low[0]):,.0f} msg/s)"
 low_cores = [cores(r) for r in low]
 row(low_name, "server cores", low_cores, "", True)
 row(low_name, "p99", [r["latency_p99_ms"] for r in low], " ms", True)
+# What measuring cost at the light load, as the ladder's row gives it at higher rates.
+def lg_over(r):
+    srv, lgen = r.get("server_cpu_s_per_1000_msgs"), r.get("loadgen_cpu_s_per_1000_msgs")
+    return f"{lgen / srv:.2f}" if srv and lgen is not None else "-"
+lines.append(f"| {low_name} | load generator / server CPU a message | " + " | ".join(lg_over(r) for r in low) + " | |")
 # The durable floor at that rate: the cheapest relay's cores plus one journal append and
 # fdatasync a message (fsync-floor, alone on the same cores and disk): at a light load each
 # commit holds one message, so shardchat can go no lower without holding messages back.
