@@ -275,13 +275,12 @@ pub(crate) struct Ticks {
 }
 
 impl Ticks {
-    /// Waits until send `k`'s tick (or its thread is awake within a tick of its due time) and
-    /// gives `k` and its stamp. A send that goes out late is
-    /// stamped with the wall-clock time it was due (from the run's epoch), not when it
-    /// happened, so a stalled sender or server shows up as latency (coordinated omission
-    /// corrected); one that goes out early, ahead of its due time within its tick, is stamped
-    /// with now, when it leaves, so the tick never hides latency either. `None` once all are
-    /// sent.
+    /// Waits until send `k`'s grid point, or less once its thread is awake within a tick of its
+    /// due time, and gives `k` and its stamp. A send that goes out late is stamped with the
+    /// wall-clock time it was due (from the run's epoch), not when it happened, so a stalled
+    /// sender or server shows up as latency (coordinated omission corrected); one that goes out
+    /// early, at most a tick ahead of its due time, is stamped with now, when it leaves, so the
+    /// tick never hides latency either. `None` once all are sent.
     pub(crate) async fn next(&mut self) -> Option<(u64, u64)> {
         let k = self.k;
         if k >= self.s.total {
