@@ -47,6 +47,11 @@ def row(n, label, values, unit, lower_is_better):
 def cores(r, side="server"):
     cpu = r.get(f"{side}_cpu_seconds")
     return cpu and cpu / r["send_seconds"]
+# What measuring cost beside what it measured: a run's load generator CPU a message over its
+# server's (issue 16 asks for at most 0.5).
+def lg_over(r):
+    srv, lgen = r.get("server_cpu_s_per_1000_msgs"), r.get("loadgen_cpu_s_per_1000_msgs")
+    return f"{lgen / srv:.2f}" if srv and lgen is not None else "-"
 if os.path.exists(os.path.join(out, f"{servers[0]}-sustained.json")):
     sustained = [load(w, "sustained") for w in servers]
     row("direct", "highest msg/s with no loss, p99 < 50 ms", [s["rate"] or None for s in sustained], "", False)
@@ -66,16 +71,11 @@ if os.path.exists(os.path.join(out, f"{servers[0]}-sustained.json")):
         return f"{s['failed_at']:,}: {cell(srv)} / {lgen:.2f}{side}"
     lines.append(f"| direct | first rate that failed: share of its cores busy, server / load generator | "
                  + " | ".join(busy(w, s) for w, s in zip(servers, sustained)) + " | |")
-    # What measuring cost beside what it measured, at every rate of the ladder: the load
-    # generator's CPU a message over the server's (issue 16 asks for at most 0.5).
+    # The load generator's cost at every rate of the ladder.
     def lg_over_server(who):
         prefix = f"{who}-sustain-"
         rungs = sorted(int(f[len(prefix):-len(".json")]) for f in os.listdir(out) if f.startswith(prefix) and f.endswith(".json"))
-        def one(r):
-            run = load(who, f"sustain-{r}")
-            srv, lgen = run.get("server_cpu_s_per_1000_msgs"), run.get("loadgen_cpu_s_per_1000_msgs")
-            return f"{r:,}: {lgen / srv:.2f}" if srv and lgen is not None else f"{r:,}: -"
-        return "; ".join(one(r) for r in rungs) or "-"
+        return "; ".join(f"{r:,}: {lg_over(load(who, f'sustain-{r}'))}" for r in rungs) or "-"
     lines.append("| direct | load generator / server CPU a message, each rate tried | "
                  + " | ".join(lg_over_server(w) for w in servers) + " | |")
 idle = [load(w, "idle") for w in servers]
@@ -87,10 +87,7 @@ low_name = f"direct-low ({rate(low[0]):,.0f} msg/s)"
 low_cores = [cores(r) for r in low]
 row(low_name, "server cores", low_cores, "", True)
 row(low_name, "p99", [r["latency_p99_ms"] for r in low], " ms", True)
-# What measuring cost at the light load, as the ladder's row gives it at higher rates.
-def lg_over(r):
-    srv, lgen = r.get("server_cpu_s_per_1000_msgs"), r.get("loadgen_cpu_s_per_1000_msgs")
-    return f"{lgen / srv:.2f}" if srv and lgen is not None else "-"
+# The load generator's cost at the light load, as the ladder's row gives it at higher rates.
 lines.append(f"| {low_name} | load generator / server CPU a message | " + " | ".join(lg_over(r) for r in low) + " | |")
 # The durable floor at that rate: the cheapest relay's cores plus one journal append and
 # fdatasync a message (fsync-floor, alone on the same cores and disk): at a light load each
