@@ -56,10 +56,16 @@ thread_local! {
     static WAITING: RefCell<BinaryHeap<Entry>> = const { RefCell::new(BinaryHeap::new()) };
 }
 
-/// The thread is awake at `now`: every waiting send whose window has opened may leave.
-pub(crate) fn awake(now: Instant) {
+/// The thread is awake now: every waiting send whose window has opened may leave.
+pub(crate) fn awake() {
     WAITING.with(|w| {
         let mut w = w.borrow_mut();
+        // Readers call this on every frame; with no send waiting (`--send-tick-us 0`) it reads
+        // no clock.
+        if w.is_empty() {
+            return;
+        }
+        let now = Instant::now();
         while w.peek().is_some_and(|e| e.from <= now) {
             let e = w.pop().expect("peeked");
             if !e.waiter.gone.get() {
@@ -82,8 +88,7 @@ pub(crate) fn waiting() -> usize {
 /// (the window's start, at or before `wake`): at once when it is already past `from`.
 pub(crate) async fn until(wake: Instant, from: Instant) {
     debug_assert!(from <= wake, "a window opens at or before its grid point");
-    let now = Instant::now();
-    if now >= from || now >= wake {
+    if Instant::now() >= from {
         return;
     }
     let waiter = Rc::new(Waiter::default());

@@ -37,7 +37,7 @@ pub async fn run(args: &Args, report: &mut Report) {
                 let mut deadline = crate::rt::Deadline::at(schedule.end() + ECHO_GRACE);
                 while got < schedule.total {
                     let Ok(Some(Ok(m))) = deadline.run(rx.next()).await else { break };
-                    crate::early::awake(std::time::Instant::now());
+                    crate::early::awake();
                     let Message::Text(t) = m else { continue };
                     if let Some(sent) = t.split('|').next().and_then(|s| s.parse::<u64>().ok()) {
                         got += 1;

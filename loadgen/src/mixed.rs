@@ -93,7 +93,7 @@ async fn member(
         let mut acks = 0;
         while (seen.len() as u64) < expect || acks < s.total {
             let Ok(Some(Ok(m))) = deadline.run(rx.next()).await else { break };
-            crate::early::awake(std::time::Instant::now());
+            crate::early::awake();
             let Some(v) = frame_json(&m) else { continue };
             match v["t"].as_str() {
                 Some("msg") if v["conv"] == conv2.as_str() && v["kind"] != "system" => {

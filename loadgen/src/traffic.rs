@@ -288,10 +288,13 @@ impl Ticks {
         }
         let due = self.s.due(k);
         let wake = self.s.wake(due);
-        match due.checked_sub(self.s.tick).filter(|_| !self.s.tick.is_zero()) {
-            // Its window opens a tick before it is due, never before the run's start.
-            Some(from) => crate::early::until(wake, from.max(self.s.epoch.at).min(wake)).await,
-            None => crate::rt::sleep_until(wake).await,
+        if self.s.tick.is_zero() {
+            crate::rt::sleep_until(wake).await;
+        } else {
+            // Its window opens a tick before it is due, never before the run's start: so at or
+            // before its grid point, which is less than a tick before it is due.
+            let from = due.checked_sub(self.s.tick).map_or(self.s.epoch.at, |t| t.max(self.s.epoch.at));
+            crate::early::until(wake, from).await;
         }
         self.k += 1;
         Some((k, self.s.epoch.wall_of(due).min(now_us())))
@@ -310,7 +313,7 @@ pub(crate) async fn sender(ws: Ws, dest: Dest, sh: Arc<Shared>, pad: String, sch
         let mut deadline = crate::rt::Deadline::at(ack_deadline);
         while n < total {
             let Ok(Some(Ok(m))) = deadline.run(rx.next()).await else { break };
-            crate::early::awake(Instant::now());
+            crate::early::awake();
             match crate::frames::answer(&m) {
                 Some(crate::frames::Answer::Ack(sent)) => {
                     n += 1;
@@ -369,7 +372,7 @@ pub(crate) async fn receiver(mut ws: Ws, sh: Arc<Shared>, total: u64, first_seq:
             Ok(Some(Ok(m))) => m,
             _ => break,
         };
-        crate::early::awake(Instant::now());
+        crate::early::awake();
         if m.is_binary() {
             sh.binary_frames.fetch_add(1, Relaxed);
         }
@@ -456,7 +459,7 @@ mod tests {
             let _reader = crate::rt::spawn(async move {
                 for at in wakes {
                     crate::rt::sleep_until(at).await;
-                    crate::early::awake(Instant::now());
+                    crate::early::awake();
                 }
             });
             let mut ticks = s.ticks();
