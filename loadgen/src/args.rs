@@ -55,8 +55,10 @@ pub(crate) struct Args {
     /// Senders wake on a grid of this many microseconds from the run's start, each sending what
     /// falls due before its next grid point: one wake and a burst of writes a tick on each
     /// thread instead of one a message, on both sides of every socket (at 10,000 one-on-one
-    /// msg/s this roughly halved the load generator's CPU a message). A message sent ahead of
-    /// its due time is stamped with when it left, one sent late with when it was due. 0: each
+    /// msg/s this roughly halved the load generator's CPU a message). A thread woken between
+    /// grid points to read a frame also sends what falls due within a tick. A message sent ahead
+    /// of its due time (by at most a tick) is stamped with when it left, one sent late with when
+    /// it was due. 0: each
     /// message at its own time, a wake-up each. At most 1 s: a tick is a pacing grain, not a
     /// burst of the run.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=SEND_TICK_US_MAX))]
